@@ -1,0 +1,83 @@
+/**
+ * Waiting on descriptors: poll(2) over a fixed set, and an eventfd to wake a
+ * waiting loop from elsewhere.
+ *
+ * @module
+ */
+
+import { check, Errno, errno, libc, SystemError } from "./libc.ts";
+
+export const POLLIN = 0x1;
+export const POLLERR = 0x8;
+export const POLLHUP = 0x10;
+export const POLLNVAL = 0x20;
+
+/** A fixed set of descriptors to wait on for input, with their last results. */
+export class PollSet {
+  readonly fds: readonly number[];
+  readonly #entries: Uint8Array<ArrayBuffer>;
+  readonly #shorts: Int16Array;
+  readonly #count: bigint;
+
+  constructor(fds: readonly number[]) {
+    this.fds = fds;
+    this.#entries = new Uint8Array(fds.length * 8); // struct pollfd: int fd; short events, revents
+    const view = new DataView(this.#entries.buffer);
+    fds.forEach((fd, i) => {
+      view.setInt32(i * 8, fd, true);
+      view.setInt16(i * 8 + 4, POLLIN, true);
+    });
+    this.#shorts = new Int16Array(this.#entries.buffer);
+    this.#count = BigInt(fds.length);
+  }
+
+  /** Waits up to `timeoutMs` (-1: forever); returns how many descriptors are ready. */
+  wait(timeoutMs: number): number {
+    const ready = libc.poll(this.#entries, this.#count, timeoutMs);
+    if (ready < 0) {
+      const code = errno();
+      if (code === Errno.EINTR) return 0;
+      throw new SystemError("poll", code);
+    }
+    return ready;
+  }
+
+  /** Like {@linkcode wait}, on a thread of its own so the event loop goes on meanwhile. */
+  async waitAsync(timeoutMs: number): Promise<number> {
+    const ready = await libc.poll_nonblocking(this.#entries, this.#count, timeoutMs);
+    return ready < 0 ? 0 : ready;
+  }
+
+  /** The events that descriptor i reported in the last wait. */
+  events(i: number): number {
+    return this.#shorts[i * 4 + 3];
+  }
+}
+
+/** An eventfd: a counter another part of the program writes to wake a poll. */
+export class Wakeup {
+  readonly fd: number;
+  readonly #word = new BigUint64Array(1);
+  readonly #bytes = new Uint8Array(this.#word.buffer);
+
+  /** A new eventfd, or (in another thread) an existing one by number. */
+  constructor(existingFd?: number) {
+    const EFD_NONBLOCK = 0o4000, EFD_CLOEXEC = 0o2000000;
+    this.fd = existingFd ?? check(libc.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd");
+  }
+
+  /** Makes the descriptor readable. */
+  wake(): void {
+    this.#word[0] = 1n;
+    libc.write(this.fd, Deno.UnsafePointer.of(this.#bytes), 8n);
+  }
+
+  /** Clears it again; returns whether it had been woken. */
+  clear(): boolean {
+    return Number(libc.read(this.fd, Deno.UnsafePointer.of(this.#bytes), 8n)) === 8;
+  }
+
+  close(): void {
+    libc.close(this.fd);
+  }
+}

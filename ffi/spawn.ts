@@ -1,0 +1,113 @@
+/**
+ * Starting a program with chosen descriptors as its stdin and stdout, and
+ * waiting for it: posix_spawnp and waitpid. Deno.Command cannot hand a child
+ * arbitrary descriptors (pipes the data path polls directly, a TAP).
+ *
+ * @module
+ */
+
+import { check, cString, Errno, errno, libc, strerror } from "./libc.ts";
+
+const O_CLOEXEC = 0o2000000;
+const POSIX_SPAWN_SETSIGDEF = 0x04;
+const POSIX_SPAWN_SETSIGMASK = 0x08;
+const WNOHANG = 1;
+
+/** A pipe: bytes written to `write` come out of `read`. Both close on exec. */
+export function pipe(): { read: number; write: number } {
+  const fds = new Int32Array(2);
+  check(libc.pipe2(new Uint8Array(fds.buffer), O_CLOEXEC), "pipe2");
+  return { read: fds[0], write: fds[1] };
+}
+
+function pointerArray(strings: Uint8Array<ArrayBuffer>[]): BigUint64Array<ArrayBuffer> {
+  const pointers = new BigUint64Array(strings.length + 1);
+  strings.forEach((text, i) => {
+    pointers[i] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(text)));
+  });
+  return pointers;
+}
+
+/** Options of {@linkcode spawn}. */
+export interface SpawnOptions {
+  /** Descriptors the child gets: key = its descriptor number, value = ours. */
+  descriptors?: Record<number, number>;
+  /** Environment; the current one by default. */
+  env?: Record<string, string>;
+}
+
+/**
+ * Starts `argv[0]` (searched in PATH) with `argv`. Signal dispositions and
+ * the signal mask are reset, so the child does not inherit the runtime's.
+ */
+export function spawn(argv: string[], options: SpawnOptions = {}): number {
+  const actions = new Uint8Array(80); // posix_spawn_file_actions_t
+  const attributes = new Uint8Array(336); // posix_spawnattr_t
+  check(libc.posix_spawn_file_actions_init(actions), "posix_spawn_file_actions_init");
+  check(libc.posix_spawnattr_init(attributes), "posix_spawnattr_init");
+  try {
+    for (const [childFd, ourFd] of Object.entries(options.descriptors ?? {})) {
+      check(libc.posix_spawn_file_actions_adddup2(actions, ourFd, Number(childFd)), "adddup2");
+    }
+    const allSignals = new Uint8Array(128).fill(0xff);
+    const noSignals = new Uint8Array(128);
+    libc.posix_spawnattr_setsigdefault(attributes, allSignals);
+    libc.posix_spawnattr_setsigmask(attributes, noSignals);
+    libc.posix_spawnattr_setflags(attributes, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+    const argStrings = argv.map(cString);
+    const envStrings = Object.entries(options.env ?? Deno.env.toObject()).map(([key, value]) =>
+      cString(`${key}=${value}`)
+    );
+    const argPointers = pointerArray(argStrings);
+    const envPointers = pointerArray(envStrings);
+    const pid = new Int32Array(1);
+    const result = libc.posix_spawnp(
+      new Uint8Array(pid.buffer),
+      argStrings[0],
+      actions,
+      attributes,
+      new Uint8Array(argPointers.buffer),
+      new Uint8Array(envPointers.buffer),
+    );
+    if (result !== 0) throw new Error(`Cannot run ${argv[0]}: ${strerror(result)}`);
+    return pid[0];
+  } finally {
+    libc.posix_spawn_file_actions_destroy(actions);
+    libc.posix_spawnattr_destroy(attributes);
+  }
+}
+
+/** How a child ended: its exit code, or the signal that killed it. */
+export interface ExitStatus {
+  code: number;
+  signal?: number;
+}
+
+/** The child's status if it has ended, without waiting; undefined while it runs. */
+export function reap(pid: number): ExitStatus | undefined {
+  const status = new Int32Array(1);
+  const result = libc.waitpid(pid, new Uint8Array(status.buffer), WNOHANG);
+  if (result === 0) return undefined;
+  if (result < 0) {
+    const code = errno();
+    if (code === Errno.EINTR) return undefined;
+    return { code: 127 };
+  }
+  const raw = status[0];
+  const signal = raw & 0x7f;
+  return signal === 0 ? { code: (raw >> 8) & 0xff } : { code: 128 + signal, signal };
+}
+
+/** Waits for the child to end, letting the event loop run meanwhile. */
+export async function waitFor(pid: number, pollMs = 20): Promise<ExitStatus> {
+  for (;;) {
+    const status = reap(pid);
+    if (status) return status;
+    await new Promise((resolve) => setTimeout(resolve, pollMs));
+  }
+}
+
+/** Sends a signal; false when the process is gone. */
+export function signalProcess(pid: number, signal: number): boolean {
+  return libc.kill(pid, signal) === 0;
+}

@@ -1,0 +1,77 @@
+/**
+ * TAP interfaces through /dev/net/tun and the TUNSETIFF ioctl.
+ *
+ * @module
+ */
+
+import { closeQuietly, cString, Errno, errno, libc, strerror } from "./libc.ts";
+
+const O_RDWR = 0o2;
+const O_NONBLOCK = 0o4000;
+const O_CLOEXEC = 0o2000000;
+const TUNSETIFF = 0x400454can;
+const TUNGETIFF = 0x800454d2n;
+const IFF_TAP = 0x0002;
+const IFF_NO_PI = 0x1000;
+const IFNAMSIZ = 16;
+
+/** What {@linkcode openTap} returns: the descriptor and the name the kernel gave. */
+export interface OpenedTap {
+  fd: number;
+  name: string;
+}
+
+/**
+ * Opens the TAP interface `name`, creating it when it does not exist and the
+ * caller may (CAP_NET_ADMIN). The descriptor is non-blocking.
+ */
+export function openTap(name: string, tunDevice = "/dev/net/tun"): OpenedTap {
+  if (new TextEncoder().encode(name).length >= IFNAMSIZ) {
+    throw new Error(`Cannot open tap://${name}: interface names have at most 15 bytes`);
+  }
+  const fd = libc.open(cString(tunDevice), O_RDWR | O_NONBLOCK | O_CLOEXEC, 0);
+  if (fd < 0) {
+    const code = errno();
+    const hint = code === Errno.EACCES
+      ? ` (it is mode ${modeOf(tunDevice)}; make it 0666 as most distributions do, or run as root)`
+      : code === Errno.ENOENT
+      ? " (load the tun module: modprobe tun)"
+      : "";
+    throw new Error(`Cannot open tap://${name}: ${tunDevice}: ${strerror(code)}${hint}`);
+  }
+  const request = new Uint8Array(40); // struct ifreq
+  cString(name).forEach((byte, i) => request[i] = byte);
+  new DataView(request.buffer).setUint16(IFNAMSIZ, IFF_TAP | IFF_NO_PI, true);
+  if (libc.ioctl(fd, TUNSETIFF, request) < 0) {
+    const code = errno();
+    closeQuietly(fd);
+    const hint = code === Errno.EPERM
+      ? ": not permitted; run as root, or create it for your user first: " +
+        `ip tuntap add mode tap name ${name} user ${Deno.env.get("USER") ?? "USER"}`
+      : code === Errno.EBUSY
+      ? ": the interface is busy (another process holds it, or it is not a TAP)"
+      : code === Errno.EINVAL
+      ? ": an interface of that name exists and is not a TAP"
+      : `: ${strerror(code)}`;
+    throw new Error(`Cannot open tap://${name}${hint}`);
+  }
+  const terminator = request.indexOf(0);
+  const actual = new TextDecoder().decode(
+    request.subarray(0, terminator < 0 ? IFNAMSIZ : terminator),
+  );
+  return { fd, name: actual };
+}
+
+/** Whether the TAP behind `fd` still exists (TUNGETIFF fails once it was deleted). */
+export function tapAttached(fd: number): boolean {
+  const request = new Uint8Array(40);
+  return libc.ioctl(fd, TUNGETIFF, request) >= 0;
+}
+
+function modeOf(path: string): string {
+  try {
+    return "0" + ((Deno.statSync(path).mode ?? 0) & 0o777).toString(8);
+  } catch {
+    return "unknown";
+  }
+}

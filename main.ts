@@ -1,0 +1,73 @@
+#!/usr/bin/env -S deno run --allow-all
+/**
+ * vdeno: VDE's Local Area Cloud (vxvde) in TypeScript on Deno.
+ *
+ * The command line: `vdeno plug` (vde_plug), `vdeno ns` (vdens), `vdeno demo`,
+ * `vdeno status`, `vdeno randmac`, `vdeno keygen`.
+ *
+ * @module
+ */
+
+import denoConfig from "./deno.json" with { type: "json" };
+import { plugCommand } from "./src/cli/plug.ts";
+import { UsageError } from "./src/cli/usage.ts";
+import { inWorker, runDataPlaneWorker } from "./src/dataplane.ts";
+
+const USAGE = `vdeno ${denoConfig.version}: VDE's Local Area Cloud (vxvde) on Deno
+
+Usage: vdeno COMMAND [ARGS...]
+
+Commands:
+  plug VNL [VNL | = COMMAND...]   plug networks together (like vde_plug)
+  demo                            build a demo Local Area Cloud of namespaces
+  randmac                         print a random locally administered MAC
+  version                         print the version
+
+Run 'vdeno COMMAND --help' for a command's options.`;
+
+type Command = (args: string[]) => Promise<number> | number;
+
+const commands: Record<string, Command> = {
+  plug: plugCommand,
+  version: () => {
+    console.log(`vdeno ${denoConfig.version}`);
+    return 0;
+  },
+};
+
+/** Runs the command line `args`; resolves to the exit code. */
+export async function main(args: string[]): Promise<number> {
+  const [name, ...rest] = args;
+  if (name === undefined || name === "-h" || name === "--help" || name === "help") {
+    console.log(USAGE);
+    return name === undefined ? 2 : 0;
+  }
+  if (name === "--version" || name === "-V") return await commands.version([]);
+  const command = commands[name];
+  if (!command) {
+    console.error(
+      `vdeno: unknown command ${JSON.stringify(name)}; run 'vdeno --help' for the list`,
+    );
+    return 2;
+  }
+  try {
+    return await command(rest);
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    if (error instanceof UsageError || isParseArgsError(error)) {
+      console.error(`vdeno ${name}: ${message}; run 'vdeno ${name} --help' for usage`);
+      return 2;
+    }
+    console.error(`vdeno ${name}: ${message}`);
+    if (Deno.env.get("VDENO_DEBUG")) console.error(error);
+    return 1;
+  }
+}
+
+function isParseArgsError(error: unknown): boolean {
+  return error instanceof Error && "code" in error &&
+    String((error as { code: unknown }).code).startsWith("ERR_PARSE_ARGS");
+}
+
+if (inWorker()) runDataPlaneWorker();
+else if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -1,0 +1,43 @@
+/**
+ * From a VNL to an open plug: one entry per scheme, so a new scheme is one
+ * module and one line here.
+ *
+ * @module
+ */
+
+import type { Plug } from "../src/plug.ts";
+import { splitVnl, VnlError } from "../src/vnl.ts";
+import { TapPlug } from "./tap.ts";
+import { VxvdePlug } from "./vxvde.ts";
+
+/** Opens a plug from the text after `scheme://`. */
+export type SchemeOpener = (vnl: string, rest: string) => Plug;
+
+const schemes: Record<string, SchemeOpener> = {
+  vxvde: (vnl, rest) => new VxvdePlug(vnl, rest),
+  tap: (vnl, rest) => new TapPlug(vnl, rest),
+};
+
+/** The schemes vdeno can open. */
+export function schemeNames(): string[] {
+  return Object.keys(schemes);
+}
+
+/** Opens the network a VNL names; throws a VnlError or Error with one clear line. */
+export function openPlug(vnl: string): Plug {
+  const { scheme, rest } = splitVnl(vnl);
+  const open = schemes[scheme];
+  if (!open) {
+    throw new VnlError(
+      `Unknown VNL scheme ${scheme}://; vdeno knows ${
+        schemeNames().map((s) => s + "://").join(", ")
+      }`,
+    );
+  }
+  return open(vnl, rest);
+}
+
+/** Adds a scheme (used by modules that register themselves, and by tests). */
+export function registerScheme(name: string, open: SchemeOpener): void {
+  schemes[name] = open;
+}

@@ -1,0 +1,221 @@
+/**
+ * Frames on a byte stream, as `vde_plug` writes them to stdout and `dpipe`
+ * carries them: a 2-byte big-endian length, then the frame. A length of 0 is
+ * skipped; a length above 9216 + 16 is a framing error.
+ *
+ * Unlike vdeplug4's reader, a length header split across two reads is kept,
+ * not lost.
+ *
+ * @module
+ */
+
+import { closeQuietly, Errno, errno, libc, strerror } from "../ffi/libc.ts";
+import { numericAddress } from "../ffi/net.ts";
+import { Counter, newCounters } from "../src/counters.ts";
+import { type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../src/frames.ts";
+import { type Plug, PlugEnded } from "../src/plug.ts";
+
+/** The largest length a stream may announce. */
+export const MAX_STREAM_FRAME = 9216 + 16;
+const READ_BUFFER = 1 << 16;
+const TWO_32 = 2 ** 32;
+
+/** Splits a byte stream into frames, keeping partial frames between reads. */
+export class StreamDecoder {
+  readonly #partial = new Uint8Array(2 + MAX_STREAM_FRAME);
+  #have = 0;
+  #need = 2;
+
+  /** A whole frame waits for delivery. */
+  get ready(): boolean {
+    return this.#need > 2 && this.#have === this.#need;
+  }
+
+  /**
+   * Feeds `data[start, end)`; calls `deliver` for each complete frame (a view
+   * valid only during the call) and `malformed` for a framing error, after
+   * which the rest of this chunk is dropped as vdeplug4 does. Returns the
+   * position it stopped at: `end`, or earlier when `deliver` returned false.
+   */
+  feed(
+    data: Uint8Array,
+    start: number,
+    end: number,
+    deliver: (frame: Uint8Array) => boolean,
+    malformed: () => void,
+  ): number {
+    let position = start;
+    if (this.ready) {
+      if (!deliver(this.#partial.subarray(2, this.#need))) return position;
+      this.#have = 0;
+      this.#need = 2;
+    }
+    while (position < end) {
+      if (this.#have === 0 && end - position >= 2) {
+        const length = (data[position] << 8) | data[position + 1];
+        if (length === 0) {
+          position += 2;
+          continue;
+        }
+        if (length > MAX_STREAM_FRAME) {
+          malformed();
+          return end;
+        }
+        if (end - position >= 2 + length) {
+          if (!deliver(data.subarray(position + 2, position + 2 + length))) return position;
+          position += 2 + length;
+          continue;
+        }
+      }
+      const take = Math.min(this.#need - this.#have, end - position);
+      this.#partial.set(data.subarray(position, position + take), this.#have);
+      this.#have += take;
+      position += take;
+      if (this.#have < this.#need) break;
+      if (this.#need === 2) {
+        const length = (this.#partial[0] << 8) | this.#partial[1];
+        if (length === 0) {
+          this.#have = 0;
+        } else if (length > MAX_STREAM_FRAME) {
+          this.#have = 0;
+          malformed();
+          return end;
+        } else {
+          this.#need = 2 + length;
+        }
+      } else {
+        // Delivery refused: the frame stays whole for the next call.
+        if (!deliver(this.#partial.subarray(2, this.#need))) return position;
+        this.#have = 0;
+        this.#need = 2;
+      }
+    }
+    return position;
+  }
+}
+
+/** A plug on a pair of descriptors carrying the vde_plug stream format. */
+export class StreamPlug implements Plug {
+  readonly vnl: string;
+  readonly fds: readonly number[];
+  readonly counters: Float64Array = newCounters();
+  readonly #readFd: number;
+  readonly #writeFd: number;
+  readonly #decoder = new StreamDecoder();
+  readonly #input = new Uint8Array(READ_BUFFER);
+  readonly #inputPointer = Deno.UnsafePointer.of(this.#input);
+  #inputStart = 0;
+  #inputEnd = 0;
+  #ended = false;
+  readonly #ownsDescriptors: boolean;
+  #iovecs = new Uint8Array(0);
+  #iovecWords = new Uint32Array(0);
+  #closed = false;
+
+  constructor(vnl: string, readFd: number, writeFd: number, ownsDescriptors: boolean) {
+    this.vnl = vnl;
+    this.#readFd = readFd;
+    this.#writeFd = writeFd;
+    this.fds = [readFd];
+    this.#ownsDescriptors = ownsDescriptors;
+  }
+
+  /** Input read but not yet delivered because the batch was full. */
+  get backlog(): boolean {
+    return this.#inputStart < this.#inputEnd || this.#decoder.ready;
+  }
+
+  receive(batch: FrameBatch, readyMask: number): boolean {
+    if (this.#ended) return false;
+    if (this.#inputStart >= this.#inputEnd && !this.#decoder.ready) {
+      if (!(readyMask & 1)) return true;
+      const length = Number(libc.read(this.#readFd, this.#inputPointer, BigInt(READ_BUFFER)));
+      if (length < 0) {
+        const code = errno();
+        if (code === Errno.EAGAIN || code === Errno.EINTR) return true;
+        throw new PlugEnded(`Stream input failed: ${strerror(code)}`);
+      }
+      if (length === 0) {
+        this.#ended = true;
+        return false;
+      }
+      this.#inputStart = 0;
+      this.#inputEnd = length;
+    }
+    const counters = this.counters;
+    this.#inputStart = this.#decoder.feed(
+      this.#input,
+      this.#inputStart,
+      this.#inputEnd,
+      (frame) => {
+        if (batch.count >= batch.capacity) return false;
+        if (frame.length > MAX_FRAME) {
+          counters[Counter.dropTooLong]++;
+          return true;
+        }
+        const i = batch.count++;
+        batch.bytes.set(frame, batch.offset(i));
+        batch.lengths[i] = frame.length;
+        counters[Counter.framesIn]++;
+        counters[Counter.bytesIn] += frame.length;
+        return true;
+      },
+      () => counters[Counter.dropMalformed]++,
+    );
+    return true;
+  }
+
+  send(batch: FrameBatch): void {
+    if (this.#iovecs.length < batch.capacity * 16) {
+      this.#iovecs = new Uint8Array(batch.capacity * 16);
+      this.#iovecWords = new Uint32Array(this.#iovecs.buffer);
+    }
+    const words = this.#iovecWords;
+    const base = numericAddress(batch.bytes);
+    let count = 0;
+    for (let i = 0; i < batch.count; i++) {
+      const length = batch.lengths[i];
+      if (length === 0) continue;
+      const start = i * SLOT_SIZE + HEADROOM - 2;
+      batch.bytes[start] = length >> 8;
+      batch.bytes[start + 1] = length & 0xff;
+      const address = base + start;
+      words[count * 4] = address % TWO_32;
+      words[count * 4 + 1] = Math.floor(address / TWO_32);
+      words[count * 4 + 2] = length + 2;
+      words[count * 4 + 3] = 0;
+      count++;
+      this.counters[Counter.framesOut]++;
+      this.counters[Counter.bytesOut] += length;
+    }
+    let first = 0;
+    while (first < count) {
+      const pointer = Deno.UnsafePointer.offset(Deno.UnsafePointer.of(this.#iovecs)!, first * 16);
+      const written = Number(libc.writev(this.#writeFd, pointer, count - first));
+      if (written < 0) {
+        const code = errno();
+        if (code === Errno.EINTR) continue;
+        throw new PlugEnded(`Stream output failed: ${strerror(code)}`);
+      }
+      let remaining = written;
+      while (first < count && remaining >= words[first * 4 + 2]) {
+        remaining -= words[first++ * 4 + 2];
+      }
+      if (remaining > 0) {
+        const address = words[first * 4] + words[first * 4 + 1] * TWO_32 + remaining;
+        words[first * 4] = address % TWO_32;
+        words[first * 4 + 1] = Math.floor(address / TWO_32);
+        words[first * 4 + 2] -= remaining;
+      }
+    }
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    if (this.#ownsDescriptors) {
+      closeQuietly(this.#readFd);
+      if (this.#writeFd !== this.#readFd) closeQuietly(this.#writeFd);
+    }
+  }
+}

@@ -1,0 +1,397 @@
+/**
+ * `vxvde://`: VDE's Local Area Cloud, a distributed switch with no daemon.
+ *
+ * Every plug joins one UDP multicast group. Frames for broadcast, multicast or
+ * unknown MACs go to the group; frames for a MAC learned from a peer go
+ * straight to that peer's unicast socket. Byte-compatible with vdeplug4's
+ * vxvde module: the same 8-byte header, the same self-echo filter, learning,
+ * expiry and goodbye.
+ *
+ * Datagrams move in batches (recvmmsg/sendmmsg) between the sockets and the
+ * caller's frame slots, with the header written into each slot's headroom, so
+ * no frame is copied on the way.
+ *
+ * @module
+ */
+
+import {
+  AF_INET,
+  AF_INET6,
+  bindSocket,
+  DatagramVector,
+  interfaceIndex,
+  joinGroup,
+  localAddress,
+  localAddressKeys,
+  numericAddress,
+  sendTo,
+  setBufferSize,
+  setMulticastInterface,
+  setReuseAddress,
+  setTtl,
+  SOCKADDR_SIZE,
+  SocketAddress,
+  udpSocket,
+} from "../ffi/net.ts";
+import { closeQuietly } from "../ffi/libc.ts";
+import { Counter, newCounters } from "../src/counters.ts";
+import { ETH_HEADER, type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../src/frames.ts";
+import { MacTable } from "../src/mactable.ts";
+import type { Plug } from "../src/plug.ts";
+import { groupId, parseInteger, parseOptions, parseSize, VnlError } from "../src/vnl.ts";
+
+export const DEFAULT_GROUP_V4 = "239.0.0.1";
+export const DEFAULT_GROUP_V6 = "ff05:56de::1";
+export const DEFAULT_PORT = 14789;
+export const HEADER_SIZE = 8;
+const HEADER_FLAGS = 0x08;
+/** Socket buffers large enough to ride out a burst while the loop is busy elsewhere. */
+const DEFAULT_SOCKET_BUFFER = 4 * 1024 * 1024;
+
+const OPTION_NAMES = [
+  "port",
+  "vni",
+  "grp",
+  "ttl",
+  "rcvbuf",
+  "v6",
+  "v4",
+  "hashsize",
+  "expiretime",
+  "if",
+  "bind",
+] as const;
+
+/** The settings of a vxvde plug, as parsed from its VNL. */
+export interface VxvdeConfig {
+  group: SocketAddress;
+  vni: number;
+  ttl: number;
+  receiveBuffer?: number;
+  hashSize: number;
+  expireSeconds: number;
+  interfaceName?: string;
+  bindAddress?: string;
+}
+
+/** Parses the part of a vxvde VNL after `vxvde://`. */
+export function parseVxvde(rest: string): VxvdeConfig {
+  const { address, options } = parseOptions("vxvde", rest, OPTION_NAMES);
+  const wantV6 = options.v6 !== undefined, wantV4 = options.v4 !== undefined;
+  const family = wantV6 === wantV4 ? undefined : wantV6 ? AF_INET6 : AF_INET;
+  const port = parseInteger(options.port ?? String(DEFAULT_PORT), "port", 1, 65535);
+  const host = address === ""
+    ? (family === AF_INET6 ? DEFAULT_GROUP_V6 : DEFAULT_GROUP_V4)
+    : address;
+  let group = SocketAddress.parse(host, port, family);
+  if (!group) {
+    throw new VnlError(
+      `Bad vxvde group address: ${JSON.stringify(host)}; expected a numeric ${
+        family === AF_INET6 ? "IPv6" : family === AF_INET ? "IPv4" : "IPv4 or IPv6"
+      } multicast address such as 239.0.0.1 or ff05:56de::1`,
+    );
+  }
+  const grp = options.grp === undefined ? undefined : groupId(options.grp, "grp");
+  if (grp !== undefined) {
+    const ip = group.ip;
+    ip[ip.length - 3] = (grp >> 16) & 0xff;
+    ip[ip.length - 2] = (grp >> 8) & 0xff;
+    ip[ip.length - 1] = grp & 0xff;
+  }
+  const ip = group.ip;
+  const multicast = group.family === AF_INET ? (ip[0] & 0xf0) === 0xe0 : ip[0] === 0xff;
+  if (!multicast) {
+    throw new VnlError(
+      `Bad vxvde group address: ${host} is not a multicast address (224.0.0.0/4 or ff00::/8)`,
+    );
+  }
+  group = group.withPort(port);
+  const vni = options.vni !== undefined ? groupId(options.vni, "vni") : grp ?? 1;
+  if (vni > 0xffffff) throw new VnlError(`Bad vni: ${vni}; a VNI has 24 bits (0 to 16777215)`);
+  const expire = options.expiretime === undefined
+    ? 128
+    : parseInteger(options.expiretime, "expiretime", -(2 ** 31), 2 ** 31 - 1);
+  return {
+    group,
+    vni,
+    ttl: parseInteger(options.ttl ?? "1", "ttl", 0, 255),
+    receiveBuffer: options.rcvbuf === undefined ? undefined : parseSize(options.rcvbuf, "rcvbuf"),
+    hashSize: options.hashsize === undefined
+      ? 1024
+      : parseInteger(options.hashsize, "hashsize", 1, 1 << 24),
+    expireSeconds: expire > 0 ? expire : 128,
+    interfaceName: options.if,
+    bindAddress: options.bind,
+  };
+}
+
+/** The 8 header bytes of a vxvde network: flags 0x08, the VNI in bytes 4-6. */
+export function vxvdeHeader(vni: number): Uint8Array<ArrayBuffer> {
+  return new Uint8Array([
+    HEADER_FLAGS,
+    0,
+    0,
+    0,
+    (vni >> 16) & 0xff,
+    (vni >> 8) & 0xff,
+    vni & 0xff,
+    0,
+  ]);
+}
+
+/** Addresses of this host, refreshed on demand, to recognise our own multicast echo. */
+class LocalAddresses {
+  #keys = localAddressKeys();
+  #refreshedAt = Date.now();
+
+  has(family: number, ip: Uint8Array): boolean {
+    const key = `${family}:${ip.join(",")}`;
+    if (this.#keys.has(key)) return true;
+    if (Date.now() - this.#refreshedAt < 1000) return false;
+    this.#keys = localAddressKeys();
+    this.#refreshedAt = Date.now();
+    return this.#keys.has(key);
+  }
+}
+
+/** A plug on a vxvde network. */
+export class VxvdePlug implements Plug {
+  readonly vnl: string;
+  readonly fds: readonly number[];
+  readonly counters: Float64Array = newCounters();
+  readonly config: VxvdeConfig;
+  readonly table: MacTable;
+  readonly #multicastFd: number;
+  readonly #unicastFd: number;
+  readonly #unicastPort: number;
+  readonly #header: Uint8Array<ArrayBuffer>;
+  readonly #headerHigh: number;
+  readonly #headerLow: number;
+  readonly #localAddresses = new LocalAddresses();
+  readonly #groupAddress: number;
+  readonly #tableAddress: number;
+  readonly #nameLength: number;
+  #receivers = new WeakMap<FrameBatch, DatagramVector>();
+  #senders = new WeakMap<FrameBatch, DatagramVector>();
+  #closed = false;
+
+  constructor(vnl: string, rest: string) {
+    this.vnl = vnl;
+    const config = this.config = parseVxvde(rest);
+    const family = config.group.family;
+    const ifindex = config.interfaceName === undefined ? 0 : interfaceIndex(config.interfaceName);
+    let multicastFd = -1, unicastFd = -1;
+    try {
+      multicastFd = udpSocket(family);
+      unicastFd = udpSocket(family);
+      setBufferSize(unicastFd, "receive", config.receiveBuffer ?? DEFAULT_SOCKET_BUFFER);
+      setBufferSize(multicastFd, "receive", config.receiveBuffer ?? DEFAULT_SOCKET_BUFFER);
+      setBufferSize(unicastFd, "send", DEFAULT_SOCKET_BUFFER);
+      setTtl(unicastFd, family, config.ttl);
+      setReuseAddress(multicastFd);
+      bindSocket(multicastFd, config.group);
+      joinGroup(multicastFd, config.group, ifindex);
+      const bindTo = config.bindAddress === undefined || config.bindAddress === ""
+        ? SocketAddress.any(family)
+        : SocketAddress.parse(config.bindAddress, 0, family);
+      if (!bindTo) {
+        throw new VnlError(
+          `Bad bind address: ${JSON.stringify(config.bindAddress)}; expected a numeric ${
+            family === AF_INET ? "IPv4" : "IPv6"
+          } address of this host`,
+        );
+      }
+      bindSocket(unicastFd, bindTo);
+      if (ifindex > 0) setMulticastInterface(unicastFd, family, ifindex);
+    } catch (error) {
+      closeQuietly(multicastFd);
+      closeQuietly(unicastFd);
+      if (error instanceof VnlError) throw error;
+      throw new Error(`Cannot open ${vnl}: ${(error as Error).message}`);
+    }
+    this.#multicastFd = multicastFd;
+    this.#unicastFd = unicastFd;
+    this.#unicastPort = localAddress(unicastFd).port;
+    this.fds = [multicastFd, unicastFd];
+    this.#header = vxvdeHeader(config.vni);
+    const headerView = new DataView(this.#header.buffer);
+    this.#headerHigh = headerView.getUint32(0, true);
+    this.#headerLow = headerView.getUint32(4, true);
+    this.#nameLength = config.group.length;
+    this.#groupAddress = numericAddress(config.group.bytes);
+    this.table = new MacTable(config.hashSize, config.expireSeconds, this.counters);
+    this.#tableAddress = numericAddress(this.table.addresses);
+  }
+
+  /** The ephemeral port of the socket every datagram of this plug leaves from. */
+  get unicastPort(): number {
+    return this.#unicastPort;
+  }
+
+  #receiverFor(batch: FrameBatch): DatagramVector {
+    let vector = this.#receivers.get(batch);
+    if (!vector) {
+      vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - HEADER_SIZE, batch.capacity);
+      this.#receivers.set(batch, vector);
+    }
+    return vector;
+  }
+
+  #senderFor(batch: FrameBatch): DatagramVector {
+    let vector = this.#senders.get(batch);
+    if (!vector) {
+      vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - HEADER_SIZE, batch.capacity);
+      this.#senders.set(batch, vector);
+    }
+    return vector;
+  }
+
+  receive(batch: FrameBatch, readyMask: number): boolean {
+    if (readyMask & 1) this.#receiveFrom(batch, this.#multicastFd, true);
+    if (readyMask & 2) this.#receiveFrom(batch, this.#unicastFd, false);
+    return true;
+  }
+
+  #receiveFrom(batch: FrameBatch, fd: number, fromGroup: boolean): void {
+    const first = batch.count;
+    if (first >= batch.capacity) return;
+    const vector = this.#receiverFor(batch);
+    const received = vector.receiveInto(
+      fd,
+      first,
+      batch.capacity - first,
+      HEADER_SIZE + MAX_FRAME + 64,
+    );
+    if (received <= 0) {
+      if (received < 0) this.counters[Counter.dropMalformed]++;
+      return;
+    }
+    const bytes = batch.bytes;
+    const words = batch.words;
+    const nameWords = vector.nameWords;
+    const names = vector.names;
+    const counters = this.counters;
+    const now = Date.now() / 1000;
+    for (let i = first; i < first + received; i++) {
+      const datagramLength = vector.length(i);
+      const headerWord = (i * SLOT_SIZE + HEADROOM - HEADER_SIZE) >>> 2;
+      const frameLength = datagramLength - HEADER_SIZE;
+      batch.lengths[i] = 0;
+      if (datagramLength < HEADER_SIZE) {
+        counters[Counter.dropMalformed]++;
+        continue;
+      }
+      if (words[headerWord] !== this.#headerHigh || words[headerWord + 1] !== this.#headerLow) {
+        counters[Counter.dropWrongHeader]++;
+        continue;
+      }
+      const nameWord = (i * SOCKADDR_SIZE) >>> 2;
+      if (frameLength === 0) {
+        counters[Counter.goodbyesReceived]++;
+        this.table.forget(nameWords, nameWord);
+        continue;
+      }
+      if (frameLength <= ETH_HEADER) {
+        counters[Counter.dropTooShort]++;
+        continue;
+      }
+      if (frameLength > MAX_FRAME || vector.truncated(i)) {
+        counters[Counter.dropTooLong]++;
+        continue;
+      }
+      const nameOffset = i * SOCKADDR_SIZE;
+      if (
+        fromGroup && ((names[nameOffset + 2] << 8) | names[nameOffset + 3]) === this.#unicastPort
+      ) {
+        const family = names[nameOffset] | (names[nameOffset + 1] << 8);
+        const ip = family === AF_INET
+          ? names.subarray(nameOffset + 4, nameOffset + 8)
+          : names.subarray(nameOffset + 8, nameOffset + 24);
+        if (this.#localAddresses.has(family, ip)) {
+          counters[Counter.dropOwnEcho]++;
+          continue;
+        }
+      }
+      const frameOffset = i * SLOT_SIZE + HEADROOM;
+      this.table.learn(bytes, frameOffset + 6, nameWords, nameWord, now);
+      batch.lengths[i] = frameLength;
+      counters[Counter.framesIn]++;
+      counters[Counter.bytesIn] += frameLength;
+    }
+    batch.count = first + received;
+  }
+
+  send(batch: FrameBatch): void {
+    const vector = this.#senderFor(batch);
+    const bytes = batch.bytes;
+    const counters = this.counters;
+    const now = Date.now() / 1000;
+    const header = this.#header;
+    let prepared = 0;
+    for (let i = 0; i < batch.count; i++) {
+      const length = batch.lengths[i];
+      if (length === 0) continue;
+      if (length < ETH_HEADER) {
+        counters[Counter.dropTooShort]++;
+        continue;
+      }
+      const frameOffset = i * SLOT_SIZE + HEADROOM;
+      bytes.set(header, frameOffset - HEADER_SIZE);
+      const slot = this.table.lookup(bytes, frameOffset, now);
+      if (slot < 0) {
+        vector.prepare(prepared++, i, length + HEADER_SIZE, this.#groupAddress, this.#nameLength);
+        counters[Counter.sentMulticast]++;
+      } else {
+        vector.prepare(
+          prepared++,
+          i,
+          length + HEADER_SIZE,
+          this.#tableAddress + slot * SOCKADDR_SIZE,
+          this.#nameLength,
+        );
+        counters[Counter.sentUnicast]++;
+      }
+      counters[Counter.framesOut]++;
+      counters[Counter.bytesOut] += length;
+    }
+    for (let from = 0; from < prepared;) {
+      const sent = vector.send(this.#unicastFd, from, prepared);
+      if (sent > 0) from += sent;
+      else {
+        counters[Counter.dropSendError]++;
+        counters[Counter.framesOut]--;
+        from++;
+      }
+    }
+  }
+
+  describe(): Record<string, unknown> {
+    const now = Date.now() / 1000;
+    const learned = this.table.entries(now).map((entry) => ({
+      mac: entry.mac.toString(16).padStart(12, "0").replace(/(..)(?!$)/g, "$1:"),
+      peer: formatName(this.table.addresses, entry.slot * SOCKADDR_SIZE),
+      ageSeconds: Math.round(entry.ageSeconds * 10) / 10,
+    }));
+    return {
+      group: this.config.group.toString(),
+      vni: this.config.vni,
+      unicastPort: this.#unicastPort,
+      expireSeconds: this.config.expireSeconds,
+      tableSize: this.table.size,
+      learned,
+      peers: [...new Set(learned.map((entry) => entry.peer))],
+    };
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    sendTo(this.#unicastFd, this.#header, HEADER_SIZE, this.config.group);
+    closeQuietly(this.#unicastFd);
+    closeQuietly(this.#multicastFd);
+  }
+}
+
+function formatName(bytes: Uint8Array, offset: number): string {
+  return new SocketAddress(bytes.slice(offset, offset + SOCKADDR_SIZE)).toString();
+}

@@ -1,0 +1,188 @@
+/**
+ * `vdeno plug`: vde_plug's command line. Two VNLs make a cable between two
+ * networks; one VNL carries frames as a byte stream on stdin/stdout; `VNL =
+ * COMMAND ...` carries that stream on a command's stdin/stdout.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { closeQuietly, cString, libc } from "../../ffi/libc.ts";
+import { pipe, reap, signalProcess, spawn } from "../../ffi/spawn.ts";
+import { DataPlane, type EndSpec } from "../dataplane.ts";
+import { enableSyslog, log, logEvent, setLogLevel } from "../log.ts";
+import { selfCommand } from "../self.ts";
+import { UsageError } from "./usage.ts";
+
+export const PLUG_USAGE = `Usage:
+  vdeno plug [OPTIONS] VNL VNL             connect two networks
+  vdeno plug [OPTIONS] VNL                 frames as a stream on stdin/stdout
+  vdeno plug [OPTIONS] VNL = COMMAND ...   the stream on a command's stdin/stdout
+
+A VNL names a network: vxvde://239.0.0.1, tap://tap0, ...
+
+Options:
+  -d, --daemon             run in the background once the plugs are open
+  -p, --pidfile FILE       write the process id to FILE (removed on exit)
+  -l, --log                log start and stop to syslog, as vde_plug -l
+      --log-level LEVEL    error, warn, info or debug (default warn)
+  -h, --help               show this help`;
+
+const SIGTERM = 15;
+
+/** Runs `vdeno plug`; resolves to the exit code. */
+export async function plugCommand(args: string[]): Promise<number> {
+  const equals = args.indexOf("=");
+  const own = equals < 0 ? args : args.slice(0, equals);
+  const command = equals < 0 ? undefined : args.slice(equals + 1);
+  const { values, positionals } = parseArgs({
+    args: own,
+    options: {
+      daemon: { type: "boolean", short: "d" },
+      pidfile: { type: "string", short: "p" },
+      log: { type: "boolean", short: "l" },
+      "log-level": { type: "string" },
+      help: { type: "boolean", short: "h" },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (values.help) {
+    console.log(PLUG_USAGE);
+    return 0;
+  }
+  if (values["log-level"]) setLogLevel(values["log-level"]);
+  if (values.log) enableSyslog();
+  if (positionals.length === 0 || positionals.length > 2) {
+    throw new UsageError("plug takes one or two VNLs", PLUG_USAGE);
+  }
+  if (command !== undefined && (positionals.length !== 1 || command.length === 0)) {
+    throw new UsageError("use: vdeno plug VNL = COMMAND [ARGS...]", PLUG_USAGE);
+  }
+  if (values.daemon && Deno.env.get("VDENO_DAEMON_CHILD") !== "1") {
+    return await daemonize(args);
+  }
+
+  const ends: EndSpec[] = [{ vnl: positionals[0] }];
+  let childPid = -1;
+  let plane: DataPlane | undefined;
+  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
+  const stop = () => plane?.stop();
+  try {
+    if (positionals.length === 2) ends.push({ vnl: positionals[1] });
+    else if (command) {
+      const toChild = pipe(), fromChild = pipe();
+      try {
+        childPid = spawn(command, { descriptors: { 0: toChild.read, 1: fromChild.write } });
+      } finally {
+        closeQuietly(toChild.read);
+        closeQuietly(fromChild.write);
+      }
+      ends.push({
+        stream: {
+          name: `= ${command.join(" ")}`,
+          readFd: fromChild.read,
+          writeFd: toChild.write,
+          owned: true,
+        },
+      });
+    } else {
+      ends.push({ stream: { name: "stdio", readFd: 0, writeFd: 1, owned: false } });
+    }
+    plane = await DataPlane.start(ends);
+    if (values.pidfile) Deno.writeTextFileSync(values.pidfile, `${Deno.pid}\n`);
+    if (Deno.env.get("VDENO_DAEMON_CHILD") === "1") detachFromParent();
+    for (const signal of signals) Deno.addSignalListener(signal, stop);
+    const names = plane.plugs.map((plug) => plug.vnl).join(" <-> ");
+    logEvent(`plug started: ${names}`);
+    const end = await plane.finished;
+    logEvent(`plug stopped: ${end.kind === "stopped" ? "on a signal" : end.reason}`);
+
+    if (end.kind === "ended" && childPid > 0) {
+      const status = await childExit(childPid);
+      childPid = -1;
+      if (status.code !== 0) {
+        log("error", `the command ${describeStatus(status)}; closed ${positionals[0]}`);
+        console.error(`vdeno plug: the command ${command![0]} ${describeStatus(status)}`);
+        return 1;
+      }
+      return 0;
+    }
+    if (end.kind === "ended" && end.reason !== "end of input") {
+      console.error(`vdeno plug: ${end.reason}`);
+      return 1;
+    }
+    return 0;
+  } finally {
+    for (const signal of signals) Deno.removeSignalListener(signal, stop);
+    if (childPid > 0) {
+      signalProcess(childPid, SIGTERM);
+      await childExit(childPid);
+    }
+    if (values.pidfile) {
+      try {
+        Deno.removeSync(values.pidfile);
+      } catch {
+        // Already gone: nothing to clean.
+      }
+    }
+  }
+}
+
+async function childExit(pid: number) {
+  for (let waited = 0;; waited += 20) {
+    const status = reap(pid);
+    if (status) return status;
+    if (waited === 2000) signalProcess(pid, SIGTERM);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+function describeStatus(status: { code: number; signal?: number }): string {
+  return status.signal !== undefined
+    ? `was killed by signal ${status.signal}`
+    : `exited with status ${status.code}`;
+}
+
+/**
+ * vde_plug -d forks after parsing; Deno cannot fork, so the daemon is a
+ * detached copy of this command. Its stderr tells the parent whether the
+ * plugs opened: "ready", or the error to print.
+ */
+async function daemonize(args: string[]): Promise<number> {
+  const child = new Deno.Command(selfCommand()[0], {
+    args: [...selfCommand().slice(1), "plug", ...args],
+    env: { VDENO_DAEMON_CHILD: "1" },
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    detached: true,
+  }).spawn();
+  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+  let text = "";
+  while (!text.includes("\n")) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    text += value;
+  }
+  reader.releaseLock();
+  child.stderr.cancel().catch(() => {});
+  if (text.startsWith("vdeno-daemon-ready")) {
+    child.unref();
+    return 0;
+  }
+  const status = await child.status;
+  console.error(text.trim() || `vdeno: the daemon exited with status ${status.code}`);
+  return status.code || 1;
+}
+
+/** In the daemon: tell the parent all is well, then let go of its stderr. */
+function detachFromParent(): void {
+  console.error("vdeno-daemon-ready");
+  const O_RDWR = 2;
+  const devNull = libc.open(cString("/dev/null"), O_RDWR, 0);
+  if (devNull >= 0) {
+    libc.dup2(devNull, 2);
+    closeQuietly(devNull);
+  }
+}

@@ -1,0 +1,15 @@
+/**
+ * Command line errors: one line that says what was wrong, and where to look.
+ *
+ * @module
+ */
+
+/** A command line that cannot be run as given. */
+export class UsageError extends Error {
+  readonly usage?: string;
+  constructor(message: string, usage?: string) {
+    super(message);
+    this.name = "UsageError";
+    this.usage = usage;
+  }
+}

@@ -1,0 +1,188 @@
+/**
+ * The data plane of `vdeno plug`: a Worker that opens both plugs and runs the
+ * cable with a blocking poll, so frames are forwarded the moment they arrive
+ * while the main thread serves signals and the status socket.
+ *
+ * The worker runs the program's main module again (main.ts, the bundle or the
+ * compiled executable), which hands over to {@linkcode runDataPlaneWorker}
+ * when it finds itself in a worker; this keeps vdeno a single file.
+ *
+ * Control goes through shared memory and an eventfd: the main thread sets a
+ * bit in a shared word and wakes the worker's poll. Counters are shared
+ * Float64Arrays that the main thread reads without asking.
+ *
+ * @module
+ */
+
+import { Wakeup } from "../ffi/poll.ts";
+import { openPlug } from "../plugs/open.ts";
+import { StreamPlug } from "../plugs/stream.ts";
+import { type CableEnd, runCable } from "./cable.ts";
+import type { Plug } from "./plug.ts";
+
+/** One end of a cable: a VNL to open, or a byte stream on descriptors. */
+export type EndSpec =
+  | { vnl: string }
+  | { stream: { name: string; readFd: number; writeFd: number; owned: boolean } };
+
+/** What the main thread knows of an open plug. */
+export interface PlugHandle {
+  vnl: string;
+  counters: Float64Array;
+}
+
+const STOP = 1;
+const DESCRIBE = 2;
+
+type ToMain =
+  | { type: "ready"; plugs: PlugHandle[] }
+  | { type: "error"; message: string }
+  | { type: "describe"; plugs: Record<string, unknown>[] }
+  | { type: "finished"; end: CableEnd };
+
+interface WorkerStart {
+  ends: EndSpec[];
+  wakeupFd: number;
+  commands: SharedArrayBuffer;
+}
+
+/** A running data plane. */
+export class DataPlane {
+  readonly plugs: PlugHandle[];
+  /** Resolves once the cable ended and the worker closed both plugs (goodbye sent). */
+  readonly finished: Promise<CableEnd>;
+  readonly #worker: Worker;
+  readonly #wakeup: Wakeup;
+  readonly #commands: Int32Array;
+  #describeWaiters: ((plugs: Record<string, unknown>[]) => void)[] = [];
+
+  private constructor(
+    worker: Worker,
+    wakeup: Wakeup,
+    commands: Int32Array,
+    plugs: PlugHandle[],
+    finished: Promise<CableEnd>,
+  ) {
+    this.#worker = worker;
+    this.#wakeup = wakeup;
+    this.#commands = commands;
+    this.plugs = plugs;
+    this.finished = finished;
+  }
+
+  /** Starts the worker and opens both ends; rejects with the reason an end cannot open. */
+  static start(ends: EndSpec[]): Promise<DataPlane> {
+    const wakeup = new Wakeup();
+    const commands = new Int32Array(new SharedArrayBuffer(8));
+    const worker = new Worker(Deno.mainModule, { type: "module", name: "vdeno-dataplane" });
+    let resolveFinished: (end: CableEnd) => void;
+    const finished = new Promise<CableEnd>((resolve) => resolveFinished = resolve);
+    return new Promise((resolve, reject) => {
+      let plane: DataPlane | undefined;
+      worker.onmessage = (event: MessageEvent<ToMain>) => {
+        const message = event.data;
+        if (message.type === "ready") {
+          plane = new DataPlane(worker, wakeup, commands, message.plugs, finished);
+          resolve(plane);
+        } else if (message.type === "error") {
+          worker.terminate();
+          wakeup.close();
+          reject(new Error(message.message));
+        } else if (message.type === "describe") {
+          if (plane) plane.#answerDescribe(message.plugs);
+        } else if (message.type === "finished") {
+          worker.terminate();
+          wakeup.close();
+          resolveFinished(message.end);
+        }
+      };
+      worker.onerror = (event) => {
+        event.preventDefault();
+        worker.terminate();
+        const reason = `the data plane failed: ${event.message}`;
+        reject(new Error(reason));
+        resolveFinished({ kind: "ended", plugIndex: -1, reason });
+      };
+      worker.postMessage({ ends, wakeupFd: wakeup.fd, commands: commands.buffer } as WorkerStart);
+    });
+  }
+
+  #answerDescribe(plugs: Record<string, unknown>[]): void {
+    const waiters = this.#describeWaiters;
+    this.#describeWaiters = [];
+    for (const waiter of waiters) waiter(plugs);
+  }
+
+  /** Asks the worker to close both plugs and finish. */
+  stop(): void {
+    Atomics.or(this.#commands, 0, STOP);
+    this.#wakeup.wake();
+  }
+
+  /** What each plug can say about itself (learned MACs, peers...). */
+  describe(): Promise<Record<string, unknown>[]> {
+    return new Promise((resolve) => {
+      this.#describeWaiters.push(resolve);
+      Atomics.or(this.#commands, 0, DESCRIBE);
+      this.#wakeup.wake();
+    });
+  }
+}
+
+function openEnd(end: EndSpec): Plug {
+  if ("vnl" in end) return openPlug(end.vnl);
+  const { name, readFd, writeFd, owned } = end.stream;
+  return new StreamPlug(name, readFd, writeFd, owned);
+}
+
+/** The worker's side: called by the main module when it runs as the data plane worker. */
+export function runDataPlaneWorker(): void {
+  const scope = self as unknown as {
+    postMessage(message: ToMain): void;
+    onmessage: ((event: MessageEvent<WorkerStart>) => void) | null;
+  };
+  scope.onmessage = async (event) => {
+    scope.onmessage = null;
+    const { ends, wakeupFd, commands: commandBuffer } = event.data;
+    const commands = new Int32Array(commandBuffer);
+    const plugs: Plug[] = [];
+    try {
+      for (const end of ends) plugs.push(openEnd(end));
+    } catch (error) {
+      for (const plug of plugs) plug.close();
+      scope.postMessage({ type: "error", message: (error as Error).message });
+      return;
+    }
+    scope.postMessage({
+      type: "ready",
+      plugs: plugs.map((plug) => ({ vnl: plug.vnl, counters: plug.counters })),
+    });
+    const wakeup = new Wakeup(wakeupFd);
+    let end: CableEnd;
+    try {
+      end = await runCable(plugs[0], plugs[1], {
+        wakeup,
+        onWake: () => {
+          const command = Atomics.exchange(commands, 0, 0);
+          if (command & DESCRIBE) {
+            scope.postMessage({
+              type: "describe",
+              plugs: plugs.map((plug) => ({ vnl: plug.vnl, ...plug.describe?.() })),
+            });
+          }
+          return (command & STOP) === 0;
+        },
+      });
+    } catch (error) {
+      end = { kind: "ended", plugIndex: -1, reason: (error as Error).message };
+    }
+    for (const plug of plugs) plug.close();
+    scope.postMessage({ type: "finished", end });
+  };
+}
+
+/** Whether this code runs inside a Worker. */
+export function inWorker(): boolean {
+  const scope = (globalThis as { WorkerGlobalScope?: new () => unknown }).WorkerGlobalScope;
+  return scope !== undefined && self instanceof scope;
+}

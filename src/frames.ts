@@ -1,0 +1,81 @@
+/**
+ * Frames in flight: a batch of preallocated slots that plugs fill and drain,
+ * so the data path allocates nothing per frame.
+ *
+ * Each slot keeps HEADROOM bytes before the frame, where a plug may write its
+ * own encapsulation (the vxvde header, a stream length) and send header and
+ * frame with one call, without copying the frame.
+ *
+ * @module
+ */
+
+/** Ethernet header length. */
+export const ETH_HEADER = 14;
+/** The largest frame vdeplug4 carries: a 9216-byte payload, the header and a VLAN tag. */
+export const MAX_FRAME = 9216 + 14 + 4;
+/** Bytes reserved before each frame for encapsulation. */
+export const HEADROOM = 64;
+/** Bytes reserved after each frame, for padding and oversized input detection. */
+export const TAILROOM = 128;
+/** Size of one slot. */
+export const SLOT_SIZE = Math.ceil((HEADROOM + MAX_FRAME + TAILROOM) / 64) * 64;
+/** Frames moved per batch by default. */
+export const DEFAULT_BATCH = 64;
+
+/** A batch of frame slots; frame i lives at `offset(i)` with `lengths[i]` bytes. */
+export class FrameBatch {
+  readonly capacity: number;
+  /** All slots, back to back. */
+  readonly bytes: Uint8Array<ArrayBuffer>;
+  /** The slots as 32-bit words, for fast header checks. */
+  readonly words: Uint32Array;
+  /** Frame lengths, one per slot. */
+  readonly lengths: Int32Array;
+  /** A pointer to each slot's frame, made once so the data path creates none. */
+  readonly framePointers: Deno.PointerObject[];
+  /** How many slots hold frames. */
+  count = 0;
+
+  constructor(capacity = DEFAULT_BATCH) {
+    this.capacity = capacity;
+    this.bytes = new Uint8Array(capacity * SLOT_SIZE);
+    this.words = new Uint32Array(this.bytes.buffer);
+    this.lengths = new Int32Array(capacity);
+    const base = Deno.UnsafePointer.of(this.bytes)!;
+    this.framePointers = Array.from(
+      { length: capacity },
+      (_, i) => Deno.UnsafePointer.offset(base, this.offset(i))!,
+    );
+  }
+
+  /** Where frame i begins in {@linkcode bytes}. */
+  offset(i: number): number {
+    return i * SLOT_SIZE + HEADROOM;
+  }
+
+  /** A view of frame i (allocates: not for the data path). */
+  frame(i: number): Uint8Array<ArrayBuffer> {
+    const start = this.offset(i);
+    return this.bytes.subarray(start, start + this.lengths[i]);
+  }
+
+  /** Appends a copy of `frame`; returns false when the batch is full or the frame too long. */
+  push(frame: Uint8Array): boolean {
+    if (this.count >= this.capacity || frame.length > MAX_FRAME) return false;
+    this.bytes.set(frame, this.offset(this.count));
+    this.lengths[this.count++] = frame.length;
+    return true;
+  }
+}
+
+/** The destination MAC of the frame at `offset` has the group bit (broadcast or multicast). */
+export function isGroupAddress(bytes: Uint8Array, offset: number): boolean {
+  return (bytes[offset] & 1) === 1;
+}
+
+/** Formats six MAC bytes at `offset`. */
+export function formatMac(bytes: Uint8Array, offset = 0): string {
+  const parts: string[] = [];
+  for (let i = 0; i < 6; i++) parts.push(bytes[offset + i].toString(16).padStart(2, "0"));
+  return parts.join(":");
+}

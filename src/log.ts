@@ -1,0 +1,48 @@
+/**
+ * Messages on stderr with a level and a time, and optionally syslog (as
+ * `vde_plug -l` logs start and stop).
+ *
+ * @module
+ */
+
+export type LogLevel = "error" | "warn" | "info" | "debug";
+const LEVELS: LogLevel[] = ["error", "warn", "info", "debug"];
+
+let threshold = LEVELS.indexOf("warn");
+let syslogTag: string | undefined;
+
+/** Sets the least severe level printed; throws on an unknown level name. */
+export function setLogLevel(level: string): void {
+  const index = LEVELS.indexOf(level as LogLevel);
+  if (index < 0) throw new Error(`Bad log level: ${level}; use one of ${LEVELS.join(", ")}`);
+  threshold = index;
+}
+
+/** Sends start/stop and errors to syslog too, under `tag`. */
+export function enableSyslog(tag = "vdeno"): void {
+  syslogTag = tag;
+}
+
+/** Logs one line at `level`. */
+export function log(level: LogLevel, message: string): void {
+  if (LEVELS.indexOf(level) <= threshold) {
+    const time = new Date().toISOString();
+    console.error(`${time} vdeno ${level}: ${message}`);
+  }
+}
+
+/** Logs to syslog when enabled (and to stderr at info level). */
+export function logEvent(message: string): void {
+  log("info", message);
+  if (syslogTag === undefined) return;
+  try {
+    new Deno.Command("logger", {
+      args: ["-t", syslogTag, "--id=" + Deno.pid, message],
+      stdin: "null",
+      stdout: "null",
+      stderr: "null",
+    }).spawn().status.catch(() => {});
+  } catch {
+    // No logger program: syslog is best effort, stderr already has it.
+  }
+}

@@ -1,0 +1,42 @@
+/**
+ * The one interface every VNL scheme implements, as vdeplug4's modules do:
+ * open (the scheme's factory), the descriptors to wait on, receive, send,
+ * close. The cable that moves frames between two plugs knows only this.
+ *
+ * @module
+ */
+
+import type { FrameBatch } from "./frames.ts";
+
+/** An open connection to a virtual network. */
+export interface Plug {
+  /** The VNL it was opened with. */
+  readonly vnl: string;
+  /** Descriptors to wait on for input, in a fixed order. */
+  readonly fds: readonly number[];
+  /** Counters; see `counters.ts` for their meaning. */
+  readonly counters: Float64Array;
+  /**
+   * Appends every frame that is ready, without blocking, to `batch` (from
+   * `batch.count` up to its capacity). `readyMask` has bit i set when fds[i]
+   * was reported readable. A slot whose length is 0 was dropped and is to be
+   * skipped. Returns false when the plug has ended (its peer closed).
+   */
+  receive(batch: FrameBatch, readyMask: number): boolean;
+  /** True when input was read but not yet delivered; the cable calls receive again at once. */
+  readonly backlog?: boolean;
+  /** Sends the frames in slots [0, batch.count), skipping those of length 0. */
+  send(batch: FrameBatch): void;
+  /** Details for `vdeno status`: learned addresses, peers, anything the scheme knows. */
+  describe?(): Record<string, unknown>;
+  /** Releases everything; a vxvde plug says goodbye first. */
+  close(): void;
+}
+
+/** The end of a plug's input: its peer closed, or its device went away. */
+export class PlugEnded extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "PlugEnded";
+  }
+}
