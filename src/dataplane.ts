@@ -17,13 +17,15 @@
 import { Wakeup } from "../ffi/poll.ts";
 import { openPlug } from "../plugs/open.ts";
 import { StreamPlug } from "../plugs/stream.ts";
+import { TapPlug } from "../plugs/tap.ts";
 import { type CableEnd, runCable } from "./cable.ts";
 import type { Plug } from "./plug.ts";
 
-/** One end of a cable: a VNL to open, or a byte stream on descriptors. */
+/** One end of a cable: a VNL to open, a byte stream on descriptors, or an open TAP descriptor. */
 export type EndSpec =
   | { vnl: string }
-  | { stream: { name: string; readFd: number; writeFd: number; owned: boolean } };
+  | { stream: { name: string; readFd: number; writeFd: number; owned: boolean } }
+  | { tap: { name: string; fd: number } };
 
 /** What the main thread knows of an open plug. */
 export interface PlugHandle {
@@ -131,6 +133,7 @@ export class DataPlane {
 
 function openEnd(end: EndSpec): Plug {
   if ("vnl" in end) return openPlug(end.vnl);
+  if ("tap" in end) return new TapPlug(`tap://${end.tap.name}`, end.tap.name, end.tap.fd);
   const { name, readFd, writeFd, owned } = end.stream;
   return new StreamPlug(name, readFd, writeFd, owned);
 }
