@@ -10,6 +10,7 @@
 
 import denoConfig from "./deno.json" with { type: "json" };
 import { plugCommand } from "./src/cli/plug.ts";
+import { statusCommand } from "./src/cli/status.ts";
 import { UsageError } from "./src/cli/usage.ts";
 import { inWorker, runDataPlaneWorker } from "./src/dataplane.ts";
 
@@ -19,6 +20,7 @@ Usage: vdeno COMMAND [ARGS...]
 
 Commands:
   plug VNL [VNL | = COMMAND...]   plug networks together (like vde_plug)
+  status [NAME|PID]               running plugs, counters, learned MACs
   demo                            build a demo Local Area Cloud of namespaces
   randmac                         print a random locally administered MAC
   version                         print the version
@@ -29,6 +31,7 @@ type Command = (args: string[]) => Promise<number> | number;
 
 const commands: Record<string, Command> = {
   plug: plugCommand,
+  status: statusCommand,
   version: () => {
     console.log(`vdeno ${denoConfig.version}`);
     return 0;

@@ -29,7 +29,7 @@
 
 import { PollSet } from "./ffi/poll.ts";
 import { openPlug } from "./plugs/open.ts";
-import { countersObject, type CounterName } from "./src/counters.ts";
+import { type CounterName, countersObject } from "./src/counters.ts";
 import { FrameBatch, MAX_FRAME } from "./src/frames.ts";
 import type { Plug } from "./src/plug.ts";
 
@@ -61,7 +61,9 @@ export class VdeConnection implements AsyncIterable<Uint8Array>, Disposable {
   send(frame: Uint8Array): void {
     this.#assertOpen();
     if (frame.length < 14 || frame.length > MAX_FRAME) {
-      throw new RangeError(`Cannot send a ${frame.length}-byte frame: frames have 14 to ${MAX_FRAME} bytes`);
+      throw new RangeError(
+        `Cannot send a ${frame.length}-byte frame: frames have 14 to ${MAX_FRAME} bytes`,
+      );
     }
     this.#outgoing.count = 0;
     this.#outgoing.push(frame);

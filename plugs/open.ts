@@ -7,6 +7,7 @@
 
 import type { Plug } from "../src/plug.ts";
 import { splitVnl, VnlError } from "../src/vnl.ts";
+import { PcapPlug } from "./pcap.ts";
 import { TapPlug } from "./tap.ts";
 import { VxvdePlug } from "./vxvde.ts";
 
@@ -16,6 +17,7 @@ export type SchemeOpener = (vnl: string, rest: string) => Plug;
 const schemes: Record<string, SchemeOpener> = {
   vxvde: (vnl, rest) => new VxvdePlug(vnl, rest),
   tap: (vnl, rest) => new TapPlug(vnl, rest),
+  pcap: (vnl, rest) => new PcapPlug(vnl, rest),
 };
 
 /** The schemes vdeno can open. */

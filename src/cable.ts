@@ -12,6 +12,7 @@
 
 import { POLLERR, POLLHUP, POLLIN, PollSet, type Wakeup } from "../ffi/poll.ts";
 import { FrameBatch } from "./frames.ts";
+import type { PcapWriter } from "./pcap.ts";
 import type { Plug } from "./plug.ts";
 
 /** How a cable ended. */
@@ -27,6 +28,8 @@ export interface CableOptions {
   onWake: () => boolean;
   /** Yield to the event loop between waits (for use on the main thread). */
   cooperative?: boolean;
+  /** Records every frame that crosses the cable, both ways. */
+  capture?: PcapWriter;
 }
 
 const READY = POLLIN | POLLHUP | POLLERR;
@@ -60,6 +63,7 @@ export async function runCable(a: Plug, b: Plug, options: CableOptions): Promise
             return { kind: "ended", plugIndex: p, reason: (error as Error).message };
           }
           if (batch.count > 0) {
+            options.capture?.writeBatch(batch);
             try {
               other.send(batch);
             } catch (error) {

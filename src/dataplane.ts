@@ -19,6 +19,7 @@ import { openPlug } from "../plugs/open.ts";
 import { StreamPlug } from "../plugs/stream.ts";
 import { TapPlug } from "../plugs/tap.ts";
 import { type CableEnd, runCable } from "./cable.ts";
+import { PcapWriter } from "./pcap.ts";
 import type { Plug } from "./plug.ts";
 
 /** One end of a cable: a VNL to open, a byte stream on descriptors, or an open TAP descriptor. */
@@ -44,6 +45,7 @@ type ToMain =
 
 interface WorkerStart {
   ends: EndSpec[];
+  capture?: string;
   wakeupFd: number;
   commands: SharedArrayBuffer;
 }
@@ -57,6 +59,7 @@ export class DataPlane {
   readonly #wakeup: Wakeup;
   readonly #commands: Int32Array;
   #describeWaiters: ((plugs: Record<string, unknown>[]) => void)[] = [];
+  #finishedFlag = false;
 
   private constructor(
     worker: Worker,
@@ -69,11 +72,18 @@ export class DataPlane {
     this.#wakeup = wakeup;
     this.#commands = commands;
     this.plugs = plugs;
-    this.finished = finished;
+    this.finished = finished.then((end) => {
+      this.#finishedFlag = true;
+      this.#answerDescribe(plugs.map(() => ({})));
+      return end;
+    });
   }
 
-  /** Starts the worker and opens both ends; rejects with the reason an end cannot open. */
-  static start(ends: EndSpec[]): Promise<DataPlane> {
+  /**
+   * Starts the worker and opens both ends; rejects with the reason an end
+   * cannot open. With `capture`, every frame crossing is written to that pcap file.
+   */
+  static start(ends: EndSpec[], capture?: string): Promise<DataPlane> {
     const wakeup = new Wakeup();
     const commands = new Int32Array(new SharedArrayBuffer(8));
     const worker = new Worker(Deno.mainModule, { type: "module", name: "vdeno-dataplane" });
@@ -105,7 +115,8 @@ export class DataPlane {
         reject(new Error(reason));
         resolveFinished({ kind: "ended", plugIndex: -1, reason });
       };
-      worker.postMessage({ ends, wakeupFd: wakeup.fd, commands: commands.buffer } as WorkerStart);
+      const start: WorkerStart = { ends, capture, wakeupFd: wakeup.fd, commands: commands.buffer };
+      worker.postMessage(start);
     });
   }
 
@@ -121,8 +132,9 @@ export class DataPlane {
     this.#wakeup.wake();
   }
 
-  /** What each plug can say about itself (learned MACs, peers...). */
+  /** What each plug can say about itself (learned MACs, peers...); nothing once finished. */
   describe(): Promise<Record<string, unknown>[]> {
+    if (this.#finishedFlag) return Promise.resolve(this.plugs.map(() => ({})));
     return new Promise((resolve) => {
       this.#describeWaiters.push(resolve);
       Atomics.or(this.#commands, 0, DESCRIBE);
@@ -146,11 +158,13 @@ export function runDataPlaneWorker(): void {
   };
   scope.onmessage = async (event) => {
     scope.onmessage = null;
-    const { ends, wakeupFd, commands: commandBuffer } = event.data;
+    const { ends, capture: capturePath, wakeupFd, commands: commandBuffer } = event.data;
     const commands = new Int32Array(commandBuffer);
     const plugs: Plug[] = [];
+    let capture: PcapWriter | undefined;
     try {
       for (const end of ends) plugs.push(openEnd(end));
+      if (capturePath) capture = new PcapWriter(capturePath);
     } catch (error) {
       for (const plug of plugs) plug.close();
       scope.postMessage({ type: "error", message: (error as Error).message });
@@ -165,6 +179,7 @@ export function runDataPlaneWorker(): void {
     try {
       end = await runCable(plugs[0], plugs[1], {
         wakeup,
+        capture,
         onWake: () => {
           const command = Atomics.exchange(commands, 0, 0);
           if (command & DESCRIBE) {
@@ -180,6 +195,7 @@ export function runDataPlaneWorker(): void {
       end = { kind: "ended", plugIndex: -1, reason: (error as Error).message };
     }
     for (const plug of plugs) plug.close();
+    capture?.close();
     scope.postMessage({ type: "finished", end });
   };
 }

@@ -1,7 +1,7 @@
 /** The MAC table and the stream framing, on their own. */
 
 import assert from "node:assert/strict";
-import { SocketAddress, SOCKADDR_SIZE } from "../ffi/net.ts";
+import { SOCKADDR_SIZE, SocketAddress } from "../ffi/net.ts";
 import { StreamDecoder } from "../plugs/stream.ts";
 import { Counter, newCounters } from "../src/counters.ts";
 import { MacTable } from "../src/mactable.ts";
@@ -21,7 +21,9 @@ Deno.test("a learned MAC is found until it expires", () => {
   table.learn(macA, 0, sender("10.0.0.1", 4000), 0, 1000);
   const slot = table.lookup(macA, 0, 1005);
   assert.ok(slot >= 0);
-  const peer = new SocketAddress(table.addresses.slice(slot * SOCKADDR_SIZE, (slot + 1) * SOCKADDR_SIZE));
+  const peer = new SocketAddress(
+    table.addresses.slice(slot * SOCKADDR_SIZE, (slot + 1) * SOCKADDR_SIZE),
+  );
   assert.equal(peer.toString(), "10.0.0.1:4000");
   assert.equal(table.lookup(macB, 0, 1005), -1);
   assert.equal(table.lookup(macA, 0, 1011), -1);

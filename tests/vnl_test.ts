@@ -1,13 +1,35 @@
 /** VNL parsing follows vdeplug4: prefix-matched keys, quoting, %XX, nesting, C number forms. */
 
 import assert from "node:assert/strict";
-import { parseOptions, parseSize, splitNested, splitQuoted, splitVnl, VnlError } from "../src/vnl.ts";
+import {
+  parseOptions,
+  parseSize,
+  splitNested,
+  splitQuoted,
+  splitVnl,
+  VnlError,
+} from "../src/vnl.ts";
 import { parseVxvde, vxvdeHeader } from "../plugs/vxvde.ts";
 
-const NAMES = ["port", "vni", "grp", "ttl", "rcvbuf", "v6", "v4", "hashsize", "expiretime", "if", "bind"] as const;
+const NAMES = [
+  "port",
+  "vni",
+  "grp",
+  "ttl",
+  "rcvbuf",
+  "v6",
+  "v4",
+  "hashsize",
+  "expiretime",
+  "if",
+  "bind",
+] as const;
 
 Deno.test("a VNL splits into scheme and the rest at the first ://", () => {
-  assert.deepEqual(splitVnl("vxvde://239.0.0.1/port=5"), { scheme: "vxvde", rest: "239.0.0.1/port=5" });
+  assert.deepEqual(splitVnl("vxvde://239.0.0.1/port=5"), {
+    scheme: "vxvde",
+    rest: "239.0.0.1/port=5",
+  });
   assert.deepEqual(splitVnl("tap://tap0"), { scheme: "tap", rest: "tap0" });
   assert.throws(() => splitVnl("no-scheme-here"), VnlError);
 });
@@ -23,9 +45,20 @@ Deno.test("a VNL file holds the VNL on its first line", () => {
 });
 
 Deno.test("option keys match by prefix, in the scheme's order", () => {
-  const { address, options } = parseOptions("vxvde", "239.1.1.1/p=5000/v/t=3/h=64/e=9/i=eth1", NAMES);
+  const { address, options } = parseOptions(
+    "vxvde",
+    "239.1.1.1/p=5000/v/t=3/h=64/e=9/i=eth1",
+    NAMES,
+  );
   assert.equal(address, "239.1.1.1");
-  assert.deepEqual(options, { port: "5000", vni: "", ttl: "3", hashsize: "64", expiretime: "9", if: "eth1" });
+  assert.deepEqual(options, {
+    port: "5000",
+    vni: "",
+    ttl: "3",
+    hashsize: "64",
+    expiretime: "9",
+    if: "eth1",
+  });
 });
 
 Deno.test("an unknown key is an error that names the key", () => {

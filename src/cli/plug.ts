@@ -9,6 +9,8 @@
 import { parseArgs } from "node:util";
 import { closeQuietly, cString, libc } from "../../ffi/libc.ts";
 import { pipe, reap, signalProcess, spawn } from "../../ffi/spawn.ts";
+import { ControlServer } from "../control.ts";
+import { countersObject } from "../counters.ts";
 import { DataPlane, type EndSpec } from "../dataplane.ts";
 import { enableSyslog, log, logEvent, setLogLevel } from "../log.ts";
 import { selfCommand } from "../self.ts";
@@ -24,6 +26,8 @@ A VNL names a network: vxvde://239.0.0.1, tap://tap0, ...
 Options:
   -d, --daemon             run in the background once the plugs are open
   -p, --pidfile FILE       write the process id to FILE (removed on exit)
+  -n, --name NAME          name for 'vdeno status' (default plug-PID)
+  -c, --capture FILE       write every frame crossing the plug to a pcap file
   -l, --log                log start and stop to syslog, as vde_plug -l
       --log-level LEVEL    error, warn, info or debug (default warn)
   -h, --help               show this help`;
@@ -42,6 +46,8 @@ export async function plugCommand(args: string[]): Promise<number> {
       pidfile: { type: "string", short: "p" },
       log: { type: "boolean", short: "l" },
       "log-level": { type: "string" },
+      name: { type: "string", short: "n" },
+      capture: { type: "string", short: "c" },
       help: { type: "boolean", short: "h" },
     },
     allowPositionals: true,
@@ -66,6 +72,7 @@ export async function plugCommand(args: string[]): Promise<number> {
   const ends: EndSpec[] = [{ vnl: positionals[0] }];
   let childPid = -1;
   let plane: DataPlane | undefined;
+  let control: ControlServer | undefined;
   const signals: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
   const stop = () => plane?.stop();
   try {
@@ -89,7 +96,21 @@ export async function plugCommand(args: string[]): Promise<number> {
     } else {
       ends.push({ stream: { name: "stdio", readFd: 0, writeFd: 1, owned: false } });
     }
-    plane = await DataPlane.start(ends);
+    plane = await DataPlane.start(ends, values.capture);
+    const runningPlane = plane;
+    const startedAt = new Date();
+    const name = values.name ?? `plug-${Deno.pid}`;
+    control = await ControlServer.start(name, async () => ({
+      name,
+      pid: Deno.pid,
+      startedAt: startedAt.toISOString(),
+      uptimeSeconds: (Date.now() - startedAt.getTime()) / 1000,
+      plugs: (await runningPlane.describe()).map((details, i) => ({
+        ...details,
+        vnl: runningPlane.plugs[i].vnl,
+        counters: countersObject(runningPlane.plugs[i].counters),
+      })),
+    }));
     if (values.pidfile) Deno.writeTextFileSync(values.pidfile, `${Deno.pid}\n`);
     if (Deno.env.get("VDENO_DAEMON_CHILD") === "1") detachFromParent();
     for (const signal of signals) Deno.addSignalListener(signal, stop);
@@ -113,7 +134,12 @@ export async function plugCommand(args: string[]): Promise<number> {
       return 1;
     }
     return 0;
+  } catch (error) {
+    plane?.stop();
+    await plane?.finished;
+    throw error;
   } finally {
+    await control?.close();
     for (const signal of signals) Deno.removeSignalListener(signal, stop);
     if (childPid > 0) {
       signalProcess(childPid, SIGTERM);

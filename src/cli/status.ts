@@ -1,0 +1,204 @@
+/**
+ * `vdeno status`: which plugs run, and for one of them its VNLs, counters,
+ * learned MACs and peers. A table for people, `--json` for scripts,
+ * `--watch` to follow the rates like top.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import {
+  controlDirectory,
+  controlSockets,
+  type PlugStatus,
+  queryStatus,
+  type StatusReport,
+} from "../control.ts";
+import { UsageError } from "./usage.ts";
+
+export const STATUS_USAGE = `Usage:
+  vdeno status [OPTIONS]            list the running plugs
+  vdeno status [OPTIONS] NAME|PID   details of one plug
+
+Options:
+  -j, --json            machine-readable output
+  -w, --watch [SECS]    refresh every SECS seconds (default 1), with rates per second
+  -h, --help            show this help
+
+Plugs answer on Unix sockets in ${"$"}XDG_RUNTIME_DIR/vdeno (or /tmp/vdeno-UID).`;
+
+/** Runs `vdeno status`; resolves to the exit code. */
+export async function statusCommand(args: string[]): Promise<number> {
+  const { values, positionals } = parseArgs({
+    args,
+    options: {
+      json: { type: "boolean", short: "j" },
+      watch: { type: "boolean", short: "w" },
+      help: { type: "boolean", short: "h" },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (values.help) {
+    console.log(STATUS_USAGE);
+    return 0;
+  }
+  let interval = 1;
+  let targets = positionals;
+  if (values.watch && targets.length > 0 && /^\d+(\.\d+)?$/.test(targets[0])) {
+    interval = Number(targets[0]);
+    targets = targets.slice(1);
+  }
+  if (targets.length > 1) {
+    throw new UsageError("status takes at most one plug name or pid", STATUS_USAGE);
+  }
+  const target = targets[0];
+  if (!values.watch) {
+    const reports = await collect(target);
+    console.log(
+      values.json
+        ? JSON.stringify(target ? reports[0] : reports, null, 2)
+        : render(reports, target),
+    );
+    return 0;
+  }
+  let previous: StatusReport[] = [];
+  let previousTime = performance.now();
+  const stop = new Promise<void>((resolve) => Deno.addSignalListener("SIGINT", () => resolve()));
+  for (;;) {
+    const reports = await collect(target);
+    const now = performance.now();
+    const rates = rateTable(reports, previous, (now - previousTime) / 1000);
+    previous = reports;
+    previousTime = now;
+    const text = values.json
+      ? JSON.stringify({ reports, rates })
+      : `\x1b[H\x1b[2J${new Date().toISOString()}  (every ${interval}s, Ctrl-C to quit)\n\n${
+        render(reports, target)
+      }\n${rates}`;
+    console.log(text);
+    const tick = new Promise((resolve) => setTimeout(resolve, interval * 1000));
+    if (await Promise.race([tick.then(() => false), stop.then(() => true)])) return 0;
+  }
+}
+
+async function collect(target: string | undefined): Promise<StatusReport[]> {
+  const reports: StatusReport[] = [];
+  for (const socket of controlSockets()) {
+    if (target !== undefined && socket.name !== target && !/^\d+$/.test(target)) continue;
+    try {
+      const report = await queryStatus(socket.path);
+      if (target === undefined || report.name === target || String(report.pid) === target) {
+        reports.push(report);
+      }
+    } catch {
+      // A socket without a live plug behind it: left by a killed process.
+    }
+  }
+  if (target !== undefined && reports.length === 0) {
+    throw new Error(`No running plug named ${target} (looked in ${controlDirectory()})`);
+  }
+  return reports;
+}
+
+function formatDuration(seconds: number): string {
+  const s = Math.floor(seconds);
+  const [h, m] = [Math.floor(s / 3600), Math.floor((s % 3600) / 60)];
+  return h > 0
+    ? `${h}h${String(m).padStart(2, "0")}m`
+    : m > 0
+    ? `${m}m${String(s % 60).padStart(2, "0")}s`
+    : `${s}s`;
+}
+
+function drops(counters: PlugStatus["counters"]): number {
+  // Our own multicast echo is expected on a healthy network: not a loss worth flagging.
+  return Object.entries(counters).filter(([name]) =>
+    name.startsWith("drop") && name !== "dropOwnEcho"
+  ).reduce((sum, [, n]) => sum + n, 0);
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0].map((_, column) => Math.max(...rows.map((row) => row[column].length)));
+  return rows.map((row) => row.map((cell, i) => cell.padEnd(widths[i])).join("  ").trimEnd()).join(
+    "\n",
+  );
+}
+
+function render(reports: StatusReport[], target: string | undefined): string {
+  if (target === undefined) {
+    if (reports.length === 0) return `No running plugs (looked in ${controlDirectory()})`;
+    const rows = [["NAME", "PID", "UPTIME", "FRAMES IN", "FRAMES OUT", "DROPS", "VNLS"]];
+    for (const report of reports) {
+      const sum = (name: "framesIn" | "framesOut") =>
+        report.plugs.reduce((n, plug) => n + plug.counters[name], 0);
+      rows.push([
+        report.name,
+        String(report.pid),
+        formatDuration(report.uptimeSeconds),
+        String(sum("framesIn")),
+        String(sum("framesOut")),
+        String(report.plugs.reduce((n, plug) => n + drops(plug.counters), 0)),
+        report.plugs.map((plug) => plug.vnl).join(" <-> "),
+      ]);
+    }
+    return table(rows);
+  }
+  const report = reports[0];
+  const lines = [`${report.name} (pid ${report.pid}), up ${formatDuration(report.uptimeSeconds)}`];
+  for (const plug of report.plugs) {
+    lines.push("", plug.vnl);
+    const { vnl: _vnl, counters, learned, peers, ...details } = plug;
+    for (const [key, value] of Object.entries(details)) lines.push(`  ${key}: ${value}`);
+    const nonZero = Object.entries(counters).filter(([, n]) => n !== 0);
+    lines.push(
+      `  counters: ${nonZero.length ? nonZero.map(([k, n]) => `${k}=${n}`).join(" ") : "all zero"}`,
+    );
+    if (Array.isArray(peers)) {
+      lines.push(`  peers: ${peers.length ? peers.join(", ") : "none yet"}`);
+    }
+    if (Array.isArray(learned)) {
+      if (learned.length === 0) lines.push("  learned MACs: none");
+      else {
+        const rows = [["  MAC", "PEER", "AGE"]];
+        for (const entry of learned as { mac: string; peer: string; ageSeconds: number }[]) {
+          rows.push([`  ${entry.mac}`, entry.peer, `${entry.ageSeconds}s`]);
+        }
+        lines.push(table(rows));
+      }
+    }
+  }
+  return lines.join("\n");
+}
+
+function rateTable(reports: StatusReport[], previous: StatusReport[], seconds: number): string {
+  if (previous.length === 0 || seconds <= 0) return "";
+  const rows = [[
+    "NAME",
+    "VNL",
+    "FRAMES/S IN",
+    "FRAMES/S OUT",
+    "MBIT/S IN",
+    "MBIT/S OUT",
+    "DROPS/S",
+  ]];
+  for (const report of reports) {
+    const before = previous.find((p) => p.name === report.name);
+    if (!before) continue;
+    report.plugs.forEach((plug, i) => {
+      const old = before.plugs[i]?.counters;
+      if (!old) return;
+      const rate = (now: number, then: number) => (now - then) / seconds;
+      rows.push([
+        report.name,
+        plug.vnl,
+        rate(plug.counters.framesIn, old.framesIn).toFixed(0),
+        rate(plug.counters.framesOut, old.framesOut).toFixed(0),
+        (rate(plug.counters.bytesIn, old.bytesIn) * 8 / 1e6).toFixed(2),
+        (rate(plug.counters.bytesOut, old.bytesOut) * 8 / 1e6).toFixed(2),
+        rate(drops(plug.counters), drops(old)).toFixed(0),
+      ]);
+    });
+  }
+  return table(rows);
+}
