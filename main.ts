@@ -10,6 +10,7 @@
 
 import denoConfig from "./deno.json" with { type: "json" };
 import { plugCommand } from "./src/cli/plug.ts";
+import { randmacCommand } from "./src/cli/randmac.ts";
 import { statusCommand } from "./src/cli/status.ts";
 import { UsageError } from "./src/cli/usage.ts";
 import { inWorker, runDataPlaneWorker } from "./src/dataplane.ts";
@@ -31,6 +32,7 @@ type Command = (args: string[]) => Promise<number> | number;
 
 const commands: Record<string, Command> = {
   plug: plugCommand,
+  randmac: randmacCommand,
   status: statusCommand,
   version: () => {
     console.log(`vdeno ${denoConfig.version}`);
