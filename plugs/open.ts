@@ -9,6 +9,7 @@ import type { Plug } from "../src/plug.ts";
 import { splitVnl, VnlError } from "../src/vnl.ts";
 import { PcapPlug } from "./pcap.ts";
 import { TapPlug } from "./tap.ts";
+import { UdpPlug } from "./udp.ts";
 import { VxvdePlug } from "./vxvde.ts";
 
 /** Opens a plug from the text after `scheme://`. */
@@ -18,6 +19,7 @@ const schemes: Record<string, SchemeOpener> = {
   vxvde: (vnl, rest) => new VxvdePlug(vnl, rest),
   tap: (vnl, rest) => new TapPlug(vnl, rest),
   pcap: (vnl, rest) => new PcapPlug(vnl, rest),
+  udp: (vnl, rest) => new UdpPlug(vnl, rest),
 };
 
 /** The schemes vdeno can open. */
