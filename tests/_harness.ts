@@ -149,7 +149,8 @@ export class Process {
     }, 10_000);
     const status = await this.child.status;
     clearTimeout(timer);
-    await this.#done;
+    // Children of the process may still hold its output open: do not wait for them.
+    await Promise.race([this.#done, sleep(1000)]);
     return status;
   }
 
@@ -357,6 +358,7 @@ export class Lan {
 
   /** Kills every process started in the hosts and deletes the namespaces. */
   async dispose(): Promise<void> {
+    for (const netns of this.#namespaces) await killNamespaceProcesses(netns);
     for (const host of this.hosts) {
       for (const process of host.processes) await process.stop("SIGKILL").catch(() => {});
     }
@@ -368,9 +370,13 @@ export class Lan {
   }
 }
 
-async function removeNamespace(netns: string): Promise<void> {
+async function killNamespaceProcesses(netns: string): Promise<void> {
   const pids = (await run(["ip", "netns", "pids", netns])).stdout.split(/\s+/).filter(Boolean);
-  for (const pid of pids) await run(["kill", "-9", pid]);
+  if (pids.length > 0) await run(["kill", "-9", ...pids]);
+}
+
+async function removeNamespace(netns: string): Promise<void> {
+  await killNamespaceProcesses(netns);
   await run(["ip", "netns", "del", netns]);
 }
 
