@@ -222,8 +222,22 @@ export function setPacketInfo(fd: number, family: number): void {
   else setOption(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, int32(1), "IPV6_RECVPKTINFO");
 }
 
+const NO_MULTICAST_ROUTE =
+  "no interface to join it on; add a route (ip route add 224.0.0.0/4 dev IFACE, or ff00::/8 for IPv6) or name one with if=IFACE";
+
 /** Joins a multicast group on the interface `ifindex` (0: the kernel's choice). */
 export function joinGroup(fd: number, group: SocketAddress, ifindex: number): void {
+  try {
+    joinGroupOn(fd, group, ifindex);
+  } catch (error) {
+    if (error instanceof SystemError && error.code === 19 /* ENODEV */) {
+      throw new Error(`Cannot join group ${group}: ${NO_MULTICAST_ROUTE}`);
+    }
+    throw error;
+  }
+}
+
+function joinGroupOn(fd: number, group: SocketAddress, ifindex: number): void {
   if (group.family === AF_INET) {
     const request = new Uint8Array(12); // struct ip_mreqn
     request.set(group.ip, 0);

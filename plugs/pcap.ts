@@ -20,7 +20,7 @@ export class PcapPlug implements Plug {
 
   constructor(vnl: string, rest: string) {
     this.vnl = vnl;
-    const [path] = splitQuoted(rest, "/");
+    const [path] = splitQuoted(rest, "");
     if (path === "") {
       throw new VnlError("Missing file name: use pcap://FILE, e.g. pcap:///tmp/lan.pcap");
     }
