@@ -8,6 +8,7 @@
 import type { Plug } from "../src/plug.ts";
 import { splitVnl, VnlError } from "../src/vnl.ts";
 import { PcapPlug } from "./pcap.ts";
+import { QemuStreamPlug } from "./qemu.ts";
 import { TapPlug } from "./tap.ts";
 import { UdpPlug } from "./udp.ts";
 import { VxvdePlug } from "./vxvde.ts";
@@ -20,6 +21,7 @@ const schemes: Record<string, SchemeOpener> = {
   tap: (vnl, rest) => new TapPlug(vnl, rest),
   pcap: (vnl, rest) => new PcapPlug(vnl, rest),
   udp: (vnl, rest) => new UdpPlug(vnl, rest),
+  qemu: (vnl, rest) => new QemuStreamPlug(vnl, rest),
 };
 
 /** The schemes vdeno can open. */

@@ -144,3 +144,22 @@ Deno.test("a QEMU VM on its dgram backend joins the cloud through vdeno plug udp
     },
   });
 });
+
+Deno.test("a QEMU VM on its stream backend joins the cloud through vdeno plug qemu://", async (t) => {
+  const directory = await Deno.makeTempDir({ prefix: "vdeno-cloud-" });
+  const path = `${directory}/vm.sock`;
+  try {
+    await cloudWithVm(t, {
+      netdev: `stream,id=net0,server=off,addr.type=unix,addr.path=${path}`,
+      async prepare(host) {
+        host.vdeno(["plug", GROUP, `qemu://${path}`]);
+        await waitFor(`vdeno plug listening on ${path}`, async () => {
+          const listing = await host.run(["ss", "-Hlx", `src = ${path}`]);
+          return listing.stdout.includes(path);
+        });
+      },
+    });
+  } finally {
+    await Deno.remove(directory, { recursive: true });
+  }
+});

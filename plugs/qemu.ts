@@ -1,0 +1,393 @@
+/**
+ * `qemu://PATH` or `qemu://ADDRESS:PORT`: a socket that QEMU's stream
+ * network backends connect to, so a QEMU without VDE support joins a Local
+ * Area Cloud through vdeno.
+ *
+ * vdeno listens on a Unix socket (`qemu:///run/vm0.sock`, or any address that
+ * is not ADDRESS:PORT) or on TCP (`qemu://127.0.0.1:5555`, `qemu://[::1]:5555`,
+ * `qemu://:5555` for every address), and QEMU connects as the client:
+ *
+ *     vdeno plug vxvde://234.0.0.1 qemu:///tmp/vm0.sock
+ *     qemu-system-x86_64 ... -netdev stream,id=net0,server=off,addr.type=unix,addr.path=/tmp/vm0.sock
+ *     (TCP: -netdev stream,id=net0,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port=5555,
+ *      or the older -netdev socket,id=net0,connect=127.0.0.1:5555)
+ *
+ * Start vdeno first: QEMU 7.2 does not retry a refused connection. The wire
+ * format is QEMU's: each frame preceded by its length as 4 bytes big-endian.
+ *
+ * One VM at a time: a new connection replaces the current one, and when the
+ * VM goes away the plug waits for the next instead of ending, so a VM can be
+ * restarted without restarting vdeno. Frames for the VM while none is
+ * connected, or while its socket is full, are dropped (counted), so a stuck
+ * VM cannot stall the cloud.
+ *
+ * @module
+ */
+
+import { check, closeQuietly, Errno, errno, libc } from "../ffi/libc.ts";
+import { numericAddress, setReuseAddress, SocketAddress } from "../ffi/net.ts";
+import { Wakeup } from "../ffi/poll.ts";
+import { Counter, newCounters } from "../src/counters.ts";
+import { ETH_HEADER, type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../src/frames.ts";
+import type { Plug } from "../src/plug.ts";
+import { splitQuoted, VnlError } from "../src/vnl.ts";
+
+const AF_UNIX = 1;
+const SOCK_STREAM = 1;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+const IPPROTO_TCP = 6;
+const TCP_NODELAY = 1;
+const SUN_PATH_MAX = 107;
+/** QEMU's largest packet (NET_BUFSIZE): a longer length means the stream is out of step. */
+const QEMU_MAX_PACKET = 4096 + 65536;
+const LENGTH_SIZE = 4;
+const INPUT_SIZE = 1 << 18;
+const TWO_32 = 2 ** 32;
+
+/** Where a qemu:// plug listens. */
+export type QemuListenAddress =
+  | { kind: "unix"; path: string }
+  | { kind: "tcp"; address: SocketAddress };
+
+/** Parses the part of a qemu VNL after `qemu://`. */
+export function parseQemu(rest: string): QemuListenAddress {
+  const [text] = splitQuoted(rest, "");
+  if (text === "") {
+    throw new VnlError(
+      "Missing socket: use qemu://PATH (Unix socket) or qemu://ADDRESS:PORT (TCP), " +
+        "e.g. qemu:///tmp/vm0.sock",
+    );
+  }
+  const tcp = /^(\[[0-9a-fA-F:.]*\]|[0-9.]*):(\d+)$/.exec(text);
+  if (!tcp) {
+    if (new TextEncoder().encode(text).length > SUN_PATH_MAX) {
+      throw new VnlError(`Socket path too long (over ${SUN_PATH_MAX} bytes): ${text}`);
+    }
+    return { kind: "unix", path: text };
+  }
+  const port = Number(tcp[2]);
+  if (port < 1 || port > 65535) throw new VnlError(`Bad port in qemu:// VNL: ${tcp[2]}`);
+  const host = tcp[1].startsWith("[") ? tcp[1].slice(1, -1) : tcp[1];
+  const address = host === ""
+    ? SocketAddress.any(2).withPort(port)
+    : SocketAddress.parse(host, port);
+  if (!address) throw new VnlError(`Bad address in qemu:// VNL: ${JSON.stringify(tcp[1])}`);
+  return { kind: "tcp", address };
+}
+
+function unixAddress(path: string): Uint8Array<ArrayBuffer> {
+  const bytes = new Uint8Array(2 + SUN_PATH_MAX + 1); // struct sockaddr_un
+  new DataView(bytes.buffer).setUint16(0, AF_UNIX, true);
+  bytes.set(new TextEncoder().encode(path), 2);
+  return bytes;
+}
+
+function isSocket(path: string): boolean {
+  try {
+    return Deno.lstatSync(path).isSocket === true;
+  } catch {
+    return false;
+  }
+}
+
+/** A plug that QEMU's stream backend connects to. */
+export class QemuStreamPlug implements Plug {
+  readonly vnl: string;
+  /** The listening socket, then the VM's connection (or a placeholder that never turns readable). */
+  readonly fds: readonly number[];
+  readonly counters: Float64Array = newCounters();
+  readonly listenAddress: QemuListenAddress;
+  readonly #listenFd: number;
+  /**
+   * The descriptor number the VM's connection is moved onto with dup2: the
+   * cable polls a fixed set of descriptors, so connections come and go
+   * behind one number. With no VM it holds a never-woken eventfd.
+   */
+  readonly #connectionFd: number;
+  readonly #idle: Wakeup;
+  #connected = false;
+  #connections = 0;
+  readonly #input = new Uint8Array(INPUT_SIZE);
+  readonly #inputPointer = Deno.UnsafePointer.of(this.#input)!;
+  #inputStart = 0;
+  #inputEnd = 0;
+  /** Bytes of an oversized frame still to be skipped on input. */
+  #skip = 0;
+  /** The rest of a frame the socket took only part of: it goes out before anything else. */
+  readonly #pending = new Uint8Array(LENGTH_SIZE + MAX_FRAME);
+  #pendingStart = 0;
+  #pendingEnd = 0;
+  #iovecs = new Uint8Array(0);
+  #iovecWords = new Uint32Array(0);
+  /** The batch slot of each iovec of the last send. */
+  #iovecSlots = new Int32Array(0);
+  #closed = false;
+
+  constructor(vnl: string, rest: string) {
+    this.vnl = vnl;
+    const listenAddress = this.listenAddress = parseQemu(rest);
+    let listenFd = -1;
+    const idle = this.#idle = new Wakeup();
+    const placeholder = new Wakeup();
+    try {
+      if (listenAddress.kind === "unix") {
+        // A socket file left by an earlier run that was killed would make bind fail.
+        if (isSocket(listenAddress.path)) Deno.removeSync(listenAddress.path);
+        listenFd = check(
+          libc.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
+          "socket",
+        );
+        const name = unixAddress(listenAddress.path);
+        const length = 2 + new TextEncoder().encode(listenAddress.path).length + 1;
+        check(libc.bind(listenFd, name, length), `Cannot bind ${listenAddress.path}`);
+      } else {
+        const address = listenAddress.address;
+        listenFd = check(
+          libc.socket(address.family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
+          "socket",
+        );
+        setReuseAddress(listenFd);
+        check(libc.bind(listenFd, address.bytes, address.length), `Cannot bind ${address}`);
+      }
+      check(libc.listen(listenFd, 4), "listen");
+    } catch (error) {
+      closeQuietly(listenFd);
+      idle.close();
+      placeholder.close();
+      throw new Error(`Cannot open ${vnl}: ${(error as Error).message}`);
+    }
+    this.#listenFd = listenFd;
+    this.#connectionFd = placeholder.fd;
+    this.fds = [listenFd, placeholder.fd];
+  }
+
+  /** Input read but not yet delivered because the batch was full. */
+  get backlog(): boolean {
+    return this.#connected && this.#wholeFrameBuffered();
+  }
+
+  #wholeFrameBuffered(): boolean {
+    const available = this.#inputEnd - this.#inputStart;
+    if (this.#skip > 0) return available > 0;
+    if (available < LENGTH_SIZE) return false;
+    return available >= LENGTH_SIZE + this.#announcedLength();
+  }
+
+  #announcedLength(): number {
+    const input = this.#input, at = this.#inputStart;
+    return ((input[at] << 24) | (input[at + 1] << 16) | (input[at + 2] << 8) | input[at + 3]) >>>
+      0;
+  }
+
+  #accept(): void {
+    const fd = libc.accept4(this.#listenFd, null, null, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    if (fd < 0) return; // The client gave up already, or a signal: nothing to do.
+    if (this.listenAddress.kind === "tcp") {
+      const on = new Uint8Array([1, 0, 0, 0]);
+      libc.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, on, 4);
+    }
+    libc.dup2(fd, this.#connectionFd);
+    libc.close(fd);
+    this.#reset();
+    this.#connected = true;
+    this.#connections++;
+  }
+
+  #disconnect(): void {
+    libc.dup2(this.#idle.fd, this.#connectionFd);
+    this.#connected = false;
+    this.#reset();
+  }
+
+  #reset(): void {
+    this.#inputStart = this.#inputEnd = this.#skip = 0;
+    this.#pendingStart = this.#pendingEnd = 0;
+  }
+
+  receive(batch: FrameBatch, readyMask: number): boolean {
+    // After an accept, bit 1 still speaks of the old connection: the read
+    // below is non-blocking, so a wrong guess costs one EAGAIN.
+    if (readyMask & 1) this.#accept();
+    if (!this.#connected) return true;
+    if (this.#wholeFrameBuffered()) return this.#deliver(batch);
+    if (!(readyMask & 2)) return true;
+    if (this.#inputStart > 0) {
+      this.#input.copyWithin(0, this.#inputStart, this.#inputEnd);
+      this.#inputEnd -= this.#inputStart;
+      this.#inputStart = 0;
+    }
+    const room = INPUT_SIZE - this.#inputEnd;
+    const length = Number(
+      libc.read(
+        this.#connectionFd,
+        Deno.UnsafePointer.offset(this.#inputPointer, this.#inputEnd),
+        BigInt(room),
+      ),
+    );
+    if (length === 0) {
+      this.#disconnect();
+      return true;
+    }
+    if (length < 0) {
+      const code = errno();
+      if (code !== Errno.EAGAIN && code !== Errno.EINTR) this.#disconnect();
+      return true;
+    }
+    this.#inputEnd += length;
+    return this.#deliver(batch);
+  }
+
+  #deliver(batch: FrameBatch): boolean {
+    const input = this.#input;
+    const counters = this.counters;
+    while (batch.count < batch.capacity) {
+      const available = this.#inputEnd - this.#inputStart;
+      if (this.#skip > 0) {
+        const take = Math.min(this.#skip, available);
+        this.#inputStart += take;
+        this.#skip -= take;
+        if (this.#skip > 0) break;
+        continue;
+      }
+      if (available < LENGTH_SIZE) break;
+      const length = this.#announcedLength();
+      if (length > QEMU_MAX_PACKET) {
+        // Not QEMU's framing: nothing after this can be trusted.
+        counters[Counter.dropMalformed]++;
+        this.#disconnect();
+        break;
+      }
+      if (length > MAX_FRAME) {
+        counters[Counter.dropTooLong]++;
+        this.#inputStart += LENGTH_SIZE;
+        this.#skip = length;
+        continue;
+      }
+      if (available < LENGTH_SIZE + length) break;
+      const start = this.#inputStart + LENGTH_SIZE;
+      this.#inputStart = start + length;
+      if (length < ETH_HEADER) {
+        counters[Counter.dropTooShort]++;
+        continue;
+      }
+      const i = batch.count++;
+      batch.bytes.set(input.subarray(start, start + length), batch.offset(i));
+      batch.lengths[i] = length;
+      counters[Counter.framesIn]++;
+      counters[Counter.bytesIn] += length;
+    }
+    if (this.#inputStart === this.#inputEnd) this.#inputStart = this.#inputEnd = 0;
+    return true;
+  }
+
+  /** Writes what is left of a partly sent frame; returns true when nothing is left. */
+  #flushPending(): boolean {
+    while (this.#pendingStart < this.#pendingEnd) {
+      const written = Number(
+        libc.write(
+          this.#connectionFd,
+          Deno.UnsafePointer.offset(Deno.UnsafePointer.of(this.#pending)!, this.#pendingStart),
+          BigInt(this.#pendingEnd - this.#pendingStart),
+        ),
+      );
+      if (written < 0) {
+        const code = errno();
+        if (code === Errno.EINTR) continue;
+        if (code !== Errno.EAGAIN) this.#disconnect();
+        return false;
+      }
+      this.#pendingStart += written;
+    }
+    this.#pendingStart = this.#pendingEnd = 0;
+    return true;
+  }
+
+  send(batch: FrameBatch): void {
+    const counters = this.counters;
+    let frames = 0;
+    for (let i = 0; i < batch.count; i++) if (batch.lengths[i] > 0) frames++;
+    if (frames === 0) return;
+    if (!this.#connected || !this.#flushPending()) {
+      counters[Counter.dropQueueFull] += frames;
+      return;
+    }
+    if (this.#iovecs.length < batch.capacity * 16) {
+      this.#iovecs = new Uint8Array(batch.capacity * 16);
+      this.#iovecWords = new Uint32Array(this.#iovecs.buffer);
+      this.#iovecSlots = new Int32Array(batch.capacity);
+    }
+    const words = this.#iovecWords;
+    const slots = this.#iovecSlots;
+    const base = numericAddress(batch.bytes);
+    let count = 0;
+    for (let i = 0; i < batch.count; i++) {
+      const length = batch.lengths[i];
+      if (length === 0) continue;
+      const start = i * SLOT_SIZE + HEADROOM - LENGTH_SIZE;
+      batch.bytes[start] = length >>> 24;
+      batch.bytes[start + 1] = (length >> 16) & 0xff;
+      batch.bytes[start + 2] = (length >> 8) & 0xff;
+      batch.bytes[start + 3] = length & 0xff;
+      const address = base + start;
+      words[count * 4] = address % TWO_32;
+      words[count * 4 + 1] = Math.floor(address / TWO_32);
+      words[count * 4 + 2] = length + LENGTH_SIZE;
+      words[count * 4 + 3] = 0;
+      slots[count++] = i;
+    }
+    let written: number;
+    do {
+      written = Number(libc.writev(this.#connectionFd, Deno.UnsafePointer.of(this.#iovecs), count));
+    } while (written < 0 && errno() === Errno.EINTR);
+    if (written < 0) {
+      if (errno() !== Errno.EAGAIN) this.#disconnect();
+      counters[Counter.dropQueueFull] += count;
+      return;
+    }
+    for (let n = 0; n < count; n++) {
+      const size = words[n * 4 + 2];
+      const length = size - LENGTH_SIZE;
+      if (written >= size) {
+        written -= size;
+      } else if (written > 0) {
+        // Part of this frame went out: the rest must follow, or the stream is out of step.
+        const start = slots[n] * SLOT_SIZE + HEADROOM - LENGTH_SIZE + written;
+        const rest = size - written;
+        this.#pending.set(batch.bytes.subarray(start, start + rest), 0);
+        this.#pendingStart = 0;
+        this.#pendingEnd = rest;
+        written = 0;
+      } else {
+        counters[Counter.dropQueueFull]++;
+        continue;
+      }
+      counters[Counter.framesOut]++;
+      counters[Counter.bytesOut] += length;
+    }
+  }
+
+  describe(): Record<string, unknown> {
+    const where = this.listenAddress;
+    return {
+      listening: where.kind === "unix" ? where.path : where.address.toString(),
+      vmConnected: this.#connected,
+      connections: this.#connections,
+    };
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    closeQuietly(this.#connectionFd);
+    closeQuietly(this.#listenFd);
+    this.#idle.close();
+    if (this.listenAddress.kind === "unix") {
+      try {
+        Deno.removeSync(this.listenAddress.path);
+      } catch {
+        // Already gone.
+      }
+    }
+  }
+}
