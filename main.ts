@@ -9,6 +9,7 @@
  */
 
 import denoConfig from "./deno.json" with { type: "json" };
+import { demoCommand } from "./src/cli/demo.ts";
 import { plugCommand } from "./src/cli/plug.ts";
 import { randmacCommand } from "./src/cli/randmac.ts";
 import { statusCommand } from "./src/cli/status.ts";
@@ -32,6 +33,7 @@ type Command = (args: string[]) => Promise<number> | number;
 
 const commands: Record<string, Command> = {
   plug: plugCommand,
+  demo: demoCommand,
   randmac: randmacCommand,
   status: statusCommand,
   version: () => {
