@@ -163,3 +163,30 @@ Deno.test("a QEMU VM on its stream backend joins the cloud through vdeno plug qe
     await Deno.remove(directory, { recursive: true });
   }
 });
+
+Deno.test("a QEMU VM on its older socket backend joins through udp:// (socket,udp=) and qemu:// over TCP (socket,connect=)", async (t) => {
+  await t.step("socket,udp=", async (t) => {
+    await cloudWithVm(t, {
+      netdev: "socket,id=net0,udp=127.0.0.1:5001,localaddr=127.0.0.1:5000",
+      async prepare(host) {
+        host.vdeno(["plug", GROUP, "udp://127.0.0.1:5001->127.0.0.1:5000"]);
+        await waitFor("vdeno plug on UDP port 5001", async () => {
+          const listing = await host.run(["ss", "-Hlun", "sport = :5001"]);
+          return listing.stdout.includes(":5001");
+        });
+      },
+    });
+  });
+  await t.step("socket,connect=", async (t) => {
+    await cloudWithVm(t, {
+      netdev: "socket,id=net0,connect=127.0.0.1:5555",
+      async prepare(host) {
+        host.vdeno(["plug", GROUP, "qemu://127.0.0.1:5555"]);
+        await waitFor("vdeno plug listening on TCP port 5555", async () => {
+          const listing = await host.run(["ss", "-Hltn", "sport = :5555"]);
+          return listing.stdout.includes(":5555");
+        });
+      },
+    });
+  });
+});

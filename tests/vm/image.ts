@@ -8,8 +8,8 @@
  * configures eth0, pings each peer and prints one line per peer on the serial
  * console:
  *
- *     vdeno-vm ping 10.0.0.20 ok
- *     vdeno-vm ping 10.0.0.254 fail
+ *     vdeno-vm ping 10.0.0.20 ok tries=1 uptime=2.51
+ *     vdeno-vm ping 10.0.0.254 fail tries=10 uptime=23.02
  *
  * then `vdeno-vm ready` and waits for a line `poweroff` on the console (so the
  * other members can ping it meanwhile), or 120 s, before it powers off.
@@ -78,7 +78,7 @@ for peer in $(echo "$peers" | tr , ' '); do
   for try in 1 2 3 4 5 6 7 8 9 10; do
     if ping -c 1 -W 2 "$peer" >/dev/null 2>&1; then result=ok; break; fi
   done
-  echo "${RESULT_PREFIX} ping $peer $result"
+  echo "${RESULT_PREFIX} ping $peer $result tries=$try uptime=$(cut -d' ' -f1 /proc/uptime)"
 done
 echo "${RESULT_PREFIX} ready"
 while read -t 120 line; do

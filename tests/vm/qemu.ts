@@ -86,7 +86,7 @@ export class TestVm {
       throw new Error(`The VM ended before it was ready:\n${this.console}`);
     }
     const results = new Map<string, string>();
-    const pattern = new RegExp(`^${RESULT_PREFIX} ping (\\S+) (ok|fail)\\r?$`, "gm");
+    const pattern = new RegExp(`^${RESULT_PREFIX} ping (\\S+) (ok|fail)\\b`, "gm");
     for (const match of this.console.matchAll(pattern)) results.set(match[1], match[2]);
     return results;
   }
