@@ -53,8 +53,11 @@ export class TapPlug implements Plug {
       if (length < 0) {
         const code = errno();
         if (code === Errno.EAGAIN || code === Errno.EINTR) return true;
+        const EBADFD = 77; // what a read returns once the interface is gone
         throw new PlugEnded(
-          `tap://${this.name} failed: ${strerror(code)} (was the interface deleted?)`,
+          code === EBADFD
+            ? `tap://${this.name} was deleted`
+            : `tap://${this.name} failed: ${strerror(code)}`,
         );
       }
       if (length === 0) return false;

@@ -12,7 +12,7 @@ import { pipe, reap, signalProcess, spawn } from "../../ffi/spawn.ts";
 import { ControlServer } from "../control.ts";
 import { countersObject } from "../counters.ts";
 import { DataPlane, type EndSpec } from "../dataplane.ts";
-import { enableSyslog, log, logEvent, setLogLevel } from "../log.ts";
+import { enableSyslog, logEvent, setLogLevel } from "../log.ts";
 import { selfCommand } from "../self.ts";
 import { UsageError } from "./usage.ts";
 
@@ -123,7 +123,6 @@ export async function plugCommand(args: string[]): Promise<number> {
       const status = await childExit(childPid);
       childPid = -1;
       if (status.code !== 0) {
-        log("error", `the command ${describeStatus(status)}; closed ${positionals[0]}`);
         console.error(`vdeno plug: the command ${command![0]} ${describeStatus(status)}`);
         return 1;
       }
