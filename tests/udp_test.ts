@@ -1,0 +1,68 @@
+/**
+ * `udp://`: vdeplug4's point to point UDP link, read with vdeplug4's syntax
+ * and interoperating with vde_plug's own udp module.
+ */
+
+import assert from "node:assert/strict";
+import { parseUdp } from "../plugs/udp.ts";
+import { VnlError } from "../src/vnl.ts";
+import { type Host, Lan, prerequisites } from "./_harness.ts";
+
+Deno.test("udp:// VNLs are split as vdeplug4 splits them", () => {
+  const portOnly = parseUdp("5001->127.0.0.1:5000");
+  assert.equal(portOnly.local.toString(), "0.0.0.0:5001");
+  assert.equal(portOnly.remote.toString(), "127.0.0.1:5000");
+  const withHost = parseUdp("10.0.0.1:2000->10.0.0.2:3000");
+  assert.equal(withHost.local.toString(), "10.0.0.1:2000");
+  assert.equal(withHost.remote.toString(), "10.0.0.2:3000");
+  const emptyHost = parseUdp(":2000->10.0.0.2:3000");
+  assert.equal(emptyHost.local.toString(), "0.0.0.0:2000");
+  const six = parseUdp("::1:2000->::1:3000");
+  assert.equal(six.local.toString(), "[::1]:2000");
+  assert.equal(six.remote.toString(), "[::1]:3000");
+  const bracketed = parseUdp("2000->[fd00::2]:3000");
+  assert.equal(bracketed.local.toString(), "[::]:2000");
+  assert.equal(bracketed.remote.toString(), "[fd00::2]:3000");
+});
+
+Deno.test("bad udp:// VNLs are refused with a message that says what is wrong", () => {
+  const cases: [string, RegExp][] = [
+    ["5001", /Missing "->"/],
+    ["5001->127.0.0.1", /Missing remote port/],
+    ["5001->127.0.0.1:70000", /Bad remote port/],
+    ["x->127.0.0.1:5000", /Bad local port/],
+    ["host.example:1->127.0.0.1:5000", /Bad local address.*not resolved/],
+    ["::1:1->127.0.0.1:5000", /Bad local address/],
+  ];
+  for (const [rest, message] of cases) {
+    assert.throws(() => parseUdp(rest), (error: Error) => {
+      assert.ok(error instanceof VnlError, `${rest}: ${error}`);
+      assert.match(error.message, message);
+      return true;
+    });
+  }
+});
+
+type Peer = "vdeno" | "vde_plug";
+
+function startPlug(host: Host, peer: Peer, vnl: string) {
+  return peer === "vdeno"
+    ? host.vdeno(["plug", "tap://tap0", vnl])
+    : host.spawn(["vde_plug", "tap://tap0", vnl]);
+}
+
+for (const [first, second] of [["vdeno", "vde_plug"], ["vdeno", "vdeno"]] as const) {
+  Deno.test(`${first} and ${second} ping each other over a udp:// link`, async (t) => {
+    if (!(await prerequisites(t, ["vde_plug", "ping"]))) return;
+    await using lan = await Lan.create(2);
+    const [a, b] = lan.hosts;
+    startPlug(a, first, `udp://${a.address}:5000->${b.address}:6000`);
+    startPlug(b, second, `udp://6000->${a.address}:5000`);
+    await a.waitForLink("tap0");
+    await b.waitForLink("tap0");
+    await a.configure("tap0", "10.0.0.1/24");
+    await b.configure("tap0", "10.0.0.2/24");
+    assert.ok(await a.pingable("10.0.0.2"), `${first} cannot ping ${second}`);
+    assert.ok(await b.pingable("10.0.0.1"), `${second} cannot ping ${first}`);
+  });
+}
