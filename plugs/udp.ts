@@ -103,7 +103,11 @@ export class UdpPlug implements Plug {
   readonly config: UdpConfig;
   readonly #fd: number;
   readonly #remoteAddress: number;
-  #vectors = new WeakMap<FrameBatch, DatagramVector>();
+  // Receiving and sending keep vectors of their own: send() points datagram
+  // i at whichever slot holds the i-th frame to send, which would make a
+  // shared vector receive into the wrong slots afterwards.
+  #receivers = new WeakMap<FrameBatch, DatagramVector>();
+  #senders = new WeakMap<FrameBatch, DatagramVector>();
   #closed = false;
 
   constructor(vnl: string, rest: string) {
@@ -125,11 +129,11 @@ export class UdpPlug implements Plug {
   }
 
   // Frames go without a header, so datagrams start right at each slot's frame.
-  #vectorFor(batch: FrameBatch): DatagramVector {
-    let vector = this.#vectors.get(batch);
+  #vectorFor(batch: FrameBatch, vectors: WeakMap<FrameBatch, DatagramVector>): DatagramVector {
+    let vector = vectors.get(batch);
     if (!vector) {
       vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM, batch.capacity);
-      this.#vectors.set(batch, vector);
+      vectors.set(batch, vector);
     }
     return vector;
   }
@@ -137,7 +141,7 @@ export class UdpPlug implements Plug {
   receive(batch: FrameBatch, readyMask: number): boolean {
     const first = batch.count;
     if (!(readyMask & 1) || first >= batch.capacity) return true;
-    const vector = this.#vectorFor(batch);
+    const vector = this.#vectorFor(batch, this.#receivers);
     const received = vector.receiveInto(this.#fd, first, batch.capacity - first, MAX_FRAME + 1);
     if (received <= 0) {
       if (received < 0) this.counters[Counter.dropMalformed]++;
@@ -160,7 +164,7 @@ export class UdpPlug implements Plug {
   }
 
   send(batch: FrameBatch): void {
-    const vector = this.#vectorFor(batch);
+    const vector = this.#vectorFor(batch, this.#senders);
     const counters = this.counters;
     const nameLength = this.config.remote.length;
     let prepared = 0;

@@ -66,3 +66,48 @@ for (const [first, second] of [["vdeno", "vde_plug"], ["vdeno", "vdeno"]] as con
     assert.ok(await b.pingable("10.0.0.1"), `${second} cannot ping ${first}`);
   });
 }
+
+// Sending points datagram i at the i-th frame to send, which is not slot i
+// when slots were dropped; receiving must still fill slot i.
+const SLOT_CHECK = `
+import { UdpPlug } from "${new URL("../plugs/udp.ts", import.meta.url)}";
+import { FrameBatch } from "${new URL("../src/frames.ts", import.meta.url)}";
+const a = new UdpPlug("a", "127.0.0.1:7001->127.0.0.1:7002");
+const b = new UdpPlug("b", "127.0.0.1:7002->127.0.0.1:7001");
+const batch = new FrameBatch(4);
+batch.count = 2;
+batch.lengths[0] = 0;
+batch.bytes.fill(0x11, batch.offset(1), batch.offset(1) + 60);
+batch.lengths[1] = 60;
+a.send(batch);
+const fromA = new FrameBatch(4);
+const fromB = new FrameBatch(4);
+fromB.push(new Uint8Array(60).fill(0x22));
+b.send(fromB);
+batch.bytes.fill(0);
+batch.count = 0;
+const deadline = Date.now() + 5000;
+while ((batch.count === 0 || fromA.count === 0) && Date.now() < deadline) {
+  if (batch.count === 0) a.receive(batch, 1);
+  if (fromA.count === 0) b.receive(fromA, 1);
+  await new Promise((resolve) => setTimeout(resolve, 10));
+}
+console.log(JSON.stringify({
+  atA: [...batch.frame(0)].slice(0, 4),
+  atB: [...fromA.frame(0)].slice(0, 4),
+}));
+a.close();
+b.close();
+`;
+
+Deno.test("udp:// receives into the right slots after sending a batch with dropped slots", async (t) => {
+  if (!(await prerequisites(t, []))) return;
+  await using lan = await Lan.create(1);
+  const [host] = lan.hosts;
+  const result = await host.run([Deno.execPath(), "eval", "--quiet", SLOT_CHECK]);
+  assert.equal(result.code, 0, result.stderr);
+  assert.deepEqual(JSON.parse(result.stdout), {
+    atA: [0x22, 0x22, 0x22, 0x22],
+    atB: [0x11, 0x11, 0x11, 0x11],
+  });
+});
