@@ -3,7 +3,8 @@
  * members on one vxvde group, each on a namespace host of its own LAN:
  *
  * - host A: a TAP, 10.0.0.254/24, plugged by `vdeno plug tap://tap0 vxvde://234.0.0.1`;
- * - host B: 10.0.0.20/24 on vde0 (see HOST_B_USES_VDENO_NS);
+ * - host B: a namespace with vde0 10.0.0.20/24, by `vdeno ns vxvde://234.0.0.1` (see
+ *   namespaceCommand: the real vdens until vdeno ns exists);
  * - host C: a QEMU VM under TCG, 10.0.0.21/24, its virtio NIC's MAC from `vdeno randmac`,
  *   connected by QEMU's own vde backend, or through vdeno's udp:// and qemu:// VNLs for
  *   QEMU's dgram and stream backends.
@@ -22,12 +23,15 @@ const NS_ADDRESS = "10.0.0.20";
 const VM_ADDRESS = "10.0.0.21";
 
 /**
- * TODO(vdeno ns): host B is to run `vdeno ns vxvde://234.0.0.1` with vde0
- * 10.0.0.20/24. Until `vdeno ns` exists, host B is a second TAP host whose
- * interface is named vde0, plugged by `vdeno plug tap://vde0 vxvde://234.0.0.1`;
- * switch this to true (and fill in startNamespaceMember) when it lands.
+ * Host B is a namespace with vde0 on the cloud, as `vdens vxvde://234.0.0.1`
+ * makes it. TODO(vdeno ns): `vdeno ns` is being written; once `vdeno ns --help`
+ * succeeds this test uses it with vdens's command line (`vdeno ns VNL CMD ARGS...`),
+ * and until then the real vdens (Debian package vdens) stands in.
  */
-const HOST_B_USES_VDENO_NS = false;
+async function namespaceCommand(): Promise<string[]> {
+  const probe = await run([...VDENO, "ns", "--help"]);
+  return probe.code === 0 ? [...VDENO, "ns"] : ["vdens"];
+}
 
 let image: Promise<VmImage> | undefined;
 
@@ -51,9 +55,37 @@ async function startTapMember(host: Host, name: string, address: string): Promis
   return { name: `${name} ${address}`, address, ping: (to) => host.pingable(to, 30_000) };
 }
 
-function startNamespaceMember(host: Host): Promise<Member> {
-  if (HOST_B_USES_VDENO_NS) throw new Error("vdeno ns: not wired into this test yet");
-  return startTapMember(host, "vde0", NS_ADDRESS);
+// Runs in the namespace: configures vde0, then pings each address it reads
+// on stdin for up to 30 s and answers with one line.
+const NAMESPACE_SHELL = `
+ip link set lo up
+ip addr add ${NS_ADDRESS}/24 dev vde0 && ip link set vde0 up && echo ns-ready
+while read peer; do
+  result=fail; tries=0
+  while [ $tries -lt 30 ]; do
+    if ping -c 1 -W 1 "$peer" >/dev/null 2>&1; then result=ok; break; fi
+    tries=$((tries + 1))
+  done
+  echo "ns-ping $peer $result"
+done
+`;
+
+async function startNamespaceMember(host: Host, command: string[]): Promise<Member> {
+  const shell = host.spawn([...command, GROUP, "sh", "-c", NAMESPACE_SHELL], { stdin: "piped" });
+  await shell.waitForOutput((text) => text.includes("ns-ready"), 15_000);
+  const name = `${command.includes("ns") ? "vdeno ns" : "vdens"} ${NS_ADDRESS}`;
+  const writer = shell.child.stdin.getWriter();
+  return {
+    name,
+    address: NS_ADDRESS,
+    async ping(address) {
+      const answer = new RegExp(`^ns-ping ${address.replaceAll(".", "\\.")} (ok|fail)$`, "m");
+      await writer.write(new TextEncoder().encode(`${address}\n`));
+      await shell.waitForOutput((text) => answer.test(text), 60_000);
+      // Each member pings each address once, so the first answer is this one.
+      return answer.exec(shell.stdout)![1] === "ok";
+    },
+  };
 }
 
 /** Waits until `probe` succeeds in `host` (a socket is listening, a file exists). */
@@ -72,7 +104,9 @@ interface VmConnection {
 }
 
 async function cloudWithVm(t: Deno.TestContext, connection: VmConnection): Promise<void> {
-  const ok = await prerequisites(t, ["qemu-system-x86_64", "ping", "cpio", "ss"], [
+  const nsCommand = await namespaceCommand();
+  const programs = ["qemu-system-x86_64", "ping", "cpio", "ss", ...nsCommand.slice(0, 1)];
+  const ok = await prerequisites(t, programs, [
     {
       ok: installedCloudKernel() !== undefined,
       why: "no /boot/vmlinuz-*-cloud-amd64 (install linux-image-cloud-amd64)",
@@ -87,7 +121,7 @@ async function cloudWithVm(t: Deno.TestContext, connection: VmConnection): Promi
   await using lan = await Lan.create(3);
   const [a, b, c] = lan.hosts;
   const tapMember = await startTapMember(a, "tap0", TAP_ADDRESS);
-  const nsMember = await startNamespaceMember(b);
+  const nsMember = await startNamespaceMember(b, nsCommand);
   await connection.prepare?.(c);
 
   const randmac = await run([...VDENO, "randmac"]);
