@@ -15,8 +15,9 @@
  *       local.port=5000,remote.type=inet,remote.host=127.0.0.1,remote.port=5001
  *     (or, with the older backend: -netdev socket,id=net0,udp=127.0.0.1:5001,localaddr=127.0.0.1:5000)
  *
- * Unlike vdeplug4, addresses must be numeric (IPv4, or IPv6 with or without
- * brackets): host names are not resolved.
+ * Unlike vdeplug4, which asks getaddrinfo, names are looked up in /etc/hosts
+ * only (so `localhost` works, DNS names do not); addresses are IPv4, or IPv6
+ * with or without brackets.
  *
  * @module
  */
@@ -57,17 +58,32 @@ function port(text: string, what: string): number {
   return value;
 }
 
+/**
+ * The addresses /etc/hosts gives a name, in file order: enough for
+ * `localhost` and local names without a resolver (DNS is not asked).
+ */
+function hostsFileAddresses(name: string): string[] {
+  try {
+    return Deno.readTextFileSync("/etc/hosts").split("\n")
+      .map((line) => line.replace(/#.*/, "").trim().split(/\s+/))
+      .filter((fields) => fields.slice(1).includes(name))
+      .map((fields) => fields[0]);
+  } catch {
+    return [];
+  }
+}
+
 function address(host: string, portNumber: number, what: string, family?: number) {
   const bare = host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host;
-  const parsed = SocketAddress.parse(bare, portNumber, family);
-  if (!parsed) {
-    throw new VnlError(
-      `Bad ${what} address in udp:// VNL: ${JSON.stringify(host)}; expected a numeric ${
-        family === AF_INET ? "IPv4" : family === AF_INET6 ? "IPv6" : "IPv4 or IPv6"
-      } address (host names are not resolved)`,
-    );
+  for (const candidate of [bare, ...hostsFileAddresses(bare)]) {
+    const parsed = SocketAddress.parse(candidate, portNumber, family);
+    if (parsed) return parsed;
   }
-  return parsed;
+  throw new VnlError(
+    `Bad ${what} address in udp:// VNL: ${JSON.stringify(host)}; expected a numeric ${
+      family === AF_INET ? "IPv4" : family === AF_INET6 ? "IPv6" : "IPv4 or IPv6"
+    } address or a name in /etc/hosts (DNS is not asked)`,
+  );
 }
 
 /** Parses the part of a udp VNL after `udp://`, as vdeplug4 splits it. */

@@ -20,6 +20,9 @@ Deno.test("udp:// VNLs are split as vdeplug4 splits them", () => {
   const six = parseUdp("::1:2000->::1:3000");
   assert.equal(six.local.toString(), "[::1]:2000");
   assert.equal(six.remote.toString(), "[::1]:3000");
+  const named = parseUdp("localhost:2000->localhost:3000");
+  assert.equal(named.local.toString(), "127.0.0.1:2000");
+  assert.equal(named.remote.toString(), "127.0.0.1:3000");
   const bracketed = parseUdp("2000->[fd00::2]:3000");
   assert.equal(bracketed.local.toString(), "[::]:2000");
   assert.equal(bracketed.remote.toString(), "[fd00::2]:3000");
@@ -31,7 +34,7 @@ Deno.test("bad udp:// VNLs are refused with a message that says what is wrong", 
     ["5001->127.0.0.1", /Missing remote port/],
     ["5001->127.0.0.1:70000", /Bad remote port/],
     ["x->127.0.0.1:5000", /Bad local port/],
-    ["host.example:1->127.0.0.1:5000", /Bad local address.*not resolved/],
+    ["host.invalid:1->127.0.0.1:5000", /Bad local address.*\/etc\/hosts/],
     ["::1:1->127.0.0.1:5000", /Bad local address/],
   ];
   for (const [rest, message] of cases) {
