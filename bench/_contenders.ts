@@ -1,0 +1,117 @@
+/**
+ * The contenders: vdeno and vde_plug each plug `tap0` into the same vxvde
+ * group in both hosts; the kernel's VXLAN device is the ceiling. Each gives
+ * the hosts the same overlay addresses (10.0.0.1 and 10.0.0.2), so the
+ * workloads do not know which one carries them.
+ *
+ * @module
+ */
+
+import { type Host, type Process, sleep } from "../tests/_harness.ts";
+
+/** Names of the contenders, in the order they are listed. */
+export const CONTENDERS = ["vdeno", "vde_plug", "kernel"] as const;
+
+/** One contender's name. */
+export type ContenderName = typeof CONTENDERS[number];
+
+/** A contender set up on both hosts. */
+export interface RunningContender {
+  /** Process ids of the plug processes (empty for the kernel). */
+  pids: number[];
+  /** Takes the overlay down, leaving the hosts as they were. */
+  stop(): Promise<void>;
+}
+
+const GROUP = "239.1.2.3";
+const KERNEL_GROUP = "239.1.2.4";
+const MAIN_TS = new URL("../main.ts", import.meta.url).pathname;
+
+/** The overlay address of host `index` (0-based). */
+export function overlayAddress(index: number): string {
+  return `10.0.0.${index + 1}`;
+}
+
+/** Sets up `name` on `hosts` and waits until host 0 pings host 1 over it. */
+export async function startContender(
+  name: ContenderName,
+  hosts: Host[],
+): Promise<RunningContender> {
+  const running = name === "kernel" ? await startKernel(hosts) : await startPlugs(name, hosts);
+  try {
+    for (const [index, host] of hosts.entries()) {
+      await host.configure(running.link, `${overlayAddress(index)}/24`);
+    }
+    if (!(await hosts[0].pingable(overlayAddress(1), 15_000))) {
+      throw new Error(`${name}: ${overlayAddress(1)} does not answer over the overlay`);
+    }
+  } catch (error) {
+    await running.stop();
+    throw error;
+  }
+  return running;
+}
+
+async function startPlugs(
+  name: "vdeno" | "vde_plug",
+  hosts: Host[],
+): Promise<RunningContender & { link: string }> {
+  const plugArgs = ["tap://tap0", `vxvde://${GROUP}`];
+  const processes: Process[] = hosts.map((host) =>
+    name === "vdeno"
+      ? host.spawn([Deno.execPath(), "run", "-A", "--quiet", MAIN_TS, "plug", ...plugArgs])
+      : host.spawn(["vde_plug", ...plugArgs])
+  );
+  const stop = async () => {
+    for (const process of processes) await process.stop("SIGTERM");
+    // The TAP goes with its process; wait so the next contender can create tap0.
+    for (const host of hosts) await waitForLinkGone(host, "tap0");
+  };
+  try {
+    for (const host of hosts) await host.waitForLink("tap0", 30_000);
+  } catch (error) {
+    await stop();
+    const output = processes.map((p) => p.stderr.trim()).filter(Boolean).join("; ");
+    throw new Error(`${name} did not open tap0: ${output || (error as Error).message}`);
+  }
+  // `ip netns exec` execs the program, so the child's pid is the plug's own.
+  return { link: "tap0", pids: processes.map((p) => p.child.pid), stop };
+}
+
+async function startKernel(hosts: Host[]): Promise<RunningContender & { link: string }> {
+  const stop = async () => {
+    for (const host of hosts) await host.run(["ip", "link", "del", "vx0"]);
+  };
+  try {
+    for (const host of hosts) {
+      await host.sh([
+        "ip",
+        "link",
+        "add",
+        "vx0",
+        "type",
+        "vxlan",
+        "id",
+        "42",
+        "group",
+        KERNEL_GROUP,
+        "dev",
+        "eth0",
+        "dstport",
+        "4789",
+      ]);
+    }
+  } catch (error) {
+    await stop();
+    throw error;
+  }
+  return { link: "vx0", pids: [], stop };
+}
+
+async function waitForLinkGone(host: Host, name: string): Promise<void> {
+  const deadline = Date.now() + 15_000;
+  while ((await host.run(["ip", "link", "show", name])).code === 0) {
+    if (Date.now() > deadline) throw new Error(`${name} stayed in ${host.netns}`);
+    await sleep(100);
+  }
+}

@@ -1,0 +1,217 @@
+/**
+ * The figures of the benchmark and their presentation: medians over rounds,
+ * the ratio vdeno / vde_plug, a text table, the JSON document and an SVG bar
+ * chart (one panel per figure, since their units differ).
+ *
+ * @module
+ */
+
+import type { ContenderName } from "./_contenders.ts";
+
+/** One figure the benchmark reports. */
+export interface Figure {
+  key: string;
+  label: string;
+  unit: string;
+  /** Which way is better, for reading the ratio. */
+  better: "higher" | "lower";
+  /** Measured on plug processes: not applicable to the kernel's device. */
+  perProcess?: boolean;
+}
+
+/** Every figure, in the order of the table. */
+export const FIGURES: Figure[] = [
+  { key: "tcp1_mbps", label: "TCP 1 stream", unit: "Mbit/s", better: "higher" },
+  { key: "tcp1_retransmits", label: "TCP 1 stream retransmits", unit: "count", better: "lower" },
+  { key: "tcp4_mbps", label: "TCP 4 streams", unit: "Mbit/s", better: "higher" },
+  { key: "tcp4_retransmits", label: "TCP 4 streams retransmits", unit: "count", better: "lower" },
+  { key: "udp64_fps", label: "UDP 64 B capacity", unit: "frames/s", better: "higher" },
+  { key: "udp64_mbps", label: "UDP 64 B capacity", unit: "Mbit/s", better: "higher" },
+  { key: "udp1400_fps", label: "UDP 1400 B capacity", unit: "frames/s", better: "higher" },
+  { key: "udp1400_mbps", label: "UDP 1400 B capacity", unit: "Mbit/s", better: "higher" },
+  { key: "rtt_idle_p50", label: "RTT p50, no load", unit: "ms", better: "lower" },
+  { key: "rtt_idle_p99", label: "RTT p99, no load", unit: "ms", better: "lower" },
+  { key: "rtt_load_p50", label: "RTT p50, TCP load", unit: "ms", better: "lower" },
+  { key: "rtt_load_p99", label: "RTT p99, TCP load", unit: "ms", better: "lower" },
+  {
+    key: "cpu_s_per_gb",
+    label: "CPU per GB carried",
+    unit: "s/GB",
+    better: "lower",
+    perProcess: true,
+  },
+  {
+    key: "rss_peak_mb",
+    label: "Peak resident memory",
+    unit: "MB",
+    better: "lower",
+    perProcess: true,
+  },
+];
+
+/** Figures of one contender in one round, by figure key. */
+export type RoundFigures = Record<string, number>;
+
+/** A figure's median and its value in each round (null where not applicable). */
+export interface Summary {
+  median: number | null;
+  rounds: number[];
+}
+
+/** The JSON document written to bench/results/latest.json. */
+export interface Report {
+  date: string;
+  machine: {
+    cpus: number;
+    model: string;
+    kernel: string;
+    deno: string;
+    loadavgBefore: number[];
+    loadavgAfter: number[];
+  };
+  options: { rounds: number; quick: boolean; contenders: ContenderName[] };
+  figures: Figure[];
+  /** contender -> figure key -> summary. */
+  results: Record<string, Record<string, Summary>>;
+  /** figure key -> vdeno median / vde_plug median (null when either is missing or zero). */
+  ratioVdenoToVdePlug: Record<string, number | null>;
+  notes: string[];
+}
+
+/** The median of `values` (the mean of the middle two for an even count). */
+export function median(values: number[]): number | null {
+  if (values.length === 0) return null;
+  const sorted = [...values].sort((a, b) => a - b);
+  const middle = Math.floor(sorted.length / 2);
+  return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
+}
+
+/** Medians per contender and figure, and the ratio vdeno / vde_plug. */
+export function summarize(
+  rounds: Map<ContenderName, RoundFigures[]>,
+): Pick<Report, "results" | "ratioVdenoToVdePlug"> {
+  const results: Report["results"] = {};
+  for (const [name, perRound] of rounds) {
+    results[name] = {};
+    for (const figure of FIGURES) {
+      const values = perRound.map((r) => r[figure.key]).filter((v) => v !== undefined);
+      results[name][figure.key] = { median: median(values), rounds: values };
+    }
+  }
+  const ratioVdenoToVdePlug: Record<string, number | null> = {};
+  for (const figure of FIGURES) {
+    const ours = results.vdeno?.[figure.key]?.median;
+    const theirs = results.vde_plug?.[figure.key]?.median;
+    ratioVdenoToVdePlug[figure.key] = ours != null && theirs != null && theirs !== 0
+      ? ours / theirs
+      : null;
+  }
+  return { results, ratioVdenoToVdePlug };
+}
+
+/** A figure for the table: 3 significant digits, thousands grouped, "-" when missing. */
+export function formatValue(value: number | null | undefined): string {
+  if (value == null || !Number.isFinite(value)) return "-";
+  if (Math.abs(value) >= 1000) return Math.round(value).toLocaleString("en-US");
+  return Number(value.toPrecision(3)).toString();
+}
+
+/** The table printed at the end of a run (also valid Markdown). */
+export function table(report: Report): string {
+  const names = report.options.contenders;
+  const showRatio = names.includes("vdeno") && names.includes("vde_plug");
+  const header = ["figure", "unit", ...names, ...(showRatio ? ["vdeno / vde_plug"] : [])];
+  const rows = FIGURES.map((figure) => [
+    figure.label,
+    figure.unit,
+    ...names.map((name) => formatValue(report.results[name]?.[figure.key]?.median)),
+    ...(showRatio ? [formatValue(report.ratioVdenoToVdePlug[figure.key])] : []),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
+  const line = (cells: string[]) =>
+    `| ${
+      cells.map((cell, i) => i < 2 ? cell.padEnd(widths[i]) : cell.padStart(widths[i])).join(" | ")
+    } |`;
+  const rule = `| ${
+    widths.map((w, i) => i < 2 ? "-".repeat(w) : "-".repeat(w - 1) + ":").join(" | ")
+  } |`;
+  return [line(header), rule, ...rows.map(line)].join("\n");
+}
+
+const COLORS: Record<string, string> = {
+  vdeno: "#2a7ab0",
+  vde_plug: "#d9822b",
+  kernel: "#8a8a8a",
+};
+
+function escapeXml(text: string): string {
+  return text.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+}
+
+/**
+ * A bar chart: one panel per figure, one bar per contender scaled to the
+ * largest median of that figure, the value written above each bar.
+ */
+export function svgChart(report: Report): string {
+  const names = report.options.contenders;
+  const columns = 4;
+  const panelWidth = 230;
+  const panelHeight = 170;
+  const barArea = 110;
+  const top = 70;
+  const rowsOfPanels = Math.ceil(FIGURES.length / columns);
+  const width = columns * panelWidth + 20;
+  const height = top + rowsOfPanels * panelHeight + 10;
+  const parts: string[] = [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" ` +
+    `viewBox="0 0 ${width} ${height}" font-family="sans-serif" font-size="11">`,
+    `<rect width="100%" height="100%" fill="white"/>`,
+    `<text x="10" y="20" font-size="15" font-weight="bold">vdeno benchmark: medians of ${report.options.rounds} round(s)${
+      report.options.quick ? " (quick)" : ""
+    }</text>`,
+    `<text x="10" y="38">${
+      escapeXml(`${report.date}, ${report.machine.cpus} CPUs, ${report.machine.model}`)
+    }</text>`,
+  ];
+  names.forEach((name, i) => {
+    const x = 10 + i * 110;
+    parts.push(`<rect x="${x}" y="48" width="12" height="12" fill="${COLORS[name]}"/>`);
+    parts.push(`<text x="${x + 16}" y="58">${name}</text>`);
+  });
+  FIGURES.forEach((figure, index) => {
+    const panelX = 10 + (index % columns) * panelWidth;
+    const panelY = top + Math.floor(index / columns) * panelHeight;
+    const medians = names.map((name) => report.results[name]?.[figure.key]?.median ?? null);
+    const largest = Math.max(0, ...medians.filter((m): m is number => m !== null));
+    parts.push(
+      `<text x="${panelX + 5}" y="${panelY + 14}" font-weight="bold">${
+        escapeXml(`${figure.label} (${figure.unit}, ${figure.better} is better)`)
+      }</text>`,
+    );
+    const baseline = panelY + 22 + barArea + 8;
+    parts.push(
+      `<line x1="${panelX + 5}" y1="${baseline}" x2="${
+        panelX + panelWidth - 15
+      }" y2="${baseline}" stroke="#444"/>`,
+    );
+    const barWidth = Math.min(50, (panelWidth - 30) / names.length - 10);
+    medians.forEach((value, i) => {
+      const x = panelX + 15 + i * (barWidth + 10);
+      const barHeight = value !== null && largest > 0 ? (value / largest) * barArea : 0;
+      if (value !== null) {
+        parts.push(
+          `<rect x="${x}" y="${
+            baseline - barHeight
+          }" width="${barWidth}" height="${barHeight}" fill="${COLORS[names[i]]}"/>`,
+        );
+      }
+      parts.push(
+        `<text x="${x + barWidth / 2}" y="${baseline - barHeight - 3}" text-anchor="middle">${
+          value === null ? "n/a" : formatValue(value)
+        }</text>`,
+      );
+    });
+  });
+  parts.push("</svg>");
+  return parts.join("\n") + "\n";
+}

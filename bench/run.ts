@@ -1,0 +1,248 @@
+/**
+ * `deno task bench`: vdeno, vde_plug and the kernel's VXLAN device carry the
+ * same workloads between two namespace hosts on a bridge, in turn, for a few
+ * rounds. Prints a table of medians with the ratio vdeno / vde_plug and writes
+ * bench/results/latest.json and latest.svg. See bench/README.md.
+ *
+ * Usage: deno run -A bench/run.ts [--rounds N] [--quick] [--only vdeno,vde_plug]
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { have, Lan } from "../tests/_harness.ts";
+import { type ContenderName, CONTENDERS, startContender } from "./_contenders.ts";
+import { FIGURES, type Report, type RoundFigures, summarize, svgChart, table } from "./_report.ts";
+import {
+  cpuSeconds,
+  type Durations,
+  peakResidentMb,
+  rtt,
+  rttUnderLoad,
+  setTrace,
+  startIperfServer,
+  tcp,
+  udpCapacity,
+} from "./_workloads.ts";
+
+const USAGE =
+  "Usage: deno task bench [--rounds N] [--quick] [--only vdeno,vde_plug,kernel] [--out DIR] [--verbose]";
+
+const FULL: Durations = {
+  tcpSeconds: 5,
+  tcpOmitSeconds: 1,
+  udpStepSeconds: 2,
+  udpSteps: 5,
+  idlePings: 500,
+};
+
+const QUICK: Durations = {
+  tcpSeconds: 2,
+  tcpOmitSeconds: 0,
+  udpStepSeconds: 1,
+  udpSteps: 2,
+  idlePings: 100,
+};
+
+const RESULTS_DIR = new URL("./results/", import.meta.url).pathname;
+
+interface Options {
+  rounds: number;
+  quick: boolean;
+  contenders: ContenderName[];
+  /** Directory for latest.json and latest.svg. */
+  out: string;
+  verbose: boolean;
+}
+
+function parseOptions(args: string[]): Options {
+  const { values } = parseArgs({
+    args,
+    options: {
+      rounds: { type: "string" },
+      quick: { type: "boolean" },
+      only: { type: "string" },
+      out: { type: "string" },
+      verbose: { type: "boolean", short: "v" },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+  });
+  if (values.help) {
+    console.log(USAGE);
+    Deno.exit(0);
+  }
+  const quick = values.quick ?? false;
+  const rounds = values.rounds === undefined ? (quick ? 1 : 3) : Number(values.rounds);
+  if (!Number.isInteger(rounds) || rounds < 1) {
+    throw new RangeError(`--rounds wants a whole number of at least 1, not ${values.rounds}`);
+  }
+  const contenders = values.only === undefined
+    ? [...CONTENDERS]
+    : values.only.split(",").map((name) => name.trim());
+  for (const name of contenders) {
+    if (!(CONTENDERS as readonly string[]).includes(name)) {
+      throw new RangeError(`--only: unknown contender ${name} (known: ${CONTENDERS.join(", ")})`);
+    }
+  }
+  return {
+    rounds,
+    quick,
+    contenders: contenders as ContenderName[],
+    out: values.out ?? RESULTS_DIR,
+    verbose: values.verbose ?? false,
+  };
+}
+
+async function checkPrerequisites(contenders: ContenderName[]): Promise<void> {
+  if (Deno.uid() !== 0) throw new Error("The benchmark needs root: it creates network namespaces");
+  const programs = [
+    "ip",
+    "iperf3",
+    "ping",
+    ...(contenders.includes("vde_plug") ? ["vde_plug"] : []),
+  ];
+  for (const program of programs) {
+    if (!(await have(program))) {
+      throw new Error(`The benchmark needs ${program}: it is not installed`);
+    }
+  }
+}
+
+/** Runs every workload over one contender set up on the LAN's two hosts. */
+async function measure(lan: Lan, name: ContenderName, d: Durations): Promise<RoundFigures> {
+  const [client] = lan.hosts;
+  const contender = await startContender(name, lan.hosts);
+  try {
+    const figures: RoundFigures = {};
+    const idle = await rtt(client, d.idlePings);
+    figures.rtt_idle_p50 = idle.p50;
+    figures.rtt_idle_p99 = idle.p99;
+
+    const cpuBefore = contender.pids.map(cpuSeconds);
+    const loaded = await rttUnderLoad(client, d);
+    figures.rtt_load_p50 = loaded.rtt.p50;
+    figures.rtt_load_p99 = loaded.rtt.p99;
+    figures.tcp1_mbps = loaded.load.mbps;
+    figures.tcp1_retransmits = loaded.load.retransmits;
+    const four = await tcp(client, 4, d);
+    figures.tcp4_mbps = four.mbps;
+    figures.tcp4_retransmits = four.retransmits;
+    if (contender.pids.length > 0) {
+      const cpuUsed = contender.pids.reduce(
+        (sum, pid, i) => sum + cpuSeconds(pid) - cpuBefore[i],
+        0,
+      );
+      figures.cpu_s_per_gb = cpuUsed / ((loaded.load.bytes + four.bytes) / 1e9);
+    }
+
+    for (const payload of [64, 1400]) {
+      const capacity = await udpCapacity(client, payload, d);
+      figures[`udp${payload}_fps`] = capacity.framesPerSecond;
+      figures[`udp${payload}_mbps`] = capacity.mbps;
+    }
+    if (contender.pids.length > 0) {
+      figures.rss_peak_mb = Math.max(...contender.pids.map(peakResidentMb));
+    }
+    return figures;
+  } finally {
+    await contender.stop();
+  }
+}
+
+function machine(): Report["machine"] {
+  const cpuinfo = Deno.readTextFileSync("/proc/cpuinfo");
+  return {
+    cpus: navigator.hardwareConcurrency,
+    model: /model name\s*:\s*(.*)/.exec(cpuinfo)?.[1]?.trim() ?? "unknown",
+    kernel: Deno.osRelease(),
+    deno: Deno.version.deno,
+    loadavgBefore: Deno.loadavg(),
+    loadavgAfter: [],
+  };
+}
+
+async function main(): Promise<number> {
+  let options: Options;
+  try {
+    options = parseOptions(Deno.args);
+    await checkPrerequisites(options.contenders);
+  } catch (error) {
+    console.error(`bench: ${(error as Error).message}\n${USAGE}`);
+    return 2;
+  }
+  const durations = options.quick ? QUICK : FULL;
+  if (options.verbose) setTrace((line) => console.error(`    ${line}`));
+  const about = machine();
+  const started = new Date();
+  let lan: Lan;
+  try {
+    lan = await Lan.create(2);
+  } catch (error) {
+    console.error(`bench: cannot build the namespace LAN: ${(error as Error).message}`);
+    return 1;
+  }
+  const onInterrupt = async () => {
+    console.error("\nbench: interrupted, removing the namespaces");
+    await lan.dispose();
+    Deno.exit(130);
+  };
+  Deno.addSignalListener("SIGINT", onInterrupt);
+  const rounds = new Map<ContenderName, RoundFigures[]>(options.contenders.map((n) => [n, []]));
+  try {
+    await startIperfServer(lan.hosts[1]);
+    for (let round = 0; round < options.rounds; round++) {
+      // Rotate the order each round so no contender always runs first on a warming machine.
+      const order = options.contenders.map((_, i) =>
+        options.contenders[(i + round) % options.contenders.length]
+      );
+      for (const name of order) {
+        console.error(`round ${round + 1}/${options.rounds}: ${name}...`);
+        const figures = await measure(lan, name, durations);
+        rounds.get(name)!.push(figures);
+        console.error(
+          `  TCP ${figures.tcp1_mbps.toFixed(0)} / ${figures.tcp4_mbps.toFixed(0)} Mbit/s, ` +
+            `UDP64 ${figures.udp64_fps.toFixed(0)} frames/s, RTT p50 ${figures.rtt_idle_p50} ms`,
+        );
+      }
+    }
+  } catch (error) {
+    console.error(`bench: ${(error as Error).message}`);
+    return 1;
+  } finally {
+    Deno.removeSignalListener("SIGINT", onInterrupt);
+    await lan.dispose();
+  }
+  about.loadavgAfter = Deno.loadavg();
+  const report: Report = {
+    date: started.toISOString(),
+    machine: about,
+    options: { rounds: options.rounds, quick: options.quick, contenders: options.contenders },
+    figures: FIGURES,
+    ...summarize(rounds),
+    notes: [
+      "TAP MTU 1500 for vdeno and vde_plug: a full frame + 16 bytes vxvde/UDP + 20 IP exceeds the underlay's 1500 and is fragmented",
+      "kernel: vx0 keeps the MTU the kernel gives it (1450), so it is not fragmented; cost figures do not apply (no process)",
+      "RTT under load is measured during the TCP 1 stream test; CPU per GB over both TCP tests, both hosts' plugs",
+    ],
+  };
+  try {
+    await Deno.mkdir(options.out, { recursive: true });
+    await Deno.writeTextFile(`${options.out}/latest.json`, JSON.stringify(report, null, 2) + "\n");
+    await Deno.writeTextFile(`${options.out}/latest.svg`, svgChart(report));
+  } catch (error) {
+    console.error(`bench: cannot write the results to ${options.out}: ${(error as Error).message}`);
+    return 1;
+  }
+  console.log(
+    `${report.date}, ${about.cpus} CPUs (${about.model}), load ${
+      about.loadavgBefore.map((l) => l.toFixed(2)).join(" ")
+    } -> ${about.loadavgAfter.map((l) => l.toFixed(2)).join(" ")}, ${options.rounds} round(s)${
+      options.quick ? ", quick" : ""
+    }`,
+  );
+  console.log(table(report));
+  return 0;
+}
+
+if (import.meta.main) Deno.exit(await main());
