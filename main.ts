@@ -10,6 +10,7 @@
 
 import denoConfig from "./deno.json" with { type: "json" };
 import { demoCommand } from "./src/cli/demo.ts";
+import { keygenCommand } from "./src/cli/keygen.ts";
 import { plugCommand } from "./src/cli/plug.ts";
 import { randmacCommand } from "./src/cli/randmac.ts";
 import { statusCommand } from "./src/cli/status.ts";
@@ -25,6 +26,7 @@ Commands:
   status [NAME|PID]               running plugs, counters, learned MACs
   demo                            build a demo Local Area Cloud of namespaces
   randmac                         print a random locally administered MAC
+  keygen FILE                     write a new key for a keyed network (key=FILE)
   version                         print the version
 
 Run 'vdeno COMMAND --help' for a command's options.`;
@@ -36,6 +38,7 @@ const commands: Record<string, Command> = {
   demo: demoCommand,
   randmac: randmacCommand,
   status: statusCommand,
+  keygen: keygenCommand,
   version: () => {
     console.log(`vdeno ${denoConfig.version}`);
     return 0;

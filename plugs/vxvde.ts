@@ -11,6 +11,10 @@
  * caller's frame slots, with the header written into each slot's headroom, so
  * no frame is copied on the way.
  *
+ * `key=FILE` (or `key=env:NAME`) makes a keyed network: every datagram is
+ * sealed with AES-256-GCM (see src/seal.ts) and the header carries a mark
+ * that makes unkeyed plugs, vdeplug4's included, drop it.
+ *
  * @module
  */
 
@@ -35,9 +39,10 @@ import {
 } from "../ffi/net.ts";
 import { closeQuietly } from "../ffi/libc.ts";
 import { Counter, newCounters } from "../src/counters.ts";
-import { ETH_HEADER, type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../src/frames.ts";
+import { ETH_HEADER, FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../src/frames.ts";
 import { MacTable } from "../src/mactable.ts";
 import type { Plug } from "../src/plug.ts";
+import { loadKey, SEALED_PREFIX, sealedHeader, Sealer, Verdict } from "../src/seal.ts";
 import { groupId, parseInteger, parseOptions, parseSize, VnlError } from "../src/vnl.ts";
 
 export const DEFAULT_GROUP_V4 = "239.0.0.1";
@@ -60,6 +65,7 @@ const OPTION_NAMES = [
   "expiretime",
   "if",
   "bind",
+  "key",
 ] as const;
 
 /** The settings of a vxvde plug, as parsed from its VNL. */
@@ -72,6 +78,8 @@ export interface VxvdeConfig {
   expireSeconds: number;
   interfaceName?: string;
   bindAddress?: string;
+  /** `key=`: a key file, or `env:NAME`; the network is sealed (see src/seal.ts). */
+  key?: string;
 }
 
 /** Parses the part of a vxvde VNL after `vxvde://`. */
@@ -122,6 +130,7 @@ export function parseVxvde(rest: string): VxvdeConfig {
     expireSeconds: expire > 0 ? expire : 128,
     interfaceName: options.if,
     bindAddress: options.bind,
+    key: options.key,
   };
 }
 
@@ -171,6 +180,12 @@ export class VxvdePlug implements Plug {
   readonly #groupAddress: number;
   readonly #tableAddress: number;
   readonly #nameLength: number;
+  /** Seals and opens datagrams on a keyed network; undefined on an open one. */
+  readonly #sealer?: Sealer;
+  /** Bytes before the frame in a datagram: the header, and on a keyed network the seal. */
+  readonly #prefix: number;
+  /** First header word of an open network on our VNI (the second is the same as ours). */
+  readonly #plainHigh: number;
   #receivers = new WeakMap<FrameBatch, DatagramVector>();
   #senders = new WeakMap<FrameBatch, DatagramVector>();
   #closed = false;
@@ -180,6 +195,8 @@ export class VxvdePlug implements Plug {
     const config = this.config = parseVxvde(rest);
     const family = config.group.family;
     const ifindex = config.interfaceName === undefined ? 0 : interfaceIndex(config.interfaceName);
+    if (config.key !== undefined) this.#sealer = new Sealer(loadKey(config.key), config.vni);
+    this.#prefix = this.#sealer ? SEALED_PREFIX : HEADER_SIZE;
     let multicastFd = -1, unicastFd = -1;
     try {
       multicastFd = udpSocket(family);
@@ -206,6 +223,7 @@ export class VxvdePlug implements Plug {
     } catch (error) {
       closeQuietly(multicastFd);
       closeQuietly(unicastFd);
+      this.#sealer?.close();
       if (error instanceof VnlError) throw error;
       throw new Error(`Cannot open ${vnl}: ${(error as Error).message}`);
     }
@@ -213,10 +231,11 @@ export class VxvdePlug implements Plug {
     this.#unicastFd = unicastFd;
     this.#unicastPort = localAddress(unicastFd).port;
     this.fds = [multicastFd, unicastFd];
-    this.#header = vxvdeHeader(config.vni);
+    this.#header = this.#sealer ? sealedHeader(config.vni) : vxvdeHeader(config.vni);
     const headerView = new DataView(this.#header.buffer);
     this.#headerHigh = headerView.getUint32(0, true);
     this.#headerLow = headerView.getUint32(4, true);
+    this.#plainHigh = new DataView(vxvdeHeader(config.vni).buffer).getUint32(0, true);
     this.#nameLength = config.group.length;
     this.#groupAddress = numericAddress(config.group.bytes);
     this.table = new MacTable(config.hashSize, config.expireSeconds, this.counters);
@@ -231,7 +250,7 @@ export class VxvdePlug implements Plug {
   #receiverFor(batch: FrameBatch): DatagramVector {
     let vector = this.#receivers.get(batch);
     if (!vector) {
-      vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - HEADER_SIZE, batch.capacity);
+      vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - this.#prefix, batch.capacity);
       this.#receivers.set(batch, vector);
     }
     return vector;
@@ -240,7 +259,7 @@ export class VxvdePlug implements Plug {
   #senderFor(batch: FrameBatch): DatagramVector {
     let vector = this.#senders.get(batch);
     if (!vector) {
-      vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - HEADER_SIZE, batch.capacity);
+      vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - this.#prefix, batch.capacity);
       this.#senders.set(batch, vector);
     }
     return vector;
@@ -260,7 +279,7 @@ export class VxvdePlug implements Plug {
       fd,
       first,
       batch.capacity - first,
-      HEADER_SIZE + MAX_FRAME + 64,
+      this.#prefix + MAX_FRAME + 64,
     );
     if (received <= 0) {
       if (received < 0) this.counters[Counter.dropMalformed]++;
@@ -272,18 +291,33 @@ export class VxvdePlug implements Plug {
     const names = vector.names;
     const counters = this.counters;
     const now = Date.now() / 1000;
+    const prefix = this.#prefix;
+    const sealer = this.#sealer;
     for (let i = first; i < first + received; i++) {
       const datagramLength = vector.length(i);
-      const headerWord = (i * SLOT_SIZE + HEADROOM - HEADER_SIZE) >>> 2;
-      const frameLength = datagramLength - HEADER_SIZE;
+      const headerWord = (i * SLOT_SIZE + HEADROOM - prefix) >>> 2;
+      const frameLength = datagramLength - prefix;
       batch.lengths[i] = 0;
       if (datagramLength < HEADER_SIZE) {
         counters[Counter.dropMalformed]++;
         continue;
       }
       if (words[headerWord] !== this.#headerHigh || words[headerWord + 1] !== this.#headerLow) {
-        counters[Counter.dropWrongHeader]++;
+        if (sealer && this.#isPlaintext(words, headerWord)) counters[Counter.dropAuthFailed]++;
+        else counters[Counter.dropWrongHeader]++;
         continue;
+      }
+      // Too long to open: left to the dropTooLong check below.
+      if (sealer && frameLength <= MAX_FRAME && !vector.truncated(i)) {
+        if (frameLength < 0) {
+          counters[Counter.dropMalformed]++;
+          continue;
+        }
+        const verdict = sealer.open(batch, i, frameLength, now);
+        if (verdict !== Verdict.ok) {
+          counters[verdict === Verdict.replayed ? Counter.dropReplay : Counter.dropAuthFailed]++;
+          continue;
+        }
       }
       const nameWord = (i * SOCKADDR_SIZE) >>> 2;
       if (frameLength === 0) {
@@ -327,6 +361,8 @@ export class VxvdePlug implements Plug {
     const counters = this.counters;
     const now = Date.now() / 1000;
     const header = this.#header;
+    const prefix = this.#prefix;
+    const sealer = this.#sealer;
     let prepared = 0;
     for (let i = 0; i < batch.count; i++) {
       const length = batch.lengths[i];
@@ -336,16 +372,20 @@ export class VxvdePlug implements Plug {
         continue;
       }
       const frameOffset = i * SLOT_SIZE + HEADROOM;
-      bytes.set(header, frameOffset - HEADER_SIZE);
+      bytes.set(header, frameOffset - prefix);
       const slot = this.table.lookup(bytes, frameOffset, now);
+      if (sealer && !sealer.seal(batch, i, length, now)) {
+        counters[Counter.dropSendError]++;
+        continue;
+      }
       if (slot < 0) {
-        vector.prepare(prepared++, i, length + HEADER_SIZE, this.#groupAddress, this.#nameLength);
+        vector.prepare(prepared++, i, length + prefix, this.#groupAddress, this.#nameLength);
         counters[Counter.sentMulticast]++;
       } else {
         vector.prepare(
           prepared++,
           i,
-          length + HEADER_SIZE,
+          length + prefix,
           this.#tableAddress + slot * SOCKADDR_SIZE,
           this.#nameLength,
         );
@@ -375,6 +415,7 @@ export class VxvdePlug implements Plug {
     return {
       group: this.config.group.toString(),
       vni: this.config.vni,
+      sealed: this.#sealer !== undefined,
       unicastPort: this.#unicastPort,
       expireSeconds: this.config.expireSeconds,
       tableSize: this.table.size,
@@ -386,9 +427,28 @@ export class VxvdePlug implements Plug {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    sendTo(this.#unicastFd, this.#header, HEADER_SIZE, this.config.group);
+    this.#sayGoodbye();
     closeQuietly(this.#unicastFd);
     closeQuietly(this.#multicastFd);
+    this.#sealer?.close();
+  }
+
+  /** Sends the bare header (sealed, on a keyed network) that makes peers forget us. */
+  #sayGoodbye(): void {
+    if (!this.#sealer) {
+      sendTo(this.#unicastFd, this.#header, HEADER_SIZE, this.config.group);
+      return;
+    }
+    const batch = new FrameBatch(1);
+    const start = HEADROOM - SEALED_PREFIX;
+    batch.bytes.set(this.#header, start);
+    if (!this.#sealer.seal(batch, 0, 0, Date.now() / 1000)) return;
+    sendTo(this.#unicastFd, batch.bytes.subarray(start), SEALED_PREFIX, this.config.group);
+  }
+
+  /** Whether the header at `word` is that of an open (unkeyed) network on our VNI. */
+  #isPlaintext(words: Uint32Array, word: number): boolean {
+    return words[word] === this.#plainHigh && words[word + 1] === this.#headerLow;
   }
 }
 

@@ -28,6 +28,7 @@ export const COUNTER_NAMES = [
   "tableEvictions",
   "tableExpiries",
   "goodbyesReceived",
+  "dropReplay",
 ] as const;
 
 export type CounterName = typeof COUNTER_NAMES[number];

@@ -1,0 +1,65 @@
+/**
+ * `vdeno keygen FILE`: writes a new random key for a keyed vxvde network
+ * (`vxvde://GROUP/key=FILE`), readable by its owner only.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { newKeyText } from "../seal.ts";
+import { UsageError } from "./usage.ts";
+
+export const KEYGEN_USAGE = `Usage: vdeno keygen [OPTIONS] FILE
+
+Writes a new random 256-bit key (64 hex digits) to FILE with mode 0600.
+Give the same file to every plug of a network: vxvde://239.0.0.1/key=FILE
+(quote a path with slashes: key='/etc/vdeno/lan.key'), or put its content
+in an environment variable NAME and use key=env:NAME.
+
+Options:
+  -f, --force   replace FILE if it exists
+  -h, --help    show this help`;
+
+/** Runs `vdeno keygen`; resolves to the exit code. */
+export function keygenCommand(args: string[]): number {
+  const { values, positionals } = parseArgs({
+    args,
+    options: {
+      force: { type: "boolean", short: "f" },
+      help: { type: "boolean", short: "h" },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  if (values.help) {
+    console.log(KEYGEN_USAGE);
+    return 0;
+  }
+  if (positionals.length !== 1) throw new UsageError("keygen takes one FILE", KEYGEN_USAGE);
+  const path = positionals[0];
+  if (!values.force && exists(path)) {
+    throw new Error(`${path} exists; use --force to replace it`);
+  }
+  // Write to a private temporary file then rename, so the key is never readable by others.
+  const temporary = `${path}.${Deno.pid}.tmp`;
+  try {
+    Deno.writeTextFileSync(temporary, newKeyText(), { mode: 0o600, createNew: true });
+    Deno.chmodSync(temporary, 0o600);
+    Deno.renameSync(temporary, path);
+  } catch (error) {
+    try {
+      Deno.removeSync(temporary);
+    } catch { /* never created */ }
+    throw new Error(`Cannot write ${path}: ${(error as Error).message}`);
+  }
+  return 0;
+}
+
+function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}

@@ -1,0 +1,269 @@
+/**
+ * Keyed vxvde networks (`key=`): the replay window and the sealer on their
+ * own, key files, and real plugs on namespace hosts: keyed plugs talk, plugs
+ * without the key (vdeno or vde_plug) and with another key get nothing
+ * through either way, replays are dropped and counted, and the wire carries
+ * no plaintext.
+ */
+
+import assert from "node:assert/strict";
+import { FrameBatch, HEADROOM } from "../src/frames.ts";
+import {
+  FRESH_SECONDS,
+  loadKey,
+  newKeyText,
+  readKeyFile,
+  ReplayWindow,
+  SEALED_PREFIX,
+  sealedHeader,
+  Sealer,
+  Verdict,
+  WINDOW_SIZE,
+} from "../src/seal.ts";
+import { type Host, Lan, prerequisites, run, VDENO } from "./_harness.ts";
+
+const REPLAY = new URL("./fixtures/udp_replay.ts", import.meta.url).pathname;
+
+Deno.test("replay window: new, duplicate, reordered within the window, too old, new epoch", () => {
+  const window = new ReplayWindow();
+  const see = (high: number, low: number) => {
+    if (!window.fresh(high, low)) return false;
+    window.accept(high, low, 0);
+    return true;
+  };
+  assert.equal(see(7, 100), true);
+  assert.equal(see(7, 100), false, "a duplicate");
+  assert.equal(see(7, 102), true);
+  assert.equal(see(7, 101), true, "late but inside the window");
+  assert.equal(see(7, 101), false);
+  assert.equal(see(7, 100 + WINDOW_SIZE + 50), true, "a jump ahead");
+  assert.equal(see(7, 102), false, "now below the window");
+  assert.equal(see(7, 100 + 60), true, "still inside the window after the jump, never seen");
+  assert.equal(see(7, 100 + WINDOW_SIZE + 49), true);
+  assert.equal(see(7, 100 + WINDOW_SIZE + 10_000), true, "a jump beyond the whole ring");
+  assert.equal(see(7, 100 + WINDOW_SIZE + 50), false, "forgotten by the jump: too old");
+  assert.equal(see(6, 5_000_000), false, "an older epoch");
+  assert.equal(see(8, 0), true, "a newer epoch");
+  assert.equal(see(8, 0), false);
+  for (let low = 1; low < 3000; low++) assert.equal(see(8, low), true, `in order ${low}`);
+  for (let low = 0; low < 3000; low++) assert.equal(window.fresh(8, low), false, `seen ${low}`);
+});
+
+const SECRET = new Uint8Array(32).fill(7);
+
+/** Seals `frame` with `sealer` and returns the datagram bytes (header to end). */
+function sealFrame(sealer: Sealer, vni: number, frame: Uint8Array, now: number): Uint8Array {
+  const batch = new FrameBatch(1);
+  batch.push(frame);
+  batch.bytes.set(sealedHeader(vni), HEADROOM - SEALED_PREFIX);
+  assert.ok(sealer.seal(batch, 0, frame.length, now));
+  return batch.bytes.slice(HEADROOM - SEALED_PREFIX, HEADROOM + frame.length);
+}
+
+/** Opens a datagram with `sealer`; returns the verdict and the frame. */
+function openDatagram(sealer: Sealer, datagram: Uint8Array, now: number) {
+  const batch = new FrameBatch(1);
+  batch.bytes.set(datagram, HEADROOM - SEALED_PREFIX);
+  const length = datagram.length - SEALED_PREFIX;
+  const verdict = sealer.open(batch, 0, length, now);
+  return { verdict, frame: batch.bytes.slice(HEADROOM, HEADROOM + length) };
+}
+
+Deno.test("sealer: round trip, no plaintext, replays, tampering, other keys and VNIs, stale senders", () => {
+  const now = Date.now() / 1000;
+  const alice = new Sealer(SECRET, 42), bob = new Sealer(SECRET, 42);
+  const frame = new Uint8Array(100).map((_, i) => i);
+  const first = sealFrame(alice, 42, frame, now);
+  const second = sealFrame(alice, 42, frame, now);
+  assert.equal(first.length, frame.length + SEALED_PREFIX);
+  assert.deepEqual([...first.subarray(0, 8)], [8, 0, 0, 0x5e, 0, 0, 42, 0]);
+  assert.notDeepEqual(first.subarray(SEALED_PREFIX), frame, "the frame is encrypted");
+  assert.notDeepEqual(first.subarray(SEALED_PREFIX), second.subarray(SEALED_PREFIX), "new nonce");
+  assert.notDeepEqual(first.subarray(16, 24), second.subarray(16, 24), "the sequence moved");
+  assert.deepEqual(first.subarray(12, 16), second.subarray(12, 16), "one sender id");
+
+  const opened = openDatagram(bob, first, now);
+  assert.equal(opened.verdict, Verdict.ok);
+  assert.deepEqual(opened.frame, frame);
+  assert.equal(openDatagram(bob, first, now).verdict, Verdict.replayed, "the same datagram again");
+  assert.equal(openDatagram(bob, second, now).verdict, Verdict.ok);
+
+  for (const at of [3, 9, 14, 20, 30, SEALED_PREFIX + 5]) {
+    const tampered = sealFrame(alice, 42, frame, now);
+    tampered[at] ^= 0x01;
+    const verdict = openDatagram(bob, tampered, now).verdict;
+    assert.notEqual(verdict, Verdict.ok, `a flipped bit at byte ${at} is caught`);
+  }
+  const otherKey = new Sealer(new Uint8Array(32).fill(8), 42);
+  assert.equal(
+    openDatagram(otherKey, sealFrame(alice, 42, frame, now), now).verdict,
+    Verdict.forged,
+  );
+  const otherVni = new Sealer(SECRET, 43);
+  assert.equal(
+    openDatagram(otherVni, sealFrame(alice, 42, frame, now), now).verdict,
+    Verdict.forged,
+  );
+
+  const carol = new Sealer(SECRET, 42);
+  const old = sealFrame(carol, 42, frame, now - FRESH_SECONDS - 5);
+  assert.equal(openDatagram(bob, old, now).verdict, Verdict.replayed, "a stale first datagram");
+  const goodbye = sealFrame(carol, 42, new Uint8Array(0), now);
+  assert.equal(goodbye.length, SEALED_PREFIX);
+  assert.equal(openDatagram(bob, goodbye, now).verdict, Verdict.ok, "an empty sealed goodbye");
+  assert.equal(openDatagram(bob, goodbye, now).verdict, Verdict.replayed, "a replayed goodbye");
+  for (const sealer of [alice, bob, otherKey, otherVni, carol]) sealer.close();
+});
+
+Deno.test("key files: keygen writes 0600, a file open to others is refused, env:NAME works", async () => {
+  const dir = Deno.makeTempDirSync();
+  try {
+    const path = `${dir}/lan.key`;
+    const made = await run([...VDENO, "keygen", path]);
+    assert.equal(made.code, 0, made.stderr);
+    assert.equal(Deno.statSync(path).mode! & 0o777, 0o600);
+    assert.match(Deno.readTextFileSync(path), /^[0-9a-f]{64}\n$/);
+    assert.equal(readKeyFile(path).length, 32);
+    const again = await run([...VDENO, "keygen", path]);
+    assert.equal(again.code, 1);
+    assert.match(again.stderr, /exists; use --force/);
+    assert.notEqual(newKeyText(), newKeyText());
+
+    for (const mode of [0o644, 0o640, 0o604, 0o620]) {
+      Deno.chmodSync(path, mode);
+      assert.throws(() => readKeyFile(path), /open to other users .*chmod 600/);
+      const plug = await run([...VDENO, "plug", `vxvde://239.9.9.9/key='${path}'`], {
+        timeoutMs: 20_000,
+      });
+      assert.equal(plug.code, 1);
+      const lines = plug.stderr.trim().split("\n");
+      assert.equal(lines.length, 1, plug.stderr);
+      assert.match(lines[0], /is open to other users \(mode 06\d\d\); run chmod 600/);
+    }
+    Deno.writeTextFileSync(path, "not a key\n", { mode: 0o600 });
+    Deno.chmodSync(path, 0o600);
+    assert.throws(() => readKeyFile(path), /expected 64 hex digits/);
+    Deno.env.set("VDENO_TEST_KEY", "ab".repeat(32));
+    assert.deepEqual(loadKey("env:VDENO_TEST_KEY"), new Uint8Array(32).fill(0xab));
+    assert.throws(() => loadKey("env:VDENO_NO_SUCH_KEY"), /VDENO_NO_SUCH_KEY is not set/);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+interface PlugStatus {
+  counters: Record<string, number>;
+  learned: { mac: string }[];
+}
+
+async function vxStatus(host: Host, name: string): Promise<PlugStatus> {
+  return JSON.parse(await host.sh([...VDENO, "status", "--json", name])).plugs[1];
+}
+
+/** Starts `vdeno plug tap://tap0 VNL` named `name` on `host`, with 10.0.0.N and a fixed MAC. */
+async function startPlug(host: Host, name: string, vnl: string, n: number, env = {}) {
+  host.vdeno(["plug", "--name", name, "tap://tap0", vnl], { env });
+  await host.waitForLink("tap0");
+  await host.configure("tap0", `10.0.0.${n}/24`, `02:00:00:00:00:0${n}`);
+}
+
+function makeKeys(count: number): { dir: string; paths: string[] } {
+  const dir = Deno.makeTempDirSync();
+  const paths: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const path = `${dir}/k${i}`;
+    Deno.writeTextFileSync(path, newKeyText(), { mode: 0o600 });
+    paths.push(path);
+  }
+  return { dir, paths };
+}
+
+Deno.test("keyed plugs ping; a plug without the key or with another key gets no frame through either way", async (t) => {
+  if (!(await prerequisites(t, ["ping"]))) return;
+  const { dir, paths: [key, otherKey] } = makeKeys(2);
+  try {
+    await using lan = await Lan.create(4);
+    const [a, b, open, wrong] = lan.hosts;
+    const group = "vxvde://239.6.0.1/vni=77";
+    await startPlug(a, "sa", `${group}/key='${key}'`, 1);
+    // The same key through the environment.
+    const hex = Deno.readTextFileSync(key).trim();
+    await startPlug(b, "sb", `${group}/key=env:LAN_KEY`, 2, { LAN_KEY: hex });
+    await startPlug(open, "so", group, 3);
+    await startPlug(wrong, "sw", `${group}/key='${otherKey}'`, 4);
+    assert.ok(await a.pingable("10.0.0.2"), "keyed A pings keyed B");
+    assert.ok(await b.pingable("10.0.0.1"), "keyed B pings keyed A");
+    for (const [outsider, address] of [[open, "10.0.0.3"], [wrong, "10.0.0.4"]] as const) {
+      for (const target of ["10.0.0.1", "10.0.0.2"]) {
+        const out = await outsider.run(["ping", "-c", "3", "-i", "0.2", "-W", "1", target]);
+        assert.notEqual(out.code, 0, `${outsider.netns} reached ${target}`);
+      }
+      const into = await a.run(["ping", "-c", "3", "-i", "0.2", "-W", "1", address]);
+      assert.notEqual(into.code, 0, `A reached ${address}`);
+    }
+    const [sa, sb, so, sw] = await Promise.all([
+      vxStatus(a, "sa"),
+      vxStatus(b, "sb"),
+      vxStatus(open, "so"),
+      vxStatus(wrong, "sw"),
+    ]);
+    const macs = (status: PlugStatus) => status.learned.map((entry) => entry.mac).sort();
+    assert.deepEqual(macs(sa), ["02:00:00:00:00:02"], "A learned only B");
+    assert.deepEqual(macs(sb), ["02:00:00:00:00:01"], "B learned only A");
+    assert.deepEqual(macs(so), [], "the open plug learned nobody");
+    assert.deepEqual(macs(sw), [], "the wrong-key plug learned nobody");
+    assert.equal(so.counters.framesIn, 0, "nothing reached the open plug");
+    assert.equal(sw.counters.framesIn, 0, "nothing reached the wrong-key plug");
+    assert.ok(so.counters.dropWrongHeader > 0, "the open plug dropped sealed datagrams");
+    assert.ok(sw.counters.dropAuthFailed > 0, "the wrong-key plug failed to open them");
+    assert.ok(sa.counters.dropAuthFailed > 0, "A dropped and counted what outsiders sent");
+    assert.ok(sb.counters.dropAuthFailed > 0, "B dropped and counted what outsiders sent");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("replayed sealed datagrams, to the group and to a plug's own port, are dropped and counted", async (t) => {
+  if (!(await prerequisites(t, ["ping"]))) return;
+  const { dir, paths: [key] } = makeKeys(1);
+  try {
+    await using lan = await Lan.create(3);
+    const [a, b, attacker] = lan.hosts;
+    const group = `vxvde://239.6.0.2/key='${key}'`;
+    await startPlug(a, "ra", group, 1);
+    await startPlug(b, "rb", group, 2);
+    assert.ok(await a.pingable("10.0.0.2"));
+    const unicastPort = JSON.parse(await a.sh([...VDENO, "status", "--json", "ra"])).plugs[1]
+      .unicastPort;
+    const recorder = attacker.spawn([
+      Deno.execPath(),
+      "run",
+      "-A",
+      "--quiet",
+      REPLAY,
+      "239.6.0.2",
+      "14789",
+      "6",
+      `${a.address}:${unicastPort}`,
+    ]);
+    await recorder.waitForOutput((text) => text.includes("listening"));
+    const before = await vxStatus(a, "ra");
+    // Broadcast pings travel to the group, where the attacker records them.
+    await b.run(["ping", "-b", "-c", "8", "-i", "0.2", "10.0.0.255"]);
+    assert.equal((await recorder.exited()).code, 0, recorder.stderr);
+    const report = JSON.parse(recorder.stdout);
+    assert.equal(report.recorded, 6);
+    assert.equal(report.sent, 12);
+    await a.run(["ping", "-c", "1", "10.0.0.2"]); // a frame after the replays, as a barrier
+    const after = await vxStatus(a, "ra");
+    assert.equal(
+      after.counters.dropReplay - before.counters.dropReplay,
+      12,
+      "each replay, to the group and to the unicast port, is counted once",
+    );
+    assert.equal(after.counters.dropAuthFailed - before.counters.dropAuthFailed, 0);
+    assert.ok(await a.pingable("10.0.0.2"), "the network still works");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
