@@ -25,7 +25,7 @@
  */
 
 import { check, closeQuietly, Errno, errno, libc } from "../ffi/libc.ts";
-import { numericAddress, setReuseAddress, SocketAddress } from "../ffi/net.ts";
+import { AF_INET, numericAddress, setReuseAddress, SocketAddress } from "../ffi/net.ts";
 import { Wakeup } from "../ffi/poll.ts";
 import { Counter, newCounters } from "../src/counters.ts";
 import { ETH_HEADER, type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../src/frames.ts";
@@ -70,7 +70,7 @@ export function parseQemu(rest: string): QemuListenAddress {
   if (port < 1 || port > 65535) throw new VnlError(`Bad port in qemu:// VNL: ${tcp[2]}`);
   const host = tcp[1].startsWith("[") ? tcp[1].slice(1, -1) : tcp[1];
   const address = host === ""
-    ? SocketAddress.any(2).withPort(port)
+    ? SocketAddress.any(AF_INET).withPort(port)
     : SocketAddress.parse(host, port);
   if (!address) throw new VnlError(`Bad address in qemu:// VNL: ${JSON.stringify(tcp[1])}`);
   return { kind: "tcp", address };
