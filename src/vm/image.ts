@@ -1,5 +1,5 @@
 /**
- * A tiny VM image for the end-to-end tests, built from Debian packages that
+ * A tiny VM image for the end-to-end tests and the demo, built from Debian packages that
  * are installed on the test machine: the `linux-image-*-cloud-amd64` kernel
  * and an initramfs of `busybox-static` plus the virtio network modules.
  *
