@@ -11,6 +11,7 @@
 import denoConfig from "./deno.json" with { type: "json" };
 import { demoCommand } from "./src/cli/demo.ts";
 import { keygenCommand } from "./src/cli/keygen.ts";
+import { NS_HELPER, nsCommand, nsHelperCommand } from "./src/cli/ns.ts";
 import { plugCommand } from "./src/cli/plug.ts";
 import { randmacCommand } from "./src/cli/randmac.ts";
 import { statusCommand } from "./src/cli/status.ts";
@@ -23,6 +24,7 @@ Usage: vdeno COMMAND [ARGS...]
 
 Commands:
   plug VNL [VNL | = COMMAND...]   plug networks together (like vde_plug)
+  ns [VNL [COMMAND [ARGS...]]]    a command in a namespace on a network (like vdens)
   status [NAME|PID]               running plugs, counters, learned MACs
   demo                            build a demo Local Area Cloud of namespaces
   randmac                         print a random locally administered MAC
@@ -35,6 +37,8 @@ type Command = (args: string[]) => Promise<number> | number;
 
 const commands: Record<string, Command> = {
   plug: plugCommand,
+  ns: nsCommand,
+  [NS_HELPER]: nsHelperCommand,
   demo: demoCommand,
   randmac: randmacCommand,
   status: statusCommand,

@@ -109,6 +109,14 @@ const symbols = {
   geteuid: { parameters: [], result: "u32" },
   // int setsid(void)
   setsid: { parameters: [], result: "i32" },
+  // int sethostname(const char *name, size_t len)
+  sethostname: { parameters: ["buffer", "usize"], result: "i32" },
+  // int mount(const char *source, const char *target, const char *fstype,
+  //           unsigned long flags, const void *data)
+  mount: { parameters: ["buffer", "buffer", "buffer", "u64", "buffer"], result: "i32" },
+  // int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
+  //           unsigned long arg5)
+  prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" },
   // pid_t fork(void) is not here on purpose: Deno is multithreaded.
 } as const satisfies Deno.ForeignLibraryInterface;
 

@@ -1,0 +1,125 @@
+/**
+ * Unix domain socket pairs that carry descriptors (SCM_RIGHTS), the way
+ * `vdeno ns` hands a TAP created inside a namespace to the process outside.
+ *
+ * Messages are SOCK_SEQPACKET records: each send arrives as one receive, with
+ * its descriptors, so no framing is needed.
+ *
+ * @module
+ */
+
+import { addressOf, check, Errno, errno, libc, SystemError } from "./libc.ts";
+
+const AF_UNIX = 1;
+const SOCK_SEQPACKET = 5;
+const SOCK_CLOEXEC = 0o2000000;
+const SOL_SOCKET = 1;
+const SCM_RIGHTS = 1;
+const MSG_CMSG_CLOEXEC = 0x40000000;
+const F_SETFD = 2;
+const FD_CLOEXEC = 1;
+
+// struct msghdr on 64-bit Linux: name, namelen(+pad), iov, iovlen, control, controllen, flags(+pad)
+const MSGHDR_SIZE = 56;
+// struct cmsghdr: size_t len, int level, int type, then the data
+const CMSG_HEADER = 16;
+/** The most descriptors one message carries. */
+export const MAX_DESCRIPTORS = 64;
+
+/** A connected pair of SOCK_SEQPACKET sockets; both close on exec. */
+export function socketPair(): [number, number] {
+  const fds = new Int32Array(2);
+  check(
+    libc.socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, new Uint8Array(fds.buffer)),
+    "socketpair",
+  );
+  return [fds[0], fds[1]];
+}
+
+/** Marks an inherited descriptor close-on-exec, so commands started later do not get it. */
+export function setCloseOnExec(fd: number): void {
+  check(libc.fcntl(fd, F_SETFD, FD_CLOEXEC), "fcntl(F_SETFD)");
+}
+
+/** One received message: its bytes and the descriptors that came with it (close-on-exec). */
+export interface UnixMessage {
+  data: Uint8Array<ArrayBuffer>;
+  descriptors: number[];
+}
+
+function messageHeader(
+  data: Uint8Array<ArrayBuffer>,
+  control: Uint8Array<ArrayBuffer>,
+  iovec: BigUint64Array<ArrayBuffer>,
+): Uint8Array<ArrayBuffer> {
+  iovec[0] = addressOf(data);
+  iovec[1] = BigInt(data.length);
+  const header = new Uint8Array(MSGHDR_SIZE);
+  const view = new DataView(header.buffer);
+  view.setBigUint64(16, addressOf(new Uint8Array(iovec.buffer)), true);
+  view.setBigUint64(24, 1n, true);
+  if (control.length > 0) {
+    view.setBigUint64(32, addressOf(control), true);
+    view.setBigUint64(40, BigInt(control.length), true);
+  }
+  return header;
+}
+
+/** Sends `data` (at least one byte) and, with it, copies of `descriptors`. */
+export function sendMessage(fd: number, data: Uint8Array<ArrayBuffer>, descriptors: number[] = []) {
+  if (descriptors.length > MAX_DESCRIPTORS) {
+    throw new RangeError(`At most ${MAX_DESCRIPTORS} descriptors fit in one message`);
+  }
+  const dataLength = descriptors.length * 4;
+  const control = new Uint8Array(dataLength === 0 ? 0 : CMSG_HEADER + ((dataLength + 7) & ~7));
+  if (dataLength > 0) {
+    const view = new DataView(control.buffer);
+    view.setBigUint64(0, BigInt(CMSG_HEADER + dataLength), true);
+    view.setInt32(8, SOL_SOCKET, true);
+    view.setInt32(12, SCM_RIGHTS, true);
+    descriptors.forEach((descriptor, i) => view.setInt32(CMSG_HEADER + i * 4, descriptor, true));
+  }
+  const iovec = new BigUint64Array(2);
+  const header = messageHeader(data, control, iovec);
+  for (;;) {
+    if (libc.sendmsg(fd, header, 0) >= 0) return;
+    const code = errno();
+    if (code !== Errno.EINTR) throw new SystemError("sendmsg", code);
+  }
+}
+
+/**
+ * Receives one message of at most `maxBytes`, waiting for it. Returns
+ * undefined at end of stream: the peer closed its end or exited.
+ */
+export function receiveMessage(fd: number, maxBytes = 4096): UnixMessage | undefined {
+  const data = new Uint8Array(maxBytes);
+  const control = new Uint8Array(CMSG_HEADER + MAX_DESCRIPTORS * 4);
+  const iovec = new BigUint64Array(2);
+  const header = messageHeader(data, control, iovec);
+  let length: number;
+  for (;;) {
+    length = Number(libc.recvmsg(fd, header, MSG_CMSG_CLOEXEC));
+    if (length >= 0) break;
+    const code = errno();
+    if (code !== Errno.EINTR) throw new SystemError("recvmsg", code);
+  }
+  const view = new DataView(header.buffer);
+  const controlLength = Number(view.getBigUint64(40, true));
+  const descriptors: number[] = [];
+  const controlView = new DataView(control.buffer);
+  for (let at = 0; at + CMSG_HEADER <= controlLength;) {
+    const cmsgLength = Number(controlView.getBigUint64(at, true));
+    if (cmsgLength < CMSG_HEADER) break;
+    const level = controlView.getInt32(at + 8, true);
+    const type = controlView.getInt32(at + 12, true);
+    if (level === SOL_SOCKET && type === SCM_RIGHTS) {
+      for (let i = at + CMSG_HEADER; i + 4 <= at + cmsgLength; i += 4) {
+        descriptors.push(controlView.getInt32(i, true));
+      }
+    }
+    at += (cmsgLength + 7) & ~7;
+  }
+  if (length === 0 && descriptors.length === 0) return undefined;
+  return { data: data.slice(0, length), descriptors };
+}

@@ -1,0 +1,418 @@
+/**
+ * `vdeno ns`: a command in network namespaces of its own whose interfaces
+ * (`vde0`, `vde1`...) sit on VDE networks, for an ordinary user, like vdens.
+ *
+ * Design. vdens forks, unshares a user namespace in the child and carries on
+ * there. Deno cannot: it is multithreaded, and unshare(CLONE_NEWUSER) refuses
+ * a multithreaded caller; setns() into a namespace made by a child needs
+ * capabilities an ordinary user lacks. So the work is split in two processes:
+ *
+ * - This process (the parent) stays in the caller's network namespace, where
+ *   the LAN is: it opens the VNLs there and runs one data plane (a Worker, see
+ *   src/dataplane.ts) per VNL, cabling the VNL to one TAP.
+ * - A helper, vdeno itself started as `unshare --user --map-root-user --net
+ *   --uts [--mount] -- vdeno ns-helper ...`, is root in a new user namespace
+ *   and owns the new network, UTS (and, for -r/-R/-s, mount) namespaces. It
+ *   brings `lo` up, sets the hostname, binds resolv.conf, creates the TAPs
+ *   (which needs CAP_NET_ADMIN in the namespace's owner: it has it), and hands
+ *   their descriptors to the parent with SCM_RIGHTS over a socket pair
+ *   inherited as descriptor 3 (ffi/unix.ts). A TAP stays in the namespace it
+ *   was created in, whoever holds its descriptor: the parent moves frames
+ *   between the LAN and the interface without ever entering the namespace.
+ * - Once the data planes run, the parent says "go"; the helper starts the
+ *   command (posix_spawn with default signal dispositions), waits for it and
+ *   exits with its status. The parent waits for the helper, stops the data
+ *   planes (the vxvde plug says goodbye) and exits with that status: a command
+ *   killed by signal N gives 128+N, as in a shell.
+ *
+ * Nothing is left behind: the socket pair has no name in the file system, the
+ * TAPs are deleted with the namespace when its last process exits, the helper
+ * gets SIGTERM (PR_SET_PDEATHSIG) if the parent dies, and forwards it.
+ *
+ * Signals. The parent, the helper and the command stay in the caller's
+ * process group, which the caller's shell made the terminal's foreground
+ * group: the command reads the terminal, and Ctrl-C (SIGINT, SIGQUIT) reaches
+ * it directly from the terminal. The parent and the helper ignore those two,
+ * so an interactive shell inside survives Ctrl-C and a command that handles it
+ * (ping printing its statistics) ends as it chooses; `unshare --fork` and
+ * `sudo` behave alike. SIGTERM and SIGHUP sent to the parent are passed on to
+ * the command through the helper.
+ *
+ * Capabilities. Inside, the user is root with the namespace's capabilities,
+ * except CAP_SYS_ADMIN (mount, hostname), which the command keeps only with
+ * -s, as vdens grants it only with -s.
+ *
+ * @module
+ */
+
+import { parseArgs } from "node:util";
+import { closeQuietly } from "../../ffi/libc.ts";
+import {
+  bindMount,
+  Capability,
+  dropBoundingCapability,
+  interfaceUp,
+  setHostname,
+  setParentDeathSignal,
+} from "../../ffi/namespace.ts";
+import { PollSet } from "../../ffi/poll.ts";
+import { signalProcess, spawn, waitFor } from "../../ffi/spawn.ts";
+import { openTap } from "../../ffi/tap.ts";
+import { receiveMessage, sendMessage, setCloseOnExec, socketPair } from "../../ffi/unix.ts";
+import { DataPlane } from "../dataplane.ts";
+import { selfCommand } from "../self.ts";
+import { UsageError } from "./usage.ts";
+
+export const NS_USAGE = `Usage:
+  vdeno ns [OPTIONS] [VNL [COMMAND [ARGS...]]]
+  vdeno ns -m [OPTIONS] VNL [VNL...] [-- COMMAND [ARGS...]]
+
+Runs COMMAND (default $SHELL) in new user, network and UTS namespaces, as root
+inside, with interface vde0 on the network VNL (vde0, vde1... with -m). Without
+a VNL, or with - or no, the namespace has loopback only. Works without root.
+
+Options:
+  -m, --multi              one interface per VNL
+  -i, --iface PREFIX       interface name prefix (default vde)
+  -R, --resolvaddr ADDRS   nameservers for /etc/resolv.conf inside, comma separated
+                           (default $VDE_RESOLVADDR)
+  -r, --resolvconf FILE    a file to use as /etc/resolv.conf inside
+                           (default $VDE_RESOLVCONF)
+  -H, --hostname NAME      the hostname inside
+  -s, --sysadm             let the command keep CAP_SYS_ADMIN (mount, hostname),
+                           in a mount namespace of its own
+  -h, --help               show this help
+
+The exit status is the command's (128+N if signal N killed it).`;
+
+/** The hidden command that runs inside the namespaces (see the module header). */
+export const NS_HELPER = "ns-helper";
+/** The descriptor on which the helper finds its end of the socket pair. */
+const CHANNEL_FD = 3;
+const SIGHUP = 1, SIGTERM = 15;
+const VALUED_SHORT = new Set(["i", "r", "R", "H"]);
+const VALUED_LONG = new Set(["iface", "resolvconf", "resolvaddr", "hostname"]);
+
+/** Messages on the socket pair, as JSON. */
+type HelperMessage =
+  | { type: "taps"; names: string[] } // with the TAP descriptors attached
+  | { type: "error"; message: string }
+  | { type: "go" };
+
+/** What `vdeno ns` was asked to do. */
+interface NsRequest {
+  vnls: string[];
+  command: string[];
+  ifacePrefix: string;
+  hostname?: string;
+  resolvconf?: string;
+  resolvaddr?: string;
+  sysadm: boolean;
+}
+
+/**
+ * Splits options from the rest where getopt's "+" mode would: at the first
+ * argument that is not an option, so `vdeno ns VNL ping -c 1 X` leaves `-c` to ping.
+ */
+function splitOptions(args: string[]): { options: string[]; rest: string[] } {
+  let i = 0;
+  for (; i < args.length; i++) {
+    const arg = args[i];
+    if (arg === "--") return { options: args.slice(0, i), rest: args.slice(i + 1) };
+    if (!arg.startsWith("-") || arg === "-") break;
+    if (arg.startsWith("--")) {
+      if (VALUED_LONG.has(arg.slice(2))) i++;
+      continue;
+    }
+    for (let c = 1; c < arg.length; c++) {
+      if (VALUED_SHORT.has(arg[c])) {
+        if (c === arg.length - 1) i++;
+        break;
+      }
+    }
+  }
+  return { options: args.slice(0, i), rest: args.slice(i) };
+}
+
+function parseRequest(args: string[]): NsRequest | undefined {
+  const { options, rest } = splitOptions(args);
+  const { values } = parseArgs({
+    args: options,
+    options: {
+      multi: { type: "boolean", short: "m" },
+      iface: { type: "string", short: "i" },
+      resolvaddr: { type: "string", short: "R" },
+      resolvconf: { type: "string", short: "r" },
+      hostname: { type: "string", short: "H" },
+      sysadm: { type: "boolean", short: "s" },
+      help: { type: "boolean", short: "h" },
+    },
+    strict: true,
+  });
+  if (values.help) return undefined;
+  let vnls: string[], command: string[];
+  if (values.multi) {
+    const separator = rest.indexOf("--");
+    vnls = separator < 0 ? rest : rest.slice(0, separator);
+    command = separator < 0 ? [] : rest.slice(separator + 1);
+    if (vnls.length === 0) throw new UsageError("-m needs at least one VNL", NS_USAGE);
+  } else {
+    const [vnl, ...tail] = rest;
+    vnls = vnl === undefined || vnl === "" || vnl === "-" || vnl === "no" ? [] : [vnl];
+    command = tail[0] === "--" ? tail.slice(1) : tail;
+  }
+  if (command.length === 0) {
+    const shell = Deno.env.get("SHELL");
+    if (!shell) throw new UsageError("SHELL is not set: name the command to run", NS_USAGE);
+    command = [shell];
+  }
+  const ifacePrefix = values.iface ?? "vde";
+  const longest = `${ifacePrefix}${Math.max(vnls.length - 1, 0)}`;
+  if (new TextEncoder().encode(longest).length > 15) {
+    throw new UsageError(`interface name ${longest} is longer than 15 bytes`, NS_USAGE);
+  }
+  return {
+    vnls,
+    command,
+    ifacePrefix,
+    hostname: values.hostname,
+    resolvaddr: values.resolvaddr ?? Deno.env.get("VDE_RESOLVADDR"),
+    resolvconf: values.resolvconf ?? Deno.env.get("VDE_RESOLVCONF"),
+    sysadm: values.sysadm ?? false,
+  };
+}
+
+/** The path of `program` on PATH, if any. */
+function findProgram(program: string): string | undefined {
+  for (const directory of (Deno.env.get("PATH") ?? "").split(":")) {
+    if (!directory) continue;
+    try {
+      const info = Deno.statSync(`${directory}/${program}`);
+      if (info.isFile && ((info.mode ?? 0) & 0o111) !== 0) return `${directory}/${program}`;
+    } catch {
+      // Not in this directory.
+    }
+  }
+  return undefined;
+}
+
+function readSysctl(path: string): string | undefined {
+  try {
+    return Deno.readTextFileSync(path).trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/** Why user namespaces cannot be made here, if a setting says so. */
+function userNamespacesRefused(): string | undefined {
+  if (readSysctl("/proc/sys/user/max_user_namespaces") === "0") {
+    return "user namespaces are disabled on this machine (sysctl user.max_user_namespaces is 0)";
+  }
+  if (Deno.uid() === 0) return undefined;
+  if (readSysctl("/proc/sys/kernel/unprivileged_userns_clone") === "0") {
+    return "unprivileged user namespaces are disabled on this machine " +
+      "(sysctl kernel.unprivileged_userns_clone is 0); enable it or run as root";
+  }
+  if (readSysctl("/proc/sys/kernel/apparmor_restrict_unprivileged_userns") === "1") {
+    return "AppArmor restricts unprivileged user namespaces on this machine " +
+      "(sysctl kernel.apparmor_restrict_unprivileged_userns is 1)";
+  }
+  return undefined;
+}
+
+const encoder = new TextEncoder();
+const decoder = new TextDecoder();
+
+function send(fd: number, message: HelperMessage, descriptors: number[] = []): void {
+  sendMessage(fd, encoder.encode(JSON.stringify(message)), descriptors);
+}
+
+/** Waits for the helper's message without blocking the event loop; undefined if it exited. */
+async function receiveFromHelper(
+  fd: number,
+): Promise<{ message: HelperMessage; descriptors: number[] } | undefined> {
+  const poller = new PollSet([fd]);
+  while ((await poller.waitAsync(1000)) === 0) { /* the helper is still starting */ }
+  const received = receiveMessage(fd);
+  if (!received) return undefined;
+  return { message: JSON.parse(decoder.decode(received.data)), descriptors: received.descriptors };
+}
+
+/** Runs `vdeno ns`; resolves to the command's exit status. */
+export async function nsCommand(args: string[]): Promise<number> {
+  const request = parseRequest(args);
+  if (!request) {
+    console.log(NS_USAGE);
+    return 0;
+  }
+  const unshare = findProgram("unshare");
+  if (!unshare) {
+    throw new Error("unshare is not on PATH: install util-linux, which vdeno ns needs");
+  }
+  const refused = userNamespacesRefused();
+  if (refused) throw new Error(`Cannot create a user namespace: ${refused}`);
+
+  const taps = request.vnls.map((_, i) => `${request.ifacePrefix}${i}`);
+  const mountNamespace = request.sysadm || request.resolvaddr !== undefined ||
+    request.resolvconf !== undefined;
+  const helperArgs = ["--parent", String(Deno.pid), ...taps.flatMap((tap) => ["--tap", tap])];
+  if (request.hostname !== undefined) helperArgs.push("--hostname", request.hostname);
+  if (request.resolvaddr !== undefined) helperArgs.push("--resolvaddr", request.resolvaddr);
+  else if (request.resolvconf !== undefined) helperArgs.push("--resolvconf", request.resolvconf);
+  if (request.sysadm) helperArgs.push("--sysadm");
+  const argv = [
+    unshare,
+    "--user",
+    "--map-root-user",
+    "--net",
+    "--uts",
+    ...(mountNamespace ? ["--mount"] : []),
+    "--",
+    ...selfCommand(),
+    NS_HELPER,
+    ...helperArgs,
+    "--",
+    ...request.command,
+  ];
+
+  const [channel, helperEnd] = socketPair();
+  let helperPid: number;
+  try {
+    helperPid = spawn(argv, { descriptors: { [CHANNEL_FD]: helperEnd } });
+  } catch (error) {
+    closeQuietly(channel);
+    throw error;
+  } finally {
+    closeQuietly(helperEnd);
+  }
+
+  // See the module header: Ctrl-C is for the command, the terminal sends it there itself.
+  const ignore = () => {};
+  const forward = (signal: number) => () => signalProcess(helperPid, signal);
+  const listeners: [Deno.Signal, () => void][] = [
+    ["SIGINT", ignore],
+    ["SIGQUIT", ignore],
+    ["SIGTERM", forward(SIGTERM)],
+    ["SIGHUP", forward(SIGHUP)],
+  ];
+  for (const [signal, listener] of listeners) Deno.addSignalListener(signal, listener);
+  const planes: DataPlane[] = [];
+  const running = new Set<DataPlane>();
+  try {
+    const received = await receiveFromHelper(channel);
+    if (!received || received.message.type !== "taps") {
+      closeQuietly(channel);
+      const status = await waitFor(helperPid);
+      if (received?.message.type === "error") throw new Error(received.message.message);
+      throw new Error(
+        `Cannot create the namespaces: unshare ${
+          status.signal ? `was killed by signal ${status.signal}` : `exited with ${status.code}`
+        }` + (status.signal ? "" : " (its message is above)"),
+      );
+    }
+    const tapFds = received.descriptors;
+    try {
+      for (let i = 0; i < taps.length; i++) {
+        const plane = await DataPlane.start([{ vnl: request.vnls[i] }, {
+          tap: { name: taps[i], fd: tapFds[i] },
+        }]);
+        planes.push(plane);
+        running.add(plane);
+        plane.finished.then((end) => {
+          running.delete(plane);
+          // The TAP side ends when the namespace is gone; only a lost network is news.
+          if (end.kind === "ended" && end.plugIndex === 0) {
+            console.error(`vdeno ns: ${end.reason}; ${taps[i]} is no longer connected`);
+          }
+        });
+      }
+    } catch (error) {
+      for (const fd of tapFds.slice(planes.length)) closeQuietly(fd);
+      closeQuietly(channel); // the helper sees the end of the stream and exits
+      await waitFor(helperPid);
+      throw error;
+    }
+    send(channel, { type: "go" });
+    const status = await waitFor(helperPid);
+    return status.code;
+  } finally {
+    for (const plane of running) plane.stop();
+    await Promise.all(planes.map((plane) => plane.finished));
+    for (const [signal, listener] of listeners) Deno.removeSignalListener(signal, listener);
+    closeQuietly(channel);
+  }
+}
+
+/** Writes a resolv.conf naming `addresses` and binds it over /etc/resolv.conf. */
+function bindNameservers(addresses: string): void {
+  const lines = addresses.split(",").filter(Boolean).map((address) => `nameserver ${address}\n`);
+  const path = Deno.makeTempFileSync({ prefix: "vdeno-ns-resolv-" });
+  try {
+    Deno.writeTextFileSync(path, lines.join(""));
+    Deno.chmodSync(path, 0o644);
+    bindMount(path, "/etc/resolv.conf");
+  } finally {
+    // The mount holds the file; its name is not needed any more.
+    Deno.removeSync(path);
+  }
+}
+
+/**
+ * The helper, inside the new namespaces (see the module header); not for
+ * people to run. Resolves to the command's exit status.
+ */
+export async function nsHelperCommand(args: string[]): Promise<number> {
+  const { values, positionals: command } = parseArgs({
+    args,
+    options: {
+      parent: { type: "string" },
+      tap: { type: "string", multiple: true },
+      hostname: { type: "string" },
+      resolvaddr: { type: "string" },
+      resolvconf: { type: "string" },
+      sysadm: { type: "boolean" },
+    },
+    allowPositionals: true,
+    strict: true,
+  });
+  try {
+    setCloseOnExec(CHANNEL_FD);
+  } catch {
+    console.error("vdeno ns-helper: this command is run by vdeno ns, not by hand");
+    return 2;
+  }
+  for (const signal of ["SIGINT", "SIGQUIT"] as const) Deno.addSignalListener(signal, () => {});
+  setParentDeathSignal(SIGTERM);
+  if (Deno.ppid !== Number(values.parent)) return 1; // the parent is gone already
+
+  const tapFds: number[] = [];
+  try {
+    interfaceUp("lo");
+    if (values.hostname !== undefined) setHostname(values.hostname);
+    if (values.resolvaddr !== undefined) bindNameservers(values.resolvaddr);
+    else if (values.resolvconf !== undefined) bindMount(values.resolvconf, "/etc/resolv.conf");
+    for (const name of values.tap ?? []) tapFds.push(openTap(name).fd);
+    if (!values.sysadm) dropBoundingCapability(Capability.SYS_ADMIN);
+  } catch (error) {
+    for (const fd of tapFds) closeQuietly(fd);
+    send(CHANNEL_FD, { type: "error", message: (error as Error).message });
+    return 1;
+  }
+  send(CHANNEL_FD, { type: "taps", names: values.tap ?? [] }, tapFds);
+  for (const fd of tapFds) closeQuietly(fd);
+  const answer = receiveMessage(CHANNEL_FD);
+  if (!answer || JSON.parse(decoder.decode(answer.data)).type !== "go") return 1;
+
+  let pid: number;
+  try {
+    pid = spawn(command);
+  } catch (error) {
+    console.error(`vdeno ns: ${(error as Error).message}`);
+    return 127;
+  }
+  for (const [name, number] of [["SIGTERM", SIGTERM], ["SIGHUP", SIGHUP]] as const) {
+    Deno.addSignalListener(name, () => signalProcess(pid, number));
+  }
+  return (await waitFor(pid)).code;
+}
