@@ -360,6 +360,8 @@ export class DatagramVector {
       const word = (i * MMSGHDR_SIZE) / 4;
       this.#setAddress(words, word, this.#namesAddress + i * SOCKADDR_SIZE); // msg_name
       words[word + 2] = SOCKADDR_SIZE; // msg_namelen
+      // Point entry i at slot i again: a send through this vector may have aimed it elsewhere.
+      this.#setAddress(this.#iovecWords, i * 4, this.#payloadAddress + i * this.#slotSize);
       this.#iovecWords[i * 4 + 2] = maxLength;
       words[word + 12] = 0; // msg_flags
     }
