@@ -7,6 +7,7 @@
 
 import type { Plug } from "../src/plug.ts";
 import { splitVnl, VnlError } from "../src/vnl.ts";
+import { AgnoPlug } from "./agno.ts";
 import { PcapPlug } from "./pcap.ts";
 import { QemuStreamPlug } from "./qemu.ts";
 import { TapPlug } from "./tap.ts";
@@ -22,6 +23,7 @@ const schemes: Record<string, SchemeOpener> = {
   pcap: (vnl, rest) => new PcapPlug(vnl, rest),
   udp: (vnl, rest) => new UdpPlug(vnl, rest),
   qemu: (vnl, rest) => new QemuStreamPlug(vnl, rest),
+  agno: (vnl, rest) => new AgnoPlug(vnl, rest),
 };
 
 /** The schemes vdeno can open. */
