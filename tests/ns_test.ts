@@ -342,39 +342,47 @@ Deno.test("Ctrl-C on the terminal reaches the command; vdeno ns survives it and 
   assert.equal(plain.code, 128 + 2, `sleep killed by SIGINT: ${plain.output}`);
 });
 
-Deno.test("vdeno ns passes SIGTERM on to the command", async (t) => {
-  if (!(await ready(t, "nobody"))) return;
-  const child = new Deno.Command(AS_NOBODY[0], {
-    args: [
-      ...AS_NOBODY.slice(1),
-      ...VDENO,
-      "ns",
-      "-",
-      "sh",
-      "-c",
-      'trap "echo got-sigterm; exit 9" TERM; echo ready; while :; do sleep 0.1; done',
-    ],
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-  let output = "";
-  while (!output.includes("ready")) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    output += value;
-  }
-  child.kill("SIGTERM"); // setpriv and env exec: this is vdeno ns itself
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    output += value;
-  }
-  const status = await child.status;
-  await child.stderr.cancel();
-  assert.match(output, /got-sigterm/);
-  assert.equal(status.code, 9);
-});
+for (const signal of ["SIGTERM", "SIGKILL"] as const) {
+  const what = signal === "SIGTERM"
+    ? "vdeno ns passes SIGTERM on to the command"
+    : "when vdeno ns is killed, the command gets SIGTERM and nothing is left";
+  Deno.test(what, async (t) => {
+    if (!(await ready(t, "nobody"))) return;
+    const script = `trap "echo got-sigterm; exit 9" TERM
+echo "inside $$ $PPID $(readlink /proc/self/ns/net)"
+while :; do sleep 0.1; done`;
+    const child = new Deno.Command(AS_NOBODY[0], {
+      args: [...AS_NOBODY.slice(1), ...VDENO, "ns", "-", "sh", "-c", script],
+      stdout: "piped",
+      stderr: "piped",
+    }).spawn();
+    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    let output = "";
+    while (!output.includes("inside")) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      output += value;
+    }
+    child.kill(signal); // setpriv and env exec: this is vdeno ns itself
+    // The stream ends once the command and the helper, which share it, have exited.
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      output += value;
+    }
+    const status = await child.status;
+    await child.stderr.cancel();
+    assert.match(output, /got-sigterm/);
+    const inside = insideOf(output);
+    if (signal === "SIGTERM") {
+      assert.equal(status.code, 9, "the command's status");
+      await assertNothingLeft(inside);
+    } else {
+      // The helper's parent died, so init reaps it: check the command and the namespace.
+      await assertNothingLeft({ pids: [inside.pids[0]], netns: inside.netns });
+    }
+  });
+}
 
 Deno.test("vdeno ns says in one line what is wrong", async (t) => {
   if (!(await ready(t, "nobody"))) return;
