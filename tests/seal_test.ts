@@ -267,3 +267,77 @@ Deno.test("replayed sealed datagrams, to the group and to a plug's own port, are
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+const PATTERN = "7661646e6f2d706c61696e2d74657874"; // "vadno-plain-text", the ping payload
+
+/** Pings A -> B with PATTERN as payload while tcpdump on B's underlay prints every UDP datagram in hex. */
+async function pingCaptureHex(vnl: string): Promise<string[]> {
+  await using lan = await Lan.create(2);
+  const [a, b] = lan.hosts;
+  await startPlug(a, "ca", vnl, 1);
+  await startPlug(b, "cb", vnl, 2);
+  assert.ok(await a.pingable("10.0.0.2"));
+  const tcpdump = b.spawn(["tcpdump", "-i", "eth0", "-nn", "-l", "-x", "udp"]);
+  await tcpdump.waitForOutput((text) => text.includes("listening on"));
+  const ping = await a.run(["ping", "-c", "5", "-i", "0.2", "-p", PATTERN, "10.0.0.2"]);
+  assert.equal(ping.code, 0, ping.stdout);
+  await a.run(["ping", "-b", "-c", "2", "-i", "0.2", "-p", PATTERN, "10.0.0.255"]);
+  await tcpdump.stop("SIGINT");
+  const packets: string[] = [];
+  for (const line of tcpdump.stdout.split("\n")) {
+    const hex = /^\s+0x[0-9a-f]+:\s+(.*)$/.exec(line);
+    if (hex) packets[packets.length - 1] += hex[1].replace(/\s+/g, "");
+    else if (line.includes(" UDP")) packets.push("");
+  }
+  return packets;
+}
+
+Deno.test("a tcpdump capture of a keyed ping carries no plaintext of the frames (an open one does)", async (t) => {
+  if (!(await prerequisites(t, ["ping", "tcpdump"]))) return;
+  const { dir, paths: [key] } = makeKeys(1);
+  try {
+    const open = await pingCaptureHex("vxvde://239.6.0.3");
+    assert.ok(open.length >= 10, `captured ${open.length} datagrams`);
+    assert.ok(open.some((hex) => hex.includes(PATTERN)), "the control: an open network shows it");
+    const sealed = await pingCaptureHex(`vxvde://239.6.0.3/key='${key}'`);
+    assert.ok(sealed.length >= 10, `captured ${sealed.length} datagrams`);
+    const carrying = sealed.filter((hex) => hex.includes(PATTERN.slice(0, 16)));
+    assert.equal(carrying.length, 0, "no sealed datagram shows the ping payload");
+    // IP (20) + UDP (8) + sealed header: byte 3 of the vxvde header is the sealed mark.
+    assert.ok(sealed.every((hex) => hex.slice(56, 72).startsWith("0800005e")), sealed[0]);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("a vde_plug on the same group and VNI neither receives frames from a keyed network nor gets frames into it", async (t) => {
+  if (!(await prerequisites(t, ["ping", "vde_plug"]))) return;
+  const { dir, paths: [key] } = makeKeys(1);
+  try {
+    await using lan = await Lan.create(3);
+    const [a, b, c] = lan.hosts;
+    const group = "vxvde://239.6.0.4";
+    await startPlug(a, "va", `${group}/key='${key}'`, 1);
+    await startPlug(b, "vb", `${group}/key='${key}'`, 2);
+    c.spawn(["vde_plug", "tap://tap0", group]);
+    await c.waitForLink("tap0");
+    await c.configure("tap0", "10.0.0.3/24", "02:00:00:00:00:03");
+    assert.ok(await a.pingable("10.0.0.2"), "the keyed plugs talk");
+    const before = await vxStatus(a, "va");
+    const out = await c.run(["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.0.0.1"]);
+    assert.notEqual(out.code, 0, "vde_plug's host reached A");
+    const into = await a.run(["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.0.0.3"]);
+    assert.notEqual(into.code, 0, "A reached vde_plug's host");
+    await b.run(["ping", "-b", "-c", "3", "-i", "0.2", "10.0.0.255"]);
+    const stats = JSON.parse(await c.sh(["ip", "-s", "-j", "link", "show", "tap0"]))[0].stats64;
+    assert.equal(stats.rx.packets, 0, "vde_plug wrote no frame of the keyed network to its TAP");
+    const after = await vxStatus(a, "va");
+    assert.ok(
+      after.counters.dropAuthFailed > before.counters.dropAuthFailed,
+      "vde_plug's plaintext frames were dropped and counted",
+    );
+    assert.deepEqual(after.learned.map((entry) => entry.mac), ["02:00:00:00:00:02"]);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
