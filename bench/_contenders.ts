@@ -74,8 +74,18 @@ async function startPlugs(
     const output = processes.map((p) => p.stderr.trim()).filter(Boolean).join("; ");
     throw new Error(`${name} did not open tap0: ${output || (error as Error).message}`);
   }
-  // `ip netns exec` execs the program, so the child's pid is the plug's own.
-  return { link: "tap0", pids: processes.map((p) => p.child.pid), stop };
+  // `ip netns exec` execs the program, so the child's pid is the plug's own; the cost
+  // figures depend on it, so check that the process is the plug.
+  const pids = processes.map((p) => p.child.pid);
+  const program = name === "vdeno" ? Deno.execPath().split("/").at(-1)! : "vde_plug";
+  for (const pid of pids) {
+    const command = Deno.readTextFileSync(`/proc/${pid}/comm`).trim();
+    if (!program.startsWith(command)) {
+      await stop();
+      throw new Error(`Process ${pid} is ${command}, not ${program}: its cost would be wrong`);
+    }
+  }
+  return { link: "tap0", pids, stop };
 }
 
 async function startKernel(hosts: Host[]): Promise<RunningContender & { link: string }> {

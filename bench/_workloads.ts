@@ -44,6 +44,12 @@ export interface RttResult {
 }
 
 const SERVER = "10.0.0.2";
+const UDP_SOCKET_BUFFER = "4M";
+
+/** Lets iperf3 ask for its 4 MB UDP socket buffers in `host` (the caps are per namespace). */
+export async function allowBigSocketBuffers(host: Host): Promise<void> {
+  await host.sh(["sysctl", "-qw", "net.core.rmem_max=8388608", "net.core.wmem_max=8388608"]);
+}
 
 let trace: (line: string) => void = () => {};
 
@@ -131,6 +137,9 @@ async function udpStep(
     String(payload),
     "-b",
     String(Math.round(offeredBps)),
+    // Big endpoint buffers, so that loss measures the overlay, not a late iperf3 receiver.
+    "-w",
+    UDP_SOCKET_BUFFER,
     "-t",
     String(seconds),
   ], seconds);

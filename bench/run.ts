@@ -14,6 +14,7 @@ import { have, Lan } from "../tests/_harness.ts";
 import { type ContenderName, CONTENDERS, startContender } from "./_contenders.ts";
 import { FIGURES, type Report, type RoundFigures, summarize, svgChart, table } from "./_report.ts";
 import {
+  allowBigSocketBuffers,
   cpuSeconds,
   type Durations,
   peakResidentMb,
@@ -190,6 +191,7 @@ async function main(): Promise<number> {
   Deno.addSignalListener("SIGINT", onInterrupt);
   const rounds = new Map<ContenderName, RoundFigures[]>(options.contenders.map((n) => [n, []]));
   try {
+    for (const host of lan.hosts) await allowBigSocketBuffers(host);
     await startIperfServer(lan.hosts[1]);
     for (let round = 0; round < options.rounds; round++) {
       // Rotate the order each round so no contender always runs first on a warming machine.

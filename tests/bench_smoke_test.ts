@@ -1,0 +1,56 @@
+/**
+ * The benchmark runs end to end: `bench/run.ts --quick --rounds 1` builds its
+ * LAN, measures every contender and writes a JSON report holding every figure
+ * for every contender. Only that values are plausible is checked, never how
+ * fast anything is.
+ */
+
+import assert from "node:assert/strict";
+import type { Report } from "../bench/_report.ts";
+import { prerequisites, run } from "./_harness.ts";
+
+const RUN_TS = new URL("../bench/run.ts", import.meta.url).pathname;
+
+/** Figures that may legitimately be zero (a run without retransmissions). */
+const MAY_BE_ZERO = new Set(["tcp1_retransmits", "tcp4_retransmits"]);
+
+Deno.test("deno task bench --quick measures every figure of every contender", async (t) => {
+  if (!(await prerequisites(t, ["vde_plug", "iperf3", "ping"]))) return;
+  const out = await Deno.makeTempDir({ prefix: "vdeno-bench-" });
+  try {
+    const result = await run(
+      [Deno.execPath(), "run", "--allow-all", RUN_TS, "--quick", "--rounds", "1", "--out", out],
+      { timeoutMs: 170_000 },
+    );
+    assert.equal(result.code, 0, `bench/run.ts failed:\n${result.stderr}`);
+    assert.match(result.stdout, /vdeno \/ vde_plug/, "the table has the ratio column");
+
+    const report: Report = JSON.parse(await Deno.readTextFile(`${out}/latest.json`));
+    assert.deepEqual(report.options.contenders, ["vdeno", "vde_plug", "kernel"]);
+    for (const contender of report.options.contenders) {
+      for (const figure of report.figures) {
+        const summary = report.results[contender]?.[figure.key];
+        assert.ok(summary, `${contender} has no ${figure.key}`);
+        if (contender === "kernel" && figure.perProcess) {
+          assert.equal(summary.median, null, `kernel has no process for ${figure.key}`);
+          continue;
+        }
+        const value = summary.median;
+        assert.ok(
+          value !== null && Number.isFinite(value) &&
+            (MAY_BE_ZERO.has(figure.key) ? value >= 0 : value > 0),
+          `${contender} ${figure.key} is not plausible: ${value}`,
+        );
+      }
+    }
+    for (const figure of report.figures) {
+      const ratio = report.ratioVdenoToVdePlug[figure.key];
+      assert.ok(ratio === null || Number.isFinite(ratio), `ratio of ${figure.key}: ${ratio}`);
+    }
+    const svg = await Deno.readTextFile(`${out}/latest.svg`);
+    assert.match(svg, /^<svg [^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);
+    assert.equal((svg.match(/<rect /g) ?? []).length > report.figures.length, true);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
