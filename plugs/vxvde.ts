@@ -84,6 +84,11 @@ export interface VxvdeConfig {
 
 /** Parses the part of a vxvde VNL after `vxvde://`. */
 export function parseVxvde(rest: string): VxvdeConfig {
+  if (/\/k(ey?)?=\//.test(rest)) {
+    throw new VnlError(
+      `Bad key: a key file path has slashes, which separate options; quote it: key='/etc/vdeno/lan.key'`,
+    );
+  }
   const { address, options } = parseOptions("vxvde", rest, OPTION_NAMES);
   const wantV6 = options.v6 !== undefined, wantV4 = options.v4 !== undefined;
   const family = wantV6 === wantV4 ? undefined : wantV6 ? AF_INET6 : AF_INET;

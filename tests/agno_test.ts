@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { parseAgno, parseAgnoKey } from "../plugs/agno.ts";
+import { parseAgno, parseAgnoKey, readAgnoKey } from "../plugs/agno.ts";
 import { type Host, Lan, prerequisites, sleep, VDENO } from "./_harness.ts";
 
 Deno.test("agno VNLs split as vdeplug4 splits them; bad ones say why", () => {
@@ -43,6 +43,18 @@ Deno.test("agno key text: first 32 hex digits, others ignored, missing zero, 'A'
   assert.equal(hex(parseAgnoKey("AAaa")), "11aa0000000000000000000000000000");
   assert.equal(hex(parseAgnoKey("123")), "12300000000000000000000000000000");
   assert.equal(parseAgnoKey("1"), undefined);
+  const dir = Deno.makeTempDirSync();
+  try {
+    const path = writeKey(dir, "00112233445566778899aabbccddeeff\n");
+    assert.equal(readAgnoKey(path)[15], 0xff);
+    Deno.chmodSync(path, 0o644);
+    assert.throws(() => readAgnoKey(path), /open to other users \(mode 0644\); run chmod 600/);
+    Deno.writeTextFileSync(path, "x");
+    Deno.chmodSync(path, 0o600);
+    assert.throws(() => readAgnoKey(path), /expected 32 hex digits/);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
   assert.equal(parseAgnoKey("xyz? just g, h or 7"), undefined);
 });
 

@@ -140,6 +140,12 @@ Deno.test("key files: keygen writes 0600, a file open to others is refused, env:
       assert.equal(lines.length, 1, plug.stderr);
       assert.match(lines[0], /is open to other users \(mode 06\d\d\); run chmod 600/);
     }
+    const unquoted = await run([...VDENO, "plug", `vxvde://239.9.9.9/key=${path}`]);
+    assert.equal(unquoted.code, 1);
+    assert.match(
+      unquoted.stderr.trim(),
+      /^vdeno plug: Bad key: .* quote it: key='\/etc\/vdeno\/lan.key'$/,
+    );
     Deno.writeTextFileSync(path, "not a key\n", { mode: 0o600 });
     Deno.chmodSync(path, 0o600);
     assert.throws(() => readKeyFile(path), /expected 64 hex digits/);
