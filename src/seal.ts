@@ -137,6 +137,8 @@ export class Sealer {
   readonly #opening: Gcm;
   readonly #senders = new Map<number, ReplayWindow>();
   readonly #parts = new WeakMap<FrameBatch, SlotParts>();
+  #lastBatch?: FrameBatch;
+  #lastParts?: SlotParts;
   #sequenceHigh: number;
   #sequenceLow = 0;
 
@@ -151,6 +153,8 @@ export class Sealer {
   }
 
   #partsOf(batch: FrameBatch): SlotParts {
+    // The same batch comes back frame after frame: skip the WeakMap lookup then.
+    if (batch === this.#lastBatch) return this.#lastParts!;
     let parts = this.#parts.get(batch);
     if (!parts) {
       const start = HEADROOM - SEALED_PREFIX;
@@ -163,6 +167,8 @@ export class Sealer {
       parts = { aad, nonce, tag, frame };
       this.#parts.set(batch, parts);
     }
+    this.#lastBatch = batch;
+    this.#lastParts = parts;
     return parts;
   }
 
