@@ -67,7 +67,7 @@ export async function main(args: string[]): Promise<number> {
   try {
     return await command(rest);
   } catch (error) {
-    const message = error instanceof Error ? error.message : String(error);
+    const message = oneLine(error instanceof Error ? error.message : String(error));
     if (error instanceof UsageError || isParseArgsError(error)) {
       console.error(`vdeno ${name}: ${message}; run 'vdeno ${name} --help' for usage`);
       return 2;
@@ -76,6 +76,23 @@ export async function main(args: string[]): Promise<number> {
     if (Deno.env.get("VDENO_DEBUG")) console.error(error);
     return 1;
   }
+}
+
+/**
+ * Escapes control characters: messages quote the user's input (a VNL with a
+ * newline in it), and the error must stay on one line.
+ */
+function oneLine(message: string): string {
+  return message.replace(
+    // deno-lint-ignore no-control-regex
+    /[\u0000-\u001f\u007f]/g,
+    (c) =>
+      c === "\n"
+        ? "\\n"
+        : c === "\t"
+        ? "\\t"
+        : `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
+  );
 }
 
 function isParseArgsError(error: unknown): boolean {
