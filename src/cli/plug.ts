@@ -111,7 +111,14 @@ export async function plugCommand(args: string[]): Promise<number> {
         counters: countersObject(runningPlane.plugs[i].counters),
       })),
     }));
-    if (values.pidfile) Deno.writeTextFileSync(values.pidfile, `${Deno.pid}\n`);
+    if (values.pidfile) {
+      try {
+        Deno.writeTextFileSync(values.pidfile, `${Deno.pid}\n`);
+      } catch (error) {
+        // Deno's own message names neither the option nor the file's purpose.
+        throw new Error(`Cannot write pidfile ${values.pidfile}: ${(error as Error).message}`);
+      }
+    }
     if (Deno.env.get("VDENO_DAEMON_CHILD") === "1") detachFromParent();
     for (const signal of signals) Deno.addSignalListener(signal, stop);
     const names = plane.plugs.map((plug) => plug.vnl).join(" <-> ");
