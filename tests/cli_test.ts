@@ -23,6 +23,25 @@ const cases: [string[], RegExp][] = [
   [["status", "no-such-plug"], /No running plug named no-such-plug/],
   [["frobnicate"], /unknown command "frobnicate"/],
   [["plug", "--log-level", "loud", "vxvde://"], /Bad log level: loud/],
+  [["plug", "-x", "vxvde://"], /Unknown option '-x'/],
+  [["plug", "vxvde://", "vxvde://", "vxvde://"], /plug takes one or two VNLs/],
+  [["plug", "vxvde://239.0.0.256"], /Bad vxvde group address: "239\.0\.0\.256"/],
+  [["plug", "vxvde://ff05::1/v4"], /Bad vxvde group address: "ff05::1"; expected a numeric IPv4/],
+  [["plug", "vxvde://239.0.0.1/bind=nowhere"], /Bad bind address: "nowhere"/],
+  [["plug", "vxvde://239.0.0.1/port=0"], /Bad port: "0"; expected an integer from 1 to 65535/],
+  [["plug", "vxvde://239.0.0.1/ttl=256"], /Bad ttl: "256"; expected an integer from 0 to 255/],
+  [["plug", "vxvde://239.0.0.1/vni=16777216"], /Bad vni: 16777216; a VNI has 24 bits/],
+  [["plug", "vxvde://239.0.0.1/hashsize=0"], /Bad hashsize: "0"/],
+  [["plug", "vxvde://239.0.0.1/expiretime=soon"], /Bad expiretime: "soon"/],
+  [["plug", "udp://5000->127.0.0.1:70000"], /Bad remote port in udp:\/\/ VNL: "70000"/],
+  [["plug", "udp://70000->127.0.0.1:5000"], /Bad local port in udp:\/\/ VNL: "70000"/],
+  [["plug", "qemu://127.0.0.1:70000"], /Bad port in qemu:\/\/ VNL: 70000/],
+  [["plug", "vxvde://239.0.0.1/key='/no/such/key'"], /Cannot read key file \/no\/such\/key/],
+  [["plug", "vxvde://239.0.0.1/key=env:VDENO_NO_SUCH_KEY"], /VDENO_NO_SUCH_KEY is not set/],
+  [["plug", "agno:///no/such/key{vxvde://}"], /Cannot read agno key file \/no\/such\/key/],
+  [["plug", "-p", "/no/such/dir/pid", "vxvde://"], /Cannot write pidfile \/no\/such\/dir\/pid/],
+  // A newline in the input is escaped, so the error stays one line.
+  [["plug", "vxvde://239.0.0.1/col\nour=red"], /Unknown key in vxvde:\/\/ VNL: col\\nour/],
 ];
 
 Deno.test("every bad command line is answered by one clear line and a non-zero exit", async (t) => {
