@@ -299,47 +299,88 @@ for (const user of ["nobody", "root"] as const) {
   });
 }
 
-Deno.test("Ctrl-C on the terminal reaches the command; vdeno ns survives it and passes the status on", async (t) => {
-  if (!(await ready(t, "nobody", ["script"]))) return;
-  // script(1) gives vdeno ns a terminal; ^C written to it becomes SIGINT for the foreground group.
-  const inside = async (command: string) => {
-    const child = new Deno.Command("script", {
-      args: [
-        "-qec",
-        ["exec", ...AS_NOBODY, ...VDENO, "ns", "-", "sh", "-c", `'${command}'`].join(" "),
-        "/dev/null",
-      ],
+/**
+ * `vdeno ns ARGS...` as nobody on a terminal of its own: script(1) runs it on a
+ * pseudo-terminal, where a ^C written becomes SIGINT for the foreground group.
+ */
+class TerminalSession {
+  readonly #child: Deno.ChildProcess;
+  readonly #writer: WritableStreamDefaultWriter<Uint8Array>;
+  readonly #reader: ReadableStreamDefaultReader<string>;
+  /** Ends a session that hangs (a ^C that went nowhere) so the test fails instead. */
+  readonly #limit: ReturnType<typeof setTimeout>;
+  output = "";
+
+  constructor(nsArgs: string[]) {
+    const quoted = nsArgs.map((arg) => `'${arg.replaceAll("'", `'"'"'`)}'`);
+    this.#child = new Deno.Command("script", {
+      args: ["-qec", ["exec", ...AS_NOBODY, ...VDENO, "ns", ...quoted].join(" "), "/dev/null"],
       env: { SHELL: "/bin/sh" },
       stdin: "piped",
       stdout: "piped",
-      stderr: "piped",
+      stderr: "null",
     }).spawn();
-    const writer = child.stdin.getWriter();
-    const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    let output = "";
-    while (!output.includes("ready")) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      output += value;
+    this.#writer = this.#child.stdin.getWriter();
+    this.#reader = this.#child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    this.#limit = setTimeout(() => this.#child.kill("SIGKILL"), 60_000);
+  }
+
+  /** Reads until `pattern` appears in the output (or the output ends). */
+  async expect(pattern: RegExp): Promise<void> {
+    while (!pattern.test(this.output)) {
+      const { value, done } = await this.#reader.read();
+      if (done) return;
+      this.output += value;
     }
-    await writer.write(new Uint8Array([3]));
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      output += value;
-    }
-    await writer.close().catch(() => {});
-    const status = await child.status;
-    await child.stderr.cancel();
-    return { code: status.code, output };
-  };
-  const trapping = await inside(
+  }
+
+  /** Types `text` on the terminal. */
+  async type(text: string): Promise<void> {
+    await this.#writer.write(new TextEncoder().encode(text));
+  }
+
+  /** Reads the rest of the output; resolves to the exit status (script -e passes it on). */
+  async finish(): Promise<number> {
+    await this.expect(/$^/); // never matches: reads to the end
+    await this.#writer.close().catch(() => {});
+    const status = await this.#child.status;
+    clearTimeout(this.#limit);
+    return status.code;
+  }
+}
+
+Deno.test("Ctrl-C on the terminal reaches the command; vdeno ns survives it and passes the status on", async (t) => {
+  if (!(await ready(t, "nobody", ["script", "bash"]))) return;
+  const trapping = new TerminalSession([
+    "-",
+    "sh",
+    "-c",
     'trap "echo got-sigint; exit 7" INT; echo ready; while :; do sleep 0.1; done',
-  );
+  ]);
+  await trapping.expect(/ready/);
+  await trapping.type("\x03");
+  const trappingStatus = await trapping.finish();
   assert.match(trapping.output, /got-sigint/, trapping.output);
-  assert.equal(trapping.code, 7, `the command's own exit status: ${trapping.output}`);
-  const plain = await inside("echo ready; exec sleep 1000");
-  assert.equal(plain.code, 128 + 2, `sleep killed by SIGINT: ${plain.output}`);
+  assert.equal(trappingStatus, 7, `the command's own exit status: ${trapping.output}`);
+
+  const plain = new TerminalSession(["-", "sh", "-c", "echo ready; exec sleep 1000"]);
+  await plain.expect(/ready/);
+  await plain.type("\x03");
+  assert.equal(await plain.finish(), 128 + 2, `sleep killed by SIGINT: ${plain.output}`);
+
+  // An interactive shell inside: ^C stops its foreground job, the shell goes on.
+  const shell = new TerminalSession(["-", "bash", "--norc", "--noprofile", "-i"]);
+  await shell.expect(/# $/);
+  await shell.type("sh -c 'echo started; exec sleep 1000'\n");
+  await shell.expect(/^started\r?$/m);
+  await shell.type("\x03");
+  // bash drops the rest of a line whose job was interrupted, and prompts again.
+  await shell.expect(/\^C[^]*# $/);
+  await shell.type('echo "status $?"; echo alive-$((40 + 2)); exit 4\n');
+  const shellStatus = await shell.finish();
+  assert.match(shell.output, /^status 130\r?$/m, `the job got SIGINT: ${shell.output}`);
+  assert.match(shell.output, /^alive-42\r?$/m, `the shell survived: ${shell.output}`);
+  assert.equal(shellStatus, 4, shell.output);
 });
 
 for (const signal of ["SIGTERM", "SIGKILL"] as const) {
