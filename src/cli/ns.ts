@@ -77,7 +77,7 @@ Options:
   -R, --resolvaddr ADDRS   nameservers for /etc/resolv.conf inside, comma separated
                            (default $VDE_RESOLVADDR)
   -r, --resolvconf FILE    a file to use as /etc/resolv.conf inside
-                           (default $VDE_RESOLVCONF)
+                           (default $VDE_RESOLVCONF; -R wins over it)
   -H, --hostname NAME      the hostname inside
   -s, --sysadm             let the command keep CAP_SYS_ADMIN (mount, hostname),
                            in a mount namespace of its own
@@ -277,11 +277,17 @@ export async function nsCommand(args: string[]): Promise<number> {
   ];
 
   const [channel, helperEnd] = socketPair();
+  let channelOpen = true;
+  // Closing it tells a helper still waiting for "go" to give up; close once only.
+  const closeChannel = () => {
+    if (channelOpen) closeQuietly(channel);
+    channelOpen = false;
+  };
   let helperPid: number;
   try {
     helperPid = spawn(argv, { descriptors: { [CHANNEL_FD]: helperEnd } });
   } catch (error) {
-    closeQuietly(channel);
+    closeChannel();
     throw error;
   } finally {
     closeQuietly(helperEnd);
@@ -289,7 +295,11 @@ export async function nsCommand(args: string[]): Promise<number> {
 
   // See the module header: Ctrl-C is for the command, the terminal sends it there itself.
   const ignore = () => {};
-  const forward = (signal: number) => () => signalProcess(helperPid, signal);
+  let forwarded = false;
+  const forward = (signal: number) => () => {
+    forwarded = true;
+    signalProcess(helperPid, signal);
+  };
   const listeners: [Deno.Signal, () => void][] = [
     ["SIGINT", ignore],
     ["SIGQUIT", ignore],
@@ -302,9 +312,10 @@ export async function nsCommand(args: string[]): Promise<number> {
   try {
     const received = await receiveFromHelper(channel);
     if (!received || received.message.type !== "taps") {
-      closeQuietly(channel);
+      closeChannel();
       const status = await waitFor(helperPid);
       if (received?.message.type === "error") throw new Error(received.message.message);
+      if (forwarded) return status.code; // stopped by a signal before the command started
       throw new Error(
         `Cannot create the namespaces: unshare ${
           status.signal ? `was killed by signal ${status.signal}` : `exited with ${status.code}`
@@ -313,6 +324,9 @@ export async function nsCommand(args: string[]): Promise<number> {
     }
     const tapFds = received.descriptors;
     try {
+      if (tapFds.length !== taps.length) {
+        throw new Error(`The helper sent ${tapFds.length} interfaces instead of ${taps.length}`);
+      }
       for (let i = 0; i < taps.length; i++) {
         const plane = await DataPlane.start([{ vnl: request.vnls[i] }, {
           tap: { name: taps[i], fd: tapFds[i] },
@@ -329,7 +343,7 @@ export async function nsCommand(args: string[]): Promise<number> {
       }
     } catch (error) {
       for (const fd of tapFds.slice(planes.length)) closeQuietly(fd);
-      closeQuietly(channel); // the helper sees the end of the stream and exits
+      closeChannel(); // the helper sees the end of the stream and exits
       await waitFor(helperPid);
       throw error;
     }
@@ -340,7 +354,7 @@ export async function nsCommand(args: string[]): Promise<number> {
     for (const plane of running) plane.stop();
     await Promise.all(planes.map((plane) => plane.finished));
     for (const [signal, listener] of listeners) Deno.removeSignalListener(signal, listener);
-    closeQuietly(channel);
+    closeChannel();
   }
 }
 
