@@ -347,3 +347,61 @@ Deno.test("a vde_plug on the same group and VNI neither receives frames from a k
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("goodbyes are sealed: a keyed plug forgets a peer that leaves, never on a forged or plaintext goodbye", async (t) => {
+  if (!(await prerequisites(t, ["ping"]))) return;
+  const { dir, paths: [key] } = makeKeys(1);
+  try {
+    await using lan = await Lan.create(3);
+    const [a, b, attacker] = lan.hosts;
+    const group = `vxvde://239.6.0.5/key='${key}'`;
+    await startPlug(a, "ga", group, 1);
+    await startPlug(b, "gb", group, 2);
+    assert.ok(await a.pingable("10.0.0.2"));
+    const before = await vxStatus(a, "ga");
+    assert.deepEqual(before.learned.map((entry) => entry.mac), ["02:00:00:00:00:02"]);
+    const unicastPort = JSON.parse(await a.sh([...VDENO, "status", "--json", "ga"])).plugs[1]
+      .unicastPort;
+    // Five bare plaintext headers of VNI 1, and five sealed-looking goodbyes with a made-up seal.
+    const net = new URL("../ffi/net.ts", import.meta.url).pathname;
+    const seal = new URL("../src/seal.ts", import.meta.url).pathname;
+    const script = `
+      import { sendTo, SocketAddress, udpSocket } from "${net}";
+      import { SEALED_PREFIX, sealedHeader } from "${seal}";
+      const fd = udpSocket(2);
+      for (const to of [SocketAddress.parse("239.6.0.5", 14789), SocketAddress.parse("${a.address}", ${unicastPort})]) {
+        for (let i = 0; i < 5; i++) {
+          sendTo(fd, new Uint8Array([8, 0, 0, 0, 0, 0, 1, 0]), 8, to);
+          const forged = crypto.getRandomValues(new Uint8Array(SEALED_PREFIX));
+          forged.set(sealedHeader(1));
+          new DataView(forged.buffer).setUint32(8, Math.floor(Date.now() / 1000));
+          sendTo(fd, forged, SEALED_PREFIX, to);
+        }
+      }`;
+    await attacker.sh([Deno.execPath(), "eval", script]);
+    await a.run(["ping", "-c", "1", "10.0.0.2"]); // a frame after the forgeries, as a barrier
+    const forgedAfter = await vxStatus(a, "ga");
+    assert.equal(forgedAfter.counters.goodbyesReceived, before.counters.goodbyesReceived);
+    assert.equal(forgedAfter.counters.dropAuthFailed - before.counters.dropAuthFailed, 20);
+    assert.deepEqual(forgedAfter.learned.map((entry) => entry.mac), ["02:00:00:00:00:02"]);
+
+    await b.processes[0].stop("SIGTERM");
+    let left = forgedAfter;
+    for (
+      let tries = 0;
+      tries < 50 && left.counters.goodbyesReceived === before.counters.goodbyesReceived;
+      tries++
+    ) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      left = await vxStatus(a, "ga");
+    }
+    assert.equal(
+      left.counters.goodbyesReceived - before.counters.goodbyesReceived,
+      1,
+      "B's goodbye",
+    );
+    assert.deepEqual(left.learned, [], "A forgot B");
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
