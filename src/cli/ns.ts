@@ -83,7 +83,9 @@ Options:
                            in a mount namespace of its own
   -h, --help               show this help
 
-The exit status is the command's (128+N if signal N killed it).`;
+The exit status is the command's (128+N if signal N killed it). Without root,
+creating the interfaces needs /dev/net/tun to be mode 0666, as most
+distributions ship it.`;
 
 /** The hidden command that runs inside the namespaces (see the module header). */
 export const NS_HELPER = "ns-helper";
