@@ -159,6 +159,10 @@ class LocalAddresses {
   #refreshedAt = Date.now();
 
   has(family: number, ip: Uint8Array): boolean {
+    // With the multicast route on the loopback (one machine, no network), the
+    // kernel finds no address of link scope and sends from 0.0.0.0 (or ::):
+    // only this host can be that sender.
+    if (ip.every((byte) => byte === 0)) return true;
     const key = `${family}:${ip.join(",")}`;
     if (this.#keys.has(key)) return true;
     if (Date.now() - this.#refreshedAt < 1000) return false;
