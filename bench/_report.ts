@@ -156,7 +156,7 @@ export function svgChart(report: Report): string {
   const names = report.options.contenders;
   const columns = 4;
   const panelWidth = 230;
-  const panelHeight = 170;
+  const panelHeight = 185;
   const barArea = 110;
   const top = 70;
   const rowsOfPanels = Math.ceil(FIGURES.length / columns);
@@ -185,10 +185,13 @@ export function svgChart(report: Report): string {
     const largest = Math.max(0, ...medians.filter((m): m is number => m !== null));
     parts.push(
       `<text x="${panelX + 5}" y="${panelY + 14}" font-weight="bold">${
-        escapeXml(`${figure.label} (${figure.unit}, ${figure.better} is better)`)
+        escapeXml(figure.label)
+      }</text>`,
+      `<text x="${panelX + 5}" y="${panelY + 28}" fill="#555">${
+        escapeXml(`${figure.unit}, ${figure.better} is better`)
       }</text>`,
     );
-    const baseline = panelY + 22 + barArea + 8;
+    const baseline = panelY + 36 + barArea + 8;
     parts.push(
       `<line x1="${panelX + 5}" y1="${baseline}" x2="${
         panelX + panelWidth - 15

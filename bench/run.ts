@@ -224,7 +224,8 @@ async function main(): Promise<number> {
     ...summarize(rounds),
     notes: [
       "TAP MTU 1500 for vdeno and vde_plug: a full frame + 16 bytes vxvde/UDP + 20 IP exceeds the underlay's 1500 and is fragmented",
-      "kernel: vx0 keeps the MTU the kernel gives it (1450), so it is not fragmented; cost figures do not apply (no process)",
+      "kernel: vx0 keeps the MTU the kernel gives it (1450), so it is not fragmented; cost figures do not apply (no process); its UDP capacity is usually the iperf3 sender's limit",
+      "UDP capacity: iperf3 -w 4M so that loss is counted in the overlay, not at a late receiver",
       "RTT under load is measured during the TCP 1 stream test; CPU per GB over both TCP tests, both hosts' plugs",
     ],
   };
