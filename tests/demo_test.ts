@@ -20,8 +20,10 @@ Deno.test("vdeno demo shows every member, the VM included, pinging every other a
   const output = await child.output();
   const text = new TextDecoder().decode(output.stdout);
   assert.equal(output.code, 0, text + new TextDecoder().decode(output.stderr));
-  assert.match(text, /Every host reaches every other/);
-  assert.match(text, /QEMU \(TCG\) with -netdev vde,sock=vxvde:\/\/234\.0\.0\.1/);
+  assert.match(text, /Every member reaches every other/);
+  assert.match(text, /a TAP, vdeno plug tap:\/\/vde0/);
+  assert.match(text, /a namespace, vdeno ns vxvde:\/\/234\.0\.0\.1/);
+  assert.match(text, /QEMU VM \(TCG\), -netdev vde,sock=vxvde:\/\/234\.0\.0\.1/);
   assert.equal(text.match(/\d+(\.\d+)? ms/g)?.length, 9, "three hosts ping each other and the VM");
   assert.match(
     text,

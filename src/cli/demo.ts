@@ -1,10 +1,11 @@
 /**
- * `vdeno demo`: a Local Area Cloud on this machine. Network namespaces play
- * hosts on a bridged LAN; on each, a vdeno plug joins the same vxvde group
- * with a TAP; then every member pings every other and a matrix is printed.
- * When QEMU and a Debian cloud kernel are installed, a small VM joins too,
- * through QEMU's own `-netdev vde,sock=vxvde://...` (the tutorial's third
- * member). Everything created is removed on exit, also on Ctrl-C.
+ * `vdeno demo`: the Local Area Cloud tutorial on one machine. Network
+ * namespaces play hosts on a bridged LAN, and each brings one member to the
+ * same vxvde group: a TAP plugged by `vdeno plug`, a namespace made by
+ * `vdeno ns`, and, when QEMU and a Debian cloud kernel are installed, a small
+ * VM on QEMU's own `-netdev vde,sock=vxvde://...`. Then every member pings
+ * every other and a matrix is printed. Everything created is removed on
+ * exit, also on Ctrl-C.
  *
  * @module
  */
@@ -17,23 +18,37 @@ import { UsageError } from "./usage.ts";
 
 export const DEMO_USAGE = `Usage: vdeno demo [OPTIONS]
 
-Builds a demo Local Area Cloud of network namespaces (needs root), shows that
-its members ping each other over vxvde, and removes everything it made.
+Builds the Local Area Cloud tutorial on this machine (needs root): hosts made
+of network namespaces on a bridge, with a TAP (vdeno plug), a namespace
+(vdeno ns) and, when QEMU is installed, a VM on the same vxvde group; shows
+that every member pings every other, and removes everything it made.
 
 Options:
-  -n, --hosts N     how many hosts (default 3, at most 9)
+  -n, --hosts N     how many hosts with a TAP or a namespace (default 3, 2 to 9)
   -g, --group VNL   the cloud (default vxvde://234.0.0.1)
   -k, --keep        keep the cloud up until Ctrl-C, to explore it
       --no-vm       leave out the QEMU VM even when QEMU is installed
   -h, --help        show this help`;
 
 const decoder = new TextDecoder();
+const VM_ADDRESS = "10.0.0.21";
 
 async function run(argv: string[], check = true): Promise<{ code: number; output: string }> {
   const result = await new Deno.Command(argv[0], { args: argv.slice(1), stdin: "null" }).output();
   const output = decoder.decode(result.stdout) + decoder.decode(result.stderr);
   if (check && result.code !== 0) throw new Error(`${argv.join(" ")} failed: ${output.trim()}`);
   return { code: result.code, output };
+}
+
+/** One member of the cloud: how it was made, its address, how to ping from it. */
+interface Member {
+  description: string;
+  address: string;
+  process: Deno.ChildProcess;
+  /** argv prefix that runs a command in the member's network; undefined for the VM. */
+  inside?: string[];
+  /** For the VM: its own ping results, read from its console. */
+  guestResults?: Promise<Map<string, string>>;
 }
 
 /** Runs the demo; resolves to the exit code. */
@@ -60,26 +75,25 @@ export async function demoCommand(args: string[]): Promise<number> {
   if (Deno.uid() !== 0) {
     throw new Error("The demo builds network namespaces and needs root: run it with sudo");
   }
+  const group = values.group!;
   const prefix = `vdeno-demo-${Deno.pid}`;
   const lanNs = `${prefix}-lan`;
-  const hosts = Array.from({ length: count }, (_, i) => `${prefix}-h${i + 1}`);
-  const plugs: Deno.ChildProcess[] = [];
-  const namespaces = [...hosts];
-  let vmProcess: Deno.ChildProcess | undefined;
+  const namespaces: string[] = [];
+  const members: Member[] = [];
   let interrupted = false;
+  let wakeKeep: (() => void) | undefined;
   const onSignal = () => {
     interrupted = true;
     wakeKeep?.();
   };
-  let wakeKeep: (() => void) | undefined;
   for (const signal of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(signal, onSignal);
   try {
-    console.log(`Building a Local Area Cloud of ${count} hosts on ${values.group}`);
     await run(["ip", "netns", "add", lanNs]);
     await run(["ip", "-n", lanNs, "link", "add", "br0", "type", "bridge"]);
     await run(["ip", "-n", lanNs, "link", "set", "br0", "up"]);
-    for (const [i, netns] of hosts.entries()) {
-      if (interrupted) return 130;
+    const addHost = async (index: number, role: string) => {
+      const netns = `${prefix}-${role}`;
+      namespaces.push(netns);
       await run(["ip", "netns", "add", netns]);
       await run([
         "ip",
@@ -92,92 +106,70 @@ export async function demoCommand(args: string[]): Promise<number> {
         "veth",
         "peer",
         "name",
-        `p${i + 1}`,
+        `p${index}`,
         "netns",
         lanNs,
       ]);
-      await run(["ip", "-n", lanNs, "link", "set", `p${i + 1}`, "master", "br0", "up"]);
-      await run(["ip", "-n", netns, "addr", "add", `172.30.0.${i + 1}/24`, "dev", "eth0"]);
+      await run(["ip", "-n", lanNs, "link", "set", `p${index}`, "master", "br0", "up"]);
+      await run(["ip", "-n", netns, "addr", "add", `172.30.0.${index}/24`, "dev", "eth0"]);
       await run(["ip", "-n", netns, "link", "set", "eth0", "up"]);
       await run(["ip", "-n", netns, "link", "set", "lo", "up"]);
       await run(["ip", "-n", netns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
-      const [exec, ...rest] = [
-        "ip",
-        "netns",
-        "exec",
-        netns,
-        ...selfCommand(),
-        "plug",
-        "--name",
-        `${prefix}-h${i + 1}`,
-        "tap://vde0",
-        values.group!,
-      ];
-      plugs.push(
-        new Deno.Command(exec, { args: rest, stdin: "null", stdout: "inherit", stderr: "inherit" })
-          .spawn(),
+      return netns;
+    };
+    console.log(`Building a Local Area Cloud on ${group}, hosts on the underlay 172.30.0.0/24:`);
+    for (let i = 1; i <= count; i++) {
+      if (interrupted) return 130;
+      const netns = await addHost(i, `h${i}`);
+      const address = `10.0.0.${i}`;
+      members.push(
+        i === 2
+          ? await namespaceMember(netns, group, address)
+          : await tapMember(netns, prefix, i, group, address),
       );
-      console.log(
-        `  host ${netns}: underlay 172.30.0.${
-          i + 1
-        } on a bridge, vdeno plug tap://vde0 ${values.group}, overlay 10.0.0.${i + 1}/24`,
-      );
+      console.log(`  ${netns}: ${members.at(-1)!.description}`);
     }
-    for (const [i, netns] of hosts.entries()) {
-      await waitForLink(netns, "vde0");
-      await run(["ip", "-n", netns, "addr", "add", `10.0.0.${i + 1}/24`, "dev", "vde0"]);
-      await run(["ip", "-n", netns, "link", "set", "vde0", "up"]);
+    const peers = members.map((member) => member.address);
+    if (!values["no-vm"] && !interrupted && await qemuAvailable()) {
+      const netns = await addHost(count + 1, "vm");
+      members.push(await vmMember(netns, group, peers));
+      console.log(`  ${netns}: ${members.at(-1)!.description}`);
     }
-    const addresses = hosts.map((_, i) => `10.0.0.${i + 1}`);
-    let vm: DemoVm | undefined;
-    if (!values["no-vm"] && await qemuAvailable()) {
-      vm = await startVm(prefix, lanNs, count + 1, values.group!, addresses);
-      namespaces.push(vm.netns);
-      vmProcess = vm.process;
-      console.log(
-        `  VM ${vm.netns}: QEMU (TCG) with -netdev vde,sock=${values.group}, guest ${VM_ADDRESS}/24`,
-      );
-      vm.results = await vm.ready;
-    }
-    const members = vm ? [...addresses, VM_ADDRESS] : addresses;
+    if (interrupted) return 130;
+
     console.log("\nPing matrix over the cloud (round-trip time of one ping; rows ping columns):");
-    const header = ["from \\ to", ...members];
+    const header = ["from \\ to", ...members.map((member) => member.address)];
     const rows: string[][] = [header];
     let failures = 0;
-    for (const [i, netns] of hosts.entries()) {
-      const row = [addresses[i]];
-      for (let j = 0; j < members.length; j++) {
-        if (i === j) {
-          row.push("-");
-          continue;
+    for (const [i, member] of members.entries()) {
+      const row = [member.address];
+      const guest = member.guestResults ? await member.guestResults : undefined;
+      for (const [j, target] of members.entries()) {
+        let cell: string;
+        if (i === j) cell = "-";
+        else if (guest) cell = guest.get(target.address) === "ok" ? "ok (guest)" : "FAIL";
+        else if (target.guestResults && !member.inside) cell = "FAIL";
+        else {
+          const rtt = await ping(member.inside!, target.address);
+          cell = rtt === undefined ? "FAIL" : `${rtt} ms`;
         }
-        const rtt = await ping(netns, members[j]);
-        if (rtt === undefined) failures++;
-        row.push(rtt === undefined ? "FAIL" : `${rtt} ms`);
+        if (cell === "FAIL") failures++;
+        row.push(cell);
       }
       rows.push(row);
-    }
-    if (vm) {
-      const row = [VM_ADDRESS];
-      for (const address of addresses) {
-        const result = vm.results.get(address);
-        if (result !== "ok") failures++;
-        row.push(result === "ok" ? "ok (guest)" : "FAIL");
-      }
-      rows.push([...row, "-"]);
     }
     const widths = header.map((_, c) => Math.max(...rows.map((r) => r[c].length)));
     for (const row of rows) {
       console.log("  " + row.map((cell, c) => cell.padEnd(widths[c])).join("  "));
     }
     console.log(
-      failures === 0 ? "\nEvery host reaches every other." : `\n${failures} pairs failed.`,
+      failures === 0 ? "\nEvery member reaches every other." : `\n${failures} pairs failed.`,
     );
     if (values.keep && !interrupted) {
       console.log(
-        `\nThe cloud stays up until Ctrl-C. Try:\n  sudo ip netns exec ${
-          hosts[0]
-        } ping 10.0.0.2\n  sudo ${selfCommand().join(" ")} status`,
+        `\nThe cloud stays up until Ctrl-C. Try:\n  sudo ip netns exec ${namespaces[0]} ping ${
+          members[1].address
+        }\n  sudo ${selfCommand().join(" ")} status`,
       );
       await new Promise<void>((resolve) => wakeKeep = resolve);
     }
@@ -186,25 +178,127 @@ export async function demoCommand(args: string[]): Promise<number> {
     for (const signal of ["SIGINT", "SIGTERM"] as const) {
       Deno.removeSignalListener(signal, onSignal);
     }
-    if (vmProcess) {
+    for (const member of members) {
       try {
-        vmProcess.kill("SIGTERM");
+        member.process.kill("SIGTERM");
       } catch {
         // Already gone.
       }
-      await vmProcess.status;
-    }
-    for (const plug of plugs) {
-      try {
-        plug.kill("SIGTERM");
-      } catch {
-        // Already gone.
-      }
-      await plug.status;
+      await member.process.status;
     }
     for (const netns of [...namespaces, lanNs]) await run(["ip", "netns", "del", netns], false);
-    console.log("Removed every namespace, interface and plug the demo created.");
+    console.log("Removed every namespace, interface and process the demo created.");
   }
+}
+
+async function tapMember(
+  netns: string,
+  prefix: string,
+  index: number,
+  group: string,
+  address: string,
+): Promise<Member> {
+  const process = new Deno.Command("ip", {
+    args: [
+      "netns",
+      "exec",
+      netns,
+      ...selfCommand(),
+      "plug",
+      "--name",
+      `${prefix}-h${index}`,
+      "tap://vde0",
+      group,
+    ],
+    stdin: "null",
+  }).spawn();
+  await waitForLink(netns, "vde0");
+  await run(["ip", "-n", netns, "addr", "add", `${address}/24`, "dev", "vde0"]);
+  await run(["ip", "-n", netns, "link", "set", "vde0", "up"]);
+  return {
+    description: `a TAP, vdeno plug tap://vde0 ${group}, ${address}/24`,
+    address,
+    process,
+    inside: ["ip", "netns", "exec", netns],
+  };
+}
+
+/** A namespace of `vdeno ns` whose command configures vde0 and waits; others enter it to ping. */
+async function namespaceMember(netns: string, group: string, address: string): Promise<Member> {
+  const script =
+    `ip addr add ${address}/24 dev vde0 && ip link set vde0 up && echo ready $$ && exec sleep 86400`;
+  const process = new Deno.Command("ip", {
+    args: ["netns", "exec", netns, ...selfCommand(), "ns", group, "sh", "-c", script],
+    stdin: "null",
+    stdout: "piped",
+  }).spawn();
+  const reader = process.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let output = "";
+  while (!/ready (\d+)/.test(output)) {
+    const { value, done } = await reader.read();
+    if (done) throw new Error(`vdeno ns did not start in ${netns}: ${output.trim()}`);
+    output += value;
+  }
+  reader.releaseLock();
+  process.stdout.cancel().catch(() => {});
+  const pid = /ready (\d+)/.exec(output)![1];
+  return {
+    description: `a namespace, vdeno ns ${group} (vde0 ${address}/24)`,
+    address,
+    process,
+    inside: ["nsenter", "--target", pid, "--net"],
+  };
+}
+
+async function qemuAvailable(): Promise<boolean> {
+  const found = await run(["sh", "-c", "command -v qemu-system-x86_64"], false);
+  return found.code === 0 && installedCloudKernel() !== undefined;
+}
+
+/** The tutorial's VM; it pings the others itself and reports on its console. */
+async function vmMember(netns: string, group: string, peers: string[]): Promise<Member> {
+  const image = await vmImage();
+  const random = crypto.getRandomValues(new Uint8Array(3));
+  const mac = `52:54:00:${[...random].map((b) => b.toString(16).padStart(2, "0")).join(":")}`;
+  const qemu = qemuCommand(image, {
+    address: `${VM_ADDRESS}/24`,
+    peers,
+    mac,
+    netdev: `vde,id=net0,sock=${group}`,
+  });
+  const process = new Deno.Command("ip", {
+    args: ["netns", "exec", netns, ...qemu],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "null",
+  }).spawn();
+  const guestResults = (async () => {
+    let output = "";
+    const reader = process.stdout.pipeThrough(new TextDecoderStream()).getReader();
+    const deadline = setTimeout(() => reader.cancel(), 180_000);
+    while (!output.includes(`${RESULT_PREFIX} ready`)) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      output += value;
+    }
+    clearTimeout(deadline);
+    reader.releaseLock();
+    process.stdout.cancel().catch(() => {});
+    const results = new Map<string, string>();
+    for (
+      const match of output.matchAll(new RegExp(`^${RESULT_PREFIX} ping (\\S+) (ok|fail)`, "gm"))
+    ) {
+      results.set(match[1], match[2]);
+    }
+    return results;
+  })();
+  await guestResults;
+  return {
+    description: `a QEMU VM (TCG), -netdev vde,sock=${group}, ${VM_ADDRESS}/24`,
+    address: VM_ADDRESS,
+    process,
+    guestResults,
+  };
 }
 
 async function waitForLink(netns: string, name: string): Promise<void> {
@@ -215,98 +309,11 @@ async function waitForLink(netns: string, name: string): Promise<void> {
   throw new Error(`The plug in ${netns} did not create ${name}`);
 }
 
-async function ping(netns: string, address: string): Promise<string | undefined> {
+async function ping(inside: string[], address: string): Promise<string | undefined> {
   for (let attempt = 0; attempt < 5; attempt++) {
-    const result = await run(
-      ["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "1", address],
-      false,
-    );
+    const result = await run([...inside, "ping", "-c", "1", "-W", "1", address], false);
     const match = /time=([\d.]+) ms/.exec(result.output);
     if (result.code === 0 && match) return match[1];
   }
   return undefined;
-}
-
-const VM_ADDRESS = "10.0.0.21";
-
-interface DemoVm {
-  netns: string;
-  process: Deno.ChildProcess;
-  ready: Promise<Map<string, string>>;
-  results: Map<string, string>;
-}
-
-async function qemuAvailable(): Promise<boolean> {
-  const found = await run(["sh", "-c", "command -v qemu-system-x86_64"], false);
-  return found.code === 0 && installedCloudKernel() !== undefined;
-}
-
-/** Boots the tutorial's VM in a host of its own; `ready` resolves to its ping results. */
-async function startVm(
-  prefix: string,
-  lanNs: string,
-  index: number,
-  vnl: string,
-  peers: string[],
-): Promise<DemoVm> {
-  const netns = `${prefix}-vm`;
-  await run(["ip", "netns", "add", netns]);
-  await run([
-    "ip",
-    "link",
-    "add",
-    "eth0",
-    "netns",
-    netns,
-    "type",
-    "veth",
-    "peer",
-    "name",
-    `p${index}`,
-    "netns",
-    lanNs,
-  ]);
-  await run(["ip", "-n", lanNs, "link", "set", `p${index}`, "master", "br0", "up"]);
-  await run(["ip", "-n", netns, "addr", "add", `172.30.0.${index}/24`, "dev", "eth0"]);
-  await run(["ip", "-n", netns, "link", "set", "eth0", "up"]);
-  await run(["ip", "-n", netns, "link", "set", "lo", "up"]);
-  await run(["ip", "-n", netns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
-  const image = await vmImage();
-  const mac = `52:54:00:${
-    [0, 0, 0].map(() => Math.floor(Math.random() * 256).toString(16).padStart(2, "0")).join(":")
-  }`;
-  const qemu = qemuCommand(image, {
-    address: `${VM_ADDRESS}/24`,
-    peers,
-    mac,
-    netdev: `vde,id=net0,sock=${vnl}`,
-  });
-  const process = new Deno.Command("ip", {
-    args: ["netns", "exec", netns, ...qemu],
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-  }).spawn();
-  const ready = (async () => {
-    let console = "";
-    const reader = process.stdout.pipeThrough(new TextDecoderStream()).getReader();
-    const deadline = setTimeout(() => reader.cancel(), 180_000);
-    while (!console.includes(`${RESULT_PREFIX} ready`)) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      console += value;
-    }
-    clearTimeout(deadline);
-    reader.releaseLock();
-    process.stdout.cancel().catch(() => {});
-    process.stderr.cancel().catch(() => {});
-    const results = new Map<string, string>();
-    for (
-      const match of console.matchAll(new RegExp(`^${RESULT_PREFIX} ping (\\S+) (ok|fail)`, "gm"))
-    ) {
-      results.set(match[1], match[2]);
-    }
-    return results;
-  })();
-  return { netns, process, ready, results: new Map() };
 }
