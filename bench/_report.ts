@@ -200,18 +200,21 @@ export function svgChart(report: Report): string {
     const barWidth = Math.min(50, (panelWidth - 30) / names.length - 10);
     medians.forEach((value, i) => {
       const x = panelX + 15 + i * (barWidth + 10);
-      const barHeight = value !== null && largest > 0 ? (value / largest) * barArea : 0;
+      const barHeight = value !== null && largest > 0
+        ? Math.round((value / largest) * barArea * 10) / 10
+        : 0;
+      const barTop = (baseline - barHeight).toFixed(1);
       if (value !== null) {
         parts.push(
-          `<rect x="${x}" y="${
-            baseline - barHeight
-          }" width="${barWidth}" height="${barHeight}" fill="${COLORS[names[i]]}"/>`,
+          `<rect x="${x}" y="${barTop}" width="${barWidth}" height="${barHeight}" fill="${
+            COLORS[names[i]]
+          }"/>`,
         );
       }
       parts.push(
-        `<text x="${x + barWidth / 2}" y="${baseline - barHeight - 3}" text-anchor="middle">${
-          value === null ? "n/a" : formatValue(value)
-        }</text>`,
+        `<text x="${x + barWidth / 2}" y="${
+          (baseline - barHeight - 3).toFixed(1)
+        }" text-anchor="middle">${value === null ? "n/a" : formatValue(value)}</text>`,
       );
     });
   });
