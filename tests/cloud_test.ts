@@ -3,8 +3,7 @@
  * members on one vxvde group, each on a namespace host of its own LAN:
  *
  * - host A: a TAP, 10.0.0.254/24, plugged by `vdeno plug tap://tap0 vxvde://234.0.0.1`;
- * - host B: a namespace with vde0 10.0.0.20/24, by `vdeno ns vxvde://234.0.0.1` (see
- *   namespaceCommand: the real vdens until vdeno ns exists);
+ * - host B: a namespace with vde0 10.0.0.20/24, by `vdeno ns vxvde://234.0.0.1`;
  * - host C: a QEMU VM under TCG, 10.0.0.21/24, its virtio NIC's MAC from `vdeno randmac`,
  *   connected by QEMU's own vde backend, or through vdeno's udp:// and qemu:// VNLs for
  *   QEMU's dgram and stream backends.
@@ -21,22 +20,6 @@ const GROUP = "vxvde://234.0.0.1";
 const TAP_ADDRESS = "10.0.0.254";
 const NS_ADDRESS = "10.0.0.20";
 const VM_ADDRESS = "10.0.0.21";
-
-/**
- * Host B is a namespace with vde0 on the cloud, made by `vdeno ns VNL CMD ARGS...`
- * (vdens's command line). TODO(vdeno ns): remove the fallback once src/cli/ns.ts
- * has landed; until then a checkout without it uses the real vdens (Debian
- * package vdens). The choice follows the file, not whether `vdeno ns` works, so
- * a broken `vdeno ns` fails this test instead of being replaced by vdens.
- */
-function namespaceCommand(): string[] {
-  try {
-    Deno.statSync(new URL("../src/cli/ns.ts", import.meta.url));
-    return [...VDENO, "ns"];
-  } catch {
-    return ["vdens"];
-  }
-}
 
 let image: Promise<VmImage> | undefined;
 
@@ -78,7 +61,7 @@ done
 async function startNamespaceMember(host: Host, command: string[]): Promise<Member> {
   const shell = host.spawn([...command, GROUP, "sh", "-c", NAMESPACE_SHELL], { stdin: "piped" });
   await shell.waitForOutput((text) => text.includes("ns-ready"), 15_000);
-  const name = `${command.includes("ns") ? "vdeno ns" : "vdens"} ${NS_ADDRESS}`;
+  const name = `vdeno ns ${NS_ADDRESS}`;
   const writer = shell.child.stdin.getWriter();
   return {
     name,
@@ -109,7 +92,7 @@ interface VmConnection {
 }
 
 async function cloudWithVm(t: Deno.TestContext, connection: VmConnection): Promise<void> {
-  const nsCommand = namespaceCommand();
+  const nsCommand = [...VDENO, "ns"];
   const programs = ["qemu-system-x86_64", "ping", "cpio", "ss", ...nsCommand.slice(0, 1)];
   const ok = await prerequisites(t, programs, [
     {
