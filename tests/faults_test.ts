@@ -166,6 +166,46 @@ Deno.test("a MAC that moves to another host is followed from its first frame the
   );
 });
 
+Deno.test("a namespace of vdeno ns that moves to another host is followed from its first frame there", async (t) => {
+  if (!(await prerequisites(t, ["tcpdump", "ping", "unshare"]))) return;
+  await using lan = await Lan.create(3);
+  const [a, b, c] = lan.hosts;
+  const vnl = "vxvde://239.8.0.4";
+  await tapPlug(a, "nswatch", vnl, "10.0.0.1/24", "02:00:00:00:0a:0a");
+  // The same namespace set-up on either host; its ping to 10.0.0.1 sends the first frame.
+  const inside = `ip link set vde0 address ${MAC_B} && ip addr add 10.0.0.2/24 dev vde0 && ` +
+    "ip link set vde0 up && ping -c 1 -W 2 10.0.0.1 >/dev/null; echo ready; exec sleep 600";
+  const peerOfB = async () =>
+    (await vxvdeStatus(a, "nswatch")).learned.find((e) => e.mac === MAC_B)?.peer ?? "none";
+  const before = b.vdeno(["ns", vnl, "sh", "-c", inside]);
+  await before.waitForOutput((text) => text.includes("ready"), 30_000);
+  assert.ok(await a.pingable("10.0.0.2"));
+  assert.match(await peerOfB(), new RegExp(`^${b.address.replaceAll(".", "\\.")}:`));
+  await before.stop("SIGKILL");
+
+  const after = c.vdeno(["ns", vnl, "sh", "-c", inside]);
+  await after.waitForOutput((text) => text.includes("ready"), 30_000);
+  assert.match(
+    await peerOfB(),
+    new RegExp(`^${c.address.replaceAll(".", "\\.")}:`),
+    "a learned the namespace's new host",
+  );
+  const seen = await captureUdp(
+    a,
+    "eth0",
+    () => a.sh(["ping", "-c", "3", "-i", "0.2", "10.0.0.2"]),
+  );
+  const requests = seen.filter((d) =>
+    d.length === PING_DATAGRAM && addressOf(d.source) === a.address
+  );
+  assert.deepEqual(
+    requests.map((d) => addressOf(d.destination)),
+    Array(3).fill(c.address),
+    `echo requests go by unicast to c: ${JSON.stringify(seen)}`,
+  );
+  await after.stop("SIGTERM");
+});
+
 Deno.test("the underlay link goes down and up: traffic resumes without restarting the plugs", async (t) => {
   if (!(await prerequisites(t, ["ping"]))) return;
   await using lan = await Lan.create(2);
