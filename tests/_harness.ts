@@ -223,11 +223,19 @@ export class Host {
     return this.spawn([...VDENO, ...args], options);
   }
 
-  /** Waits until `ip link show NAME` succeeds in the host. */
-  async waitForLink(name: string, timeoutMs = 15_000): Promise<void> {
+  /**
+   * Waits until `ip link show NAME` succeeds in the host. Pass the process
+   * expected to create it, so a failure says what that process printed.
+   */
+  async waitForLink(name: string, timeoutMs = 30_000, creator?: Process): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while ((await this.run(["ip", "link", "show", name])).code !== 0) {
-      if (Date.now() > deadline) throw new Error(`${name} did not appear in ${this.netns}`);
+      if (Date.now() > deadline) {
+        const said = creator
+          ? `; ${creator.argv.join(" ")} printed: ${creator.stdout}${creator.stderr}`
+          : "";
+        throw new Error(`${name} did not appear in ${this.netns}${said}`);
+      }
       await sleep(100);
     }
   }

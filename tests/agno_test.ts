@@ -311,38 +311,47 @@ for (const [name, encrypting] of [["vde_plug", REFERENCE], ["vdeno", OURS]] as c
       const keyText = "00112233445566778899aabbccddeeff\n";
       const key = await cbcKey(parseAgnoKey(keyText)!);
       const path = writeKey(dir, keyText);
-      const raw = new StreamEnd(host, OURS("udp://6002->127.0.0.1:6001"));
-      const agno = new StreamEnd(host, encrypting(`agno://${path}{udp://6001->127.0.0.1:6002}`));
-      await waitBound(host, [6001, 6002]);
-      // Start just after a second begins, so that no tick falls between building and checking;
-      // not at once: time(2) reads a coarse clock that can lag the tick by a few milliseconds.
-      const inSecond = () => Date.now() % 1000;
-      while (inSecond() < 30 || inSecond() > 150) await sleep(5);
-      const now = Math.floor(Date.now() / 1000);
-      const offsets = [-100, -3, -2, -1, 0, 1, 2, 3, 100];
-      const wires = [];
-      for (const [i, offset] of offsets.entries()) {
-        wires.push(await agnoEncrypt(key, testFrame(20 + i), now + offset));
+      let lengths: number[] = [];
+      let first: Uint8Array | undefined;
+      for (let attempt = 0; attempt < 3; attempt++) {
+        const raw = new StreamEnd(host, OURS("udp://6002->127.0.0.1:6001"));
+        const agno = new StreamEnd(host, encrypting(`agno://${path}{udp://6001->127.0.0.1:6002}`));
+        await waitBound(host, [6001, 6002]);
+        // Start just after a second begins, so that no tick falls between building and checking;
+        // not at once: time(2) reads a coarse clock that can lag the tick by a few milliseconds.
+        const inSecond = () => Date.now() % 1000;
+        while (inSecond() < 30 || inSecond() > 150) await sleep(5);
+        const now = Math.floor(Date.now() / 1000);
+        const offsets = [-100, -3, -2, -1, 0, 1, 2, 3, 100];
+        const wires = [];
+        for (const [i, offset] of offsets.entries()) {
+          wires.push(await agnoEncrypt(key, testFrame(20 + i), now + offset));
+        }
+        const wrongTag = await agnoEncrypt(key, testFrame(40), now);
+        const otherKey = await agnoEncrypt(
+          await cbcKey(crypto.getRandomValues(new Uint8Array(16))),
+          testFrame(41),
+          now,
+        );
+        for (const wire of [...wires, wrongTag.fill(0x55, 14, 30), otherKey]) await raw.write(wire);
+        const marker = await agnoEncrypt(key, testFrame(99), Math.floor(Date.now() / 1000));
+        await raw.write(marker);
+        const received = await waitFrames(agno, 5);
+        await raw.stop();
+        await agno.stop();
+        lengths = received.map((frame) => frame.length - 14);
+        first = received[0];
+        // A loaded machine can let a clock tick fall between our clock and the plug's:
+        // only a window shifted by exactly that one second is worth another try.
+        const shifted = lengths.join() === "21,22,23,24,99" || lengths.join() === "23,24,25,26,99";
+        if (!shifted) break;
       }
-      const wrongTag = await agnoEncrypt(key, testFrame(40), now);
-      const otherKey = await agnoEncrypt(
-        await cbcKey(crypto.getRandomValues(new Uint8Array(16))),
-        testFrame(41),
-        now,
-      );
-      for (const wire of [...wires, wrongTag.fill(0x55, 14, 30), otherKey]) await raw.write(wire);
-      const marker = await agnoEncrypt(key, testFrame(99), Math.floor(Date.now() / 1000));
-      await raw.write(marker);
-      const received = await waitFrames(agno, 5);
-      await raw.stop();
-      await agno.stop();
-      const lengths = received.map((frame) => frame.length - 14);
       assert.deepEqual(
         lengths,
         [22, 23, 24, 25, 99],
         "sender time 2 s behind to 1 s ahead passes; no other, no wrong tag, no other key",
       );
-      assert.deepEqual(received[0], testFrame(22), "decrypted to the very frame");
+      assert.deepEqual(first, testFrame(22), "decrypted to the very frame");
     } finally {
       Deno.removeSync(dir, { recursive: true });
     }

@@ -168,8 +168,8 @@ async function vxStatus(host: Host, name: string): Promise<PlugStatus> {
 
 /** Starts `vdeno plug tap://tap0 VNL` named `name` on `host`, with 10.0.0.N and a fixed MAC. */
 async function startPlug(host: Host, name: string, vnl: string, n: number, env = {}) {
-  host.vdeno(["plug", "--name", name, "tap://tap0", vnl], { env });
-  await host.waitForLink("tap0");
+  const plug = host.vdeno(["plug", "--name", name, "tap://tap0", vnl], { env });
+  await host.waitForLink("tap0", undefined, plug);
   await host.configure("tap0", `10.0.0.${n}/24`, `02:00:00:00:00:0${n}`);
 }
 
