@@ -259,3 +259,65 @@ Deno.test("vdeno plug fed random bytes or a stream cut mid-frame on stdin ends c
     assert.equal(result.stdout.length, 0, "its own frames did not come back to it");
   }
 });
+
+// vxvde has no authentication: vdeplug4's receive path learns the source MAC of
+// every datagram with the right header, and so does vdeno on an open network.
+// Only a keyed network (key=) can tell a forgery from a peer.
+for (const keyed of [false, true]) {
+  const what = keyed
+    ? "on a keyed network a frame claiming another plug's MAC is dropped and cannot redirect its traffic"
+    : "on an open network a frame claiming another plug's MAC redirects it until that plug speaks again, as with vdeplug4";
+  Deno.test(what, async (t) => {
+    if (!(await prerequisites(t, ["ping"]))) return;
+    await using lan = await Lan.create(3);
+    const [a, b, attacker] = lan.hosts;
+    const key = "5a".repeat(32);
+    const vnl = `vxvde://239.9.0.4/vni=42${keyed ? "/key=env:LAN_KEY" : ""}`;
+    for (
+      const [host, name, cidr, mac] of [[a, "owner", "10.0.0.1/24", MAC_A], [
+        b,
+        "b",
+        "10.0.0.2/24",
+        MAC_B,
+      ]] as const
+    ) {
+      host.vdeno(["plug", "--name", name, "tap://tap0", vnl], { env: { LAN_KEY: key } });
+      await host.waitForLink("tap0");
+      // No IPv6 chatter: only the pings below may teach the table where MAC_B is.
+      await host.sh(["sysctl", "-qw", "net.ipv6.conf.tap0.disable_ipv6=1"]);
+      await host.configure("tap0", cidr, mac);
+    }
+    assert.ok(await a.pingable("10.0.0.2"));
+    const status = async () => JSON.parse(await a.sh([...VDENO, "status", "--json", "owner"]));
+    const peerOfB = async () =>
+      ((await status()).plugs[1].learned as { mac: string; peer: string }[])
+        .find((entry) => entry.mac === MAC_B)?.peer ?? "none";
+    const behindB = new RegExp(`^${b.address.replaceAll(".", "\\.")}:`);
+    assert.match(await peerOfB(), behindB);
+    const before = (await status()).plugs[1].counters;
+    await attacker.sh([
+      Deno.execPath(),
+      "run",
+      "-A",
+      "--quiet",
+      JUNK_SENDER,
+      "239.9.0.4",
+      "14789",
+      "42",
+      "1",
+      `spoof=${MAC_B}`,
+    ]);
+    const after = (await status()).plugs[1].counters;
+    if (keyed) {
+      assert.equal(after.dropAuthFailed - before.dropAuthFailed, 1, "the forgery was dropped");
+      assert.match(await peerOfB(), behindB, "MAC_B is still behind b");
+    } else {
+      assert.equal(after.framesIn - before.framesIn, 1, "the forgery was taken in");
+      assert.match(await peerOfB(), new RegExp(`^${attacker.address.replaceAll(".", "\\.")}:`));
+      // b speaks (one echo request to a): its frame wins MAC_B back.
+      await b.run(["ping", "-c", "1", "-W", "1", "10.0.0.1"]);
+      assert.match(await peerOfB(), behindB, "b's next frame wins MAC_B back");
+      assert.ok(await a.pingable("10.0.0.2"));
+    }
+  });
+}
