@@ -1,6 +1,8 @@
 /**
  * The contenders: vdeno and vde_plug each plug `tap0` into the same vxvde
- * group in both hosts; the kernel's VXLAN device is the ceiling. Each gives
+ * group in both hosts; `vdeno-sealed` is vdeno on a keyed network (`key=`,
+ * AES-256-GCM), to show what the encryption costs; the kernel's VXLAN device
+ * is the ceiling. Each gives
  * the hosts the same overlay addresses (10.0.0.1 and 10.0.0.2), so the
  * workloads do not know which one carries them.
  *
@@ -10,7 +12,7 @@
 import { type Host, type Process, sleep } from "../tests/_harness.ts";
 
 /** Names of the contenders, in the order they are listed. */
-export const CONTENDERS = ["vdeno", "vde_plug", "kernel"] as const;
+export const CONTENDERS = ["vdeno", "vdeno-sealed", "vde_plug", "kernel"] as const;
 
 /** One contender's name. */
 export type ContenderName = typeof CONTENDERS[number];
@@ -53,17 +55,27 @@ export async function startContender(
 }
 
 async function startPlugs(
-  name: "vdeno" | "vde_plug",
+  name: "vdeno" | "vdeno-sealed" | "vde_plug",
   hosts: Host[],
 ): Promise<RunningContender & { link: string }> {
-  const plugArgs = ["tap://tap0", `vxvde://${GROUP}`];
+  const vdeno = [Deno.execPath(), "run", "-A", "--quiet", MAIN_TS];
+  let keyDirectory: string | undefined;
+  let network = `vxvde://${GROUP}`;
+  if (name === "vdeno-sealed") {
+    keyDirectory = await Deno.makeTempDir();
+    const key = `${keyDirectory}/bench.key`;
+    await hosts[0].sh([...vdeno, "keygen", key]);
+    network = `vxvde://${GROUP}/key='${key}'`;
+  }
+  const plugArgs = ["tap://tap0", network];
   const processes: Process[] = hosts.map((host) =>
-    name === "vdeno"
-      ? host.spawn([Deno.execPath(), "run", "-A", "--quiet", MAIN_TS, "plug", ...plugArgs])
-      : host.spawn(["vde_plug", ...plugArgs])
+    name === "vde_plug"
+      ? host.spawn(["vde_plug", ...plugArgs])
+      : host.spawn([...vdeno, "plug", ...plugArgs])
   );
   const stop = async () => {
     for (const process of processes) await process.stop("SIGTERM");
+    if (keyDirectory) await Deno.remove(keyDirectory, { recursive: true });
     // The TAP goes with its process; wait so the next contender can create tap0.
     for (const host of hosts) await waitForLinkGone(host, "tap0");
   };
@@ -77,7 +89,7 @@ async function startPlugs(
   // `ip netns exec` execs the program, so the child's pid is the plug's own; the cost
   // figures depend on it, so check that the process is the plug.
   const pids = processes.map((p) => p.child.pid);
-  const program = name === "vdeno" ? Deno.execPath().split("/").at(-1)! : "vde_plug";
+  const program = name === "vde_plug" ? "vde_plug" : Deno.execPath().split("/").at(-1)!;
   for (const pid of pids) {
     const command = Deno.readTextFileSync(`/proc/${pid}/comm`).trim();
     if (!program.startsWith(command)) {

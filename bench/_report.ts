@@ -140,6 +140,7 @@ export function table(report: Report): string {
 
 const COLORS: Record<string, string> = {
   vdeno: "#2a7ab0",
+  "vdeno-sealed": "#6aa9d6",
   vde_plug: "#d9822b",
   kernel: "#8a8a8a",
 };

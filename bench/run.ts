@@ -27,7 +27,7 @@ import {
 } from "./_workloads.ts";
 
 const USAGE =
-  "Usage: deno task bench [--rounds N] [--quick] [--only vdeno,vde_plug,kernel] [--out DIR] [--verbose]";
+  "Usage: deno task bench [--rounds N] [--quick] [--only vdeno,vdeno-sealed,vde_plug,kernel] [--out DIR] [--verbose]";
 
 const FULL: Durations = {
   tcpSeconds: 5,
