@@ -397,6 +397,23 @@ export class DatagramVector {
   }
 
   /**
+   * Sends prepared datagrams [0, count), going on past any that fail (a
+   * peer's ICMP error, a full buffer): returns how many failed.
+   */
+  sendAll(fd: number, count: number): number {
+    let failed = 0;
+    for (let from = 0; from < count;) {
+      const sent = this.send(fd, from, count);
+      if (sent > 0) from += sent;
+      else {
+        failed++;
+        from++;
+      }
+    }
+    return failed;
+  }
+
+  /**
    * Sends prepared datagrams [from, count): returns how many left before an
    * error stopped the call, or -errno when the first one failed.
    */

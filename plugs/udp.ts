@@ -191,17 +191,11 @@ export class UdpPlug implements Plug {
       counters[Counter.framesOut]++;
       counters[Counter.bytesOut] += length;
     }
-    for (let from = 0; from < prepared;) {
-      const sent = vector.send(this.#fd, from, prepared);
-      if (sent > 0) from += sent;
-      else {
-        // The peer is not there yet (ECONNREFUSED after an ICMP error) or
-        // the buffer is full: this frame is lost, the next ones may pass.
-        counters[Counter.dropSendError]++;
-        counters[Counter.framesOut]--;
-        from++;
-      }
-    }
+    // A failure is a peer not there yet (ECONNREFUSED after an ICMP error) or
+    // a full buffer: that frame is lost, the next ones may pass.
+    const failed = vector.sendAll(this.#fd, prepared);
+    counters[Counter.dropSendError] += failed;
+    counters[Counter.framesOut] -= failed;
   }
 
   describe(): Record<string, unknown> {

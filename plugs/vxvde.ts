@@ -403,15 +403,9 @@ export class VxvdePlug implements Plug {
       counters[Counter.framesOut]++;
       counters[Counter.bytesOut] += length;
     }
-    for (let from = 0; from < prepared;) {
-      const sent = vector.send(this.#unicastFd, from, prepared);
-      if (sent > 0) from += sent;
-      else {
-        counters[Counter.dropSendError]++;
-        counters[Counter.framesOut]--;
-        from++;
-      }
-    }
+    const failed = vector.sendAll(this.#unicastFd, prepared);
+    counters[Counter.dropSendError] += failed;
+    counters[Counter.framesOut] -= failed;
   }
 
   describe(): Record<string, unknown> {
