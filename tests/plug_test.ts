@@ -93,3 +93,30 @@ Deno.test("when the command of = COMMAND dies, vdeno says so in one line and exi
   const clean = a.vdeno(["plug", "vxvde://239.7.0.4", "=", "true"]);
   assert.equal((await clean.exited()).code, 0, "a command that ends well ends the plug well");
 });
+
+Deno.test("--log-level info logs start and stop on stderr with time and level", async (t) => {
+  if (!(await prerequisites(t, []))) return;
+  await using lan = await Lan.create(1);
+  const [a] = lan.hosts;
+  const plug = a.vdeno([
+    "plug",
+    "--log-level",
+    "info",
+    "-n",
+    "logged",
+    "tap://tapl",
+    "vxvde://239.7.0.5",
+  ]);
+  await plug.waitForOutput((text) => text.includes("plug started"));
+  assert.equal((await plug.stop("SIGTERM")).code, 0);
+  const lines = plug.stderr.trim().split("\n");
+  assert.match(
+    lines[0],
+    /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z vdeno info: plug started: tap:\/\/tapl <-> vxvde:\/\/239\.7\.0\.5$/,
+  );
+  assert.match(lines.at(-1)!, /vdeno info: plug stopped: on a signal$/);
+  const quiet = a.vdeno(["plug", "tap://tapm", "vxvde://239.7.0.5"]);
+  await a.waitForLink("tapm", undefined, quiet);
+  assert.equal((await quiet.stop("SIGTERM")).code, 0);
+  assert.equal(quiet.stderr, "", "the default level (warn) says nothing on a clean run");
+});
