@@ -119,11 +119,7 @@ export class UdpPlug implements Plug {
   readonly config: UdpConfig;
   readonly #fd: number;
   readonly #remoteAddress: number;
-  // Receiving and sending keep vectors of their own: send() points datagram
-  // i at whichever slot holds the i-th frame to send, which would make a
-  // shared vector receive into the wrong slots afterwards.
-  #receivers = new WeakMap<FrameBatch, DatagramVector>();
-  #senders = new WeakMap<FrameBatch, DatagramVector>();
+  #vectors = new WeakMap<FrameBatch, DatagramVector>();
   #closed = false;
 
   constructor(vnl: string, rest: string) {
@@ -145,11 +141,11 @@ export class UdpPlug implements Plug {
   }
 
   // Frames go without a header, so datagrams start right at each slot's frame.
-  #vectorFor(batch: FrameBatch, vectors: WeakMap<FrameBatch, DatagramVector>): DatagramVector {
-    let vector = vectors.get(batch);
+  #vectorFor(batch: FrameBatch): DatagramVector {
+    let vector = this.#vectors.get(batch);
     if (!vector) {
       vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM, batch.capacity);
-      vectors.set(batch, vector);
+      this.#vectors.set(batch, vector);
     }
     return vector;
   }
@@ -157,7 +153,7 @@ export class UdpPlug implements Plug {
   receive(batch: FrameBatch, readyMask: number): boolean {
     const first = batch.count;
     if (!(readyMask & 1) || first >= batch.capacity) return true;
-    const vector = this.#vectorFor(batch, this.#receivers);
+    const vector = this.#vectorFor(batch);
     const received = vector.receiveInto(this.#fd, first, batch.capacity - first, MAX_FRAME + 1);
     if (received <= 0) {
       if (received < 0) this.counters[Counter.dropMalformed]++;
@@ -180,7 +176,7 @@ export class UdpPlug implements Plug {
   }
 
   send(batch: FrameBatch): void {
-    const vector = this.#vectorFor(batch, this.#senders);
+    const vector = this.#vectorFor(batch);
     const counters = this.counters;
     const nameLength = this.config.remote.length;
     let prepared = 0;

@@ -195,8 +195,7 @@ export class VxvdePlug implements Plug {
   readonly #prefix: number;
   /** First header word of an open network on our VNI (the second is the same as ours). */
   readonly #plainHigh: number;
-  #receivers = new WeakMap<FrameBatch, DatagramVector>();
-  #senders = new WeakMap<FrameBatch, DatagramVector>();
+  #vectors = new WeakMap<FrameBatch, DatagramVector>();
   #closed = false;
 
   constructor(vnl: string, rest: string) {
@@ -256,20 +255,12 @@ export class VxvdePlug implements Plug {
     return this.#unicastPort;
   }
 
-  #receiverFor(batch: FrameBatch): DatagramVector {
-    let vector = this.#receivers.get(batch);
+  /** One vector per batch serves both ways: every receive re-aims its entries at their slots. */
+  #vectorFor(batch: FrameBatch): DatagramVector {
+    let vector = this.#vectors.get(batch);
     if (!vector) {
       vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - this.#prefix, batch.capacity);
-      this.#receivers.set(batch, vector);
-    }
-    return vector;
-  }
-
-  #senderFor(batch: FrameBatch): DatagramVector {
-    let vector = this.#senders.get(batch);
-    if (!vector) {
-      vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - this.#prefix, batch.capacity);
-      this.#senders.set(batch, vector);
+      this.#vectors.set(batch, vector);
     }
     return vector;
   }
@@ -283,7 +274,7 @@ export class VxvdePlug implements Plug {
   #receiveFrom(batch: FrameBatch, fd: number, fromGroup: boolean): void {
     const first = batch.count;
     if (first >= batch.capacity) return;
-    const vector = this.#receiverFor(batch);
+    const vector = this.#vectorFor(batch);
     const received = vector.receiveInto(
       fd,
       first,
@@ -365,7 +356,7 @@ export class VxvdePlug implements Plug {
   }
 
   send(batch: FrameBatch): void {
-    const vector = this.#senderFor(batch);
+    const vector = this.#vectorFor(batch);
     const bytes = batch.bytes;
     const counters = this.counters;
     const now = Date.now() / 1000;
