@@ -13,16 +13,12 @@ const symbols = {
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
   // int bind(int fd, const struct sockaddr *addr, socklen_t len)
   bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
-  // int connect(int fd, const struct sockaddr *addr, socklen_t len)
-  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   // int listen(int fd, int backlog)
   listen: { parameters: ["i32", "i32"], result: "i32" },
   // int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
   accept4: { parameters: ["i32", "pointer", "pointer", "i32"], result: "i32" },
   // int setsockopt(int fd, int level, int name, const void *value, socklen_t len)
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
-  // int getsockopt(int fd, int level, int name, void *value, socklen_t *len)
-  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
   // int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   // ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen)
@@ -103,12 +99,6 @@ const symbols = {
   waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   // int kill(pid_t pid, int sig)
   kill: { parameters: ["i32", "i32"], result: "i32" },
-  // pid_t getpid(void)
-  getpid: { parameters: [], result: "i32" },
-  // uid_t geteuid(void)
-  geteuid: { parameters: [], result: "u32" },
-  // int setsid(void)
-  setsid: { parameters: [], result: "i32" },
   // int sethostname(const char *name, size_t len)
   sethostname: { parameters: ["buffer", "usize"], result: "i32" },
   // int mount(const char *source, const char *target, const char *fstype,

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { type CounterName, countersObject } from "./counters.ts";
+import type { CounterName } from "./counters.ts";
 
 /** What a plug reports about itself. */
 export interface StatusReport {
@@ -132,6 +132,3 @@ export function controlSockets(): { name: string; path: string }[] {
     return [];
   }
 }
-
-/** Counters of a shared array as a report object. */
-export { countersObject };
