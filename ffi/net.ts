@@ -317,6 +317,9 @@ export class DatagramVector {
   readonly #payloadAddress: number;
   readonly #slotSize: number;
   readonly #headersPointer: Deno.PointerValue;
+  /** Entries from here on are aimed at their own slots with #aimedLength, ready to receive. */
+  #staleBelow: number;
+  #aimedLength = 0;
 
   constructor(
     slots: Uint8Array<ArrayBuffer>,
@@ -326,6 +329,7 @@ export class DatagramVector {
   ) {
     this.capacity = capacity;
     this.#slotSize = slotSize;
+    this.#staleBelow = capacity;
     this.#headers = new Uint8Array(capacity * MMSGHDR_SIZE);
     this.#headerWords = new Uint32Array(this.#headers.buffer);
     this.#iovecs = new Uint8Array(capacity * IOVEC_SIZE);
@@ -355,16 +359,17 @@ export class DatagramVector {
    * none) or -errno.
    */
   receiveInto(fd: number, first: number, count: number, maxLength: number): number {
+    const end = first + count;
+    // Only entries a send re-aimed, or a receive filled, need setting again: on a
+    // quiet network that is one entry per wake-up instead of the whole vector.
     const words = this.#headerWords;
-    for (let i = first; i < first + count; i++) {
-      const word = (i * MMSGHDR_SIZE) / 4;
-      this.#setAddress(words, word, this.#namesAddress + i * SOCKADDR_SIZE); // msg_name
-      words[word + 2] = SOCKADDR_SIZE; // msg_namelen
-      // Point entry i at slot i again: a send through this vector may have aimed it elsewhere.
-      this.#setAddress(this.#iovecWords, i * 4, this.#payloadAddress + i * this.#slotSize);
-      this.#iovecWords[i * 4 + 2] = maxLength;
-      words[word + 12] = 0; // msg_flags
+    const stale = Math.min(end, this.#staleBelow);
+    for (let i = first; i < stale; i++) this.#aim(words, i, maxLength);
+    if (maxLength !== this.#aimedLength) {
+      for (let i = 0; i < this.capacity; i++) this.#iovecWords[i * 4 + 2] = maxLength;
+      this.#aimedLength = maxLength;
     }
+    if (this.#staleBelow <= end) this.#staleBelow = Math.min(this.#staleBelow, first);
     const pointer = first === 0
       ? this.#headersPointer
       : Deno.UnsafePointer.offset(this.#headersPointer!, first * MMSGHDR_SIZE);
@@ -373,7 +378,20 @@ export class DatagramVector {
       const code = errno();
       return code === Errno.EAGAIN ? 0 : -code;
     }
+    // The kernel wrote each received entry's name length and flags.
+    this.#staleBelow = Math.max(this.#staleBelow, first + received);
     return received;
+  }
+
+  /** Points entry i at its own slot and name buffer again, ready to receive. */
+  #aim(words: Uint32Array, i: number, maxLength: number): void {
+    const word = (i * MMSGHDR_SIZE) / 4;
+    this.#setAddress(words, word, this.#namesAddress + i * SOCKADDR_SIZE); // msg_name
+    words[word + 2] = SOCKADDR_SIZE; // msg_namelen
+    words[word + 12] = 0; // msg_flags
+    this.#setAddress(this.#iovecWords, i * 4, this.#payloadAddress + i * this.#slotSize);
+    this.#iovecWords[i * 4 + 2] = maxLength;
+    this.#iovecWords[i * 4 + 3] = 0;
   }
 
   /** Length of received datagram i. */
@@ -388,6 +406,7 @@ export class DatagramVector {
 
   /** Prepares datagram i of an outgoing vector: its slot, length and destination. */
   prepare(i: number, slot: number, length: number, nameAddress: number, nameLength: number) {
+    if (i >= this.#staleBelow) this.#staleBelow = i + 1;
     const word = (i * MMSGHDR_SIZE) / 4;
     this.#setAddress(this.#headerWords, word, nameAddress);
     this.#headerWords[word + 2] = nameLength;

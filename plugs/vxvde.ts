@@ -196,6 +196,8 @@ export class VxvdePlug implements Plug {
   /** First header word of an open network on our VNI (the second is the same as ours). */
   readonly #plainHigh: number;
   #vectors = new WeakMap<FrameBatch, DatagramVector>();
+  #lastBatch?: FrameBatch;
+  #lastVector?: DatagramVector;
   #closed = false;
 
   constructor(vnl: string, rest: string) {
@@ -257,11 +259,14 @@ export class VxvdePlug implements Plug {
 
   /** One vector per batch serves both ways: every receive re-aims its entries at their slots. */
   #vectorFor(batch: FrameBatch): DatagramVector {
+    if (batch === this.#lastBatch) return this.#lastVector!;
     let vector = this.#vectors.get(batch);
     if (!vector) {
       vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - this.#prefix, batch.capacity);
       this.#vectors.set(batch, vector);
     }
+    this.#lastBatch = batch;
+    this.#lastVector = vector;
     return vector;
   }
 
@@ -360,7 +365,7 @@ export class VxvdePlug implements Plug {
     const bytes = batch.bytes;
     const counters = this.counters;
     const now = Date.now() / 1000;
-    const header = this.#header;
+    const words = batch.words;
     const prefix = this.#prefix;
     const sealer = this.#sealer;
     let prepared = 0;
@@ -372,7 +377,9 @@ export class VxvdePlug implements Plug {
         continue;
       }
       const frameOffset = i * SLOT_SIZE + HEADROOM;
-      bytes.set(header, frameOffset - prefix);
+      const headerWord = (frameOffset - prefix) >>> 2;
+      words[headerWord] = this.#headerHigh;
+      words[headerWord + 1] = this.#headerLow;
       const slot = this.table.lookup(bytes, frameOffset, now);
       if (sealer && !sealer.seal(batch, i, length, now)) {
         counters[Counter.dropSendError]++;
