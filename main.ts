@@ -9,14 +9,8 @@
  */
 
 import denoConfig from "./deno.json" with { type: "json" };
-import { demoCommand } from "./src/cli/demo.ts";
-import { keygenCommand } from "./src/cli/keygen.ts";
-import { NS_HELPER, nsCommand, nsHelperCommand } from "./src/cli/ns.ts";
-import { plugCommand } from "./src/cli/plug.ts";
-import { randmacCommand } from "./src/cli/randmac.ts";
-import { statusCommand } from "./src/cli/status.ts";
 import { UsageError } from "./src/cli/usage.ts";
-import { inWorker, runDataPlaneWorker } from "./src/dataplane.ts";
+import { inWorker } from "./src/self.ts";
 
 const USAGE = `vdeno ${denoConfig.version}: VDE's Local Area Cloud (vxvde) on Deno
 
@@ -36,13 +30,13 @@ Run 'vdeno COMMAND --help' for a command's options.`;
 type Command = (args: string[]) => Promise<number> | number;
 
 const commands: Record<string, Command> = {
-  plug: plugCommand,
-  ns: nsCommand,
-  [NS_HELPER]: nsHelperCommand,
-  demo: demoCommand,
-  randmac: randmacCommand,
-  status: statusCommand,
-  keygen: keygenCommand,
+  plug: async (args) => (await import("./src/cli/plug.ts")).plugCommand(args),
+  ns: async (args) => (await import("./src/cli/ns.ts")).nsCommand(args),
+  "ns-helper": async (args) => (await import("./src/cli/ns.ts")).nsHelperCommand(args),
+  demo: async (args) => (await import("./src/cli/demo.ts")).demoCommand(args),
+  randmac: async (args) => (await import("./src/cli/randmac.ts")).randmacCommand(args),
+  status: async (args) => (await import("./src/cli/status.ts")).statusCommand(args),
+  keygen: async (args) => (await import("./src/cli/keygen.ts")).keygenCommand(args),
   version: () => {
     console.log(`vdeno ${denoConfig.version}`);
     return 0;
@@ -100,5 +94,5 @@ function isParseArgsError(error: unknown): boolean {
     String((error as { code: unknown }).code).startsWith("ERR_PARSE_ARGS");
 }
 
-if (inWorker()) runDataPlaneWorker();
+if (inWorker()) (await import("./src/dataplane.ts")).runDataPlaneWorker();
 else if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -199,9 +199,3 @@ export function runDataPlaneWorker(): void {
     scope.postMessage({ type: "finished", end });
   };
 }
-
-/** Whether this code runs inside a Worker. */
-export function inWorker(): boolean {
-  const scope = (globalThis as { WorkerGlobalScope?: new () => unknown }).WorkerGlobalScope;
-  return scope !== undefined && self instanceof scope;
-}

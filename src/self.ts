@@ -12,3 +12,9 @@ export function selfCommand(): string[] {
   if (!/(^|\/)deno$/.test(exec)) return [exec];
   return [exec, "run", "--allow-all", "--quiet", new URL(Deno.mainModule).pathname];
 }
+
+/** Whether this code runs inside a Worker. */
+export function inWorker(): boolean {
+  const scope = (globalThis as { WorkerGlobalScope?: new () => unknown }).WorkerGlobalScope;
+  return scope !== undefined && self instanceof scope;
+}
