@@ -95,6 +95,12 @@ const symbols = {
   posix_spawnattr_setsigdefault: { parameters: ["buffer", "buffer"], result: "i32" },
   // int posix_spawnattr_setsigmask(posix_spawnattr_t *attr, const sigset_t *set)
   posix_spawnattr_setsigmask: { parameters: ["buffer", "buffer"], result: "i32" },
+  // int pthread_sigmask(int how, const sigset_t *set, sigset_t *oldset)
+  pthread_sigmask: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  // int signalfd(int fd, const sigset_t *mask, int flags)
+  signalfd: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  // int execve(const char *path, char *const argv[], char *const envp[])
+  execve: { parameters: ["buffer", "buffer", "buffer"], result: "i32" },
   // pid_t waitpid(pid_t pid, int *status, int options)
   waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   // int kill(pid_t pid, int sig)

@@ -20,7 +20,8 @@ export function pipe(): { read: number; write: number } {
   return { read: fds[0], write: fds[1] };
 }
 
-function pointerArray(strings: Uint8Array<ArrayBuffer>[]): BigUint64Array<ArrayBuffer> {
+/** A NULL-terminated array of pointers to `strings`, for argv and envp. */
+export function pointerArray(strings: Uint8Array<ArrayBuffer>[]): BigUint64Array<ArrayBuffer> {
   const pointers = new BigUint64Array(strings.length + 1);
   strings.forEach((text, i) => {
     pointers[i] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(text)));

@@ -123,3 +123,69 @@ export function receiveMessage(fd: number, maxBytes = 4096): UnixMessage | undef
   if (length === 0 && descriptors.length === 0) return undefined;
   return { data: data.slice(0, length), descriptors };
 }
+
+const SOCK_STREAM = 1;
+const SOCK_NONBLOCK = 0o4000;
+const SO_SNDTIMEO = 21;
+/** A peer that closed early gets EPIPE instead of SIGPIPE. */
+const MSG_NOSIGNAL = 0x4000;
+/** sun_path holds 108 bytes, the terminating NUL included. */
+const UNIX_PATH_MAX = 108;
+
+/**
+ * A listening Unix stream socket bound to `path`, non-blocking so that a
+ * loop which polls it can accept without ever waiting.
+ */
+export function listenUnix(path: string, backlog = 16): number {
+  const name = new TextEncoder().encode(path);
+  if (name.length >= UNIX_PATH_MAX) {
+    throw new Error(
+      `Socket path too long (${name.length} bytes, at most ${UNIX_PATH_MAX - 1}): ${path}`,
+    );
+  }
+  const address = new Uint8Array(2 + UNIX_PATH_MAX);
+  address[0] = AF_UNIX;
+  address.set(name, 2);
+  const fd = check(
+    libc.socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0),
+    "socket(AF_UNIX)",
+  );
+  try {
+    check(libc.bind(fd, address, 2 + name.length + 1), `bind ${path}`);
+    check(libc.listen(fd, backlog), `listen ${path}`);
+  } catch (error) {
+    libc.close(fd);
+    throw error;
+  }
+  return fd;
+}
+
+/**
+ * Accepts one waiting connection of a listening socket from
+ * {@linkcode listenUnix}; -1 when none is waiting. Writes to it give up after
+ * `sendTimeoutMs`, so a client that stops reading cannot hold the caller.
+ */
+export function acceptConnection(listenFd: number, sendTimeoutMs: number): number {
+  const fd = libc.accept4(listenFd, null, null, SOCK_CLOEXEC);
+  if (fd < 0) return -1;
+  const timeout = new BigInt64Array([
+    BigInt(Math.floor(sendTimeoutMs / 1000)),
+    BigInt((sendTimeoutMs % 1000) * 1000),
+  ]);
+  libc.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, new Uint8Array(timeout.buffer), 16);
+  return fd;
+}
+
+/** Writes all of `bytes`; false when the peer went away or the send timeout ran out. */
+export function writeAll(fd: number, bytes: Uint8Array<ArrayBuffer>): boolean {
+  for (let written = 0; written < bytes.length;) {
+    const rest = bytes.subarray(written);
+    const count = Number(
+      libc.sendto(fd, Deno.UnsafePointer.of(rest), BigInt(rest.length), MSG_NOSIGNAL, null, 0),
+    );
+    if (count > 0) written += count;
+    else if (count < 0 && errno() === Errno.EINTR) continue;
+    else return false;
+  }
+  return true;
+}

@@ -1,11 +1,11 @@
 /**
  * The cable: moves frames both ways between two plugs, like `vde_plug A B`.
  *
- * One poll over every descriptor of both plugs plus a wake-up eventfd; each
- * wake-up drains a batch from each ready plug into the other. In the data
- * plane worker the poll blocks for as long as nothing happens, so a frame is
- * forwarded the moment it arrives; on a thread that must serve its event loop
- * too, pass `cooperative` and the cable yields between short waits.
+ * One poll over every descriptor of both plugs (plus a wake-up eventfd, or
+ * the control socket); each wake-up drains a batch from each ready plug into
+ * the other. The poll blocks for as long as nothing happens, so a frame is
+ * forwarded the moment it arrives. It never returns to the event loop until
+ * it ends: whatever must reach it comes as a readable descriptor.
  *
  * @module
  */
@@ -22,30 +22,33 @@ export type CableEnd =
 
 /** Options of {@linkcode runCable}. */
 export interface CableOptions {
-  /** Made readable by whoever wants the cable's attention. */
-  wakeup: Wakeup;
+  /** Made readable by whoever wants the cable's attention (from another thread). */
+  wakeup?: Wakeup;
   /** Called after the wakeup fired; return false to stop the cable. */
-  onWake: () => boolean;
-  /** Yield to the event loop between waits (for use on the main thread). */
-  cooperative?: boolean;
+  onWake?: () => boolean;
+  /**
+   * More descriptors to wait on (a control socket, a signalfd): `onReady`
+   * runs when one is readable; it returns false to stop the cable.
+   */
+  watch?: { fds: readonly number[]; onReady: (fd: number) => boolean };
   /** Records every frame that crosses the cable, both ways. */
   capture?: PcapWriter;
 }
 
 const READY = POLLIN | POLLHUP | POLLERR;
-const COOPERATIVE_WAIT_MS = 50;
 
-/** Runs the cable until `onWake` says stop or a plug ends. */
-export async function runCable(a: Plug, b: Plug, options: CableOptions): Promise<CableEnd> {
+/** Runs the cable until `onWake` or `watch.onReady` says stop, or a plug ends. */
+export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
   const plugs = [a, b];
   const firstFd = [0, a.fds.length];
-  const poller = new PollSet([...a.fds, ...b.fds, options.wakeup.fd]);
-  const wakeupIndex = a.fds.length + b.fds.length;
+  const watched = options.watch?.fds ?? [];
+  const wakeupFds = options.wakeup ? [options.wakeup.fd] : [];
+  const poller = new PollSet([...a.fds, ...b.fds, ...watched, ...wakeupFds]);
+  const watchIndex = a.fds.length + b.fds.length;
+  const wakeupIndex = watchIndex + watched.length;
   const batch = new FrameBatch();
-  const timeout = options.cooperative ? COOPERATIVE_WAIT_MS : -1;
   for (;;) {
-    const ready = poller.wait(timeout);
-    if (ready > 0) {
+    if (poller.wait(-1) > 0) {
       for (let p = 0; p < 2; p++) {
         const plug = plugs[p];
         let mask = 0;
@@ -73,11 +76,15 @@ export async function runCable(a: Plug, b: Plug, options: CableOptions): Promise
           if (!open) return { kind: "ended", plugIndex: p, reason: "end of input" };
         } while (plug.backlog);
       }
-      if (poller.events(wakeupIndex)) {
+      for (let w = 0; w < watched.length; w++) {
+        if (poller.events(watchIndex + w) && !options.watch!.onReady(watched[w])) {
+          return { kind: "stopped" };
+        }
+      }
+      if (options.wakeup && poller.events(wakeupIndex)) {
         options.wakeup.clear();
-        if (!options.onWake()) return { kind: "stopped" };
+        if (options.onWake && !options.onWake()) return { kind: "stopped" };
       }
     }
-    if (options.cooperative) await new Promise<void>((resolve) => setTimeout(resolve, 0));
   }
 }

@@ -6,6 +6,8 @@
  * @module
  */
 
+import { closeQuietly } from "../ffi/libc.ts";
+import { acceptConnection, listenUnix, writeAll } from "../ffi/unix.ts";
 import type { CounterName } from "./counters.ts";
 
 /** What a plug reports about itself. */
@@ -30,23 +32,32 @@ export function controlDirectory(): string {
   return runtime ? `${runtime}/vdeno` : `/tmp/vdeno-${Deno.uid() ?? 0}`;
 }
 
-/** A listening control socket. */
+/** The longest a client that stops reading may hold up the plug's loop. */
+const ANSWER_TIMEOUT_MS = 500;
+
+/**
+ * A listening control socket. It is a plain descriptor for the plug's own
+ * poll loop to watch: the loop calls {@linkcode serve} when it is readable,
+ * and reports come straight from the plugs, with no thread or event loop.
+ */
 export class ControlServer {
   readonly path: string;
-  readonly #listener: Deno.UnixListener;
-  readonly #served: Promise<void>;
+  /** The listening socket, to poll for readability. */
+  readonly fd: number;
+  readonly #report: () => StatusReport;
+  #closed = false;
 
-  private constructor(path: string, listener: Deno.UnixListener, served: Promise<void>) {
+  private constructor(path: string, fd: number, report: () => StatusReport) {
     this.path = path;
-    this.#listener = listener;
-    this.#served = served;
+    this.fd = fd;
+    this.#report = report;
   }
 
   /**
    * Listens at `<controlDirectory()>/<name>.sock`. A live plug of the same
    * name is an error; a socket left by a dead one is replaced.
    */
-  static async start(name: string, report: () => Promise<StatusReport>): Promise<ControlServer> {
+  static async start(name: string, report: () => StatusReport): Promise<ControlServer> {
     if (!/^[A-Za-z0-9_.-]+$/.test(name)) {
       throw new Error(
         `Bad plug name: ${JSON.stringify(name)}; use letters, digits, '.', '_' or '-'`,
@@ -62,31 +73,29 @@ export class ControlServer {
     } catch {
       // No stale socket: nothing to remove.
     }
-    const listener = Deno.listen({ transport: "unix", path });
+    const fd = listenUnix(path);
     Deno.chmodSync(path, 0o600);
-    const served = (async () => {
-      for await (const connection of listener) {
-        (async () => {
-          try {
-            const body = new TextEncoder().encode(JSON.stringify(await report()) + "\n");
-            for (let written = 0; written < body.length;) {
-              written += await connection.write(body.subarray(written));
-            }
-          } catch {
-            // The client went away mid-answer: nothing to do.
-          } finally {
-            connection.close();
-          }
-        })();
+    return new ControlServer(path, fd, report);
+  }
+
+  /** Answers every client waiting on the socket with one report each. */
+  serve(): void {
+    for (;;) {
+      const connection = acceptConnection(this.fd, ANSWER_TIMEOUT_MS);
+      if (connection < 0) return;
+      try {
+        writeAll(connection, encoder.encode(JSON.stringify(this.#report()) + "\n"));
+      } finally {
+        closeQuietly(connection);
       }
-    })().catch(() => {});
-    return new ControlServer(path, listener, served);
+    }
   }
 
   /** Stops listening and removes the socket file. */
-  async close(): Promise<void> {
-    this.#listener.close();
-    await this.#served;
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    closeQuietly(this.fd);
     try {
       Deno.removeSync(this.path);
     } catch {
@@ -94,6 +103,8 @@ export class ControlServer {
     }
   }
 }
+
+const encoder = new TextEncoder();
 
 async function isLive(path: string): Promise<boolean> {
   try {

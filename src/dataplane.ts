@@ -143,7 +143,8 @@ export class DataPlane {
   }
 }
 
-function openEnd(end: EndSpec): Plug {
+/** Opens one end of a cable. */
+export function openEnd(end: EndSpec): Plug {
   if ("vnl" in end) return openPlug(end.vnl);
   if ("tap" in end) return new TapPlug(`tap://${end.tap.name}`, end.tap.name, end.tap.fd);
   const { name, readFd, writeFd, owned } = end.stream;
@@ -156,7 +157,7 @@ export function runDataPlaneWorker(): void {
     postMessage(message: ToMain): void;
     onmessage: ((event: MessageEvent<WorkerStart>) => void) | null;
   };
-  scope.onmessage = async (event) => {
+  scope.onmessage = (event) => {
     scope.onmessage = null;
     const { ends, capture: capturePath, wakeupFd, commands: commandBuffer } = event.data;
     const commands = new Int32Array(commandBuffer);
@@ -177,7 +178,7 @@ export function runDataPlaneWorker(): void {
     const wakeup = new Wakeup(wakeupFd);
     let end: CableEnd;
     try {
-      end = await runCable(plugs[0], plugs[1], {
+      end = runCable(plugs[0], plugs[1], {
         wakeup,
         capture,
         onWake: () => {

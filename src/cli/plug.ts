@@ -8,10 +8,21 @@
 
 import { parseArgs } from "node:util";
 import { closeQuietly, cString, libc } from "../../ffi/libc.ts";
+import {
+  blocksAll,
+  restartWithSignalsBlocked,
+  SIGHUP,
+  SIGINT,
+  SignalDescriptor,
+  SIGTERM,
+} from "../../ffi/signals.ts";
 import { pipe, reap, signalProcess, spawn } from "../../ffi/spawn.ts";
 import { ControlServer } from "../control.ts";
 import { countersObject } from "../counters.ts";
-import { DataPlane, type EndSpec } from "../dataplane.ts";
+import { type CableEnd, runCable } from "../cable.ts";
+import { type EndSpec, openEnd } from "../dataplane.ts";
+import { PcapWriter } from "../pcap.ts";
+import type { Plug } from "../plug.ts";
 import { enableSyslog, logEvent, setLogLevel } from "../log.ts";
 import { selfCommand } from "../self.ts";
 import { UsageError } from "./usage.ts";
@@ -32,7 +43,19 @@ Options:
       --log-level LEVEL    error, warn, info or debug (default warn)
   -h, --help               show this help`;
 
-const SIGTERM = 15;
+/** The signals that stop a plug cleanly, saying goodbye to the network. */
+const STOP_SIGNALS = [SIGINT, SIGTERM, SIGHUP];
+/**
+ * V8 flags for the restarted plug: optimize the few hot functions of the data
+ * path after a hundred calls instead of thousands, straight to TurboFan, so a
+ * fresh plug forwards at full speed within its first frames (bench/README.md).
+ */
+const TUNING = {
+  DENO_V8_FLAGS: [
+    Deno.env.get("DENO_V8_FLAGS"),
+    "--no-maglev,--invocation-count-for-turbofan=100,--minimum-invocations-after-ic-update=2",
+  ].filter(Boolean).join(","),
+};
 
 /** Runs `vdeno plug`; resolves to the exit code. */
 export async function plugCommand(args: string[]): Promise<number> {
@@ -69,12 +92,15 @@ export async function plugCommand(args: string[]): Promise<number> {
     return await daemonize(args);
   }
 
+  // The cable waits in poll() on this thread and hears signals through a
+  // signalfd, which needs them blocked in every thread: start afresh so.
+  if (!blocksAll(STOP_SIGNALS)) restartWithSignalsBlocked(STOP_SIGNALS, TUNING);
+  const signals = new SignalDescriptor(STOP_SIGNALS);
   const ends: EndSpec[] = [{ vnl: positionals[0] }];
   let childPid = -1;
-  let plane: DataPlane | undefined;
+  const plugs: Plug[] = [];
+  let capture: PcapWriter | undefined;
   let control: ControlServer | undefined;
-  const signals: Deno.Signal[] = ["SIGINT", "SIGTERM", "SIGHUP"];
-  const stop = () => plane?.stop();
   try {
     if (positionals.length === 2) ends.push({ vnl: positionals[1] });
     else if (command) {
@@ -96,19 +122,21 @@ export async function plugCommand(args: string[]): Promise<number> {
     } else {
       ends.push({ stream: { name: "stdio", readFd: 0, writeFd: 1, owned: false } });
     }
-    plane = await DataPlane.start(ends, values.capture);
-    const runningPlane = plane;
+    // The cable runs on this thread: a worker would cost a second V8 isolate
+    // (~14 MB) for nothing, since poll() waits on the control socket too.
+    for (const end of ends) plugs.push(openEnd(end));
+    if (values.capture) capture = new PcapWriter(values.capture);
     const startedAt = new Date();
     const name = values.name ?? `plug-${Deno.pid}`;
-    control = await ControlServer.start(name, async () => ({
+    control = await ControlServer.start(name, () => ({
       name,
       pid: Deno.pid,
       startedAt: startedAt.toISOString(),
       uptimeSeconds: (Date.now() - startedAt.getTime()) / 1000,
-      plugs: (await runningPlane.describe()).map((details, i) => ({
-        ...details,
-        vnl: runningPlane.plugs[i].vnl,
-        counters: countersObject(runningPlane.plugs[i].counters),
+      plugs: plugs.map((plug) => ({
+        ...plug.describe?.(),
+        vnl: plug.vnl,
+        counters: countersObject(plug.counters),
       })),
     }));
     if (values.pidfile) {
@@ -120,13 +148,28 @@ export async function plugCommand(args: string[]): Promise<number> {
       }
     }
     if (Deno.env.get("VDENO_DAEMON_CHILD") === "1") detachFromParent();
-    for (const signal of signals) Deno.addSignalListener(signal, stop);
-    const names = plane.plugs.map((plug) => plug.vnl).join(" <-> ");
+    const names = plugs.map((plug) => plug.vnl).join(" <-> ");
     logEvent(`plug started: ${names}`);
-    const end = await plane.finished;
+    const server = control;
+    let end: CableEnd;
+    try {
+      end = runCable(plugs[0], plugs[1], {
+        capture,
+        watch: {
+          fds: [server.fd, signals.fd],
+          onReady: (fd) => {
+            if (fd === server.fd) server.serve();
+            return fd !== signals.fd || signals.take() === 0;
+          },
+        },
+      });
+    } catch (error) {
+      end = { kind: "ended", plugIndex: -1, reason: (error as Error).message };
+    }
     logEvent(`plug stopped: ${end.kind === "stopped" ? "on a signal" : end.reason}`);
 
     if (end.kind === "ended" && childPid > 0) {
+      closePlugs(plugs, capture);
       const status = await childExit(childPid);
       childPid = -1;
       if (status.code !== 0) {
@@ -140,13 +183,11 @@ export async function plugCommand(args: string[]): Promise<number> {
       return 1;
     }
     return 0;
-  } catch (error) {
-    plane?.stop();
-    await plane?.finished;
-    throw error;
   } finally {
-    await control?.close();
-    for (const signal of signals) Deno.removeSignalListener(signal, stop);
+    // Closing says goodbye to the network before anything slower happens.
+    closePlugs(plugs, capture);
+    control?.close();
+    signals.close();
     if (childPid > 0) {
       signalProcess(childPid, SIGTERM);
       await childExit(childPid);
@@ -159,6 +200,11 @@ export async function plugCommand(args: string[]): Promise<number> {
       }
     }
   }
+}
+
+function closePlugs(plugs: Plug[], capture: PcapWriter | undefined): void {
+  for (const plug of plugs) plug.close();
+  capture?.close();
 }
 
 async function childExit(pid: number) {
