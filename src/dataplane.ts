@@ -1,7 +1,8 @@
 /**
- * The data plane of `vdeno plug`: a Worker that opens both plugs and runs the
- * cable with a blocking poll, so frames are forwarded the moment they arrive
- * while the main thread serves signals and the status socket.
+ * A data plane in a Worker, for `vdeno ns`: the worker opens both plugs and
+ * runs the cable with a blocking poll, so frames are forwarded the moment
+ * they arrive while the main thread waits for the namespace's command and
+ * serves signals. (`vdeno plug` runs its one cable on the main thread.)
  *
  * The worker runs the program's main module again (main.ts, the bundle or the
  * compiled executable), which hands over to {@linkcode runDataPlaneWorker}
@@ -35,12 +36,10 @@ export interface PlugHandle {
 }
 
 const STOP = 1;
-const DESCRIBE = 2;
 
 type ToMain =
   | { type: "ready"; plugs: PlugHandle[] }
   | { type: "error"; message: string }
-  | { type: "describe"; plugs: Record<string, unknown>[] }
   | { type: "finished"; end: CableEnd };
 
 interface WorkerStart {
@@ -55,28 +54,19 @@ export class DataPlane {
   readonly plugs: PlugHandle[];
   /** Resolves once the cable ended and the worker closed both plugs (goodbye sent). */
   readonly finished: Promise<CableEnd>;
-  readonly #worker: Worker;
   readonly #wakeup: Wakeup;
   readonly #commands: Int32Array;
-  #describeWaiters: ((plugs: Record<string, unknown>[]) => void)[] = [];
-  #finishedFlag = false;
 
   private constructor(
-    worker: Worker,
     wakeup: Wakeup,
     commands: Int32Array,
     plugs: PlugHandle[],
     finished: Promise<CableEnd>,
   ) {
-    this.#worker = worker;
     this.#wakeup = wakeup;
     this.#commands = commands;
     this.plugs = plugs;
-    this.finished = finished.then((end) => {
-      this.#finishedFlag = true;
-      this.#answerDescribe(plugs.map(() => ({})));
-      return end;
-    });
+    this.finished = finished;
   }
 
   /**
@@ -90,18 +80,14 @@ export class DataPlane {
     let resolveFinished: (end: CableEnd) => void;
     const finished = new Promise<CableEnd>((resolve) => resolveFinished = resolve);
     return new Promise((resolve, reject) => {
-      let plane: DataPlane | undefined;
       worker.onmessage = (event: MessageEvent<ToMain>) => {
         const message = event.data;
         if (message.type === "ready") {
-          plane = new DataPlane(worker, wakeup, commands, message.plugs, finished);
-          resolve(plane);
+          resolve(new DataPlane(wakeup, commands, message.plugs, finished));
         } else if (message.type === "error") {
           worker.terminate();
           wakeup.close();
           reject(new Error(message.message));
-        } else if (message.type === "describe") {
-          if (plane) plane.#answerDescribe(message.plugs);
         } else if (message.type === "finished") {
           worker.terminate();
           wakeup.close();
@@ -120,26 +106,10 @@ export class DataPlane {
     });
   }
 
-  #answerDescribe(plugs: Record<string, unknown>[]): void {
-    const waiters = this.#describeWaiters;
-    this.#describeWaiters = [];
-    for (const waiter of waiters) waiter(plugs);
-  }
-
   /** Asks the worker to close both plugs and finish. */
   stop(): void {
     Atomics.or(this.#commands, 0, STOP);
     this.#wakeup.wake();
-  }
-
-  /** What each plug can say about itself (learned MACs, peers...); nothing once finished. */
-  describe(): Promise<Record<string, unknown>[]> {
-    if (this.#finishedFlag) return Promise.resolve(this.plugs.map(() => ({})));
-    return new Promise((resolve) => {
-      this.#describeWaiters.push(resolve);
-      Atomics.or(this.#commands, 0, DESCRIBE);
-      this.#wakeup.wake();
-    });
   }
 }
 
@@ -181,16 +151,7 @@ export function runDataPlaneWorker(): void {
       end = runCable(plugs[0], plugs[1], {
         wakeup,
         capture,
-        onWake: () => {
-          const command = Atomics.exchange(commands, 0, 0);
-          if (command & DESCRIBE) {
-            scope.postMessage({
-              type: "describe",
-              plugs: plugs.map((plug) => ({ vnl: plug.vnl, ...plug.describe?.() })),
-            });
-          }
-          return (command & STOP) === 0;
-        },
+        onWake: () => (Atomics.exchange(commands, 0, 0) & STOP) === 0,
       });
     } catch (error) {
       end = { kind: "ended", plugIndex: -1, reason: (error as Error).message };
