@@ -60,21 +60,15 @@ export class Wakeup {
   readonly #word = new BigUint64Array(1);
   readonly #bytes = new Uint8Array(this.#word.buffer);
 
-  /** A new eventfd, or (in another thread) an existing one by number. */
-  constructor(existingFd?: number) {
+  constructor() {
     const EFD_NONBLOCK = 0o4000, EFD_CLOEXEC = 0o2000000;
-    this.fd = existingFd ?? check(libc.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd");
+    this.fd = check(libc.eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC), "eventfd");
   }
 
   /** Makes the descriptor readable. */
   wake(): void {
     this.#word[0] = 1n;
     libc.write(this.fd, Deno.UnsafePointer.of(this.#bytes), 8n);
-  }
-
-  /** Clears it again; returns whether it had been woken. */
-  clear(): boolean {
-    return Number(libc.read(this.fd, Deno.UnsafePointer.of(this.#bytes), 8n)) === 8;
   }
 
   close(): void {

@@ -1,8 +1,8 @@
 /**
  * The cable: moves frames both ways between two plugs, like `vde_plug A B`.
  *
- * One poll over every descriptor of both plugs (plus a wake-up eventfd, or
- * the control socket); each wake-up drains a batch from each ready plug into
+ * One poll over every descriptor of both plugs and those the caller watches
+ * (a control socket, a signalfd, a stop eventfd); each wake-up drains a batch from each ready plug into
  * the other. The poll blocks for as long as nothing happens, so a frame is
  * forwarded the moment it arrives. It never returns to the event loop until
  * it ends: whatever must reach it comes as a readable descriptor.
@@ -10,7 +10,7 @@
  * @module
  */
 
-import { POLLERR, POLLHUP, POLLIN, PollSet, type Wakeup } from "../ffi/poll.ts";
+import { POLLERR, POLLHUP, POLLIN, PollSet } from "../ffi/poll.ts";
 import { FrameBatch } from "./frames.ts";
 import type { PcapWriter } from "./pcap.ts";
 import type { Plug } from "./plug.ts";
@@ -22,13 +22,10 @@ export type CableEnd =
 
 /** Options of {@linkcode runCable}. */
 export interface CableOptions {
-  /** Made readable by whoever wants the cable's attention (from another thread). */
-  wakeup?: Wakeup;
-  /** Called after the wakeup fired; return false to stop the cable. */
-  onWake?: () => boolean;
   /**
-   * More descriptors to wait on (a control socket, a signalfd): `onReady`
-   * runs when one is readable; it returns false to stop the cable.
+   * More descriptors to wait on (a control socket, a signalfd, a stop
+   * eventfd): `onReady` runs when one is readable; it returns false to stop
+   * the cable.
    */
   watch?: { fds: readonly number[]; onReady: (fd: number) => boolean };
   /** Records every frame that crosses the cable, both ways. */
@@ -37,15 +34,13 @@ export interface CableOptions {
 
 const READY = POLLIN | POLLHUP | POLLERR;
 
-/** Runs the cable until `onWake` or `watch.onReady` says stop, or a plug ends. */
+/** Runs the cable until `watch.onReady` says stop or a plug ends. */
 export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
   const plugs = [a, b];
   const firstFd = [0, a.fds.length];
   const watched = options.watch?.fds ?? [];
-  const wakeupFds = options.wakeup ? [options.wakeup.fd] : [];
-  const poller = new PollSet([...a.fds, ...b.fds, ...watched, ...wakeupFds]);
+  const poller = new PollSet([...a.fds, ...b.fds, ...watched]);
   const watchIndex = a.fds.length + b.fds.length;
-  const wakeupIndex = watchIndex + watched.length;
   const batch = new FrameBatch();
   for (;;) {
     if (poller.wait(-1) > 0) {
@@ -80,10 +75,6 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
         if (poller.events(watchIndex + w) && !options.watch!.onReady(watched[w])) {
           return { kind: "stopped" };
         }
-      }
-      if (options.wakeup && poller.events(wakeupIndex)) {
-        options.wakeup.clear();
-        if (options.onWake && !options.onWake()) return { kind: "stopped" };
       }
     }
   }

@@ -8,9 +8,8 @@
  * compiled executable), which hands over to {@linkcode runDataPlaneWorker}
  * when it finds itself in a worker; this keeps vdeno a single file.
  *
- * Control goes through shared memory and an eventfd: the main thread sets a
- * bit in a shared word and wakes the worker's poll. Counters are shared
- * Float64Arrays that the main thread reads without asking.
+ * The only thing the main thread ever asks is to stop: it makes an eventfd
+ * readable, which the worker's poll watches.
  *
  * @module
  */
@@ -20,7 +19,6 @@ import { openPlug } from "../plugs/open.ts";
 import { StreamPlug } from "../plugs/stream.ts";
 import { TapPlug } from "../plugs/tap.ts";
 import { type CableEnd, runCable } from "./cable.ts";
-import { PcapWriter } from "./pcap.ts";
 import type { Plug } from "./plug.ts";
 
 /** One end of a cable: a VNL to open, a byte stream on descriptors, or an open TAP descriptor. */
@@ -29,53 +27,30 @@ export type EndSpec =
   | { stream: { name: string; readFd: number; writeFd: number; owned: boolean } }
   | { tap: { name: string; fd: number } };
 
-/** What the main thread knows of an open plug. */
-export interface PlugHandle {
-  vnl: string;
-  counters: Float64Array;
-}
-
-const STOP = 1;
-
 type ToMain =
-  | { type: "ready"; plugs: PlugHandle[] }
+  | { type: "ready" }
   | { type: "error"; message: string }
   | { type: "finished"; end: CableEnd };
 
 interface WorkerStart {
   ends: EndSpec[];
-  capture?: string;
-  wakeupFd: number;
-  commands: SharedArrayBuffer;
+  stopFd: number;
 }
 
 /** A running data plane. */
 export class DataPlane {
-  readonly plugs: PlugHandle[];
   /** Resolves once the cable ended and the worker closed both plugs (goodbye sent). */
   readonly finished: Promise<CableEnd>;
-  readonly #wakeup: Wakeup;
-  readonly #commands: Int32Array;
+  readonly #stop: Wakeup;
 
-  private constructor(
-    wakeup: Wakeup,
-    commands: Int32Array,
-    plugs: PlugHandle[],
-    finished: Promise<CableEnd>,
-  ) {
-    this.#wakeup = wakeup;
-    this.#commands = commands;
-    this.plugs = plugs;
+  private constructor(stop: Wakeup, finished: Promise<CableEnd>) {
+    this.#stop = stop;
     this.finished = finished;
   }
 
-  /**
-   * Starts the worker and opens both ends; rejects with the reason an end
-   * cannot open. With `capture`, every frame crossing is written to that pcap file.
-   */
-  static start(ends: EndSpec[], capture?: string): Promise<DataPlane> {
-    const wakeup = new Wakeup();
-    const commands = new Int32Array(new SharedArrayBuffer(8));
+  /** Starts the worker and opens both ends; rejects with the reason an end cannot open. */
+  static start(ends: EndSpec[]): Promise<DataPlane> {
+    const stop = new Wakeup();
     const worker = new Worker(Deno.mainModule, { type: "module", name: "vdeno-dataplane" });
     let resolveFinished: (end: CableEnd) => void;
     const finished = new Promise<CableEnd>((resolve) => resolveFinished = resolve);
@@ -83,14 +58,14 @@ export class DataPlane {
       worker.onmessage = (event: MessageEvent<ToMain>) => {
         const message = event.data;
         if (message.type === "ready") {
-          resolve(new DataPlane(wakeup, commands, message.plugs, finished));
+          resolve(new DataPlane(stop, finished));
         } else if (message.type === "error") {
           worker.terminate();
-          wakeup.close();
+          stop.close();
           reject(new Error(message.message));
         } else if (message.type === "finished") {
           worker.terminate();
-          wakeup.close();
+          stop.close();
           resolveFinished(message.end);
         }
       };
@@ -101,15 +76,14 @@ export class DataPlane {
         reject(new Error(reason));
         resolveFinished({ kind: "ended", plugIndex: -1, reason });
       };
-      const start: WorkerStart = { ends, capture, wakeupFd: wakeup.fd, commands: commands.buffer };
+      const start: WorkerStart = { ends, stopFd: stop.fd };
       worker.postMessage(start);
     });
   }
 
   /** Asks the worker to close both plugs and finish. */
   stop(): void {
-    Atomics.or(this.#commands, 0, STOP);
-    this.#wakeup.wake();
+    this.#stop.wake();
   }
 }
 
@@ -129,35 +103,24 @@ export function runDataPlaneWorker(): void {
   };
   scope.onmessage = (event) => {
     scope.onmessage = null;
-    const { ends, capture: capturePath, wakeupFd, commands: commandBuffer } = event.data;
-    const commands = new Int32Array(commandBuffer);
+    const { ends, stopFd } = event.data;
     const plugs: Plug[] = [];
-    let capture: PcapWriter | undefined;
     try {
       for (const end of ends) plugs.push(openEnd(end));
-      if (capturePath) capture = new PcapWriter(capturePath);
     } catch (error) {
       for (const plug of plugs) plug.close();
       scope.postMessage({ type: "error", message: (error as Error).message });
       return;
     }
-    scope.postMessage({
-      type: "ready",
-      plugs: plugs.map((plug) => ({ vnl: plug.vnl, counters: plug.counters })),
-    });
-    const wakeup = new Wakeup(wakeupFd);
+    scope.postMessage({ type: "ready" });
     let end: CableEnd;
     try {
-      end = runCable(plugs[0], plugs[1], {
-        wakeup,
-        capture,
-        onWake: () => (Atomics.exchange(commands, 0, 0) & STOP) === 0,
-      });
+      // The stop eventfd is only ever written to ask for the end.
+      end = runCable(plugs[0], plugs[1], { watch: { fds: [stopFd], onReady: () => false } });
     } catch (error) {
       end = { kind: "ended", plugIndex: -1, reason: (error as Error).message };
     }
     for (const plug of plugs) plug.close();
-    capture?.close();
     scope.postMessage({ type: "finished", end });
   };
 }
