@@ -12,7 +12,7 @@
  */
 
 import { check, cString, Errno, errno, libc, SystemError } from "./libc.ts";
-import { pointerArray } from "./spawn.ts";
+import { cStringArray, environmentLines } from "./spawn.ts";
 
 export const SIGHUP = 1;
 export const SIGINT = 2;
@@ -35,7 +35,7 @@ function signalSet(signals: readonly number[]): Uint8Array<ArrayBuffer> {
 export function blocksAll(signals: readonly number[]): boolean {
   const current = new Uint8Array(SIGSET_SIZE);
   check(libc.pthread_sigmask(SIG_BLOCK, null, current), "pthread_sigmask");
-  return signals.every((signal) => (current[(signal - 1) >> 3] & (1 << ((signal - 1) & 7))) !== 0);
+  return signalSet(signals).every((bits, i) => (current[i] & bits) === bits);
 }
 
 /**
@@ -48,16 +48,12 @@ export function restartWithSignalsBlocked(
   extraEnv: Record<string, string>,
 ): never {
   check(libc.pthread_sigmask(SIG_BLOCK, signalSet(signals), null), "pthread_sigmask");
-  const argv = Deno.readTextFileSync("/proc/self/cmdline").split("\0").slice(0, -1);
-  const env = { ...Deno.env.toObject(), ...extraEnv };
-  const argStrings = argv.map(cString);
-  const envStrings = Object.entries(env).map(([key, value]) => cString(`${key}=${value}`));
-  // The executable by its own name, so that ps and /proc/PID/comm still say deno or vdeno.
-  libc.execve(
-    cString(Deno.execPath()),
-    new Uint8Array(pointerArray(argStrings).buffer),
-    new Uint8Array(pointerArray(envStrings).buffer),
+  const args = cStringArray(
+    Deno.readTextFileSync("/proc/self/cmdline").split("\0").slice(0, -1),
   );
+  const env = cStringArray(environmentLines({ ...Deno.env.toObject(), ...extraEnv }));
+  // The executable by its own name, so that ps and /proc/PID/comm still say deno or vdeno.
+  libc.execve(cString(Deno.execPath()), args.pointers, env.pointers);
   throw new SystemError("Cannot restart vdeno with its signals blocked: execve", errno());
 }
 

@@ -20,13 +20,24 @@ export function pipe(): { read: number; write: number } {
   return { read: fds[0], write: fds[1] };
 }
 
-/** A NULL-terminated array of pointers to `strings`, for argv and envp. */
-export function pointerArray(strings: Uint8Array<ArrayBuffer>[]): BigUint64Array<ArrayBuffer> {
+/**
+ * C strings of `texts` and a NULL-terminated array of pointers to them, for
+ * argv and envp. Keep the result alive until the call that uses it returns.
+ */
+export function cStringArray(
+  texts: string[],
+): { strings: Uint8Array<ArrayBuffer>[]; pointers: Uint8Array<ArrayBuffer> } {
+  const strings = texts.map(cString);
   const pointers = new BigUint64Array(strings.length + 1);
   strings.forEach((text, i) => {
     pointers[i] = BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(text)));
   });
-  return pointers;
+  return { strings, pointers: new Uint8Array(pointers.buffer) };
+}
+
+/** `KEY=value` lines of an environment. */
+export function environmentLines(env: Record<string, string>): string[] {
+  return Object.entries(env).map(([key, value]) => `${key}=${value}`);
 }
 
 /** Options of {@linkcode spawn}. */
@@ -55,20 +66,16 @@ export function spawn(argv: string[], options: SpawnOptions = {}): number {
     libc.posix_spawnattr_setsigdefault(attributes, allSignals);
     libc.posix_spawnattr_setsigmask(attributes, noSignals);
     libc.posix_spawnattr_setflags(attributes, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-    const argStrings = argv.map(cString);
-    const envStrings = Object.entries(options.env ?? Deno.env.toObject()).map(([key, value]) =>
-      cString(`${key}=${value}`)
-    );
-    const argPointers = pointerArray(argStrings);
-    const envPointers = pointerArray(envStrings);
+    const args = cStringArray(argv);
+    const env = cStringArray(environmentLines(options.env ?? Deno.env.toObject()));
     const pid = new Int32Array(1);
     const result = libc.posix_spawnp(
       new Uint8Array(pid.buffer),
-      argStrings[0],
+      args.strings[0],
       actions,
       attributes,
-      new Uint8Array(argPointers.buffer),
-      new Uint8Array(envPointers.buffer),
+      args.pointers,
+      env.pointers,
     );
     if (result !== 0) throw new Error(`Cannot run ${argv[0]}: ${strerror(result)}`);
     return pid[0];
