@@ -317,8 +317,12 @@ export class DatagramVector {
   readonly #payloadAddress: number;
   readonly #slotSize: number;
   readonly #headersPointer: Deno.PointerValue;
-  /** Entries from here on are aimed at their own slots with #aimedLength, ready to receive. */
-  #staleBelow: number;
+  /**
+   * Entries from here on are aimed at their own slots, ready to receive up to
+   * #aimedLength bytes; a receive with another length (the first one, too)
+   * aims them all again.
+   */
+  #staleBelow = 0;
   #aimedLength = 0;
 
   constructor(
@@ -329,7 +333,6 @@ export class DatagramVector {
   ) {
     this.capacity = capacity;
     this.#slotSize = slotSize;
-    this.#staleBelow = capacity;
     this.#headers = new Uint8Array(capacity * MMSGHDR_SIZE);
     this.#headerWords = new Uint32Array(this.#headers.buffer);
     this.#iovecs = new Uint8Array(capacity * IOVEC_SIZE);
@@ -363,12 +366,12 @@ export class DatagramVector {
     // Only entries a send re-aimed, or a receive filled, need setting again: on a
     // quiet network that is one entry per wake-up instead of the whole vector.
     const words = this.#headerWords;
-    const stale = Math.min(end, this.#staleBelow);
-    for (let i = first; i < stale; i++) this.#aim(words, i, maxLength);
     if (maxLength !== this.#aimedLength) {
-      for (let i = 0; i < this.capacity; i++) this.#iovecWords[i * 4 + 2] = maxLength;
+      this.#staleBelow = this.capacity;
       this.#aimedLength = maxLength;
     }
+    const stale = Math.min(end, this.#staleBelow);
+    for (let i = first; i < stale; i++) this.#aim(words, i, maxLength);
     if (this.#staleBelow <= end) this.#staleBelow = Math.min(this.#staleBelow, first);
     const pointer = first === 0
       ? this.#headersPointer
