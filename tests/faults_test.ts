@@ -6,11 +6,24 @@
  */
 
 import assert from "node:assert/strict";
-import { addressOf, captureUdp } from "./_capture.ts";
+import { addressOf, captureUdp, type Datagram } from "./_capture.ts";
 import { type Host, Lan, prerequisites, type Process, sleep, VDENO } from "./_harness.ts";
 
 /** ICMP echo of 56 data bytes: 84 IP + 14 Ethernet + 8 vxvde. */
 const PING_DATAGRAM = 106;
+
+/** Everything `a` sees on its underlay while it pings 10.0.0.2 three times, and its echo requests. */
+async function echoRequestsFrom(a: Host): Promise<{ seen: Datagram[]; requests: Datagram[] }> {
+  const seen = await captureUdp(
+    a,
+    "eth0",
+    () => a.sh(["ping", "-c", "3", "-i", "0.2", "10.0.0.2"]),
+  );
+  const requests = seen.filter((d) =>
+    d.length === PING_DATAGRAM && addressOf(d.source) === a.address
+  );
+  return { seen, requests };
+}
 
 interface Learned {
   mac: string;
@@ -109,12 +122,7 @@ Deno.test("a peer killed without a goodbye: its MAC falls back to the group afte
   const newPort = (await vxvdeStatus(b, "victim2")).unicastPort;
   assert.notEqual(newPort, oldPort, "the replacement listens on another port");
   assert.ok(await a.pingable("10.0.0.2"), "the replacement answers");
-  const seen = await captureUdp(
-    a,
-    "eth0",
-    () => a.sh(["ping", "-c", "3", "-i", "0.2", "10.0.0.2"]),
-  );
-  const toB = seen.filter((d) => d.length === PING_DATAGRAM && addressOf(d.source) === a.address);
+  const { seen, requests: toB } = await echoRequestsFrom(a);
   assert.deepEqual(
     toB.map((d) => d.destination),
     Array(3).fill(`${b.address}.${newPort}`),
@@ -151,14 +159,7 @@ Deno.test("a MAC that moves to another host is followed from its first frame the
     `${c.address}:${portC}`,
     "a learned the new place of MAC_B",
   );
-  const seen = await captureUdp(
-    a,
-    "eth0",
-    () => a.sh(["ping", "-c", "3", "-i", "0.2", "10.0.0.2"]),
-  );
-  const requests = seen.filter((d) =>
-    d.length === PING_DATAGRAM && addressOf(d.source) === a.address
-  );
+  const { seen, requests } = await echoRequestsFrom(a);
   assert.deepEqual(
     requests.map((d) => d.destination),
     Array(3).fill(`${c.address}.${portC}`),
@@ -190,14 +191,7 @@ Deno.test("a namespace of vdeno ns that moves to another host is followed from i
     new RegExp(`^${c.address.replaceAll(".", "\\.")}:`),
     "a learned the namespace's new host",
   );
-  const seen = await captureUdp(
-    a,
-    "eth0",
-    () => a.sh(["ping", "-c", "3", "-i", "0.2", "10.0.0.2"]),
-  );
-  const requests = seen.filter((d) =>
-    d.length === PING_DATAGRAM && addressOf(d.source) === a.address
-  );
+  const { seen, requests } = await echoRequestsFrom(a);
   assert.deepEqual(
     requests.map((d) => addressOf(d.destination)),
     Array(3).fill(c.address),
