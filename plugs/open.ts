@@ -10,6 +10,7 @@ import { splitVnl, VnlError } from "../src/vnl.ts";
 import { AgnoPlug } from "./agno.ts";
 import { PcapPlug } from "./pcap.ts";
 import { QemuStreamPlug } from "./qemu.ts";
+import { StreamPlug } from "./stream.ts";
 import { TapPlug } from "./tap.ts";
 import { UdpPlug } from "./udp.ts";
 import { VxvdePlug } from "./vxvde.ts";
@@ -48,4 +49,18 @@ export function openPlug(vnl: string): Plug {
 /** Adds a scheme (used by modules that register themselves, and by tests). */
 export function registerScheme(name: string, open: SchemeOpener): void {
   schemes[name] = open;
+}
+
+/** One end of a cable: a VNL to open, a byte stream on descriptors, or an open TAP descriptor. */
+export type EndSpec =
+  | { vnl: string }
+  | { stream: { name: string; readFd: number; writeFd: number; owned: boolean } }
+  | { tap: { name: string; fd: number } };
+
+/** Opens one end of a cable. */
+export function openEnd(end: EndSpec): Plug {
+  if ("vnl" in end) return openPlug(end.vnl);
+  if ("tap" in end) return new TapPlug(`tap://${end.tap.name}`, end.tap.name, end.tap.fd);
+  const { name, readFd, writeFd, owned } = end.stream;
+  return new StreamPlug(name, readFd, writeFd, owned);
 }

@@ -15,17 +15,9 @@
  */
 
 import { Wakeup } from "../ffi/poll.ts";
-import { openPlug } from "../plugs/open.ts";
-import { StreamPlug } from "../plugs/stream.ts";
-import { TapPlug } from "../plugs/tap.ts";
+import { type EndSpec, openEnd } from "../plugs/open.ts";
 import { type CableEnd, runCable } from "./cable.ts";
 import type { Plug } from "./plug.ts";
-
-/** One end of a cable: a VNL to open, a byte stream on descriptors, or an open TAP descriptor. */
-export type EndSpec =
-  | { vnl: string }
-  | { stream: { name: string; readFd: number; writeFd: number; owned: boolean } }
-  | { tap: { name: string; fd: number } };
 
 type ToMain =
   | { type: "ready" }
@@ -85,14 +77,6 @@ export class DataPlane {
   stop(): void {
     this.#stop.wake();
   }
-}
-
-/** Opens one end of a cable. */
-export function openEnd(end: EndSpec): Plug {
-  if ("vnl" in end) return openPlug(end.vnl);
-  if ("tap" in end) return new TapPlug(`tap://${end.tap.name}`, end.tap.name, end.tap.fd);
-  const { name, readFd, writeFd, owned } = end.stream;
-  return new StreamPlug(name, readFd, writeFd, owned);
 }
 
 /** The worker's side: called by the main module when it runs as the data plane worker. */

@@ -20,7 +20,7 @@ import { pipe, reap, signalProcess, spawn } from "../../ffi/spawn.ts";
 import { ControlServer } from "../control.ts";
 import { countersObject } from "../counters.ts";
 import { type CableEnd, runCable } from "../cable.ts";
-import { type EndSpec, openEnd } from "../dataplane.ts";
+import { type EndSpec, openEnd } from "../../plugs/open.ts";
 import { PcapWriter } from "../pcap.ts";
 import type { Plug } from "../plug.ts";
 import { enableSyslog, logEvent, setLogLevel } from "../log.ts";
