@@ -13,12 +13,16 @@ const symbols = {
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
   // int bind(int fd, const struct sockaddr *addr, socklen_t len)
   bind: { parameters: ["i32", "buffer", "u32"], result: "i32" },
+  // int connect(int fd, const struct sockaddr *addr, socklen_t len)
+  connect: { parameters: ["i32", "buffer", "u32"], result: "i32" },
   // int listen(int fd, int backlog)
   listen: { parameters: ["i32", "i32"], result: "i32" },
   // int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags)
   accept4: { parameters: ["i32", "pointer", "pointer", "i32"], result: "i32" },
   // int setsockopt(int fd, int level, int name, const void *value, socklen_t len)
   setsockopt: { parameters: ["i32", "i32", "i32", "buffer", "u32"], result: "i32" },
+  // int getsockopt(int fd, int level, int name, void *value, socklen_t *len)
+  getsockopt: { parameters: ["i32", "i32", "i32", "buffer", "buffer"], result: "i32" },
   // int getsockname(int fd, struct sockaddr *addr, socklen_t *len)
   getsockname: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   // ssize_t sendto(int fd, const void *buf, size_t len, int flags, const struct sockaddr *to, socklen_t tolen)
@@ -36,6 +40,8 @@ const symbols = {
   recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   // ssize_t read(int fd, void *buf, size_t count)
   read: { parameters: ["i32", "pointer", "usize"], result: "isize" },
+  // ssize_t readv(int fd, const struct iovec *iov, int iovcnt)
+  readv: { parameters: ["i32", "pointer", "i32"], result: "isize" },
   // ssize_t write(int fd, const void *buf, size_t count)
   write: { parameters: ["i32", "pointer", "usize"], result: "isize" },
   // ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
@@ -48,6 +54,8 @@ const symbols = {
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
   // int ioctl(int fd, unsigned long request, void *arg)
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
+  // int ioctl(int fd, unsigned long request, unsigned long arg), for requests that take a value
+  ioctl_value: { name: "ioctl", parameters: ["i32", "u64", "u64"], result: "i32" },
   // int fcntl(int fd, int cmd, int arg)
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
   // int poll(struct pollfd *fds, nfds_t nfds, int timeout)

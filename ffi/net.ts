@@ -8,7 +8,16 @@
  * @module
  */
 
-import { addressOf, check, cString, Errno, errno, libc, SystemError } from "./libc.ts";
+import {
+  addressOf,
+  check,
+  closeQuietly,
+  cString,
+  Errno,
+  errno,
+  libc,
+  SystemError,
+} from "./libc.ts";
 
 export const AF_INET = 2;
 export const AF_INET6 = 10;
@@ -27,11 +36,13 @@ const IP_MULTICAST_IF = 32;
 const IP_MULTICAST_TTL = 33;
 const IP_ADD_MEMBERSHIP = 35;
 const IP_PKTINFO = 8;
+const IP_MTU = 14;
 const IPPROTO_IPV6 = 41;
 const IPV6_UNICAST_HOPS = 16;
 const IPV6_MULTICAST_IF = 17;
 const IPV6_MULTICAST_HOPS = 18;
 const IPV6_JOIN_GROUP = 20;
+const IPV6_MTU = 24;
 const IPV6_RECVPKTINFO = 49;
 export const MSG_DONTWAIT = 0x40;
 
@@ -259,6 +270,26 @@ export function setMulticastInterface(fd: number, family: number, ifindex: numbe
     setOption(fd, IPPROTO_IP, IP_MULTICAST_IF, request, "IP_MULTICAST_IF");
   } else {
     setOption(fd, IPPROTO_IPV6, IPV6_MULTICAST_IF, int32(ifindex), "IPV6_MULTICAST_IF");
+  }
+}
+
+/**
+ * The MTU of the route to `destination`, leaving by interface `ifindex` when
+ * not 0 (as a multicast socket would), or undefined when there is no route.
+ */
+export function routeMtu(destination: SocketAddress, ifindex: number): number | undefined {
+  const family = destination.family;
+  const fd = udpSocket(family);
+  try {
+    if (ifindex > 0) setMulticastInterface(fd, family, ifindex);
+    if (libc.connect(fd, destination.bytes, destination.length) < 0) return undefined;
+    const value = new Uint8Array(4);
+    const length = int32(4);
+    const [level, name] = family === AF_INET ? [IPPROTO_IP, IP_MTU] : [IPPROTO_IPV6, IPV6_MTU];
+    if (libc.getsockopt(fd, level, name, value, length) < 0) return undefined;
+    return new DataView(value.buffer).getInt32(0, true);
+  } finally {
+    closeQuietly(fd);
   }
 }
 

@@ -10,13 +10,23 @@
  */
 
 import { closeQuietly, Errno, errno, libc, strerror } from "../ffi/libc.ts";
-import { openTap } from "../ffi/tap.ts";
+import { openTap, setTapOffloads, tapHasVnetHeader } from "../ffi/tap.ts";
 import { Counter, newCounters } from "../src/counters.ts";
 import { type FrameBatch, MAX_FRAME, TAILROOM } from "../src/frames.ts";
+import {
+  completeChecksum,
+  GSO_NONE,
+  NEEDS_CSUM,
+  TcpSegmenter,
+  VNET_HEADER,
+} from "../src/offload.ts";
 import { type Plug, PlugEnded } from "../src/plug.ts";
 import { splitQuoted, VnlError } from "../src/vnl.ts";
 
 const READ_SIZE = BigInt(MAX_FRAME + TAILROOM);
+/** Room for the part of a TCP super-frame beyond a slot: 64 KB is the kernel's usual GSO limit. */
+const SUPER_FRAME_OVERFLOW = 65536 + 1024;
+const EBADFD = 77; // what a read returns once the interface is gone
 
 /** A plug on a TAP interface, or on any descriptor that carries one frame per read and write. */
 export class TapPlug implements Plug {
@@ -27,6 +37,17 @@ export class TapPlug implements Plug {
   readonly name: string;
   readonly #fd: number;
   #closed = false;
+  /** Set when frames carry a virtio-net header: the TAP offers offloads. */
+  readonly #segmenter?: TcpSegmenter;
+  /** The batch the vectors and pointers below were made for. */
+  #preparedFor?: FrameBatch;
+  #batchView?: DataView;
+  /** Per slot, a readv vector: the slot (header and frame), then the segmenter's overflow. */
+  #readVectors: Deno.PointerObject[] = [];
+  /** The memory the readv vectors point into, held so the collector keeps it. */
+  #readVectorMemory?: BigUint64Array;
+  /** Per slot, a pointer to its virtio-net header, in the headroom right before the frame. */
+  #headerPointers: Deno.PointerObject[] = [];
 
   constructor(vnl: string, rest: string, fd?: number) {
     this.vnl = vnl;
@@ -43,9 +64,26 @@ export class TapPlug implements Plug {
     }
     this.#fd = fd;
     this.fds = [fd];
+    if (tapHasVnetHeader(fd)) {
+      this.#segmenter = new TcpSegmenter(MAX_FRAME + SUPER_FRAME_OVERFLOW, MAX_FRAME);
+    }
   }
 
-  receive(batch: FrameBatch, _readyMask: number): boolean {
+  fitSegmentsTo(size: number): void {
+    this.#segmenter?.fitTo(size);
+  }
+
+  /** True while a super-frame has segments left that did not fit the last batch. */
+  get backlog(): boolean {
+    return this.#segmenter?.pending ?? false;
+  }
+
+  receive(batch: FrameBatch, readyMask: number): boolean {
+    if (this.#segmenter) return this.#receiveWithHeaders(batch, this.#segmenter);
+    return this.#receiveFrames(batch, readyMask);
+  }
+
+  #receiveFrames(batch: FrameBatch, _readyMask: number): boolean {
     const counters = this.counters;
     while (batch.count < batch.capacity) {
       const i = batch.count;
@@ -53,12 +91,7 @@ export class TapPlug implements Plug {
       if (length < 0) {
         const code = errno();
         if (code === Errno.EAGAIN || code === Errno.EINTR) return true;
-        const EBADFD = 77; // what a read returns once the interface is gone
-        throw new PlugEnded(
-          code === EBADFD
-            ? `tap://${this.name} was deleted`
-            : `tap://${this.name} failed: ${strerror(code)}`,
-        );
+        throw this.#failure(code);
       }
       if (length === 0) return false;
       if (length > MAX_FRAME) {
@@ -73,12 +106,130 @@ export class TapPlug implements Plug {
     return true;
   }
 
+  #receiveWithHeaders(batch: FrameBatch, segmenter: TcpSegmenter): boolean {
+    const counters = this.counters;
+    const view = this.#prepare(batch);
+    const bytes = batch.bytes;
+    while (batch.count < batch.capacity) {
+      const i = batch.count;
+      const frameStart = batch.offset(i);
+      if (segmenter.pending) {
+        this.#accept(batch, i, segmenter.next(view, frameStart));
+        continue;
+      }
+      const length = Number(libc.readv(this.#fd, this.#readVectors[i], 2)) - VNET_HEADER;
+      if (length < 0) {
+        if (length === -VNET_HEADER) return false;
+        const code = errno();
+        if (code === Errno.EAGAIN || code === Errno.EINTR) return true;
+        throw this.#failure(code);
+      }
+      const header = frameStart - VNET_HEADER;
+      const gsoType = bytes[header + 1];
+      const csumStart = view.getUint16(header + 6, true);
+      if (gsoType !== GSO_NONE) {
+        if (length > segmenter.bytes.length) {
+          counters[Counter.dropTooLong]++;
+          continue;
+        }
+        // The head of the super-frame is in the slot, the rest already where it belongs.
+        segmenter.bytes.set(bytes.subarray(frameStart, frameStart + Math.min(length, MAX_FRAME)));
+        if (!segmenter.load(length, gsoType, view.getUint16(header + 4, true), csumStart)) {
+          counters[Counter.dropMalformed]++;
+        } else counters[Counter.superFramesIn]++;
+        continue;
+      }
+      if (length > MAX_FRAME) {
+        counters[Counter.dropTooLong]++;
+        continue;
+      }
+      if (
+        (bytes[header] & NEEDS_CSUM) !== 0 &&
+        !completeChecksum(view, frameStart, length, csumStart, view.getUint16(header + 8, true))
+      ) {
+        counters[Counter.dropMalformed]++;
+        continue;
+      }
+      this.#accept(batch, i, length);
+    }
+    return true;
+  }
+
+  #accept(batch: FrameBatch, i: number, length: number): void {
+    batch.lengths[i] = length;
+    batch.count++;
+    this.counters[Counter.framesIn]++;
+    this.counters[Counter.bytesIn] += length;
+  }
+
+  /** Makes the readv vectors and header pointers for `batch`'s slots, once per batch. */
+  #prepare(batch: FrameBatch): DataView {
+    if (this.#preparedFor === batch) return this.#batchView!;
+    const vectors = new BigUint64Array(batch.capacity * 4);
+    const overflow = Deno.UnsafePointer.value(
+      Deno.UnsafePointer.of(this.#segmenter!.bytes.subarray(MAX_FRAME))!,
+    );
+    const base = Deno.UnsafePointer.of(batch.bytes)!;
+    const headers: Deno.PointerObject[] = [];
+    for (let i = 0; i < batch.capacity; i++) {
+      const header = Deno.UnsafePointer.offset(base, batch.offset(i) - VNET_HEADER)!;
+      headers.push(header);
+      vectors.set(
+        [
+          BigInt(Deno.UnsafePointer.value(header)),
+          BigInt(VNET_HEADER + MAX_FRAME),
+          BigInt(overflow),
+          BigInt(SUPER_FRAME_OVERFLOW),
+        ],
+        i * 4,
+      );
+    }
+    const vectorsBase = Deno.UnsafePointer.of(vectors)!;
+    this.#readVectors = headers.map((_, i) => Deno.UnsafePointer.offset(vectorsBase, i * 32)!);
+    this.#headerPointers = headers;
+    this.#preparedFor = batch;
+    this.#batchView = new DataView(batch.bytes.buffer);
+    this.#readVectorMemory = vectors;
+    return this.#batchView;
+  }
+
+  #failure(code: number): PlugEnded {
+    return new PlugEnded(
+      code === EBADFD
+        ? `tap://${this.name} was deleted`
+        : `tap://${this.name} failed: ${strerror(code)}`,
+    );
+  }
+
   send(batch: FrameBatch): void {
+    if (this.#segmenter) {
+      this.#prepare(batch);
+      this.#sendWithHeaders(batch);
+      return;
+    }
     const counters = this.counters;
     for (let i = 0; i < batch.count; i++) {
       const length = batch.lengths[i];
       if (length === 0) continue;
       const written = libc.write(this.#fd, batch.framePointers[i], BigInt(length));
+      if (written < 0) counters[Counter.dropSendError]++;
+      else {
+        counters[Counter.framesOut]++;
+        counters[Counter.bytesOut] += length;
+      }
+    }
+  }
+
+  /** Sends each frame behind an all-zero virtio-net header: a complete frame, no offload asked. */
+  #sendWithHeaders(batch: FrameBatch): void {
+    const counters = this.counters;
+    const bytes = batch.bytes;
+    for (let i = 0; i < batch.count; i++) {
+      const length = batch.lengths[i];
+      if (length === 0) continue;
+      const header = batch.offset(i) - VNET_HEADER;
+      bytes.fill(0, header, header + VNET_HEADER);
+      const written = libc.write(this.#fd, this.#headerPointers[i], BigInt(VNET_HEADER + length));
       if (written < 0) counters[Counter.dropSendError]++;
       else {
         counters[Counter.framesOut]++;
@@ -94,6 +245,7 @@ export class TapPlug implements Plug {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    if (this.#segmenter) setTapOffloads(this.#fd, false);
     closeQuietly(this.#fd);
   }
 }

@@ -28,6 +28,7 @@ import {
   localAddress,
   localAddressKeys,
   numericAddress,
+  routeMtu,
   sendTo,
   setBufferSize,
   setMulticastInterface,
@@ -179,6 +180,7 @@ export class VxvdePlug implements Plug {
   readonly counters: Float64Array = newCounters();
   readonly config: VxvdeConfig;
   readonly table: MacTable;
+  readonly largestWholeFrame?: number;
   readonly #multicastFd: number;
   readonly #unicastFd: number;
   readonly #unicastPort: number;
@@ -240,6 +242,9 @@ export class VxvdePlug implements Plug {
     this.#multicastFd = multicastFd;
     this.#unicastFd = unicastFd;
     this.#unicastPort = localAddress(unicastFd).port;
+    const mtu = routeMtu(config.group, ifindex);
+    const ipHeader = family === AF_INET ? 20 : 40, udpHeader = 8;
+    if (mtu) this.largestWholeFrame = mtu - ipHeader - udpHeader - this.#prefix;
     this.fds = [multicastFd, unicastFd];
     this.#header = this.#sealer ? sealedHeader(config.vni) : vxvdeHeader(config.vni);
     const headerView = new DataView(this.#header.buffer);

@@ -37,6 +37,8 @@ const READY = POLLIN | POLLHUP | POLLERR;
 /** Runs the cable until `watch.onReady` says stop or a plug ends. */
 export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
   const plugs = [a, b];
+  if (b.largestWholeFrame) a.fitSegmentsTo?.(b.largestWholeFrame);
+  if (a.largestWholeFrame) b.fitSegmentsTo?.(a.largestWholeFrame);
   const firstFd = [0, a.fds.length];
   const watched = options.watch?.fds ?? [];
   const poller = new PollSet([...a.fds, ...b.fds, ...watched]);

@@ -29,6 +29,7 @@ export const COUNTER_NAMES = [
   "tableExpiries",
   "goodbyesReceived",
   "dropReplay",
+  "superFramesIn",
 ] as const;
 
 export type CounterName = typeof COUNTER_NAMES[number];

@@ -25,6 +25,17 @@ export interface Plug {
   receive(batch: FrameBatch, readyMask: number): boolean;
   /** True when input was read but not yet delivered; the cable calls receive again at once. */
   readonly backlog?: boolean;
+  /**
+   * The largest frame this plug sends without its network fragmenting it, when
+   * it knows (a vxvde plug: the route's MTU less the encapsulation).
+   */
+  readonly largestWholeFrame?: number;
+  /**
+   * Asks a plug that cuts super-frames into segments (a TAP with offloads) to
+   * cut them no larger than `size` bytes, so that the other plug of the cable
+   * sends them whole.
+   */
+  fitSegmentsTo?(size: number): void;
   /** Sends the frames in slots [0, batch.count), skipping those of length 0. */
   send(batch: FrameBatch): void;
   /** Details for `vdeno status`: learned addresses, peers, anything the scheme knows. */
