@@ -30,6 +30,7 @@ export const COUNTER_NAMES = [
   "goodbyesReceived",
   "dropReplay",
   "superFramesIn",
+  "superFramesOut",
 ] as const;
 
 export type CounterName = typeof COUNTER_NAMES[number];

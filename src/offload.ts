@@ -9,6 +9,8 @@
  * @module
  */
 
+import type { FrameBatch } from "./frames.ts";
+
 /** Bytes of the virtio-net header before each frame (struct virtio_net_hdr). */
 export const VNET_HEADER = 10;
 /** Header flag: the checksum from csum_start to the end is still to be computed. */
@@ -218,4 +220,128 @@ export class TcpSegmenter {
     this.#index = index + 1;
     return headerLength + payload;
   }
+}
+
+const TCP_ACK = 0x10;
+/** The IPv4 fragment fields less DF: set on a fragment, which is never merged. */
+const IPV4_FRAGMENT_BITS = 0x3fff;
+
+/** Sum of a TCP segment and its pseudo-header; a valid one folds to 0xffff. */
+function tcpSum(view: DataView, l3: number, l4: number, end: number, ipv4: boolean): number {
+  const pseudo = ipv4 ? addWords(view, l3 + 12, l3 + 20, 0) : addWords(view, l3 + 8, l3 + 40, 0);
+  return addWords(view, l4, end, pseudo + PROTOCOL_TCP + (end - l4));
+}
+
+/** Whether bytes [a, a + length) and [b, b + length) of `view` are equal, four at a time. */
+function sameBytes(view: DataView, a: number, b: number, length: number): boolean {
+  let i = 0;
+  for (; i + 4 <= length; i += 4) if (view.getUint32(a + i) !== view.getUint32(b + i)) return false;
+  for (; i < length; i++) if (view.getUint8(a + i) !== view.getUint8(b + i)) return false;
+  return true;
+}
+
+/**
+ * Receive offload (GRO) for a TAP: finds how many frames of `batch`, from
+ * `first` on, are consecutive segments of one TCP stream that Linux's own GRO
+ * would merge: same addresses, ports, ACK, window and options, sequence
+ * numbers in order, equal-sized segments but the last, ACK or PSH only, each
+ * with a valid checksum. When more than one, it rewrites the first frame's
+ * headers to stand for all of them and writes the virtio-net header before
+ * it, so that one write hands the kernel's TCP stack one super-frame. Returns
+ * how many frames the first now stands for (1: send it as it is).
+ */
+export function coalesceTcp(batch: FrameBatch, view: DataView, first: number): number {
+  const start = batch.offset(first);
+  const length = batch.lengths[first];
+  if (length < 14 + 20 + 20) return 1;
+  const ethertype = view.getUint16(start + 12);
+  const ipv4 = ethertype === ETHERTYPE_IPV4;
+  const l3 = start + 14;
+  let l4: number;
+  if (ipv4) {
+    if (view.getUint8(l3) !== 0x45 || view.getUint8(l3 + 9) !== PROTOCOL_TCP) return 1;
+    if ((view.getUint16(l3 + 6) & IPV4_FRAGMENT_BITS) !== 0) return 1;
+    if (view.getUint16(l3 + 2) !== length - 14) return 1;
+    l4 = l3 + 20;
+  } else if (ethertype === ETHERTYPE_IPV6) {
+    if (view.getUint8(l3) >> 4 !== 6 || view.getUint8(l3 + 6) !== PROTOCOL_TCP) return 1;
+    if (view.getUint16(l3 + 4) !== length - 14 - 40) return 1;
+    l4 = l3 + 40;
+  } else return 1;
+  const headerLength = l4 - start + (view.getUint8(l4 + 12) >> 4) * 4;
+  const segment = length - headerLength;
+  if (headerLength < l4 - start + 20 || segment <= 0) return 1;
+  if (view.getUint8(l4 + 13) !== TCP_ACK) return 1; // PSH, and anything but ACK, ends a stream
+  if (finishChecksum(tcpSum(view, l3, l4, start + length, ipv4)) !== 0) return 1;
+  if (ipv4 && finishChecksum(addWords(view, l3, l4, 0)) !== 0) return 1;
+
+  const ipMax = 65535 - (headerLength - 14);
+  let payload = segment;
+  let expected = (view.getUint32(l4 + 4) + segment) % 0x100000000;
+  let identification = ipv4 ? view.getUint16(l3 + 4) : 0;
+  let push = 0;
+  let count = 1;
+  for (let j = first + 1; j < batch.count; j++) {
+    const next = batch.offset(j);
+    const nextLength = batch.lengths[j];
+    const nextSegment = nextLength - headerLength;
+    if (nextSegment <= 0 || nextSegment > segment || payload + nextSegment > ipMax) break;
+    const nl3 = next + 14, nl4 = next + (l4 - start);
+    if (!sameBytes(view, start, next, 14)) break;
+    if (ipv4) {
+      identification = (identification + 1) & 0xffff;
+      if (
+        view.getUint16(nl3) !== view.getUint16(l3) || // version, header length, TOS
+        view.getUint16(nl3 + 2) !== nextLength - 14 ||
+        view.getUint16(nl3 + 4) !== identification ||
+        view.getUint16(nl3 + 6) !== view.getUint16(l3 + 6) || // DF, no fragment
+        view.getUint16(nl3 + 8) !== view.getUint16(l3 + 8) || // TTL, protocol
+        !sameBytes(view, l3 + 12, nl3 + 12, 8) ||
+        finishChecksum(addWords(view, nl3, nl4, 0)) !== 0
+      ) break;
+    } else if (
+      view.getUint32(nl3) !== view.getUint32(l3) || // version, class, flow label
+      view.getUint16(nl3 + 4) !== nextLength - 14 - 40 ||
+      view.getUint16(nl3 + 6) !== view.getUint16(l3 + 6) || // next header, hop limit
+      !sameBytes(view, l3 + 8, nl3 + 8, 32)
+    ) break;
+    const flags = view.getUint8(nl4 + 13);
+    if (
+      view.getUint32(nl4) !== view.getUint32(l4) || // ports
+      view.getUint32(nl4 + 4) !== expected ||
+      view.getUint32(nl4 + 8) !== view.getUint32(l4 + 8) || // ACK number
+      view.getUint8(nl4 + 12) !== view.getUint8(l4 + 12) ||
+      (flags & ~TCP_PSH) !== TCP_ACK ||
+      view.getUint16(nl4 + 14) !== view.getUint16(l4 + 14) || // window
+      !sameBytes(view, l4 + 20, nl4 + 20, headerLength - (l4 - start) - 20) ||
+      finishChecksum(tcpSum(view, nl3, nl4, next + nextLength, ipv4)) !== 0
+    ) break;
+    payload += nextSegment;
+    expected = (expected + nextSegment) % 0x100000000;
+    count++;
+    if (flags & TCP_PSH || nextSegment < segment) {
+      push = flags & TCP_PSH;
+      break;
+    }
+  }
+  if (count === 1) return 1;
+
+  if (ipv4) {
+    view.setUint16(l3 + 2, headerLength - 14 + payload);
+    view.setUint16(l3 + 10, 0);
+    view.setUint16(l3 + 10, finishChecksum(addWords(view, l3, l4, 0)));
+  } else view.setUint16(l3 + 4, headerLength - 14 - 40 + payload);
+  view.setUint8(l4 + 13, TCP_ACK | push);
+  // The kernel completes a NEEDS_CSUM checksum from the pseudo-header's sum in the field.
+  const tcpLength = headerLength - (l4 - start) + payload;
+  const pseudo = ipv4 ? addWords(view, l3 + 12, l3 + 20, 0) : addWords(view, l3 + 8, l3 + 40, 0);
+  view.setUint16(l4 + 16, ~finishChecksum(pseudo + PROTOCOL_TCP + tcpLength) & 0xffff);
+  const header = start - VNET_HEADER;
+  view.setUint8(header, NEEDS_CSUM);
+  view.setUint8(header + 1, ipv4 ? GSO_TCPV4 : GSO_TCPV6);
+  view.setUint16(header + 2, headerLength, true);
+  view.setUint16(header + 4, segment, true);
+  view.setUint16(header + 6, l4 - start, true);
+  view.setUint16(header + 8, 16, true);
+  return count;
 }
