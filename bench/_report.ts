@@ -31,6 +31,8 @@ export const FIGURES: Figure[] = [
   { key: "udp1400_mbps", label: "UDP 1400 B capacity", unit: "Mbit/s", better: "higher" },
   { key: "rtt_idle_p50", label: "RTT p50, no load", unit: "ms", better: "lower" },
   { key: "rtt_idle_p99", label: "RTT p99, no load", unit: "ms", better: "lower" },
+  { key: "rtt_fresh_p50", label: "RTT p50, fresh plug", unit: "ms", better: "lower" },
+  { key: "rtt_fresh_p99", label: "RTT p99, fresh plug", unit: "ms", better: "lower" },
   { key: "rtt_load_p50", label: "RTT p50, TCP load", unit: "ms", better: "lower" },
   { key: "rtt_load_p99", label: "RTT p99, TCP load", unit: "ms", better: "lower" },
   {

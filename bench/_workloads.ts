@@ -22,6 +22,8 @@ export interface Durations {
   udpSteps: number;
   /** Pings at no load (one every 10 ms). */
   idlePings: number;
+  /** Pings right after the plugs start: how a fresh plug does while its code warms up. */
+  freshPings: number;
 }
 
 /** Result of one iperf3 TCP test. */

@@ -35,6 +35,7 @@ const FULL: Durations = {
   udpStepSeconds: 2,
   udpSteps: 5,
   idlePings: 500,
+  freshPings: 100,
 };
 
 const QUICK: Durations = {
@@ -43,6 +44,7 @@ const QUICK: Durations = {
   udpStepSeconds: 1,
   udpSteps: 2,
   idlePings: 100,
+  freshPings: 50,
 };
 
 const RESULTS_DIR = new URL("./results/", import.meta.url).pathname;
@@ -116,9 +118,9 @@ async function measure(lan: Lan, name: ContenderName, d: Durations): Promise<Rou
   const contender = await startContender(name, lan.hosts);
   try {
     const figures: RoundFigures = {};
-    const idle = await rtt(client, d.idlePings);
-    figures.rtt_idle_p50 = idle.p50;
-    figures.rtt_idle_p99 = idle.p99;
+    const fresh = await rtt(client, d.freshPings);
+    figures.rtt_fresh_p50 = fresh.p50;
+    figures.rtt_fresh_p99 = fresh.p99;
 
     const cpuBefore = contender.pids.map(cpuSeconds);
     const loaded = await rttUnderLoad(client, d);
@@ -142,6 +144,12 @@ async function measure(lan: Lan, name: ContenderName, d: Durations): Promise<Rou
       figures[`udp${payload}_fps`] = capacity.framesPerSecond;
       figures[`udp${payload}_mbps`] = capacity.mbps;
     }
+    // At no load means a plug that has been running, as a plug in service has:
+    // after the workloads, once their queues have drained.
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+    const idle = await rtt(client, d.idlePings);
+    figures.rtt_idle_p50 = idle.p50;
+    figures.rtt_idle_p99 = idle.p99;
     if (contender.pids.length > 0) {
       figures.rss_peak_mb = Math.max(...contender.pids.map(peakResidentMb));
     }
