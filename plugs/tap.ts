@@ -50,8 +50,8 @@ export class TapPlug implements Plug {
   /** The address of the batch's bytes, for the writev vectors of merged segments. */
   #batchAddress = 0;
   /** A writev vector, as 32-bit halves: the first frame whole, then each merged segment's payload. */
-  readonly #writeVector = new Uint32Array(4 * 64);
-  readonly #writeVectorPointer = Deno.UnsafePointer.of(this.#writeVector)!;
+  #writeVector = new Uint32Array(0);
+  #writeVectorPointer: Deno.PointerObject | null = null;
   /** Per slot, a pointer to its virtio-net header, in the headroom right before the frame. */
   #headerPointers: Deno.PointerObject[] = [];
 
@@ -196,6 +196,8 @@ export class TapPlug implements Plug {
     this.#preparedFor = batch;
     this.#batchView = new DataView(batch.bytes.buffer);
     this.#batchAddress = Number(Deno.UnsafePointer.value(base));
+    this.#writeVector = new Uint32Array(batch.capacity * 4);
+    this.#writeVectorPointer = Deno.UnsafePointer.of(this.#writeVector);
     this.#readVectorMemory = vectors;
     return this.#batchView;
   }
