@@ -149,9 +149,15 @@ export class TapPlug implements Plug {
         counters[Counter.dropTooLong]++;
         continue;
       }
+      const csumOffset = view.getUint16(header + 8, true);
+      if ((bytes[header] & NEEDS_CSUM) !== 0 && segmenter.tooLargeToFit(length, csumOffset)) {
+        segmenter.bytes.set(bytes.subarray(frameStart, frameStart + length));
+        if (!segmenter.loadSegment(length, csumStart)) counters[Counter.dropMalformed]++;
+        continue;
+      }
       if (
         (bytes[header] & NEEDS_CSUM) !== 0 &&
-        !completeChecksum(view, frameStart, length, csumStart, view.getUint16(header + 8, true))
+        !completeChecksum(view, frameStart, length, csumStart, csumOffset)
       ) {
         counters[Counter.dropMalformed]++;
         continue;

@@ -27,6 +27,7 @@ const ETHERTYPE_VLAN = 0x8100;
 const ETHERTYPE_QINQ = 0x88a8;
 const PROTOCOL_TCP = 6;
 const UDP_CHECKSUM_AT = 6;
+const TCP_CHECKSUM_AT = 16;
 const TCP_FIN = 0x01;
 const TCP_PSH = 0x08;
 const TCP_CWR = 0x80;
@@ -108,6 +109,24 @@ export class TcpSegmenter {
     this.#segmentLimit = size;
   }
 
+  /**
+   * Whether an ordinary frame of `length` bytes should be cut like a
+   * super-frame: a TCP segment the kernel sent whole (a connection's first
+   * flight, a retransmission) that is larger than the size segments fit.
+   */
+  tooLargeToFit(length: number, csumOffset: number): boolean {
+    return length > this.#segmentLimit && csumOffset === TCP_CHECKSUM_AT;
+  }
+
+  /** Takes a whole TCP segment in `bytes[0, length)` to be cut to fit, as {@linkcode load} does. */
+  loadSegment(length: number, csumStart: number): boolean {
+    const view = this.#view;
+    const vlan = view.getUint16(12) === ETHERTYPE_VLAN || view.getUint16(12) === ETHERTYPE_QINQ;
+    const ethertype = view.getUint16(vlan ? 16 : 12);
+    const type = ethertype === ETHERTYPE_IPV4 ? GSO_TCPV4 : GSO_TCPV6;
+    return this.load(length, type, length, csumStart);
+  }
+
   /** True while segments of the loaded super-frame are left. */
   get pending(): boolean {
     return this.#next < this.#length;
@@ -137,6 +156,8 @@ export class TcpSegmenter {
       if (view.getUint8(l3 + 9) !== PROTOCOL_TCP) return false;
     } else if (ethertype !== ETHERTYPE_IPV6 || type !== GSO_TCPV6 || csumStart < l3 + 40) {
       return false;
+    } else if (csumStart === l3 + 40 && view.getUint8(l3 + 6) !== PROTOCOL_TCP) {
+      return false; // with extension headers between, csum_start alone says where TCP is
     }
     const l4 = csumStart;
     if (l4 + 20 > length) return false;
