@@ -325,6 +325,12 @@ export function localAddressKeys(): Set<string> {
 
 const MMSGHDR_SIZE = 64; // struct mmsghdr on 64-bit Linux: msghdr (56) + msg_len, padded
 const IOVEC_SIZE = 16;
+/** One UDP_SEGMENT control message: CMSG_SPACE(2), a cmsghdr and a 16-bit segment size. */
+const SEGMENT_CONTROL_SIZE = 24;
+const SOL_UDP = 17;
+const UDP_SEGMENT = 103;
+/** The kernel's limit on the datagrams of one UDP GSO message (UDP_MAX_SEGMENTS was 64 before 5.x). */
+export const MAX_SEGMENTS = 64;
 const TWO_32 = 2 ** 32;
 
 /**
@@ -333,6 +339,11 @@ const TWO_32 = 2 ** 32;
  *
  * Slot i spans `slotSize` bytes from `i * slotSize`; each datagram starts at
  * `payloadOffset` inside its slot.
+ *
+ * Sending, one entry may carry a run of datagrams to one destination as a
+ * single UDP GSO message (UDP_SEGMENT): the kernel then takes the run through
+ * its stack as one packet and cuts it into the same datagrams only at the
+ * end (the NIC, or the receiving socket), so peers see ordinary datagrams.
  */
 export class DatagramVector {
   readonly capacity: number;
@@ -348,6 +359,14 @@ export class DatagramVector {
   readonly #payloadAddress: number;
   readonly #slotSize: number;
   readonly #headersPointer: Deno.PointerValue;
+  readonly #iovecsAddress: number;
+  /** Per entry, a UDP_SEGMENT control message, as 32-bit words. */
+  readonly #controlWords: Uint32Array;
+  readonly #controlsAddress: number;
+  /** Per prepared entry, how many datagrams it carries. */
+  readonly #datagrams: Int32Array;
+  /** Set when the kernel refused a UDP GSO message (EIO, EINVAL): send datagrams one by one. */
+  segmentationRefused = false;
   /**
    * Entries from here on are aimed at their own slots, ready to receive up to
    * #aimedLength bytes; a receive with another length (the first one, too)
@@ -373,13 +392,31 @@ export class DatagramVector {
     this.#namesAddress = Number(addressOf(this.names));
     this.#payloadAddress = Number(addressOf(slots)) + payloadOffset;
     this.#headersPointer = Deno.UnsafePointer.of(this.#headers);
-    const iovecsAddress = Number(addressOf(this.#iovecs));
+    this.#iovecsAddress = Number(addressOf(this.#iovecs));
+    const controls = new Uint8Array(capacity * SEGMENT_CONTROL_SIZE);
+    this.#controlWords = new Uint32Array(controls.buffer);
+    this.#controlsAddress = Number(addressOf(controls));
+    this.#datagrams = new Int32Array(capacity);
     for (let i = 0; i < capacity; i++) {
       this.#setAddress(this.#iovecWords, i * 4, this.#payloadAddress + i * slotSize);
-      const word = (i * MMSGHDR_SIZE) / 4;
-      this.#setAddress(this.#headerWords, word + 4, iovecsAddress + i * IOVEC_SIZE); // msg_iov
-      this.#headerWords[word + 6] = 1; // msg_iovlen
+      this.#aimIovec(this.#headerWords, i, i, 1);
+      const control = i * (SEGMENT_CONTROL_SIZE / 4);
+      this.#controlWords[control] = 16 + 2; // cmsg_len: CMSG_LEN(2)
+      this.#controlWords[control + 2] = SOL_UDP;
+      this.#controlWords[control + 3] = UDP_SEGMENT;
     }
+  }
+
+  /** Points entry i's msg_iov at `count` iovecs from `first`, with no control message. */
+  #aimIovec(words: Uint32Array, i: number, first: number, count: number): void {
+    const word = (i * MMSGHDR_SIZE) / 4;
+    this.#setAddress(words, word + 4, this.#iovecsAddress + first * IOVEC_SIZE); // msg_iov
+    words[word + 6] = count; // msg_iovlen
+    words[word + 7] = 0;
+    words[word + 8] = 0; // msg_control
+    words[word + 9] = 0;
+    words[word + 10] = 0; // msg_controllen
+    words[word + 11] = 0;
   }
 
   #setAddress(words: Uint32Array, word: number, address: number): void {
@@ -423,6 +460,7 @@ export class DatagramVector {
     this.#setAddress(words, word, this.#namesAddress + i * SOCKADDR_SIZE); // msg_name
     words[word + 2] = SOCKADDR_SIZE; // msg_namelen
     words[word + 12] = 0; // msg_flags
+    this.#aimIovec(words, i, i, 1); // a send may have made it a run
     this.#setAddress(this.#iovecWords, i * 4, this.#payloadAddress + i * this.#slotSize);
     this.#iovecWords[i * 4 + 2] = maxLength;
     this.#iovecWords[i * 4 + 3] = 0;
@@ -438,20 +476,53 @@ export class DatagramVector {
     return (this.#headerWords[(i * MMSGHDR_SIZE) / 4 + 12] & 0x20) !== 0;
   }
 
-  /** Prepares datagram i of an outgoing vector: its slot, length and destination. */
+  /** Prepares entry i of an outgoing vector as one datagram: its slot, length and destination. */
   prepare(i: number, slot: number, length: number, nameAddress: number, nameLength: number) {
-    if (i >= this.#staleBelow) this.#staleBelow = i + 1;
-    const word = (i * MMSGHDR_SIZE) / 4;
-    this.#setAddress(this.#headerWords, word, nameAddress);
-    this.#headerWords[word + 2] = nameLength;
-    this.#setAddress(this.#iovecWords, i * 4, this.#payloadAddress + slot * this.#slotSize);
-    this.#iovecWords[i * 4 + 2] = length;
-    this.#iovecWords[i * 4 + 3] = 0;
+    this.aimDatagram(i, slot, length);
+    this.prepareMessage(i, i, 1, length, nameAddress, nameLength);
+  }
+
+  /** Aims datagram j of an outgoing vector (its iovec) at `length` bytes of slot `slot`. */
+  aimDatagram(j: number, slot: number, length: number): void {
+    // The entry of the same index receives through this iovec: it must be aimed again.
+    if (j >= this.#staleBelow) this.#staleBelow = j + 1;
+    this.#setAddress(this.#iovecWords, j * 4, this.#payloadAddress + slot * this.#slotSize);
+    this.#iovecWords[j * 4 + 2] = length;
+    this.#iovecWords[j * 4 + 3] = 0;
   }
 
   /**
-   * Sends prepared datagrams [0, count), going on past any that fail (a
-   * peer's ICMP error, a full buffer): returns how many failed.
+   * Prepares entry i to send datagrams [first, first + count), aimed with
+   * {@linkcode aimDatagram}, to one destination. More than one go as a UDP GSO
+   * message: all of `segment` bytes but the last, which may be shorter, and
+   * at most {@linkcode MAX_SEGMENTS} of them.
+   */
+  prepareMessage(
+    i: number,
+    first: number,
+    count: number,
+    segment: number,
+    nameAddress: number,
+    nameLength: number,
+  ): void {
+    if (i >= this.#staleBelow) this.#staleBelow = i + 1;
+    const words = this.#headerWords;
+    const word = (i * MMSGHDR_SIZE) / 4;
+    this.#setAddress(words, word, nameAddress);
+    words[word + 2] = nameLength;
+    this.#aimIovec(words, i, first, count);
+    this.#datagrams[i] = count;
+    if (count > 1) {
+      const control = i * (SEGMENT_CONTROL_SIZE / 4);
+      this.#controlWords[control + 4] = segment;
+      this.#setAddress(words, word + 8, this.#controlsAddress + control * 4);
+      words[word + 10] = SEGMENT_CONTROL_SIZE;
+    }
+  }
+
+  /**
+   * Sends prepared entries [0, count), going on past any that fail (a peer's
+   * ICMP error, a full buffer): returns how many datagrams failed.
    */
   sendAll(fd: number, count: number): number {
     let failed = 0;
@@ -459,7 +530,11 @@ export class DatagramVector {
       const sent = this.send(fd, from, count);
       if (sent > 0) from += sent;
       else {
-        failed++;
+        const datagrams = this.#datagrams[from];
+        if (datagrams > 1 && (sent === -Errno.EIO || sent === -Errno.EINVAL)) {
+          this.segmentationRefused = true;
+        }
+        failed += datagrams;
         from++;
       }
     }

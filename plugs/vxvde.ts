@@ -27,6 +27,7 @@ import {
   joinGroup,
   localAddress,
   localAddressKeys,
+  MAX_SEGMENTS,
   numericAddress,
   routeMtu,
   sendTo,
@@ -53,6 +54,8 @@ export const HEADER_SIZE = 8;
 const HEADER_FLAGS = 0x08;
 /** Socket buffers large enough to ride out a burst while the loop is busy elsewhere. */
 const DEFAULT_SOCKET_BUFFER = 4 * 1024 * 1024;
+/** Bytes of datagrams in one UDP GSO message: a margin below the 64 KB an IP packet can hold. */
+const MAX_SEGMENTED_BYTES = 65000;
 
 const OPTION_NAMES = [
   "port",
@@ -200,6 +203,12 @@ export class VxvdePlug implements Plug {
   #vectors = new WeakMap<FrameBatch, DatagramVector>();
   #lastBatch?: FrameBatch;
   #lastVector?: DatagramVector;
+  /** The run of datagrams to one peer that `send` is gathering into one message. */
+  #runFirst = 0;
+  #runCount = 0;
+  #runSlot = 0;
+  #runSegment = 0;
+  #runBytes = 0;
   #closed = false;
 
   constructor(vnl: string, rest: string) {
@@ -373,7 +382,10 @@ export class VxvdePlug implements Plug {
     const words = batch.words;
     const prefix = this.#prefix;
     const sealer = this.#sealer;
-    let prepared = 0;
+    const nameLength = this.#nameLength;
+    // Frames up to this length may share a UDP GSO message: each datagram fits the route's MTU.
+    const segmentable = vector.segmentationRefused ? 0 : this.largestWholeFrame ?? 0;
+    let prepared = 0, datagrams = 0;
     for (let i = 0; i < batch.count; i++) {
       const length = batch.lengths[i];
       if (length === 0) continue;
@@ -390,25 +402,56 @@ export class VxvdePlug implements Plug {
         counters[Counter.dropSendError]++;
         continue;
       }
+      const datagram = length + prefix;
       if (slot < 0) {
-        vector.prepare(prepared++, i, length + prefix, this.#groupAddress, this.#nameLength);
+        prepared = this.#endRun(vector, prepared);
+        vector.aimDatagram(datagrams, i, datagram);
+        vector.prepareMessage(prepared++, datagrams++, 1, datagram, this.#groupAddress, nameLength);
         counters[Counter.sentMulticast]++;
       } else {
-        vector.prepare(
-          prepared++,
-          i,
-          length + prefix,
-          this.#tableAddress + slot * SOCKADDR_SIZE,
-          this.#nameLength,
-        );
+        // Datagrams to one peer, all as long as the first but the last, go as one message.
+        const joins = this.#runCount > 0 && slot === this.#runSlot &&
+          datagram <= this.#runSegment && this.#runCount < MAX_SEGMENTS &&
+          this.#runBytes + datagram <= MAX_SEGMENTED_BYTES && length <= segmentable;
+        if (!joins) {
+          prepared = this.#endRun(vector, prepared);
+          this.#runFirst = datagrams;
+          this.#runSlot = slot;
+          this.#runSegment = datagram;
+        }
+        vector.aimDatagram(datagrams++, i, datagram);
+        this.#runCount++;
+        this.#runBytes += datagram;
+        if (datagram < this.#runSegment || length > segmentable) {
+          prepared = this.#endRun(vector, prepared);
+        }
         counters[Counter.sentUnicast]++;
       }
       counters[Counter.framesOut]++;
       counters[Counter.bytesOut] += length;
     }
+    prepared = this.#endRun(vector, prepared);
     const failed = vector.sendAll(this.#unicastFd, prepared);
     counters[Counter.dropSendError] += failed;
     counters[Counter.framesOut] -= failed;
+  }
+
+  /** Prepares the run of datagrams to one peer, if any, as entry `prepared`; returns the next entry. */
+  #endRun(vector: DatagramVector, prepared: number): number {
+    const count = this.#runCount;
+    if (count === 0) return prepared;
+    const name = this.#tableAddress + this.#runSlot * SOCKADDR_SIZE;
+    vector.prepareMessage(
+      prepared,
+      this.#runFirst,
+      count,
+      this.#runSegment,
+      name,
+      this.#nameLength,
+    );
+    this.#runCount = 0;
+    this.#runBytes = 0;
+    return prepared + 1;
   }
 
   describe(): Record<string, unknown> {
