@@ -54,6 +54,13 @@ export const HEADER_SIZE = 8;
 const HEADER_FLAGS = 0x08;
 /** Socket buffers large enough to ride out a burst while the loop is busy elsewhere. */
 const DEFAULT_SOCKET_BUFFER = 4 * 1024 * 1024;
+/**
+ * A peer's GSO runs arrive in bursts of up to 64 datagrams per message: with
+ * 4 MB, four TCP streams overflowed the receive buffer (thousands of
+ * retransmissions a run); with 16 MB, none. The kernel charges it only while
+ * datagrams wait in it.
+ */
+const DEFAULT_RECEIVE_BUFFER = 16 * 1024 * 1024;
 /** Bytes of datagrams in one UDP GSO message: a margin below the 64 KB an IP packet can hold. */
 const MAX_SEGMENTED_BYTES = 65000;
 
@@ -222,8 +229,8 @@ export class VxvdePlug implements Plug {
     try {
       multicastFd = udpSocket(family);
       unicastFd = udpSocket(family);
-      setBufferSize(unicastFd, "receive", config.receiveBuffer ?? DEFAULT_SOCKET_BUFFER);
-      setBufferSize(multicastFd, "receive", config.receiveBuffer ?? DEFAULT_SOCKET_BUFFER);
+      setBufferSize(unicastFd, "receive", config.receiveBuffer ?? DEFAULT_RECEIVE_BUFFER);
+      setBufferSize(multicastFd, "receive", config.receiveBuffer ?? DEFAULT_RECEIVE_BUFFER);
       setBufferSize(unicastFd, "send", DEFAULT_SOCKET_BUFFER);
       setTtl(unicastFd, family, config.ttl);
       setReuseAddress(multicastFd);
