@@ -38,14 +38,16 @@ const symbols = {
   sendmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
   // ssize_t recvmsg(int fd, struct msghdr *msg, int flags)
   recvmsg: { parameters: ["i32", "buffer", "i32"], result: "isize" },
+  // The four below return ssize_t, read here as its low 32 bits: no transfer vdeno asks for
+  // comes near 2 GB, -1 stays -1, and an i32 result spares the data path a BigInt per call.
   // ssize_t read(int fd, void *buf, size_t count)
-  read: { parameters: ["i32", "pointer", "usize"], result: "isize" },
+  read: { parameters: ["i32", "pointer", "usize"], result: "i32" },
   // ssize_t readv(int fd, const struct iovec *iov, int iovcnt)
-  readv: { parameters: ["i32", "pointer", "i32"], result: "isize" },
+  readv: { parameters: ["i32", "pointer", "i32"], result: "i32" },
   // ssize_t write(int fd, const void *buf, size_t count)
-  write: { parameters: ["i32", "pointer", "usize"], result: "isize" },
+  write: { parameters: ["i32", "pointer", "usize"], result: "i32" },
   // ssize_t writev(int fd, const struct iovec *iov, int iovcnt)
-  writev: { parameters: ["i32", "pointer", "i32"], result: "isize" },
+  writev: { parameters: ["i32", "pointer", "i32"], result: "i32" },
   // int dup2(int oldfd, int newfd)
   dup2: { parameters: ["i32", "i32"], result: "i32" },
   // int close(int fd)

@@ -96,7 +96,7 @@ export class TapPlug implements Plug {
     const counters = this.counters;
     while (batch.count < batch.capacity) {
       const i = batch.count;
-      const length = Number(libc.read(this.#fd, batch.framePointers[i], READ_SIZE));
+      const length = libc.read(this.#fd, batch.framePointers[i], READ_SIZE);
       if (length < 0) {
         const code = errno();
         if (code === Errno.EAGAIN || code === Errno.EINTR) return true;
@@ -134,7 +134,7 @@ export class TapPlug implements Plug {
       }
       if (light && reads > 0) return true;
       reads++;
-      const length = Number(libc.readv(this.#fd, this.#readVectors[i], 2)) - VNET_HEADER;
+      const length = libc.readv(this.#fd, this.#readVectors[i], 2) - VNET_HEADER;
       if (length < 0) {
         if (length === -VNET_HEADER) return false;
         const code = errno();
