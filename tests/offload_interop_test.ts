@@ -117,6 +117,46 @@ function startPlug(host: Host, peer: Peer, name: string, vnl: string): Process {
     : host.spawn(["vde_plug", "tap://tap0", vnl]);
 }
 
+/**
+ * Sends STREAM_BYTES of known content from host a to an echo server in host b
+ * and back, and asserts that both ways arrive byte-exact. `around` runs right
+ * before the client starts; the function it returns, right after it ends.
+ */
+async function echoExactly(
+  a: Host,
+  b: Host,
+  addressB: string,
+  around: () => Promise<() => Promise<void>> = () => Promise.resolve(() => Promise.resolve()),
+): Promise<void> {
+  const directory = await Deno.makeTempDir({ prefix: "vdeno-offload-" });
+  try {
+    const content = streamContent(STREAM_BYTES, 0x0ff1_0ad5);
+    await Deno.writeFile(`${directory}/content`, content);
+    const server = b.spawn(denoEval(ECHO_SERVER, [addressB, PORT, `${directory}/at-host2`]));
+    await server.waitForOutput((text) => text.includes("listening"), 30_000);
+    const after = await around();
+    const client = await a.run(
+      denoEval(ECHO_CLIENT, [addressB, PORT, `${directory}/content`, `${directory}/back`]),
+      { timeoutMs: 180_000 },
+    );
+    assert.equal(client.code, 0, `the echo client failed: ${client.stderr}`);
+    assert.equal((await server.exited()).code, 0, `the echo server failed: ${server.stderr}`);
+    await after();
+    const atHost2 = await Deno.readFile(`${directory}/at-host2`);
+    assert.ok(
+      atHost2.length === content.length && atHost2.every((byte, i) => byte === content[i]),
+      `host 2 did not receive the stream exactly: ${firstDifference(content, atHost2)}`,
+    );
+    const back = await Deno.readFile(`${directory}/back`);
+    assert.ok(
+      back.length === content.length && back.every((byte, i) => byte === content[i]),
+      `host 1 did not get the echo back exactly: ${firstDifference(content, back)}`,
+    );
+  } finally {
+    await Deno.remove(directory, { recursive: true });
+  }
+}
+
 async function echoThroughTso(peer: Peer, group: string, overlay6: boolean): Promise<void> {
   await using lan = await Lan.create(2);
   const [a, b] = lan.hosts;
@@ -129,71 +169,44 @@ async function echoThroughTso(peer: Peer, group: string, overlay6: boolean): Pro
   }
   assert.ok(await a.pingable(addressB), `host 1 cannot ping ${peer} in host 2`);
 
-  const directory = await Deno.makeTempDir({ prefix: "vdeno-offload-" });
-  try {
-    const content = streamContent(STREAM_BYTES, 0x0ff1_0ad5);
-    await Deno.writeFile(`${directory}/content`, content);
-    const server = b.spawn(
-      denoEval(ECHO_SERVER, [addressB, PORT, `${directory}/at-host2`]),
-    );
-    await server.waitForOutput((text) => text.includes("listening"), 30_000);
-    const [tapBefore, snmpA, snmpB] = [
-      await tapCounters(a, "tso-sender"),
-      await snmp(a),
-      await snmp(b),
-    ];
-
-    const client = await a.run(
-      denoEval(ECHO_CLIENT, [addressB, PORT, `${directory}/content`, `${directory}/back`]),
-      { timeoutMs: 180_000 },
-    );
-    assert.equal(client.code, 0, `the echo client failed: ${client.stderr}`);
-    assert.equal((await server.exited()).code, 0, `the echo server failed: ${server.stderr}`);
-
-    const [tapAfter, snmpA2, snmpB2] = [
-      await tapCounters(a, "tso-sender"),
-      await snmp(a),
-      await snmp(b),
-    ];
-    const atHost2 = await Deno.readFile(`${directory}/at-host2`);
-    assert.ok(
-      atHost2.length === content.length && atHost2.every((byte, i) => byte === content[i]),
-      `host 2 did not receive the stream exactly: ${firstDifference(content, atHost2)}`,
-    );
-    const back = await Deno.readFile(`${directory}/back`);
-    assert.ok(
-      back.length === content.length && back.every((byte, i) => byte === content[i]),
-      `host 1 did not get the echo back exactly: ${firstDifference(content, back)}`,
-    );
-
-    const superFrames = tapAfter.superFramesIn - tapBefore.superFramesIn;
-    assert.ok(superFrames > 0, `host 1's TAP handed over no super-frame: TSO was not used`);
-    assert.equal(delta(snmpB, snmpB2, "Tcp.InCsumErrors"), 0, "bad TCP checksums in host 2");
-    assert.equal(delta(snmpA, snmpA2, "Tcp.InCsumErrors"), 0, "bad TCP checksums in host 1");
-    // vdeno cuts every TCP segment to fit one datagram, the first flight and retransmissions too.
-    const fragmentsAtB = delta(snmpB, snmpB2, "Ip.ReasmReqds");
-    assert.equal(fragmentsAtB, 0, "host 2 reassembled fragments: a segment did not fit a datagram");
-    const fragmentsAtA = delta(snmpA, snmpA2, "Ip.ReasmReqds");
-    if (peer === "vdeno") {
-      assert.equal(fragmentsAtA, 0, "host 1 reassembled fragments of host 2's vdeno");
-      const peerCounters = await tapCounters(b, "tso-peer");
-      assert.ok(peerCounters.superFramesIn > 0, "host 2's TAP handed over no super-frame");
-      assert.ok(peerCounters.superFramesOut > 0, "host 2's TAP got no merged segments (GRO)");
-    }
-    assert.ok(
-      tapAfter.superFramesOut > tapBefore.superFramesOut,
-      "host 1's TAP got no merged segments of the echo (GRO)",
-    );
-    console.log(
-      `${peer}, ${overlay6 ? "IPv6" : "IPv4"} overlay: ${STREAM_BYTES} bytes each way, ` +
-        `${superFrames} super-frames from host 1's TAP, ` +
-        `TCP retransmissions ${delta(snmpA, snmpA2, "Tcp.RetransSegs")} from host 1, ` +
-        `${delta(snmpB, snmpB2, "Tcp.RetransSegs")} from host 2, ` +
-        `fragments reassembled: host 2 ${fragmentsAtB}, host 1 ${fragmentsAtA}`,
-    );
-  } finally {
-    await Deno.remove(directory, { recursive: true });
+  type Counters = Record<string, number>;
+  let tapBefore: Counters = {}, snmpA: Counters = {}, snmpB: Counters = {};
+  let tapAfter: Counters = {}, snmpA2: Counters = {}, snmpB2: Counters = {};
+  await echoExactly(a, b, addressB, async () => {
+    [tapBefore, snmpA, snmpB] = [await tapCounters(a, "tso-sender"), await snmp(a), await snmp(b)];
+    return async () => {
+      [tapAfter, snmpA2, snmpB2] = [
+        await tapCounters(a, "tso-sender"),
+        await snmp(a),
+        await snmp(b),
+      ];
+    };
+  });
+  const superFrames = tapAfter.superFramesIn - tapBefore.superFramesIn;
+  assert.ok(superFrames > 0, `host 1's TAP handed over no super-frame: TSO was not used`);
+  assert.equal(delta(snmpB, snmpB2, "Tcp.InCsumErrors"), 0, "bad TCP checksums in host 2");
+  assert.equal(delta(snmpA, snmpA2, "Tcp.InCsumErrors"), 0, "bad TCP checksums in host 1");
+  // vdeno cuts every TCP segment to fit one datagram, the first flight and retransmissions too.
+  const fragmentsAtB = delta(snmpB, snmpB2, "Ip.ReasmReqds");
+  assert.equal(fragmentsAtB, 0, "host 2 reassembled fragments: a segment did not fit a datagram");
+  const fragmentsAtA = delta(snmpA, snmpA2, "Ip.ReasmReqds");
+  if (peer === "vdeno") {
+    assert.equal(fragmentsAtA, 0, "host 1 reassembled fragments of host 2's vdeno");
+    const peerCounters = await tapCounters(b, "tso-peer");
+    assert.ok(peerCounters.superFramesIn > 0, "host 2's TAP handed over no super-frame");
+    assert.ok(peerCounters.superFramesOut > 0, "host 2's TAP got no merged segments (GRO)");
   }
+  assert.ok(
+    tapAfter.superFramesOut > tapBefore.superFramesOut,
+    "host 1's TAP got no merged segments of the echo (GRO)",
+  );
+  console.log(
+    `${peer}, ${overlay6 ? "IPv6" : "IPv4"} overlay: ${STREAM_BYTES} bytes each way, ` +
+      `${superFrames} super-frames from host 1's TAP, ` +
+      `TCP retransmissions ${delta(snmpA, snmpA2, "Tcp.RetransSegs")} from host 1, ` +
+      `${delta(snmpB, snmpB2, "Tcp.RetransSegs")} from host 2, ` +
+      `fragments reassembled: host 2 ${fragmentsAtB}, host 1 ${fragmentsAtA}`,
+  );
 }
 
 Deno.test("a TCP stream cut by vdeno's TSO reaches another vdeno and back byte-exact, in whole datagrams", async (t) => {
@@ -209,4 +222,31 @@ Deno.test("a TCP/IPv6 stream cut by vdeno's TSO reaches another vdeno and back b
 Deno.test("a TCP stream cut by vdeno's TSO reaches vde_plug and back byte-exact, in whole datagrams", async (t) => {
   if (!(await prerequisites(t, ["vde_plug", "ping"]))) return;
   await echoThroughTso("vde_plug", "239.7.0.3", false);
+});
+
+Deno.test("a persistent TAP that vdeno used gives the next program, vde_plug, plain frames again", async (t) => {
+  if (!(await prerequisites(t, ["vde_plug", "ping"]))) return;
+  await using lan = await Lan.create(2);
+  const [a, b] = lan.hosts;
+  const vnl = "vxvde://239.7.0.4";
+  await a.sh(["ip", "tuntap", "add", "mode", "tap", "name", "tap0"]);
+  const first = a.vdeno(["plug", "--name", "tso-first", "tap://tap0", vnl]);
+  for (let tries = 0;; tries++) {
+    try {
+      await tapCounters(a, "tso-first"); // answering: the TAP is open, offloads on
+      break;
+    } catch (error) {
+      if (tries === 100) throw error;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+  }
+  await first.stop();
+  // Had vdeno left TSO on, vde_plug would read 64 KB super-frames it cannot send.
+  const plugs = [a.spawn(["vde_plug", "tap://tap0", vnl]), startPlug(b, "vdeno", "tso-peer", vnl)];
+  for (const [i, host] of [a, b].entries()) {
+    await host.waitForLink("tap0", 30_000, plugs[i]);
+    await host.configure("tap0", `10.0.0.${i + 1}/24`);
+  }
+  assert.ok(await a.pingable("10.0.0.2"), "vde_plug on the TAP cannot ping host 2");
+  await echoExactly(a, b, "10.0.0.2");
 });
