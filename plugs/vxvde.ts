@@ -42,6 +42,7 @@ import {
 import { closeQuietly } from "../ffi/libc.ts";
 import { Counter, newCounters } from "../src/counters.ts";
 import { ETH_HEADER, FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../src/frames.ts";
+import { log } from "../src/log.ts";
 import { MacTable } from "../src/mactable.ts";
 import type { Plug } from "../src/plug.ts";
 import { loadKey, SEALED_PREFIX, sealedHeader, Sealer, Verdict } from "../src/seal.ts";
@@ -438,7 +439,15 @@ export class VxvdePlug implements Plug {
       counters[Counter.bytesOut] += length;
     }
     prepared = this.#endRun(vector, prepared);
+    const refused = vector.segmentationRefused;
     const failed = vector.sendAll(this.#unicastFd, prepared);
+    if (vector.segmentationRefused && !refused) {
+      log(
+        "warn",
+        `${this.vnl}: the kernel refused a UDP GSO message (an old kernel, or no checksum ` +
+          `offload on the way out); sending one datagram per frame from now on`,
+      );
+    }
     counters[Counter.dropSendError] += failed;
     counters[Counter.framesOut] -= failed;
   }
