@@ -188,6 +188,18 @@ export function addressOf(buffer: Uint8Array<ArrayBuffer>, offset = 0): bigint {
   return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer))) + BigInt(offset);
 }
 
+/**
+ * Writes iovec `index` of a vector held as 32-bit words (struct iovec: a
+ * 64-bit base, a 64-bit length): `length` bytes from `address`.
+ */
+export function setIovec(words: Uint32Array, index: number, address: number, length: number): void {
+  const word = index * 4;
+  words[word] = address % 0x100000000;
+  words[word + 1] = Math.floor(address / 0x100000000);
+  words[word + 2] = length;
+  words[word + 3] = 0;
+}
+
 /** Errno values vdeno reacts to. */
 export const Errno = {
   EPERM: 1,

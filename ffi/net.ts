@@ -16,6 +16,7 @@ import {
   Errno,
   errno,
   libc,
+  setIovec,
   SystemError,
 } from "./libc.ts";
 
@@ -398,7 +399,7 @@ export class DatagramVector {
     this.#controlsAddress = Number(addressOf(controls));
     this.#datagrams = new Int32Array(capacity);
     for (let i = 0; i < capacity; i++) {
-      this.#setAddress(this.#iovecWords, i * 4, this.#payloadAddress + i * slotSize);
+      setIovec(this.#iovecWords, i, this.#payloadAddress + i * slotSize, 0);
       this.#aimIovec(this.#headerWords, i, i, 1);
       const control = i * (SEGMENT_CONTROL_SIZE / 4);
       this.#controlWords[control] = 16 + 2; // cmsg_len: CMSG_LEN(2)
@@ -461,9 +462,7 @@ export class DatagramVector {
     words[word + 2] = SOCKADDR_SIZE; // msg_namelen
     words[word + 12] = 0; // msg_flags
     this.#aimIovec(words, i, i, 1); // a send may have made it a run
-    this.#setAddress(this.#iovecWords, i * 4, this.#payloadAddress + i * this.#slotSize);
-    this.#iovecWords[i * 4 + 2] = maxLength;
-    this.#iovecWords[i * 4 + 3] = 0;
+    setIovec(this.#iovecWords, i, this.#payloadAddress + i * this.#slotSize, maxLength);
   }
 
   /** Length of received datagram i. */
@@ -486,9 +485,7 @@ export class DatagramVector {
   aimDatagram(j: number, slot: number, length: number): void {
     // The entry of the same index receives through this iovec: it must be aimed again.
     if (j >= this.#staleBelow) this.#staleBelow = j + 1;
-    this.#setAddress(this.#iovecWords, j * 4, this.#payloadAddress + slot * this.#slotSize);
-    this.#iovecWords[j * 4 + 2] = length;
-    this.#iovecWords[j * 4 + 3] = 0;
+    setIovec(this.#iovecWords, j, this.#payloadAddress + slot * this.#slotSize, length);
   }
 
   /**

@@ -24,7 +24,7 @@
  * @module
  */
 
-import { check, closeQuietly, Errno, errno, libc } from "../ffi/libc.ts";
+import { check, closeQuietly, Errno, errno, libc, setIovec } from "../ffi/libc.ts";
 import { AF_INET, numericAddress, setReuseAddress, SocketAddress } from "../ffi/net.ts";
 import { Wakeup } from "../ffi/poll.ts";
 import { Counter, newCounters } from "../src/counters.ts";
@@ -43,7 +43,6 @@ const SUN_PATH_MAX = 107;
 const QEMU_MAX_PACKET = 4096 + 65536;
 const LENGTH_SIZE = 4;
 const INPUT_SIZE = 1 << 18;
-const TWO_32 = 2 ** 32;
 
 /** Where a qemu:// plug listens. */
 export type QemuListenAddress =
@@ -329,11 +328,7 @@ export class QemuStreamPlug implements Plug {
       batch.bytes[start + 1] = (length >> 16) & 0xff;
       batch.bytes[start + 2] = (length >> 8) & 0xff;
       batch.bytes[start + 3] = length & 0xff;
-      const address = base + start;
-      words[count * 4] = address % TWO_32;
-      words[count * 4 + 1] = Math.floor(address / TWO_32);
-      words[count * 4 + 2] = length + LENGTH_SIZE;
-      words[count * 4 + 3] = 0;
+      setIovec(words, count, base + start, length + LENGTH_SIZE);
       slots[count++] = i;
     }
     let written: number;

@@ -9,7 +9,7 @@
  * @module
  */
 
-import { closeQuietly, Errno, errno, libc, strerror } from "../ffi/libc.ts";
+import { closeQuietly, Errno, errno, libc, setIovec, strerror } from "../ffi/libc.ts";
 import { numericAddress } from "../ffi/net.ts";
 import { Counter, newCounters } from "../src/counters.ts";
 import { type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../src/frames.ts";
@@ -179,12 +179,7 @@ export class StreamPlug implements Plug {
       const start = i * SLOT_SIZE + HEADROOM - 2;
       batch.bytes[start] = length >> 8;
       batch.bytes[start + 1] = length & 0xff;
-      const address = base + start;
-      words[count * 4] = address % TWO_32;
-      words[count * 4 + 1] = Math.floor(address / TWO_32);
-      words[count * 4 + 2] = length + 2;
-      words[count * 4 + 3] = 0;
-      count++;
+      setIovec(words, count++, base + start, length + 2);
       this.counters[Counter.framesOut]++;
       this.counters[Counter.bytesOut] += length;
     }
@@ -203,9 +198,7 @@ export class StreamPlug implements Plug {
       }
       if (remaining > 0) {
         const address = words[first * 4] + words[first * 4 + 1] * TWO_32 + remaining;
-        words[first * 4] = address % TWO_32;
-        words[first * 4 + 1] = Math.floor(address / TWO_32);
-        words[first * 4 + 2] -= remaining;
+        setIovec(words, first, address, words[first * 4 + 2] - remaining);
       }
     }
   }

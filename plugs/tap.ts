@@ -9,8 +9,9 @@
  * @module
  */
 
-import { closeQuietly, Errno, errno, libc, strerror } from "../ffi/libc.ts";
+import { closeQuietly, Errno, errno, libc, setIovec, strerror } from "../ffi/libc.ts";
 import { openTap, setTapOffloads, tapHasVnetHeader } from "../ffi/tap.ts";
+import { numericAddress } from "../ffi/net.ts";
 import { Counter, newCounters } from "../src/counters.ts";
 import { type FrameBatch, MAX_FRAME, TAILROOM } from "../src/frames.ts";
 import {
@@ -52,7 +53,7 @@ export class TapPlug implements Plug {
   /** Per slot, a readv vector: the slot (header and frame), then the segmenter's overflow. */
   #readVectors: Deno.PointerObject[] = [];
   /** The memory the readv vectors point into, held so the collector keeps it. */
-  #readVectorMemory?: BigUint64Array;
+  #readVectorMemory?: Uint32Array;
   /** The address of the batch's bytes, for the writev vectors of merged segments. */
   #batchAddress = 0;
   /**
@@ -111,10 +112,7 @@ export class TapPlug implements Plug {
         counters[Counter.dropTooLong]++;
         continue;
       }
-      batch.lengths[i] = length;
-      batch.count++;
-      counters[Counter.framesIn]++;
-      counters[Counter.bytesIn] += length;
+      this.#accept(batch, i, length);
     }
     return true;
   }
@@ -164,18 +162,17 @@ export class TapPlug implements Plug {
         counters[Counter.dropTooLong]++;
         continue;
       }
-      const csumOffset = view.getUint16(header + 8, true);
-      if ((bytes[header] & NEEDS_CSUM) !== 0 && segmenter.tooLargeToFit(length, csumOffset)) {
-        segmenter.bytes.set(bytes.subarray(frameStart, frameStart + length));
-        if (!segmenter.loadSegment(length, csumStart)) counters[Counter.dropMalformed]++;
-        continue;
-      }
-      if (
-        (bytes[header] & NEEDS_CSUM) !== 0 &&
-        !completeChecksum(view, frameStart, length, csumStart, csumOffset)
-      ) {
-        counters[Counter.dropMalformed]++;
-        continue;
+      if ((bytes[header] & NEEDS_CSUM) !== 0) {
+        const csumOffset = view.getUint16(header + 8, true);
+        if (segmenter.tooLargeToFit(length, csumOffset)) {
+          segmenter.bytes.set(bytes.subarray(frameStart, frameStart + length));
+          if (!segmenter.loadSegment(length, csumStart)) counters[Counter.dropMalformed]++;
+          continue;
+        }
+        if (!completeChecksum(view, frameStart, length, csumStart, csumOffset)) {
+          counters[Counter.dropMalformed]++;
+          continue;
+        }
       }
       this.#accept(batch, i, length);
     }
@@ -192,29 +189,19 @@ export class TapPlug implements Plug {
   /** Makes the readv and writev vectors for `batch`'s slots, once per batch. */
   #prepare(batch: FrameBatch): DataView {
     if (this.#preparedFor === batch) return this.#batchView!;
-    const vectors = new BigUint64Array(batch.capacity * 4);
-    const overflow = Deno.UnsafePointer.value(
-      Deno.UnsafePointer.of(this.#segmenter!.bytes.subarray(MAX_FRAME))!,
-    );
-    const base = Deno.UnsafePointer.of(batch.bytes)!;
+    const vectors = new Uint32Array(batch.capacity * 8); // two iovecs per slot
+    const overflow = numericAddress(this.#segmenter!.bytes) + MAX_FRAME;
+    const base = numericAddress(batch.bytes);
     const vectorsBase = Deno.UnsafePointer.of(vectors)!;
     this.#readVectors = [];
     for (let i = 0; i < batch.capacity; i++) {
-      const header = Deno.UnsafePointer.offset(base, batch.offset(i) - VNET_HEADER)!;
-      vectors.set(
-        [
-          BigInt(Deno.UnsafePointer.value(header)),
-          BigInt(VNET_HEADER + MAX_FRAME),
-          BigInt(overflow),
-          BigInt(SUPER_FRAME_OVERFLOW),
-        ],
-        i * 4,
-      );
+      setIovec(vectors, i * 2, base + batch.offset(i) - VNET_HEADER, VNET_HEADER + MAX_FRAME);
+      setIovec(vectors, i * 2 + 1, overflow, SUPER_FRAME_OVERFLOW);
       this.#readVectors.push(Deno.UnsafePointer.offset(vectorsBase, i * 32)!);
     }
     this.#preparedFor = batch;
     this.#batchView = new DataView(batch.bytes.buffer);
-    this.#batchAddress = Number(Deno.UnsafePointer.value(base));
+    this.#batchAddress = base;
     this.#writeVector = new Uint32Array(batch.capacity * 4);
     this.#writeVectorPointer = Deno.UnsafePointer.of(this.#writeVector);
     this.#readVectorMemory = vectors;
@@ -234,16 +221,11 @@ export class TapPlug implements Plug {
       this.#sendWithHeaders(batch, this.#prepare(batch));
       return;
     }
-    const counters = this.counters;
     for (let i = 0; i < batch.count; i++) {
       const length = batch.lengths[i];
       if (length === 0) continue;
       const written = libc.write(this.#fd, batch.framePointers[i], BigInt(length));
-      if (written < 0) counters[Counter.dropSendError]++;
-      else {
-        counters[Counter.framesOut]++;
-        counters[Counter.bytesOut] += length;
-      }
+      this.#count(written < 0, 1, length);
     }
   }
 
@@ -253,48 +235,33 @@ export class TapPlug implements Plug {
    * `coalesceTcp`), the first frame and the others' payloads in one writev.
    */
   #sendWithHeaders(batch: FrameBatch, view: DataView): void {
-    const counters = this.counters;
+    const vector = this.#writeVector;
     for (let i = 0; i < batch.count;) {
       const length = batch.lengths[i];
       if (length === 0) {
         i++;
         continue;
       }
+      const header = batch.offset(i) - VNET_HEADER;
       const merged = coalesceTcp(batch, view, i);
       if (merged === 1) {
-        const header = batch.offset(i) - VNET_HEADER;
         view.setUint32(header, 0);
         view.setUint32(header + 4, 0);
         view.setUint16(header + 8, 0);
-        this.#aim(0, header, VNET_HEADER + length);
-        const written = libc.writev(this.#fd, this.#writeVectorPointer, 1);
-        this.#count(written < 0, 1, length);
-        i++;
-        continue;
       }
-      const headerLength = view.getUint16(batch.offset(i) - VNET_HEADER + 2, true);
-      this.#aim(0, batch.offset(i) - VNET_HEADER, VNET_HEADER + length);
+      setIovec(vector, 0, this.#batchAddress + header, VNET_HEADER + length);
+      const headerLength = view.getUint16(header + 2, true);
       let total = length;
       for (let k = 1; k < merged; k++) {
-        const segment = batch.lengths[i + k] - headerLength;
-        this.#aim(k, batch.offset(i + k) + headerLength, segment);
+        const start = this.#batchAddress + batch.offset(i + k) + headerLength;
+        setIovec(vector, k, start, batch.lengths[i + k] - headerLength);
         total += batch.lengths[i + k];
       }
       const written = libc.writev(this.#fd, this.#writeVectorPointer, merged);
-      if (written >= 0) counters[Counter.superFramesOut]++;
+      if (written >= 0 && merged > 1) this.counters[Counter.superFramesOut]++;
       this.#count(written < 0, merged, total);
       i += merged;
     }
-  }
-
-  /** Points entry k of the write vector at `length` bytes from `offset` of the batch. */
-  #aim(k: number, offset: number, length: number): void {
-    const address = this.#batchAddress + offset;
-    const vector = this.#writeVector;
-    vector[k * 4] = address % 0x100000000;
-    vector[k * 4 + 1] = Math.floor(address / 0x100000000);
-    vector[k * 4 + 2] = length;
-    vector[k * 4 + 3] = 0;
   }
 
   #count(failed: boolean, frames: number, bytes: number): void {
