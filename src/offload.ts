@@ -45,6 +45,17 @@ export function addWords(view: DataView, start: number, end: number, sum: number
   return sum;
 }
 
+/** The addresses of the IP header at `l3`: the part of a TCP or UDP pseudo-header that they are. */
+function addressSum(view: DataView, l3: number, ipv4: boolean): number {
+  return ipv4 ? addWords(view, l3 + 12, l3 + 20, 0) : addWords(view, l3 + 8, l3 + 40, 0);
+}
+
+/** Where the IP header of the frame at `start` begins: after the Ethernet header and any VLAN tag. */
+function networkOffset(view: DataView, start: number): number {
+  const ethertype = view.getUint16(start + 12);
+  return ethertype === ETHERTYPE_VLAN || ethertype === ETHERTYPE_QINQ ? 18 : 14;
+}
+
 /** Folds an unfolded sum to 16 bits and complements it: the value of a checksum field. */
 export function finishChecksum(sum: number): number {
   while (sum > 0xffff) sum = (sum % 0x10000) + Math.floor(sum / 0x10000);
@@ -120,9 +131,7 @@ export class TcpSegmenter {
 
   /** Takes a whole TCP segment in `bytes[0, length)` to be cut to fit, as {@linkcode load} does. */
   loadSegment(length: number, csumStart: number): boolean {
-    const view = this.#view;
-    const vlan = view.getUint16(12) === ETHERTYPE_VLAN || view.getUint16(12) === ETHERTYPE_QINQ;
-    const ethertype = view.getUint16(vlan ? 16 : 12);
+    const ethertype = this.#view.getUint16(networkOffset(this.#view, 0) - 2);
     const type = ethertype === ETHERTYPE_IPV4 ? GSO_TCPV4 : GSO_TCPV6;
     return this.load(length, type, length, csumStart);
   }
@@ -142,12 +151,8 @@ export class TcpSegmenter {
     const view = this.#view;
     const type = gsoType & ~GSO_ECN;
     if (length > this.bytes.length || length < 14 + 40) return false;
-    let l3 = 14;
-    let ethertype = view.getUint16(12);
-    if (ethertype === ETHERTYPE_VLAN || ethertype === ETHERTYPE_QINQ) {
-      l3 = 18;
-      ethertype = view.getUint16(16);
-    }
+    const l3 = networkOffset(view, 0);
+    const ethertype = view.getUint16(l3 - 2);
     const ipv4 = ethertype === ETHERTYPE_IPV4 && type === GSO_TCPV4;
     if (ipv4) {
       const version = view.getUint8(l3) >> 4;
@@ -195,17 +200,15 @@ export class TcpSegmenter {
     for (; i + 4 <= headerLength; i += 4) out.setUint32(offset + i, source.getUint32(i));
     for (; i < headerLength; i++) out.setUint8(offset + i, source.getUint8(i));
 
-    let pseudo: number;
     if (this.#ipv4) {
       out.setUint16(l3 + 2, headerLength - this.#l3 + payload);
       out.setUint16(l3 + 4, (this.#identification + index) & 0xffff);
       out.setUint16(l3 + 10, 0);
       out.setUint16(l3 + 10, finishChecksum(addWords(out, l3, l4, 0)));
-      pseudo = addWords(out, l3 + 12, l3 + 20, 0);
     } else {
       out.setUint16(l3 + 4, headerLength - this.#l3 - 40 + payload);
-      pseudo = addWords(out, l3 + 8, l3 + 40, 0);
     }
+    const pseudo = addressSum(out, l3, this.#ipv4);
     out.setUint32(l4 + 4, (this.#sequence + index * this.#mss) % 0x100000000);
     let flags = source.getUint8(this.#l4 + 13);
     if (end < this.#length) flags &= ~(TCP_FIN | TCP_PSH);
@@ -286,8 +289,7 @@ export function addBytes(
 
 /** Sum of a TCP segment in a batch and its pseudo-header; a valid one folds to 0xffff. */
 function tcpSum(batch: FrameBatch, view: DataView, l3: number, l4: number, end: number): number {
-  const ipv4 = view.getUint8(l3) >> 4 === 4;
-  const pseudo = ipv4 ? addWords(view, l3 + 12, l3 + 20, 0) : addWords(view, l3 + 8, l3 + 40, 0);
+  const pseudo = addressSum(view, l3, view.getUint8(l3) >> 4 === 4);
   return pseudo + PROTOCOL_TCP + (end - l4) + addBytes(batch.bytes, batch.words, l4, end);
 }
 
@@ -393,7 +395,7 @@ export function coalesceTcp(batch: FrameBatch, view: DataView, first: number): n
   view.setUint8(l4 + 13, TCP_ACK | push);
   // The kernel completes a NEEDS_CSUM checksum from the pseudo-header's sum in the field.
   const tcpLength = headerLength - (l4 - start) + payload;
-  const pseudo = ipv4 ? addWords(view, l3 + 12, l3 + 20, 0) : addWords(view, l3 + 8, l3 + 40, 0);
+  const pseudo = addressSum(view, l3, ipv4);
   view.setUint16(l4 + 16, ~finishChecksum(pseudo + PROTOCOL_TCP + tcpLength) & 0xffff);
   const header = start - VNET_HEADER;
   view.setUint8(header, NEEDS_CSUM);
