@@ -66,6 +66,7 @@ export class VdeConnection implements AsyncIterable<Uint8Array>, Disposable {
       );
     }
     this.#outgoing.count = 0;
+    this.#outgoing.timeMs = Date.now();
     this.#outgoing.push(frame);
     this.#plug.send(this.#outgoing);
   }
@@ -91,6 +92,7 @@ export class VdeConnection implements AsyncIterable<Uint8Array>, Disposable {
         for (let i = 0; i < this.#plug.fds.length; i++) if (this.#poller.events(i)) mask |= 1 << i;
         if (mask === 0) continue;
       }
+      batch.timeMs = Date.now();
       if (!this.#plug.receive(batch, mask) && batch.count === 0) return null;
     }
   }

@@ -71,6 +71,10 @@ const symbols = {
   },
   // int pipe2(int fds[2], int flags)
   pipe2: { parameters: ["buffer", "i32"], result: "i32" },
+  // int timerfd_create(int clockid, int flags)
+  timerfd_create: { parameters: ["i32", "i32"], result: "i32" },
+  // int timerfd_settime(int fd, int flags, const struct itimerspec *new, struct itimerspec *old)
+  timerfd_settime: { parameters: ["i32", "i32", "buffer", "buffer"], result: "i32" },
   // int eventfd(unsigned int initval, int flags)
   eventfd: { parameters: ["u32", "i32"], result: "i32" },
   // int socketpair(int domain, int type, int protocol, int sv[2])

@@ -54,6 +54,35 @@ export class PollSet {
   }
 }
 
+/** A timerfd that becomes readable every `periodMs` milliseconds, until closed. */
+export class Ticker {
+  readonly fd: number;
+  readonly #expirations = new Uint8Array(8);
+
+  constructor(periodMs: number) {
+    const CLOCK_MONOTONIC = 1, TFD_NONBLOCK = 0o4000, TFD_CLOEXEC = 0o2000000;
+    this.fd = check(libc.timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC), "timerfd");
+    // struct itimerspec: the interval, then the first expiration, each as seconds and nanoseconds.
+    const period = [BigInt(Math.floor(periodMs / 1000)), BigInt((periodMs % 1000) * 1e6)];
+    const spec = new BigInt64Array([...period, ...period]);
+    const set = libc.timerfd_settime(this.fd, 0, new Uint8Array(spec.buffer), null);
+    if (set < 0) {
+      const code = errno();
+      libc.close(this.fd);
+      throw new SystemError("timerfd_settime", code);
+    }
+  }
+
+  /** Consumes the expirations, so that the descriptor is no longer readable. */
+  acknowledge(): void {
+    libc.read(this.fd, Deno.UnsafePointer.of(this.#expirations), 8n);
+  }
+
+  close(): void {
+    libc.close(this.fd);
+  }
+}
+
 /** An eventfd: a counter another part of the program writes to wake a poll. */
 export class Wakeup {
   readonly fd: number;

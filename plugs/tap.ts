@@ -29,11 +29,8 @@ const READ_SIZE = BigInt(MAX_FRAME + TAILROOM);
 /** Room for the part of a TCP super-frame beyond a slot: 64 KB is the kernel's usual GSO limit. */
 const SUPER_FRAME_OVERFLOW = 65536 + 1024;
 const EBADFD = 77; // what a read returns once the interface is gone
-/**
- * Wake-ups further apart than this are light traffic: one read each. Date.now(), whole
- * milliseconds, because a V8 builtin is cheaper after a sleep than performance.now(), a Deno op.
- */
-const LIGHT_TRAFFIC_GAP_MS = 1;
+/** Frames per second below which traffic is light: one read per wake-up. */
+const LIGHT_TRAFFIC_RATE = 1000;
 
 /** A plug on a TAP interface, or on any descriptor that carries one frame per read and write. */
 export class TapPlug implements Plug {
@@ -44,7 +41,10 @@ export class TapPlug implements Plug {
   readonly name: string;
   readonly #fd: number;
   #closed = false;
-  #lastReceiveAt = 0;
+  /** Whether traffic was light over the last tick of the batch's clock, and what it was judged on. */
+  #light = true;
+  #judgedAt = 0;
+  #framesWhenJudged = 0;
   /** Set when frames carry a virtio-net header: the TAP offers offloads. */
   readonly #segmenter?: TcpSegmenter;
   /** The batch the vectors and pointers below were made for. */
@@ -123,9 +123,8 @@ export class TapPlug implements Plug {
     const bytes = batch.bytes;
     // Traffic this light has one frame per wake-up: reading on only to hear EAGAIN would cost a
     // system call per frame, and the poll says soon enough if there is more.
-    const now = Date.now();
-    const light = now - this.#lastReceiveAt > LIGHT_TRAFFIC_GAP_MS;
-    this.#lastReceiveAt = now;
+    if (batch.timeMs !== this.#judgedAt) this.#judgeTraffic(batch.timeMs);
+    const light = this.#light;
     let reads = 0;
     while (batch.count < batch.capacity) {
       const i = batch.count;
@@ -177,6 +176,14 @@ export class TapPlug implements Plug {
       this.#accept(batch, i, length);
     }
     return true;
+  }
+
+  #judgeTraffic(timeMs: number): void {
+    const frames = this.counters[Counter.framesIn];
+    const elapsedMs = timeMs - this.#judgedAt;
+    this.#light = frames - this.#framesWhenJudged < (LIGHT_TRAFFIC_RATE * elapsedMs) / 1000;
+    this.#judgedAt = timeMs;
+    this.#framesWhenJudged = frames;
   }
 
   #accept(batch: FrameBatch, i: number, length: number): void {

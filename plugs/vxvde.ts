@@ -41,7 +41,14 @@ import {
 } from "../ffi/net.ts";
 import { closeQuietly } from "../ffi/libc.ts";
 import { Counter, newCounters } from "../src/counters.ts";
-import { ETH_HEADER, FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../src/frames.ts";
+import {
+  CLOCK_LAG_MS,
+  ETH_HEADER,
+  FrameBatch,
+  HEADROOM,
+  MAX_FRAME,
+  SLOT_SIZE,
+} from "../src/frames.ts";
 import { log } from "../src/log.ts";
 import { MacTable } from "../src/mactable.ts";
 import type { Plug } from "../src/plug.ts";
@@ -292,6 +299,17 @@ export class VxvdePlug implements Plug {
     return vector;
   }
 
+  /**
+   * The time in seconds for `batch`'s frames: the batch's clock, which lags by up to
+   * {@linkcode CLOCK_LAG_MS}; `latest` allows for that lag, so that no address is used past its
+   * expiry. A keyed network reads the clock afresh: its seals carry the time, and peers refuse
+   * seals two minutes off.
+   */
+  #seconds(batch: FrameBatch, latest: boolean): number {
+    if (this.#sealer) return Date.now() / 1000;
+    return (latest ? batch.timeMs + CLOCK_LAG_MS : batch.timeMs) / 1000;
+  }
+
   receive(batch: FrameBatch, readyMask: number): boolean {
     if (readyMask & 1) this.#receiveFrom(batch, this.#multicastFd, true);
     if (readyMask & 2) this.#receiveFrom(batch, this.#unicastFd, false);
@@ -317,9 +335,9 @@ export class VxvdePlug implements Plug {
     const nameWords = vector.nameWords;
     const names = vector.names;
     const counters = this.counters;
-    const now = Date.now() / 1000;
     const prefix = this.#prefix;
     const sealer = this.#sealer;
+    const now = this.#seconds(batch, false);
     for (let i = first; i < first + received; i++) {
       const datagramLength = vector.length(i);
       const headerWord = (i * SLOT_SIZE + HEADROOM - prefix) >>> 2;
@@ -386,7 +404,7 @@ export class VxvdePlug implements Plug {
     const vector = this.#vectorFor(batch);
     const bytes = batch.bytes;
     const counters = this.counters;
-    const now = Date.now() / 1000;
+    const now = this.#seconds(batch, true);
     const words = batch.words;
     const prefix = this.#prefix;
     const sealer = this.#sealer;

@@ -1,17 +1,18 @@
 /**
  * The cable: moves frames both ways between two plugs, like `vde_plug A B`.
  *
- * One poll over every descriptor of both plugs and those the caller watches
- * (a control socket, a signalfd, a stop eventfd); each wake-up drains a batch from each ready plug into
- * the other. The poll blocks for as long as nothing happens, so a frame is
+ * One poll over every descriptor of both plugs, those the caller watches (a
+ * control socket, a signalfd, a stop eventfd) and a once-a-second timer for
+ * the batch's clock; each wake-up drains a batch from each ready plug into the
+ * other. The poll blocks for as long as nothing happens, so a frame is
  * forwarded the moment it arrives. It never returns to the event loop until
  * it ends: whatever must reach it comes as a readable descriptor.
  *
  * @module
  */
 
-import { POLLERR, POLLHUP, POLLIN, PollSet } from "../ffi/poll.ts";
-import { FrameBatch } from "./frames.ts";
+import { POLLERR, POLLHUP, POLLIN, PollSet, Ticker } from "../ffi/poll.ts";
+import { CLOCK_LAG_MS, FrameBatch } from "./frames.ts";
 import type { PcapWriter } from "./pcap.ts";
 import type { Plug } from "./plug.ts";
 
@@ -41,43 +42,55 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
   if (a.largestWholeFrame) b.fitSegmentsTo?.(a.largestWholeFrame);
   const firstFd = [0, a.fds.length];
   const watched = options.watch?.fds ?? [];
-  const poller = new PollSet([...a.fds, ...b.fds, ...watched]);
+  // The clock is read on a tick of its own, never on a wake-up that carries frames: right after a
+  // sleep a read costs microseconds, which the frame would wait for (bench/README.md).
+  const ticker = new Ticker(CLOCK_LAG_MS);
+  const poller = new PollSet([...a.fds, ...b.fds, ...watched, ticker.fd]);
   const watchIndex = a.fds.length + b.fds.length;
+  const tickerIndex = watchIndex + watched.length;
   const batch = new FrameBatch();
-  for (;;) {
-    if (poller.wait(-1) > 0) {
-      for (let p = 0; p < 2; p++) {
-        const plug = plugs[p];
-        let mask = 0;
-        for (let f = 0; f < plug.fds.length; f++) {
-          if (poller.events(firstFd[p] + f) & READY) mask |= 1 << f;
-        }
-        if (mask === 0) continue;
-        const other = plugs[1 - p];
-        do {
-          batch.count = 0;
-          let open: boolean;
-          try {
-            open = plug.receive(batch, mask);
-          } catch (error) {
-            return { kind: "ended", plugIndex: p, reason: (error as Error).message };
+  try {
+    for (;;) {
+      if (poller.wait(-1) > 0) {
+        for (let p = 0; p < 2; p++) {
+          const plug = plugs[p];
+          let mask = 0;
+          for (let f = 0; f < plug.fds.length; f++) {
+            if (poller.events(firstFd[p] + f) & READY) mask |= 1 << f;
           }
-          if (batch.count > 0) {
-            options.capture?.writeBatch(batch);
+          if (mask === 0) continue;
+          const other = plugs[1 - p];
+          do {
+            batch.count = 0;
+            let open: boolean;
             try {
-              other.send(batch);
+              open = plug.receive(batch, mask);
             } catch (error) {
-              return { kind: "ended", plugIndex: 1 - p, reason: (error as Error).message };
+              return { kind: "ended", plugIndex: p, reason: (error as Error).message };
             }
+            if (batch.count > 0) {
+              options.capture?.writeBatch(batch);
+              try {
+                other.send(batch);
+              } catch (error) {
+                return { kind: "ended", plugIndex: 1 - p, reason: (error as Error).message };
+              }
+            }
+            if (!open) return { kind: "ended", plugIndex: p, reason: "end of input" };
+          } while (plug.backlog);
+        }
+        for (let w = 0; w < watched.length; w++) {
+          if (poller.events(watchIndex + w) && !options.watch!.onReady(watched[w])) {
+            return { kind: "stopped" };
           }
-          if (!open) return { kind: "ended", plugIndex: p, reason: "end of input" };
-        } while (plug.backlog);
-      }
-      for (let w = 0; w < watched.length; w++) {
-        if (poller.events(watchIndex + w) && !options.watch!.onReady(watched[w])) {
-          return { kind: "stopped" };
+        }
+        if (poller.events(tickerIndex)) {
+          ticker.acknowledge();
+          batch.timeMs = Date.now();
         }
       }
     }
+  } finally {
+    ticker.close();
   }
 }

@@ -22,6 +22,9 @@ export const SLOT_SIZE = Math.ceil((HEADROOM + MAX_FRAME + TAILROOM) / 64) * 64;
 /** Frames moved per batch by default. */
 export const DEFAULT_BATCH = 64;
 
+/** How far behind real time a cable lets {@linkcode FrameBatch.timeMs} fall: it reads the clock this often. */
+export const CLOCK_LAG_MS = 1000;
+
 /** A batch of frame slots; frame i lives at `offset(i)` with `lengths[i]` bytes. */
 export class FrameBatch {
   readonly capacity: number;
@@ -35,6 +38,13 @@ export class FrameBatch {
   readonly framePointers: Deno.PointerObject[];
   /** How many slots hold frames. */
   count = 0;
+  /**
+   * The time to stamp this batch's frames with, in milliseconds since the epoch (MAC ageing, the
+   * TAP's traffic rate). Whoever moves the frames keeps it current: the cable within
+   * {@linkcode CLOCK_LAG_MS}, on a timer of its own, so that no wake-up that carries a frame reads
+   * the clock.
+   */
+  timeMs: number = Date.now();
 
   constructor(capacity = DEFAULT_BATCH) {
     this.capacity = capacity;
