@@ -119,7 +119,7 @@ export class TapPlug implements Plug {
 
   #receiveWithHeaders(batch: FrameBatch, segmenter: TcpSegmenter): boolean {
     const counters = this.counters;
-    const view = this.#prepare(batch);
+    const view = this.#viewOf(batch);
     const bytes = batch.bytes;
     // Traffic this light has one frame per wake-up: reading on only to hear EAGAIN would cost a
     // system call per frame, and the poll says soon enough if there is more.
@@ -193,9 +193,13 @@ export class TapPlug implements Plug {
     this.counters[Counter.bytesIn] += length;
   }
 
+  /** A view of `batch`, its vectors made: small enough for V8 to inline, unlike #prepare. */
+  #viewOf(batch: FrameBatch): DataView {
+    return this.#preparedFor === batch ? this.#batchView! : this.#prepare(batch);
+  }
+
   /** Makes the readv and writev vectors for `batch`'s slots, once per batch. */
   #prepare(batch: FrameBatch): DataView {
-    if (this.#preparedFor === batch) return this.#batchView!;
     const vectors = new Uint32Array(batch.capacity * 8); // two iovecs per slot
     const overflow = numericAddress(this.#segmenter!.bytes) + MAX_FRAME;
     const base = numericAddress(batch.bytes);
@@ -225,7 +229,7 @@ export class TapPlug implements Plug {
 
   send(batch: FrameBatch): void {
     if (this.#segmenter) {
-      this.#sendWithHeaders(batch, this.#prepare(batch));
+      this.#sendWithHeaders(batch, this.#viewOf(batch));
       return;
     }
     for (let i = 0; i < batch.count; i++) {
@@ -250,7 +254,9 @@ export class TapPlug implements Plug {
         continue;
       }
       const header = batch.offset(i) - VNET_HEADER;
-      const merged = coalesceTcp(batch, view, i);
+      // A frame with none after it has nothing to merge with; not calling coalesceTcp at all
+      // then matters at light traffic, where entering its cold code cost ~5 µs per frame.
+      const merged = i + 1 < batch.count ? coalesceTcp(batch, view, i) : 1;
       if (merged === 1) {
         view.setUint32(header, 0);
         view.setUint32(header + 4, 0);
