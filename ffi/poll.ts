@@ -54,17 +54,22 @@ export class PollSet {
   }
 }
 
-/** A timerfd that becomes readable every `periodMs` milliseconds, until closed. */
+/**
+ * A timerfd that becomes readable `firstMs` milliseconds from now (at once for 0) and then every
+ * `periodMs` milliseconds, until closed.
+ */
 export class Ticker {
   readonly fd: number;
   readonly #expirations = new Uint8Array(8);
 
-  constructor(periodMs: number) {
+  constructor(periodMs: number, firstMs = periodMs) {
     const CLOCK_MONOTONIC = 1, TFD_NONBLOCK = 0o4000, TFD_CLOEXEC = 0o2000000;
     this.fd = check(libc.timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC), "timerfd");
-    // struct itimerspec: the interval, then the first expiration, each as seconds and nanoseconds.
-    const period = [BigInt(Math.floor(periodMs / 1000)), BigInt((periodMs % 1000) * 1e6)];
-    const spec = new BigInt64Array([...period, ...period]);
+    // struct itimerspec: the interval, then the first expiration, each as seconds and nanoseconds
+    // (a first expiration of zero would disarm the timer: one nanosecond stands for "at once").
+    const timespec = (ms: number) => [BigInt(Math.floor(ms / 1000)), BigInt((ms % 1000) * 1e6)];
+    const first = firstMs > 0 ? timespec(firstMs) : [0n, 1n];
+    const spec = new BigInt64Array([...timespec(periodMs), ...first]);
     const set = libc.timerfd_settime(this.fd, 0, new Uint8Array(spec.buffer), null);
     if (set < 0) {
       const code = errno();

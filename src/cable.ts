@@ -43,52 +43,60 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
   const firstFd = [0, a.fds.length];
   const watched = options.watch?.fds ?? [];
   // The clock is read on a tick of its own, never on a wake-up that carries frames: right after a
-  // sleep a read costs microseconds, which the frame would wait for (bench/README.md).
-  const ticker = new Ticker(CLOCK_LAG_MS);
+  // sleep a read costs microseconds, which the frame would wait for (bench/README.md). The first
+  // tick comes at once, so that V8 has seen its branch before it optimizes `wake`.
+  const ticker = new Ticker(CLOCK_LAG_MS, 0);
   const poller = new PollSet([...a.fds, ...b.fds, ...watched, ticker.fd]);
   const watchIndex = a.fds.length + b.fds.length;
   const tickerIndex = watchIndex + watched.length;
   const batch = new FrameBatch();
+  // One wake-up per call rather than the body of this function's loop: V8 optimizes a function
+  // again some calls after it deoptimized (a branch taken for the first time, as on a status
+  // query), while the loop compiled in place (OSR) stayed interpreted for good, where an FFI call
+  // after a sleep costs ~9 µs instead of ~1 (bench/README.md).
+  const wake = (): CableEnd | undefined => {
+    if (poller.wait(-1) <= 0) return;
+    for (let p = 0; p < 2; p++) {
+      const plug = plugs[p];
+      let mask = 0;
+      for (let f = 0; f < plug.fds.length; f++) {
+        if (poller.events(firstFd[p] + f) & READY) mask |= 1 << f;
+      }
+      if (mask === 0) continue;
+      const other = plugs[1 - p];
+      do {
+        batch.count = 0;
+        let open: boolean;
+        try {
+          open = plug.receive(batch, mask);
+        } catch (error) {
+          return { kind: "ended", plugIndex: p, reason: (error as Error).message };
+        }
+        if (batch.count > 0) {
+          options.capture?.writeBatch(batch);
+          try {
+            other.send(batch);
+          } catch (error) {
+            return { kind: "ended", plugIndex: 1 - p, reason: (error as Error).message };
+          }
+        }
+        if (!open) return { kind: "ended", plugIndex: p, reason: "end of input" };
+      } while (plug.backlog);
+    }
+    for (let w = 0; w < watched.length; w++) {
+      if (poller.events(watchIndex + w) && !options.watch!.onReady(watched[w])) {
+        return { kind: "stopped" };
+      }
+    }
+    if (poller.events(tickerIndex)) {
+      ticker.acknowledge();
+      batch.timeMs = Date.now();
+    }
+  };
   try {
     for (;;) {
-      if (poller.wait(-1) > 0) {
-        for (let p = 0; p < 2; p++) {
-          const plug = plugs[p];
-          let mask = 0;
-          for (let f = 0; f < plug.fds.length; f++) {
-            if (poller.events(firstFd[p] + f) & READY) mask |= 1 << f;
-          }
-          if (mask === 0) continue;
-          const other = plugs[1 - p];
-          do {
-            batch.count = 0;
-            let open: boolean;
-            try {
-              open = plug.receive(batch, mask);
-            } catch (error) {
-              return { kind: "ended", plugIndex: p, reason: (error as Error).message };
-            }
-            if (batch.count > 0) {
-              options.capture?.writeBatch(batch);
-              try {
-                other.send(batch);
-              } catch (error) {
-                return { kind: "ended", plugIndex: 1 - p, reason: (error as Error).message };
-              }
-            }
-            if (!open) return { kind: "ended", plugIndex: p, reason: "end of input" };
-          } while (plug.backlog);
-        }
-        for (let w = 0; w < watched.length; w++) {
-          if (poller.events(watchIndex + w) && !options.watch!.onReady(watched[w])) {
-            return { kind: "stopped" };
-          }
-        }
-        if (poller.events(tickerIndex)) {
-          ticker.acknowledge();
-          batch.timeMs = Date.now();
-        }
-      }
+      const end = wake();
+      if (end) return end;
     }
   } finally {
     ticker.close();

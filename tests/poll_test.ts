@@ -19,6 +19,18 @@ Deno.test("a ticker's descriptor turns readable every period, and acknowledging 
   }
 });
 
+Deno.test("a ticker told to start at once is readable at once, then only after its period", () => {
+  const ticker = new Ticker(60_000, 0);
+  try {
+    const poller = new PollSet([ticker.fd]);
+    assert.equal(poller.wait(2000), 1, "the first tick never came");
+    ticker.acknowledge();
+    assert.equal(poller.wait(100), 0, "ticked again long before its period");
+  } finally {
+    ticker.close();
+  }
+});
+
 Deno.test("a wakeup makes a waiting poll return, among other descriptors", () => {
   const ticker = new Ticker(60_000);
   const wakeup = new Wakeup();
