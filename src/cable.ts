@@ -34,6 +34,8 @@ export interface CableOptions {
 }
 
 const READY = POLLIN | POLLHUP | POLLERR;
+/** How many wake-ups `serve` handles before it returns to the loop that calls it. */
+const WAKE_UPS_PER_CALL = 256;
 
 /** Runs the cable until `watch.onReady` says stop or a plug ends. */
 export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
@@ -44,58 +46,61 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
   const watched = options.watch?.fds ?? [];
   // The clock is read on a tick of its own, never on a wake-up that carries frames: right after a
   // sleep a read costs microseconds, which the frame would wait for (bench/README.md). The first
-  // tick comes at once, so that V8 has seen its branch before it optimizes `wake`.
+  // tick comes at once, so that V8 has seen its branch before it optimizes `serve`.
   const ticker = new Ticker(CLOCK_LAG_MS, 0);
   const poller = new PollSet([...a.fds, ...b.fds, ...watched, ticker.fd]);
   const watchIndex = a.fds.length + b.fds.length;
   const tickerIndex = watchIndex + watched.length;
   const batch = new FrameBatch();
-  // One wake-up per call rather than the body of this function's loop: V8 optimizes a function
-  // again some calls after it deoptimized (a branch taken for the first time, as on a status
-  // query), while the loop compiled in place (OSR) stayed interpreted for good, where an FFI call
-  // after a sleep costs ~9 µs instead of ~1 (bench/README.md).
-  const wake = (): CableEnd | undefined => {
-    if (poller.wait(-1) <= 0) return;
-    for (let p = 0; p < 2; p++) {
-      const plug = plugs[p];
-      let mask = 0;
-      for (let f = 0; f < plug.fds.length; f++) {
-        if (poller.events(firstFd[p] + f) & READY) mask |= 1 << f;
-      }
-      if (mask === 0) continue;
-      const other = plugs[1 - p];
-      do {
-        batch.count = 0;
-        let open: boolean;
-        try {
-          open = plug.receive(batch, mask);
-        } catch (error) {
-          return { kind: "ended", plugIndex: p, reason: (error as Error).message };
+  // The wake-ups run in a function that this one's loop calls, a few hundred per call: V8
+  // optimizes it again soon after a deoptimization (a branch taken for the first time, as on a
+  // status query), while a loop here, compiled in place (OSR), stayed interpreted for good, where
+  // an FFI call after a sleep costs ~9 µs instead of ~1; and returning to the interpreter after
+  // every wake-up cost ~3 µs of it (bench/README.md).
+  const serve = (): CableEnd | undefined => {
+    for (let wakeUps = 0; wakeUps < WAKE_UPS_PER_CALL; wakeUps++) {
+      if (poller.wait(-1) <= 0) continue;
+      for (let p = 0; p < 2; p++) {
+        const plug = plugs[p];
+        let mask = 0;
+        for (let f = 0; f < plug.fds.length; f++) {
+          if (poller.events(firstFd[p] + f) & READY) mask |= 1 << f;
         }
-        if (batch.count > 0) {
-          options.capture?.writeBatch(batch);
+        if (mask === 0) continue;
+        const other = plugs[1 - p];
+        do {
+          batch.count = 0;
+          let open: boolean;
           try {
-            other.send(batch);
+            open = plug.receive(batch, mask);
           } catch (error) {
-            return { kind: "ended", plugIndex: 1 - p, reason: (error as Error).message };
+            return { kind: "ended", plugIndex: p, reason: (error as Error).message };
           }
-        }
-        if (!open) return { kind: "ended", plugIndex: p, reason: "end of input" };
-      } while (plug.backlog);
-    }
-    for (let w = 0; w < watched.length; w++) {
-      if (poller.events(watchIndex + w) && !options.watch!.onReady(watched[w])) {
-        return { kind: "stopped" };
+          if (batch.count > 0) {
+            options.capture?.writeBatch(batch);
+            try {
+              other.send(batch);
+            } catch (error) {
+              return { kind: "ended", plugIndex: 1 - p, reason: (error as Error).message };
+            }
+          }
+          if (!open) return { kind: "ended", plugIndex: p, reason: "end of input" };
+        } while (plug.backlog);
       }
-    }
-    if (poller.events(tickerIndex)) {
-      ticker.acknowledge();
-      batch.timeMs = Date.now();
+      for (let w = 0; w < watched.length; w++) {
+        if (poller.events(watchIndex + w) && !options.watch!.onReady(watched[w])) {
+          return { kind: "stopped" };
+        }
+      }
+      if (poller.events(tickerIndex)) {
+        ticker.acknowledge();
+        batch.timeMs = Date.now();
+      }
     }
   };
   try {
     for (;;) {
-      const end = wake();
+      const end = serve();
       if (end) return end;
     }
   } finally {
