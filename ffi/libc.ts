@@ -192,14 +192,19 @@ export function addressOf(buffer: Uint8Array<ArrayBuffer>, offset = 0): bigint {
   return BigInt(Deno.UnsafePointer.value(Deno.UnsafePointer.of(buffer))) + BigInt(offset);
 }
 
+/** Writes a 64-bit address into a structure held as 32-bit words, at word `word`. */
+export function setAddress(words: Uint32Array, word: number, address: number): void {
+  words[word] = address % 0x100000000;
+  words[word + 1] = Math.floor(address / 0x100000000);
+}
+
 /**
  * Writes iovec `index` of a vector held as 32-bit words (struct iovec: a
  * 64-bit base, a 64-bit length): `length` bytes from `address`.
  */
 export function setIovec(words: Uint32Array, index: number, address: number, length: number): void {
   const word = index * 4;
-  words[word] = address % 0x100000000;
-  words[word + 1] = Math.floor(address / 0x100000000);
+  setAddress(words, word, address);
   words[word + 2] = length;
   words[word + 3] = 0;
 }

@@ -16,6 +16,7 @@ import {
   Errno,
   errno,
   libc,
+  setAddress,
   setIovec,
   SystemError,
 } from "./libc.ts";
@@ -332,7 +333,6 @@ const SOL_UDP = 17;
 const UDP_SEGMENT = 103;
 /** The kernel's limit on the datagrams of one UDP GSO message (UDP_MAX_SEGMENTS was 64 before 5.x). */
 export const MAX_SEGMENTS = 64;
-const TWO_32 = 2 ** 32;
 
 /**
  * A vector of datagrams for recvmmsg/sendmmsg whose payloads live in the
@@ -411,18 +411,13 @@ export class DatagramVector {
   /** Points entry i's msg_iov at `count` iovecs from `first`, with no control message. */
   #aimIovec(words: Uint32Array, i: number, first: number, count: number): void {
     const word = (i * MMSGHDR_SIZE) / 4;
-    this.#setAddress(words, word + 4, this.#iovecsAddress + first * IOVEC_SIZE); // msg_iov
+    setAddress(words, word + 4, this.#iovecsAddress + first * IOVEC_SIZE); // msg_iov
     words[word + 6] = count; // msg_iovlen
     words[word + 7] = 0;
     words[word + 8] = 0; // msg_control
     words[word + 9] = 0;
     words[word + 10] = 0; // msg_controllen
     words[word + 11] = 0;
-  }
-
-  #setAddress(words: Uint32Array, word: number, address: number): void {
-    words[word] = address % TWO_32;
-    words[word + 1] = Math.floor(address / TWO_32);
   }
 
   /**
@@ -458,7 +453,7 @@ export class DatagramVector {
   /** Points entry i at its own slot and name buffer again, ready to receive. */
   #aim(words: Uint32Array, i: number, maxLength: number): void {
     const word = (i * MMSGHDR_SIZE) / 4;
-    this.#setAddress(words, word, this.#namesAddress + i * SOCKADDR_SIZE); // msg_name
+    setAddress(words, word, this.#namesAddress + i * SOCKADDR_SIZE); // msg_name
     words[word + 2] = SOCKADDR_SIZE; // msg_namelen
     words[word + 12] = 0; // msg_flags
     this.#aimIovec(words, i, i, 1); // a send may have made it a run
@@ -505,14 +500,14 @@ export class DatagramVector {
     if (i >= this.#staleBelow) this.#staleBelow = i + 1;
     const words = this.#headerWords;
     const word = (i * MMSGHDR_SIZE) / 4;
-    this.#setAddress(words, word, nameAddress);
+    setAddress(words, word, nameAddress);
     words[word + 2] = nameLength;
     this.#aimIovec(words, i, first, count);
     this.#datagrams[i] = count;
     if (count > 1) {
       const control = i * (SEGMENT_CONTROL_SIZE / 4);
       this.#controlWords[control + 4] = segment;
-      this.#setAddress(words, word + 8, this.#controlsAddress + control * 4);
+      setAddress(words, word + 8, this.#controlsAddress + control * 4);
       words[word + 10] = SEGMENT_CONTROL_SIZE;
     }
   }
