@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what vdeno and its tests need on a Debian machine that has npm:
+# Installs what vdeno and its tests need on a Debian machine: npm if missing,
 # Deno from the npm registry, and the real VDE peers and network tools from
 # Debian. Safe to run again: it installs only what is missing. Needs root.
 set -euo pipefail
@@ -19,8 +19,9 @@ fi
 
 if ! command -v deno >/dev/null 2>&1; then
   if ! command -v npm >/dev/null 2>&1; then
-    echo "bootstrap: neither deno nor npm is installed; install npm first (apt-get install npm)" >&2
-    exit 1
+    echo "bootstrap: installing npm from Debian, to fetch Deno from the npm registry"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends npm >/dev/null
   fi
   echo "bootstrap: installing Deno from the npm registry"
   npm install -g deno >/dev/null
