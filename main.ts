@@ -9,8 +9,8 @@
  */
 
 import denoConfig from "./deno.json" with { type: "json" };
-import { UsageError } from "./src/cli/usage.ts";
-import { inWorker } from "./src/self.ts";
+import { UsageError } from "./app/cli/usage.ts";
+import { inWorker } from "./app/self.ts";
 
 const USAGE = `vdeno ${denoConfig.version}: VDE's Local Area Cloud (vxvde) on Deno
 
@@ -30,13 +30,13 @@ Run 'vdeno COMMAND --help' for a command's options.`;
 type Command = (args: string[]) => Promise<number> | number;
 
 const commands: Record<string, Command> = {
-  plug: async (args) => (await import("./src/cli/plug.ts")).plugCommand(args),
-  ns: async (args) => (await import("./src/cli/ns.ts")).nsCommand(args),
-  "ns-helper": async (args) => (await import("./src/cli/ns.ts")).nsHelperCommand(args),
-  demo: async (args) => (await import("./src/cli/demo.ts")).demoCommand(args),
-  randmac: async (args) => (await import("./src/cli/randmac.ts")).randmacCommand(args),
-  status: async (args) => (await import("./src/cli/status.ts")).statusCommand(args),
-  keygen: async (args) => (await import("./src/cli/keygen.ts")).keygenCommand(args),
+  plug: async (args) => (await import("./app/cli/plug.ts")).plugCommand(args),
+  ns: async (args) => (await import("./app/cli/ns.ts")).nsCommand(args),
+  "ns-helper": async (args) => (await import("./app/cli/ns.ts")).nsHelperCommand(args),
+  demo: async (args) => (await import("./app/cli/demo.ts")).demoCommand(args),
+  randmac: async (args) => (await import("./app/cli/randmac.ts")).randmacCommand(args),
+  status: async (args) => (await import("./app/cli/status.ts")).statusCommand(args),
+  keygen: async (args) => (await import("./app/cli/keygen.ts")).keygenCommand(args),
   version: () => {
     console.log(`vdeno ${denoConfig.version}`);
     return 0;
@@ -94,5 +94,5 @@ function isParseArgsError(error: unknown): boolean {
     String((error as { code: unknown }).code).startsWith("ERR_PARSE_ARGS");
 }
 
-if (inWorker()) (await import("./src/dataplane.ts")).runDataPlaneWorker();
+if (inWorker()) (await import("./app/dataplane.ts")).runDataPlaneWorker();
 else if (import.meta.main) Deno.exit(await main(Deno.args));

@@ -29,13 +29,13 @@
 
 import { PollSet } from "./ffi/poll.ts";
 import { openPlug } from "./plugs/open.ts";
-import { type CounterName, countersObject } from "./src/counters.ts";
-import { FrameBatch, MAX_FRAME } from "./src/frames.ts";
-import type { Plug } from "./src/plug.ts";
+import { type CounterName, countersObject } from "./core/counters.ts";
+import { FrameBatch, MAX_FRAME } from "./core/frames.ts";
+import type { Plug } from "./core/plug.ts";
 
-export { VnlError } from "./src/vnl.ts";
+export { VnlError } from "./core/vnl.ts";
 export { schemeNames } from "./plugs/open.ts";
-export type { CounterName } from "./src/counters.ts";
+export type { CounterName } from "./core/counters.ts";
 
 /** A connection to a VDE network. */
 export class VdeConnection implements AsyncIterable<Uint8Array>, Disposable {

@@ -47,7 +47,7 @@ const QUICK: Durations = {
   freshPings: 50,
 };
 
-const RESULTS_DIR = new URL("./results/", import.meta.url).pathname;
+const RESULTS_DIR = new URL("./results", import.meta.url).pathname;
 
 interface Options {
   rounds: number;

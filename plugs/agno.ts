@@ -26,11 +26,10 @@
  */
 
 import { Aes128, AES_BLOCK, randomBytes, slotPointers } from "../ffi/crypto.ts";
-import { Counter } from "../src/counters.ts";
-import { ETH_HEADER, type FrameBatch, HEADROOM, SLOT_SIZE } from "../src/frames.ts";
-import type { Plug } from "../src/plug.ts";
-import { parseOptions, splitNested, splitQuoted, VnlError } from "../src/vnl.ts";
-import { openPlug } from "./open.ts";
+import { Counter } from "../core/counters.ts";
+import { ETH_HEADER, type FrameBatch, HEADROOM, SLOT_SIZE } from "../core/frames.ts";
+import type { Plug } from "../core/plug.ts";
+import { parseOptions, splitNested, splitQuoted, VnlError } from "../core/vnl.ts";
 
 /** The outer EtherType agno uses unless told otherwise. */
 export const AGNO_ETHERTYPE = 0xa6de;
@@ -193,7 +192,8 @@ export class AgnoPlug implements Plug {
   readonly #parts = new WeakMap<FrameBatch, SlotParts>();
   #random = new Uint8Array(0);
 
-  constructor(vnl: string, rest: string) {
+  /** `openInner` opens the nested VNL: the registry's opener, passed in so agno need not import it. */
+  constructor(vnl: string, rest: string, openInner: (vnl: string) => Plug) {
     this.vnl = vnl;
     const config = this.config = parseAgno(rest);
     const key = readAgnoKey(config.keyFile);
@@ -204,7 +204,7 @@ export class AgnoPlug implements Plug {
     };
     key.fill(0);
     try {
-      this.inner = openPlug(config.inner);
+      this.inner = openInner(config.inner);
     } catch (error) {
       this.#closeCiphers();
       throw error;

@@ -5,8 +5,8 @@
  * @module
  */
 
-import type { Plug } from "../src/plug.ts";
-import { splitVnl, VnlError } from "../src/vnl.ts";
+import type { Plug } from "../core/plug.ts";
+import { splitVnl, VnlError } from "../core/vnl.ts";
 import { AgnoPlug } from "./agno.ts";
 import { PcapPlug } from "./pcap.ts";
 import { QemuStreamPlug } from "./qemu.ts";
@@ -15,8 +15,11 @@ import { TapPlug } from "./tap.ts";
 import { UdpPlug } from "./udp.ts";
 import { VxvdePlug } from "./vxvde.ts";
 
-/** Opens a plug from the text after `scheme://`. */
-export type SchemeOpener = (vnl: string, rest: string) => Plug;
+/**
+ * Opens a plug from the text after `scheme://`. A scheme that nests another
+ * VNL (agno) opens it with `open`, so no scheme imports this registry.
+ */
+export type SchemeOpener = (vnl: string, rest: string, open: (vnl: string) => Plug) => Plug;
 
 const schemes: Record<string, SchemeOpener> = {
   vxvde: (vnl, rest) => new VxvdePlug(vnl, rest),
@@ -24,7 +27,7 @@ const schemes: Record<string, SchemeOpener> = {
   pcap: (vnl, rest) => new PcapPlug(vnl, rest),
   udp: (vnl, rest) => new UdpPlug(vnl, rest),
   qemu: (vnl, rest) => new QemuStreamPlug(vnl, rest),
-  agno: (vnl, rest) => new AgnoPlug(vnl, rest),
+  agno: (vnl, rest, open) => new AgnoPlug(vnl, rest, open),
 };
 
 /** The schemes vdeno can open. */
@@ -43,12 +46,7 @@ export function openPlug(vnl: string): Plug {
       }`,
     );
   }
-  return open(vnl, rest);
-}
-
-/** Adds a scheme (used by modules that register themselves, and by tests). */
-export function registerScheme(name: string, open: SchemeOpener): void {
-  schemes[name] = open;
+  return open(vnl, rest, openPlug);
 }
 
 /** One end of a cable: a VNL to open, a byte stream on descriptors, or an open TAP descriptor. */

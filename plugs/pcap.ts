@@ -6,11 +6,11 @@
  * @module
  */
 
-import { Counter, newCounters } from "../src/counters.ts";
-import type { FrameBatch } from "../src/frames.ts";
-import { PcapWriter } from "../src/pcap.ts";
-import type { Plug } from "../src/plug.ts";
-import { splitQuoted, VnlError } from "../src/vnl.ts";
+import { Counter, newCounters } from "../core/counters.ts";
+import type { FrameBatch } from "../core/frames.ts";
+import { PcapWriter } from "../core/pcap.ts";
+import type { Plug } from "../core/plug.ts";
+import { splitQuoted, VnlError } from "../core/vnl.ts";
 
 export class PcapPlug implements Plug {
   readonly vnl: string;

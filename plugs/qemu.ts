@@ -27,10 +27,10 @@
 import { check, closeQuietly, Errno, errno, libc, setIovec } from "../ffi/libc.ts";
 import { AF_INET, numericAddress, setReuseAddress, SocketAddress } from "../ffi/net.ts";
 import { Wakeup } from "../ffi/poll.ts";
-import { Counter, newCounters } from "../src/counters.ts";
-import { ETH_HEADER, type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../src/frames.ts";
-import type { Plug } from "../src/plug.ts";
-import { splitQuoted, VnlError } from "../src/vnl.ts";
+import { Counter, newCounters } from "../core/counters.ts";
+import { ETH_HEADER, type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../core/frames.ts";
+import type { Plug } from "../core/plug.ts";
+import { splitQuoted, VnlError } from "../core/vnl.ts";
 
 const AF_UNIX = 1;
 const SOCK_STREAM = 1;

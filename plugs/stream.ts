@@ -11,9 +11,9 @@
 
 import { closeQuietly, Errno, errno, libc, setIovec, strerror } from "../ffi/libc.ts";
 import { numericAddress } from "../ffi/net.ts";
-import { Counter, newCounters } from "../src/counters.ts";
-import { type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../src/frames.ts";
-import { type Plug, PlugEnded } from "../src/plug.ts";
+import { Counter, newCounters } from "../core/counters.ts";
+import { type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../core/frames.ts";
+import { type Plug, PlugEnded } from "../core/plug.ts";
 
 /** The largest length a stream may announce. */
 export const MAX_STREAM_FRAME = 9216 + 16;

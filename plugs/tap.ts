@@ -12,8 +12,8 @@
 import { closeQuietly, Errno, errno, libc, setIovec, strerror } from "../ffi/libc.ts";
 import { openTap, setTapOffloads, tapHasVnetHeader } from "../ffi/tap.ts";
 import { numericAddress } from "../ffi/net.ts";
-import { Counter, newCounters } from "../src/counters.ts";
-import { type FrameBatch, MAX_FRAME, TAILROOM } from "../src/frames.ts";
+import { Counter, newCounters } from "../core/counters.ts";
+import { type FrameBatch, MAX_FRAME, TAILROOM } from "../core/frames.ts";
 import {
   coalesceTcp,
   completeChecksum,
@@ -21,9 +21,9 @@ import {
   NEEDS_CSUM,
   TcpSegmenter,
   VNET_HEADER,
-} from "../src/offload.ts";
-import { type Plug, PlugEnded } from "../src/plug.ts";
-import { splitQuoted, VnlError } from "../src/vnl.ts";
+} from "./_offload.ts";
+import { type Plug, PlugEnded } from "../core/plug.ts";
+import { splitQuoted, VnlError } from "../core/vnl.ts";
 
 const READ_SIZE = BigInt(MAX_FRAME + TAILROOM);
 /** Room for the part of a TCP super-frame beyond a slot: 64 KB is the kernel's usual GSO limit. */

@@ -33,10 +33,10 @@ import {
   SocketAddress,
   udpSocket,
 } from "../ffi/net.ts";
-import { Counter, newCounters } from "../src/counters.ts";
-import { ETH_HEADER, type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../src/frames.ts";
-import type { Plug } from "../src/plug.ts";
-import { VnlError } from "../src/vnl.ts";
+import { Counter, newCounters } from "../core/counters.ts";
+import { ETH_HEADER, type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../core/frames.ts";
+import type { Plug } from "../core/plug.ts";
+import { VnlError } from "../core/vnl.ts";
 
 /** Socket buffers large enough to ride out a burst while the loop is busy elsewhere. */
 const SOCKET_BUFFER = 4 * 1024 * 1024;

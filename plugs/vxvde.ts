@@ -12,7 +12,7 @@
  * no frame is copied on the way.
  *
  * `key=FILE` (or `key=env:NAME`) makes a keyed network: every datagram is
- * sealed with AES-256-GCM (see src/seal.ts) and the header carries a mark
+ * sealed with AES-256-GCM (see plugs/seal.ts) and the header carries a mark
  * that makes unkeyed plugs, vdeplug4's included, drop it.
  *
  * @module
@@ -40,7 +40,7 @@ import {
   udpSocket,
 } from "../ffi/net.ts";
 import { closeQuietly } from "../ffi/libc.ts";
-import { Counter, newCounters } from "../src/counters.ts";
+import { Counter, newCounters } from "../core/counters.ts";
 import {
   CLOCK_LAG_MS,
   ETH_HEADER,
@@ -48,12 +48,12 @@ import {
   HEADROOM,
   MAX_FRAME,
   SLOT_SIZE,
-} from "../src/frames.ts";
-import { log } from "../src/log.ts";
-import { MacTable } from "../src/mactable.ts";
-import type { Plug } from "../src/plug.ts";
-import { loadKey, SEALED_PREFIX, sealedHeader, Sealer, Verdict } from "../src/seal.ts";
-import { groupId, parseInteger, parseOptions, parseSize, VnlError } from "../src/vnl.ts";
+} from "../core/frames.ts";
+import { log } from "../core/log.ts";
+import { MacTable } from "./_mactable.ts";
+import type { Plug } from "../core/plug.ts";
+import { loadKey, SEALED_PREFIX, sealedHeader, Sealer, Verdict } from "./seal.ts";
+import { groupId, parseInteger, parseOptions, parseSize, VnlError } from "../core/vnl.ts";
 
 export const DEFAULT_GROUP_V4 = "239.0.0.1";
 export const DEFAULT_GROUP_V6 = "ff05:56de::1";
@@ -97,7 +97,7 @@ export interface VxvdeConfig {
   expireSeconds: number;
   interfaceName?: string;
   bindAddress?: string;
-  /** `key=`: a key file, or `env:NAME`; the network is sealed (see src/seal.ts). */
+  /** `key=`: a key file, or `env:NAME`; the network is sealed (see plugs/seal.ts). */
   key?: string;
 }
 

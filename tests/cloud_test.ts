@@ -13,7 +13,7 @@
 
 import assert from "node:assert/strict";
 import { type Host, Lan, prerequisites, run, sleep, VDENO } from "./_harness.ts";
-import { installedCloudKernel, type VmImage, vmImage } from "../src/vm/image.ts";
+import { installedCloudKernel, type VmImage, vmImage } from "../app/vm/image.ts";
 import { TestVm } from "./vm/qemu.ts";
 
 const GROUP = "vxvde://234.0.0.1";

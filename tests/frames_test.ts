@@ -3,8 +3,8 @@
 import assert from "node:assert/strict";
 import { SOCKADDR_SIZE, SocketAddress } from "../ffi/net.ts";
 import { StreamDecoder } from "../plugs/stream.ts";
-import { Counter, newCounters } from "../src/counters.ts";
-import { MacTable } from "../src/mactable.ts";
+import { Counter, newCounters } from "../core/counters.ts";
+import { MacTable } from "../plugs/_mactable.ts";
 
 function sender(host: string, port: number): Uint32Array {
   const names = new Uint8Array(SOCKADDR_SIZE);

@@ -4,8 +4,8 @@
  */
 
 import assert from "node:assert/strict";
-import { FrameBatch } from "../src/frames.ts";
-import { addBytes, coalesceTcp, TcpSegmenter, VNET_HEADER } from "../src/offload.ts";
+import { FrameBatch } from "../core/frames.ts";
+import { addBytes, coalesceTcp, TcpSegmenter, VNET_HEADER } from "../plugs/_offload.ts";
 
 const PAYLOAD = 10_000;
 const MSS = 1448;

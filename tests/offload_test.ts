@@ -1,13 +1,13 @@
 /**
- * What src/offload.ts does in place of a NIC, checked frame by frame against
+ * What plugs/_offload.ts does in place of a NIC, checked frame by frame against
  * a checksum written here byte by byte from RFC 1071 (not the module's): TCP
  * super-frames cut into segments that each stand alone as TSO hardware would
  * send them, and checksums the kernel left open completed.
  */
 
 import assert from "node:assert/strict";
-import { completeChecksum, TcpSegmenter } from "../src/offload.ts";
-import { MAX_FRAME } from "../src/frames.ts";
+import { completeChecksum, TcpSegmenter } from "../plugs/_offload.ts";
+import { MAX_FRAME } from "../core/frames.ts";
 
 const GSO_TCPV4 = 1;
 const GSO_UDP = 3;

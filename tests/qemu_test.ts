@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { parseQemu } from "../plugs/qemu.ts";
-import { VnlError } from "../src/vnl.ts";
+import { VnlError } from "../core/vnl.ts";
 import { Lan, prerequisites, sleep, VDENO } from "./_harness.ts";
 
 Deno.test("qemu:// takes a Unix socket path or a numeric ADDRESS:PORT", () => {

@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { randomMac } from "../src/cli/randmac.ts";
+import { randomMac } from "../app/cli/randmac.ts";
 import { run, VDENO } from "./_harness.ts";
 
 const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;

@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { FrameBatch, HEADROOM } from "../src/frames.ts";
+import { FrameBatch, HEADROOM } from "../core/frames.ts";
 import {
   FRESH_SECONDS,
   loadKey,
@@ -19,7 +19,7 @@ import {
   Sealer,
   Verdict,
   WINDOW_SIZE,
-} from "../src/seal.ts";
+} from "../plugs/seal.ts";
 import { type Host, Lan, prerequisites, run, VDENO } from "./_harness.ts";
 
 const REPLAY = new URL("./fixtures/udp_replay.ts", import.meta.url).pathname;
@@ -364,7 +364,7 @@ Deno.test("goodbyes are sealed: a keyed plug forgets a peer that leaves, never o
       .unicastPort;
     // Five bare plaintext headers of VNI 1, and five sealed-looking goodbyes with a made-up seal.
     const net = new URL("../ffi/net.ts", import.meta.url).pathname;
-    const seal = new URL("../src/seal.ts", import.meta.url).pathname;
+    const seal = new URL("../plugs/seal.ts", import.meta.url).pathname;
     const script = `
       import { sendTo, SocketAddress, udpSocket } from "${net}";
       import { SEALED_PREFIX, sealedHeader } from "${seal}";

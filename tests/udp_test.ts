@@ -5,7 +5,7 @@
 
 import assert from "node:assert/strict";
 import { parseUdp } from "../plugs/udp.ts";
-import { VnlError } from "../src/vnl.ts";
+import { VnlError } from "../core/vnl.ts";
 import { type Host, Lan, prerequisites } from "./_harness.ts";
 
 Deno.test("udp:// VNLs are split as vdeplug4 splits them", () => {
@@ -74,7 +74,7 @@ for (const [first, second] of [["vdeno", "vde_plug"], ["vdeno", "vdeno"]] as con
 // when slots were dropped; receiving must still fill slot i.
 const SLOT_CHECK = `
 import { UdpPlug } from "${new URL("../plugs/udp.ts", import.meta.url)}";
-import { FrameBatch } from "${new URL("../src/frames.ts", import.meta.url)}";
+import { FrameBatch } from "${new URL("../core/frames.ts", import.meta.url)}";
 const a = new UdpPlug("a", "127.0.0.1:7001->127.0.0.1:7002");
 const b = new UdpPlug("b", "127.0.0.1:7002->127.0.0.1:7001");
 const batch = new FrameBatch(4);

@@ -8,7 +8,7 @@ import {
   splitQuoted,
   splitVnl,
   VnlError,
-} from "../src/vnl.ts";
+} from "../core/vnl.ts";
 import { parseVxvde, vxvdeHeader } from "../plugs/vxvde.ts";
 
 const NAMES = [

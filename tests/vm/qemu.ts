@@ -10,8 +10,8 @@
  */
 
 import type { Host, Process } from "../_harness.ts";
-import { RESULT_PREFIX, type VmImage } from "../../src/vm/image.ts";
-import { qemuCommand, type VmOptions } from "../../src/vm/qemu.ts";
+import { RESULT_PREFIX, type VmImage } from "../../app/vm/image.ts";
+import { qemuCommand, type VmOptions } from "../../app/vm/qemu.ts";
 
 export type { VmOptions };
 

@@ -18,12 +18,12 @@ import {
 } from "../../ffi/signals.ts";
 import { pipe, reap, signalProcess, spawn } from "../../ffi/spawn.ts";
 import { ControlServer } from "../control.ts";
-import { countersObject } from "../counters.ts";
-import { type CableEnd, runCable } from "../cable.ts";
+import { countersObject } from "../../core/counters.ts";
+import { type CableEnd, runCable } from "../../core/cable.ts";
 import { type EndSpec, openEnd } from "../../plugs/open.ts";
-import { PcapWriter } from "../pcap.ts";
-import type { Plug } from "../plug.ts";
-import { enableSyslog, logEvent, setLogLevel } from "../log.ts";
+import { PcapWriter } from "../../core/pcap.ts";
+import type { Plug } from "../../core/plug.ts";
+import { enableSyslog, logEvent, setLogLevel } from "../../core/log.ts";
 import { selfCommand } from "../self.ts";
 import { UsageError } from "./usage.ts";
 

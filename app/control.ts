@@ -8,7 +8,7 @@
 
 import { closeQuietly } from "../ffi/libc.ts";
 import { acceptConnection, listenUnix, writeAll } from "../ffi/unix.ts";
-import type { CounterName } from "./counters.ts";
+import type { CounterName } from "../core/counters.ts";
 
 /** What a plug reports about itself. */
 export interface StatusReport {

@@ -9,7 +9,7 @@
  *
  * - This process (the parent) stays in the caller's network namespace, where
  *   the LAN is: it opens the VNLs there and runs one data plane (a Worker, see
- *   src/dataplane.ts) per VNL, cabling the VNL to one TAP.
+ *   app/dataplane.ts) per VNL, cabling the VNL to one TAP.
  * - A helper, vdeno itself started as `unshare --user --map-root-user --net
  *   --uts [--mount] -- vdeno ns-helper ...`, is root in a new user namespace
  *   and owns the new network, UTS (and, for -r/-R/-s, mount) namespaces. It

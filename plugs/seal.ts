@@ -31,7 +31,7 @@
  */
 
 import { Gcm, GCM_TAG_SIZE, hkdfSha256, randomBytes, slotPointers } from "../ffi/crypto.ts";
-import { type FrameBatch, HEADROOM, SLOT_SIZE } from "./frames.ts";
+import { type FrameBatch, HEADROOM, SLOT_SIZE } from "../core/frames.ts";
 
 /** Bytes of the vxvde header. */
 const HEADER_SIZE = 8;

@@ -11,7 +11,7 @@
  */
 
 import { SOCKADDR_SIZE } from "../ffi/net.ts";
-import { Counter } from "./counters.ts";
+import { Counter } from "../core/counters.ts";
 
 const WORDS_PER_ADDRESS = SOCKADDR_SIZE / 4;
 

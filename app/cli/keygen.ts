@@ -6,7 +6,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { newKeyText } from "../seal.ts";
+import { newKeyText } from "../../plugs/seal.ts";
 import { UsageError } from "./usage.ts";
 
 export const KEYGEN_USAGE = `Usage: vdeno keygen [OPTIONS] FILE

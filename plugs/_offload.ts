@@ -9,7 +9,7 @@
  * @module
  */
 
-import type { FrameBatch } from "./frames.ts";
+import type { FrameBatch } from "../core/frames.ts";
 
 /** Bytes of the virtio-net header before each frame (struct virtio_net_hdr). */
 export const VNET_HEADER = 10;

@@ -8,7 +8,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { formatMac } from "../frames.ts";
+import { formatMac } from "../../core/frames.ts";
 import { UsageError } from "./usage.ts";
 
 export const RANDMAC_USAGE = `Usage: vdeno randmac [OPTIONS]

@@ -16,8 +16,8 @@
 
 import { Wakeup } from "../ffi/poll.ts";
 import { type EndSpec, openEnd } from "../plugs/open.ts";
-import { type CableEnd, runCable } from "./cable.ts";
-import type { Plug } from "./plug.ts";
+import { type CableEnd, runCable } from "../core/cable.ts";
+import type { Plug } from "../core/plug.ts";
 
 type ToMain =
   | { type: "ready" }
