@@ -127,6 +127,40 @@ const symbols = {
   // int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
   //           unsigned long arg5)
   prctl: { parameters: ["i32", "u64", "u64", "u64", "u64"], result: "i32" },
+  // char *getenv(const char *name)
+  getenv: { parameters: ["buffer"], result: "pointer" },
+  // char **environ
+  environ: { type: "pointer" },
+  // uid_t getuid(void)
+  getuid: { parameters: [], result: "u32" },
+  // gid_t getgid(void)
+  getgid: { parameters: [], result: "u32" },
+  // int stat(const char *path, struct stat *buf)
+  stat: { parameters: ["buffer", "buffer"], result: "i32" },
+  // int fstat(int fd, struct stat *buf)
+  fstat: { parameters: ["i32", "buffer"], result: "i32" },
+  // int lstat(const char *path, struct stat *buf)
+  lstat: { parameters: ["buffer", "buffer"], result: "i32" },
+  // int mkdir(const char *path, mode_t mode)
+  mkdir: { parameters: ["buffer", "u32"], result: "i32" },
+  // int chmod(const char *path, mode_t mode)
+  chmod: { parameters: ["buffer", "u32"], result: "i32" },
+  // int unlink(const char *path)
+  unlink: { parameters: ["buffer"], result: "i32" },
+  // int rename(const char *from, const char *to)
+  rename: { parameters: ["buffer", "buffer"], result: "i32" },
+  // ssize_t readlink(const char *path, char *buf, size_t size)
+  readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
+  // DIR *opendir(const char *path)
+  opendir: { parameters: ["buffer"], result: "pointer" },
+  // struct dirent *readdir(DIR *dir)
+  readdir: { parameters: ["pointer"], result: "pointer" },
+  // int closedir(DIR *dir)
+  closedir: { parameters: ["pointer"], result: "i32" },
+  // int getifaddrs(struct ifaddrs **list)
+  getifaddrs: { parameters: ["buffer"], result: "i32" },
+  // void freeifaddrs(struct ifaddrs *list)
+  freeifaddrs: { parameters: ["pointer"], result: "void" },
   // pid_t fork(void) is not here on purpose: Deno is multithreaded.
 } as const satisfies Deno.ForeignLibraryInterface;
 
@@ -219,6 +253,9 @@ export const Errno = {
   EAGAIN: 11,
   EACCES: 13,
   EBUSY: 16,
+  EEXIST: 17,
+  ENOTDIR: 20,
+  EISDIR: 21,
   EINVAL: 22,
   EPIPE: 32,
   EADDRINUSE: 98,

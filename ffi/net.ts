@@ -20,6 +20,7 @@ import {
   setIovec,
   SystemError,
 } from "./libc.ts";
+import { interfaceAddresses } from "./os.ts";
 
 export const AF_INET = 2;
 export const AF_INET6 = 10;
@@ -318,10 +319,7 @@ export function sendTo(
 /** The addresses of this host's interfaces, as `family:bytes` keys. */
 export function localAddressKeys(): Set<string> {
   const keys = new Set<string>();
-  for (const entry of Deno.networkInterfaces()) {
-    const address = SocketAddress.parse(entry.address, 0);
-    if (address) keys.add(`${address.family}:${address.ip.join(",")}`);
-  }
+  for (const entry of interfaceAddresses()) keys.add(`${entry.family}:${entry.ip.join(",")}`);
   return keys;
 }
 
