@@ -94,5 +94,8 @@ function isParseArgsError(error: unknown): boolean {
     String((error as { code: unknown }).code).startsWith("ERR_PARSE_ARGS");
 }
 
-if (inWorker()) (await import("./app/dataplane.ts")).runDataPlaneWorker();
-else if (import.meta.main) Deno.exit(await main(Deno.args));
+if (inWorker()) {
+  const name = (self as unknown as { name: string }).name;
+  if (name === "vdeno-metrics") (await import("./app/metrics.ts")).runMetricsWorker();
+  else (await import("./app/dataplane.ts")).runDataPlaneWorker();
+} else if (import.meta.main) Deno.exit(await main(Deno.args));

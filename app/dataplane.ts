@@ -19,8 +19,14 @@ import { type EndSpec, openEnd } from "../plugs/open.ts";
 import { type CableEnd, runCable } from "../core/cable.ts";
 import type { Plug } from "../core/plug.ts";
 
+/** A plug of the data plane as the main thread sees it: its counters are shared, not copied. */
+export interface PlaneCounters {
+  vnl: string;
+  counters: Float64Array;
+}
+
 type ToMain =
-  | { type: "ready" }
+  | { type: "ready"; plugs: PlaneCounters[] }
   | { type: "error"; message: string }
   | { type: "finished"; end: CableEnd };
 
@@ -33,11 +39,14 @@ interface WorkerStart {
 export class DataPlane {
   /** Resolves once the cable ended and the worker closed both plugs (goodbye sent). */
   readonly finished: Promise<CableEnd>;
+  /** Both plugs' counters, shared with the worker that updates them. */
+  readonly plugs: readonly PlaneCounters[];
   readonly #stop: Wakeup;
 
-  private constructor(stop: Wakeup, finished: Promise<CableEnd>) {
+  private constructor(stop: Wakeup, finished: Promise<CableEnd>, plugs: PlaneCounters[]) {
     this.#stop = stop;
     this.finished = finished;
+    this.plugs = plugs;
   }
 
   /** Starts the worker and opens both ends; rejects with the reason an end cannot open. */
@@ -50,7 +59,7 @@ export class DataPlane {
       worker.onmessage = (event: MessageEvent<ToMain>) => {
         const message = event.data;
         if (message.type === "ready") {
-          resolve(new DataPlane(stop, finished));
+          resolve(new DataPlane(stop, finished, message.plugs));
         } else if (message.type === "error") {
           worker.terminate();
           stop.close();
@@ -96,7 +105,10 @@ export function runDataPlaneWorker(): void {
       scope.postMessage({ type: "error", message: (error as Error).message });
       return;
     }
-    scope.postMessage({ type: "ready" });
+    scope.postMessage({
+      type: "ready",
+      plugs: plugs.map((plug) => ({ vnl: plug.vnl, counters: plug.counters })),
+    });
     let end: CableEnd;
     try {
       // The stop eventfd is only ever written to ask for the end.

@@ -60,6 +60,7 @@ import { signalProcess, spawn, waitFor } from "../../ffi/spawn.ts";
 import { openTap } from "../../ffi/tap.ts";
 import { receiveMessage, sendMessage, setCloseOnExec, socketPair } from "../../ffi/unix.ts";
 import { DataPlane } from "../dataplane.ts";
+import { MetricsServer } from "../metrics.ts";
 import { selfCommand } from "../self.ts";
 import { UsageError } from "./usage.ts";
 
@@ -81,6 +82,8 @@ Options:
   -H, --hostname NAME      the hostname inside
   -s, --sysadm             let the command keep CAP_SYS_ADMIN (mount, hostname),
                            in a mount namespace of its own
+      --metrics ADDR:PORT  serve the plugs' counters for Prometheus at
+                           http://ADDR:PORT/metrics (in the caller's network)
   -h, --help               show this help
 
 The exit status is the command's (128+N if signal N killed it). Without root,
@@ -93,7 +96,7 @@ export const NS_HELPER = "ns-helper";
 const CHANNEL_FD = 3;
 const SIGHUP = 1, SIGTERM = 15;
 const VALUED_SHORT = new Set(["i", "r", "R", "H"]);
-const VALUED_LONG = new Set(["iface", "resolvconf", "resolvaddr", "hostname"]);
+const VALUED_LONG = new Set(["iface", "resolvconf", "resolvaddr", "hostname", "metrics"]);
 
 /** Messages on the socket pair, as JSON. */
 type HelperMessage =
@@ -110,6 +113,7 @@ interface NsRequest {
   resolvconf?: string;
   resolvaddr?: string;
   sysadm: boolean;
+  metrics?: string;
 }
 
 /**
@@ -147,6 +151,7 @@ function parseRequest(args: string[]): NsRequest | undefined {
       resolvconf: { type: "string", short: "r" },
       hostname: { type: "string", short: "H" },
       sysadm: { type: "boolean", short: "s" },
+      metrics: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -181,6 +186,7 @@ function parseRequest(args: string[]): NsRequest | undefined {
     resolvaddr: values.resolvaddr ?? Deno.env.get("VDE_RESOLVADDR"),
     resolvconf: values.resolvconf ?? Deno.env.get("VDE_RESOLVCONF"),
     sysadm: values.sysadm ?? false,
+    metrics: values.metrics,
   };
 }
 
@@ -278,6 +284,10 @@ export async function nsCommand(args: string[]): Promise<number> {
     ...request.command,
   ];
 
+  // A bad address is reported before any namespace is made.
+  const metrics = request.metrics === undefined
+    ? undefined
+    : await MetricsServer.start(request.metrics);
   const [channel, helperEnd] = socketPair();
   let channelOpen = true;
   // Closing it tells a helper still waiting for "go" to give up; close once only.
@@ -290,6 +300,7 @@ export async function nsCommand(args: string[]): Promise<number> {
     helperPid = spawn(argv, { descriptors: { [CHANNEL_FD]: helperEnd } });
   } catch (error) {
     closeChannel();
+    metrics?.close();
     throw error;
   } finally {
     closeQuietly(helperEnd);
@@ -335,6 +346,7 @@ export async function nsCommand(args: string[]): Promise<number> {
         }]);
         planes.push(plane);
         running.add(plane);
+        metrics?.add(plane.plugs.map((plug) => ({ ...plug, name: nsPlugName(taps[i]) })));
         plane.finished.then((end) => {
           running.delete(plane);
           // The TAP side ends when the namespace is gone; only a lost network is news.
@@ -357,7 +369,13 @@ export async function nsCommand(args: string[]): Promise<number> {
     await Promise.all(planes.map((plane) => plane.finished));
     for (const [signal, listener] of listeners) Deno.removeSignalListener(signal, listener);
     closeChannel();
+    metrics?.close();
   }
+}
+
+/** The name under which the plug of interface `tap` is known to `vdeno status` and metrics. */
+function nsPlugName(tap: string): string {
+  return `ns-${Deno.pid}-${tap}`;
 }
 
 /** Writes a resolv.conf naming `addresses` and binds it over /etc/resolv.conf. */

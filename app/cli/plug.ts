@@ -18,6 +18,7 @@ import {
 } from "../../ffi/signals.ts";
 import { pipe, reap, signalProcess, spawn } from "../../ffi/spawn.ts";
 import { ControlServer } from "../control.ts";
+import { MetricsServer } from "../metrics.ts";
 import { countersObject } from "../../core/counters.ts";
 import { type CableEnd, runCable } from "../../core/cable.ts";
 import { type EndSpec, openEnd } from "../../plugs/open.ts";
@@ -39,6 +40,7 @@ Options:
   -p, --pidfile FILE       write the process id to FILE (removed on exit)
   -n, --name NAME          name for 'vdeno status' (default plug-PID)
   -c, --capture FILE       write every frame crossing the plug to a pcap file
+      --metrics ADDR:PORT  serve the counters for Prometheus at http://ADDR:PORT/metrics
   -l, --log                log start and stop to syslog, as vde_plug -l
       --log-level LEVEL    error, warn, info or debug (default warn)
   -h, --help               show this help`;
@@ -71,6 +73,7 @@ export async function plugCommand(args: string[]): Promise<number> {
       "log-level": { type: "string" },
       name: { type: "string", short: "n" },
       capture: { type: "string", short: "c" },
+      metrics: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     allowPositionals: true,
@@ -101,6 +104,7 @@ export async function plugCommand(args: string[]): Promise<number> {
   const plugs: Plug[] = [];
   let capture: PcapWriter | undefined;
   let control: ControlServer | undefined;
+  let metrics: MetricsServer | undefined;
   try {
     if (positionals.length === 2) ends.push({ vnl: positionals[1] });
     else if (command) {
@@ -139,6 +143,10 @@ export async function plugCommand(args: string[]): Promise<number> {
         counters: countersObject(plug.counters),
       })),
     }));
+    if (values.metrics !== undefined) {
+      metrics = await MetricsServer.start(values.metrics);
+      metrics.add(plugs.map((plug) => ({ name, vnl: plug.vnl, counters: plug.counters })));
+    }
     if (values.pidfile) {
       try {
         Deno.writeTextFileSync(values.pidfile, `${Deno.pid}\n`);
@@ -187,6 +195,7 @@ export async function plugCommand(args: string[]): Promise<number> {
     // Closing says goodbye to the network before anything slower happens.
     closePlugs(plugs, capture);
     control?.close();
+    metrics?.close();
     signals.close();
     if (childPid > 0) {
       signalProcess(childPid, SIGTERM);
