@@ -3,11 +3,15 @@
  * directory, mode 0600, that answers one JSON status report per connection.
  * `vdeno status` is its client.
  *
+ * The directory is trusted only when it is a real directory (not a symbolic
+ * link) of the caller's, mode 0700: in /tmp another user could have made it
+ * first, to swap sockets or plant fake plugs.
+ *
  * @module
  */
 
-import { closeQuietly } from "../ffi/libc.ts";
-import { acceptConnection, listenUnix, writeAll } from "../ffi/unix.ts";
+import { closeQuietly, Errno, SystemError } from "../ffi/libc.ts";
+import { acceptConnection, connectUnix, listenUnix, readToEnd, writeAll } from "../ffi/unix.ts";
 import type { CounterName } from "../core/counters.ts";
 
 /** What a plug reports about itself. */
@@ -26,10 +30,73 @@ export interface PlugStatus {
   [detail: string]: unknown;
 }
 
-/** The directory of control sockets: $XDG_RUNTIME_DIR/vdeno, or /tmp/vdeno-UID. */
+/**
+ * The directory of control sockets: $XDG_RUNTIME_DIR/vdeno, else /run/vdeno
+ * for root and /tmp/vdeno-UID for other users.
+ */
 export function controlDirectory(): string {
   const runtime = Deno.env.get("XDG_RUNTIME_DIR");
-  return runtime ? `${runtime}/vdeno` : `/tmp/vdeno-${Deno.uid() ?? 0}`;
+  if (runtime) return `${runtime}/vdeno`;
+  const uid = Deno.uid() ?? 0;
+  return uid === 0 ? "/run/vdeno" : `/tmp/vdeno-${uid}`;
+}
+
+/**
+ * Throws one clear line unless `directory` is a real directory owned by the
+ * caller with mode 0700. Returns false when it does not exist.
+ */
+export function checkControlDirectory(directory: string): boolean {
+  let info: Deno.FileInfo;
+  try {
+    info = Deno.lstatSync(directory);
+  } catch (error) {
+    if (error instanceof Deno.errors.NotFound) return false;
+    throw error;
+  }
+  const uid = Deno.uid() ?? 0;
+  const mode = (info.mode ?? 0) & 0o7777;
+  const problem = info.isSymlink
+    ? "is a symbolic link"
+    : !info.isDirectory
+    ? "is not a directory"
+    : info.uid !== uid
+    ? `belongs to uid ${info.uid}, not to uid ${uid}`
+    : mode !== 0o700
+    ? `has mode 0${mode.toString(8)}, not 0700`
+    : undefined;
+  if (problem) {
+    throw new Error(
+      `Unsafe control directory ${directory}: it ${problem}; ` +
+        "remove it, or set XDG_RUNTIME_DIR to a private directory",
+    );
+  }
+  return true;
+}
+
+/** Creates the control directory (0700) if needed and checks it is safe to use. */
+function prepareControlDirectory(): string {
+  const directory = controlDirectory();
+  if (checkControlDirectory(directory)) return directory;
+  try {
+    Deno.mkdirSync(directory, { mode: 0o700 });
+  } catch (error) {
+    if (!(error instanceof Deno.errors.AlreadyExists)) {
+      throw new Error(
+        `Cannot create the control directory ${directory}: ${(error as Error).message}`,
+      );
+    }
+  }
+  checkControlDirectory(directory);
+  return directory;
+}
+
+/** Whether `path` is a socket (not following a symbolic link). */
+function isSocket(path: string): boolean {
+  try {
+    return Deno.lstatSync(path).isSocket === true;
+  } catch {
+    return false;
+  }
 }
 
 /** The longest a client that stops reading may hold up the plug's loop. */
@@ -57,24 +124,26 @@ export class ControlServer {
    * Listens at `<controlDirectory()>/<name>.sock`. A live plug of the same
    * name is an error; a socket left by a dead one is replaced.
    */
-  static async start(name: string, report: () => StatusReport): Promise<ControlServer> {
+  static start(name: string, report: () => StatusReport): ControlServer {
     if (!/^[A-Za-z0-9_.-]+$/.test(name)) {
       throw new Error(
         `Bad plug name: ${JSON.stringify(name)}; use letters, digits, '.', '_' or '-'`,
       );
     }
-    const directory = controlDirectory();
-    Deno.mkdirSync(directory, { recursive: true, mode: 0o700 });
-    Deno.chmodSync(directory, 0o700);
+    const directory = prepareControlDirectory();
     const path = `${directory}/${name}.sock`;
-    if (await isLive(path)) throw new Error(`A plug named ${name} is already running (${path})`);
+    if (isLive(path)) throw new Error(`A plug named ${name} is already running (${path})`);
+    // Bound under a name of its own and renamed once it listens, so that no
+    // client (`vdeno status` removing dead sockets) ever sees it unanswered.
+    const temporary = `${directory}/.${name}.${Deno.pid}.tmp`;
+    if (isSocket(temporary)) Deno.removeSync(temporary);
+    const fd = listenUnix(temporary);
     try {
-      Deno.removeSync(path);
-    } catch {
-      // No stale socket: nothing to remove.
+      Deno.renameSync(temporary, path);
+    } catch (error) {
+      closeQuietly(fd);
+      throw error;
     }
-    const fd = listenUnix(path);
-    Deno.chmodSync(path, 0o600);
     return new ControlServer(path, fd, report);
   }
 
@@ -106,40 +175,108 @@ export class ControlServer {
 
 const encoder = new TextEncoder();
 
-async function isLive(path: string): Promise<boolean> {
+/** Whether a plug listens at `path`; EAGAIN (a full queue) counts as live. */
+function isLive(path: string): boolean {
   try {
-    const connection = await Deno.connect({ transport: "unix", path });
-    connection.close();
+    closeQuietly(connectUnix(path));
+    return true;
+  } catch (error) {
+    return error instanceof SystemError && error.code === Errno.EAGAIN;
+  }
+}
+
+/** How long `vdeno status` waits for one plug's report. */
+export const QUERY_TIMEOUT_MS = 2000;
+/** The largest report `vdeno status` reads (a full 1M-entry MAC table fits). */
+export const QUERY_MAX_BYTES = 128 << 20;
+
+/** Why a control socket gave no report. */
+export class NoAnswer extends Error {
+  /** Nobody listens there any more: the socket of a plug that died. */
+  readonly stale: boolean;
+  constructor(message: string, stale = false) {
+    super(message);
+    this.name = "NoAnswer";
+    this.stale = stale;
+  }
+}
+
+/**
+ * Asks the plug at `path` for its report, waiting at most `timeoutMs` and
+ * reading at most `maxBytes`. Throws {@linkcode NoAnswer} otherwise.
+ */
+export async function queryStatus(
+  path: string,
+  timeoutMs = QUERY_TIMEOUT_MS,
+  maxBytes = QUERY_MAX_BYTES,
+): Promise<StatusReport> {
+  let fd: number;
+  try {
+    fd = connectUnix(path);
+  } catch (error) {
+    const stale = error instanceof SystemError && error.code === Errno.ECONNREFUSED;
+    throw new NoAnswer(stale ? "nobody listens" : (error as Error).message, stale);
+  }
+  try {
+    const { bytes, ended } = await readToEnd(fd, maxBytes, timeoutMs);
+    if (ended === "timeout") throw new NoAnswer(`no answer within ${timeoutMs / 1000} s`);
+    if (ended === "too long") throw new NoAnswer(`answer longer than ${maxBytes} bytes`);
+    if (ended === "error") throw new NoAnswer("read failed");
+    let report: unknown;
+    try {
+      report = JSON.parse(new TextDecoder().decode(bytes));
+    } catch {
+      throw new NoAnswer("the answer is not JSON");
+    }
+    if (!isStatusReport(report)) throw new NoAnswer("the answer is not a status report");
+    return report;
+  } finally {
+    closeQuietly(fd);
+  }
+}
+
+function isStatusReport(value: unknown): value is StatusReport {
+  const report = value as StatusReport;
+  return typeof report === "object" && report !== null && typeof report.name === "string" &&
+    typeof report.pid === "number" && typeof report.uptimeSeconds === "number" &&
+    Array.isArray(report.plugs) &&
+    report.plugs.every((plug) =>
+      typeof plug === "object" && plug !== null && typeof plug.vnl === "string" &&
+      typeof plug.counters === "object" && plug.counters !== null &&
+      Object.values(plug.counters).every((n) => typeof n === "number")
+    );
+}
+
+/**
+ * Removes the control socket at `path` if nobody listens there any more (a
+ * plug that was killed leaves it behind); true when it did.
+ */
+export function removeIfStale(path: string): boolean {
+  if (!isSocket(path)) return false;
+  try {
+    closeQuietly(connectUnix(path));
+    return false;
+  } catch (error) {
+    if (!(error instanceof SystemError && error.code === Errno.ECONNREFUSED)) return false;
+  }
+  try {
+    Deno.removeSync(path);
     return true;
   } catch {
     return false;
   }
 }
 
-/** Asks the plug at `path` for its report. */
-export async function queryStatus(path: string): Promise<StatusReport> {
-  const connection = await Deno.connect({ transport: "unix", path });
-  try {
-    const text = await new Response(connection.readable).text();
-    return JSON.parse(text) as StatusReport;
-  } finally {
-    try {
-      connection.close();
-    } catch {
-      // Closed by the stream already.
-    }
-  }
-}
-
-/** The control sockets in the directory, live or not. */
+/**
+ * The control sockets in the directory, live or not; none when the directory
+ * does not exist. Throws one line when the directory is not safe to trust.
+ */
 export function controlSockets(): { name: string; path: string }[] {
   const directory = controlDirectory();
-  try {
-    return [...Deno.readDirSync(directory)]
-      .filter((entry) => entry.name.endsWith(".sock"))
-      .map((entry) => ({ name: entry.name.slice(0, -5), path: `${directory}/${entry.name}` }))
-      .sort((a, b) => a.name.localeCompare(b.name));
-  } catch {
-    return [];
-  }
+  if (!checkControlDirectory(directory)) return [];
+  return [...Deno.readDirSync(directory)]
+    .filter((entry) => entry.name.endsWith(".sock") && !entry.name.startsWith("."))
+    .map((entry) => ({ name: entry.name.slice(0, -5), path: `${directory}/${entry.name}` }))
+    .filter((socket) => isSocket(socket.path))
+    .sort((a, b) => a.name.localeCompare(b.name));
 }

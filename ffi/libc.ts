@@ -58,6 +58,8 @@ const symbols = {
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
   // int ioctl(int fd, unsigned long request, unsigned long arg), for requests that take a value
   ioctl_value: { name: "ioctl", parameters: ["i32", "u64", "u64"], result: "i32" },
+  // int fchmod(int fd, mode_t mode)
+  fchmod: { parameters: ["i32", "u32"], result: "i32" },
   // int fcntl(int fd, int cmd, int arg)
   fcntl: { parameters: ["i32", "i32", "i32"], result: "i32" },
   // int poll(struct pollfd *fds, nfds_t nfds, int timeout)

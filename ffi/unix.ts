@@ -9,6 +9,7 @@
  */
 
 import { addressOf, check, Errno, errno, libc, SystemError } from "./libc.ts";
+import { POLLERR, POLLHUP, POLLIN, PollSet } from "./poll.ts";
 
 const AF_UNIX = 1;
 const SOCK_SEQPACKET = 5;
@@ -132,11 +133,7 @@ const MSG_NOSIGNAL = 0x4000;
 /** sun_path holds 108 bytes, the terminating NUL included. */
 const UNIX_PATH_MAX = 108;
 
-/**
- * A listening Unix stream socket bound to `path`, non-blocking so that a
- * loop which polls it can accept without ever waiting.
- */
-export function listenUnix(path: string, backlog = 16): number {
+function unixAddress(path: string): { address: Uint8Array<ArrayBuffer>; length: number } {
   const name = new TextEncoder().encode(path);
   if (name.length >= UNIX_PATH_MAX) {
     throw new Error(
@@ -146,18 +143,101 @@ export function listenUnix(path: string, backlog = 16): number {
   const address = new Uint8Array(2 + UNIX_PATH_MAX);
   address[0] = AF_UNIX;
   address.set(name, 2);
+  return { address, length: 2 + name.length + 1 };
+}
+
+/**
+ * A listening Unix stream socket bound to `path`, non-blocking so that a
+ * loop which polls it can accept without ever waiting. The socket file is
+ * created with `mode` (less the umask): the mode is set on the socket before
+ * bind creates the file, so there is no moment when it is more open, and no
+ * chmod by path that a swapped file could redirect.
+ */
+export function listenUnix(path: string, backlog = 16, mode = 0o600): number {
+  const { address, length } = unixAddress(path);
   const fd = check(
     libc.socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0),
     "socket(AF_UNIX)",
   );
   try {
-    check(libc.bind(fd, address, 2 + name.length + 1), `bind ${path}`);
+    check(libc.fchmod(fd, mode), "fchmod");
+    check(libc.bind(fd, address, length), `bind ${path}`);
     check(libc.listen(fd, backlog), `listen ${path}`);
   } catch (error) {
     libc.close(fd);
     throw error;
   }
   return fd;
+}
+
+/**
+ * Connects to the Unix stream socket at `path` without waiting and returns
+ * the non-blocking descriptor. Throws a {@linkcode SystemError}: ECONNREFUSED
+ * when nobody listens there (a socket left by a process that died), EAGAIN
+ * when the listener's queue is full.
+ */
+export function connectUnix(path: string): number {
+  const { address, length } = unixAddress(path);
+  const fd = check(
+    libc.socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0),
+    "socket(AF_UNIX)",
+  );
+  if (libc.connect(fd, address, length) < 0) {
+    const code = errno();
+    libc.close(fd);
+    throw new SystemError(`connect ${path}`, code);
+  }
+  return fd;
+}
+
+/** What {@linkcode readToEnd} got: the bytes, and why it stopped. */
+export interface ReadResult {
+  bytes: Uint8Array<ArrayBuffer>;
+  ended: "end" | "timeout" | "too long" | "error";
+}
+
+/**
+ * Reads a non-blocking descriptor to the end of the stream, but no more than
+ * `maxBytes` and for no longer than `timeoutMs`, so that a peer that says
+ * nothing, or too much, cannot hold the caller. Waits without blocking the
+ * event loop.
+ */
+export async function readToEnd(
+  fd: number,
+  maxBytes: number,
+  timeoutMs: number,
+): Promise<ReadResult> {
+  const deadline = Date.now() + timeoutMs;
+  const poller = new PollSet([fd]);
+  let buffer = new Uint8Array(Math.min(maxBytes + 1, 1 << 16));
+  let used = 0;
+  for (;;) {
+    if (used === buffer.length) {
+      if (used > maxBytes) return { bytes: buffer.slice(0, maxBytes), ended: "too long" };
+      const larger = new Uint8Array(Math.min(maxBytes + 1, buffer.length * 2));
+      larger.set(buffer);
+      buffer = larger;
+    }
+    const count = libc.read(
+      fd,
+      Deno.UnsafePointer.offset(Deno.UnsafePointer.of(buffer)!, used),
+      BigInt(buffer.length - used),
+    );
+    if (count > 0) {
+      used += count;
+      continue;
+    }
+    if (count === 0) return { bytes: buffer.slice(0, used), ended: "end" };
+    const code = errno();
+    if (code === Errno.EINTR) continue;
+    if (code !== Errno.EAGAIN) return { bytes: buffer.slice(0, used), ended: "error" };
+    const left = deadline - Date.now();
+    if (left <= 0) return { bytes: buffer.slice(0, used), ended: "timeout" };
+    await poller.waitAsync(left);
+    if (!(poller.events(0) & (POLLIN | POLLHUP | POLLERR)) && Date.now() >= deadline) {
+      return { bytes: buffer.slice(0, used), ended: "timeout" };
+    }
+  }
 }
 
 /**

@@ -1,13 +1,11 @@
 /** vdeno plug's life cycle: daemon and pidfile, signals, and the ends going away. */
 
 import assert from "node:assert/strict";
+import { controlDirectory } from "../app/control.ts";
 import { captureUdp } from "./_capture.ts";
 import { Lan, prerequisites, sleep, VDENO } from "./_harness.ts";
 
-const controlSocket = (name: string) =>
-  `${
-    Deno.env.get("XDG_RUNTIME_DIR") ? `${Deno.env.get("XDG_RUNTIME_DIR")}/vdeno` : "/tmp/vdeno-0"
-  }/${name}.sock`;
+const controlSocket = (name: string) => `${controlDirectory()}/${name}.sock`;
 
 function exists(path: string): boolean {
   try {

@@ -1,6 +1,7 @@
 /** Seeing inside a running plug: vdeno status, the control socket, pcap capture. */
 
 import assert from "node:assert/strict";
+import { controlDirectory } from "../app/control.ts";
 import { Lan, prerequisites, run, sleep, VDENO } from "./_harness.ts";
 
 async function twoPlugs(lan: Lan, extra: string[] = []) {
@@ -72,9 +73,7 @@ Deno.test("the control socket is mode 0600 and another user cannot query it", as
   if (!(await prerequisites(t, ["setpriv"]))) return;
   await using lan = await Lan.create(2);
   const { a } = await twoPlugs(lan);
-  const path = "/tmp/vdeno-0/left.sock";
-  const runtime = Deno.env.get("XDG_RUNTIME_DIR");
-  const socket = runtime ? `${runtime}/vdeno/left.sock` : path;
+  const socket = `${controlDirectory()}/left.sock`;
   assert.equal((Deno.statSync(socket).mode ?? 0) & 0o777, 0o600);
   const asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
   const probe = await a.run([

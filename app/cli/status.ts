@@ -10,8 +10,10 @@ import { parseArgs } from "node:util";
 import {
   controlDirectory,
   controlSockets,
+  NoAnswer,
   type PlugStatus,
   queryStatus,
+  removeIfStale,
   type StatusReport,
 } from "../control.ts";
 import { UsageError } from "./usage.ts";
@@ -25,7 +27,8 @@ Options:
   -w, --watch [SECS]    refresh every SECS seconds (default 1), with rates per second
   -h, --help            show this help
 
-Plugs answer on Unix sockets in ${"$"}XDG_RUNTIME_DIR/vdeno (or /tmp/vdeno-UID).`;
+Plugs answer on Unix sockets in ${"$"}XDG_RUNTIME_DIR/vdeno (or /run/vdeno for root,
+/tmp/vdeno-UID for other users). Sockets left by plugs that died are removed.`;
 
 /** Runs `vdeno status`; resolves to the exit code. */
 export async function statusCommand(args: string[]): Promise<number> {
@@ -86,19 +89,47 @@ async function collect(target: string | undefined): Promise<StatusReport[]> {
   const reports: StatusReport[] = [];
   for (const socket of controlSockets()) {
     if (target !== undefined && socket.name !== target && !/^\d+$/.test(target)) continue;
+    let report: StatusReport;
     try {
-      const report = await queryStatus(socket.path);
-      if (target === undefined || report.name === target || String(report.pid) === target) {
-        reports.push(report);
-      }
-    } catch {
-      // A socket without a live plug behind it: left by a killed process.
+      report = printable(await queryStatus(socket.path));
+    } catch (error) {
+      if (!(error instanceof NoAnswer)) throw error;
+      // A socket nobody listens on was left by a plug that died: clean it up.
+      if (error.stale) removeIfStale(socket.path);
+      else {console.error(
+          `vdeno status: ${printable(socket.name)} gave no report: ${error.message}`,
+        );}
+      continue;
+    }
+    if (target === undefined || report.name === target || String(report.pid) === target) {
+      reports.push(report);
     }
   }
   if (target !== undefined && reports.length === 0) {
     throw new Error(`No running plug named ${target} (looked in ${controlDirectory()})`);
   }
   return reports;
+}
+
+// deno-lint-ignore no-control-regex
+const CONTROL_CHARACTERS = /[\u0000-\u001f\u007f-\u009f\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+/**
+ * `value` with every control character (C0, DEL, C1, and the bidirectional
+ * overrides) in its strings and keys replaced by U+FFFD: what a plug reports
+ * reaches a terminal, and a socket in the directory could be anyone's.
+ */
+function printable<T>(value: T): T {
+  if (typeof value === "string") {
+    return value.replace(CONTROL_CHARACTERS, "\ufffd") as T;
+  }
+  if (Array.isArray(value)) return value.map(printable) as T;
+  if (typeof value === "object" && value !== null) {
+    return Object.fromEntries(
+      Object.entries(value).map(([key, item]) => [printable(key), printable(item)]),
+    ) as T;
+  }
+  return value;
 }
 
 function formatDuration(seconds: number): string {

@@ -1,0 +1,232 @@
+/**
+ * Attacks from the host: another local user, a planted symbolic link, a fake
+ * or dead plug in the control directory. Each test performs the attack with
+ * real processes and a real second user, and shows it now does no harm.
+ */
+
+import assert from "node:assert/strict";
+import { Lan, prerequisites, run, sleep, VDENO } from "./_harness.ts";
+
+/** The unprivileged user that plays the attacker. */
+const NOBODY = 65534;
+
+/** A uid no account uses, unique to this test process: the victim, an ordinary user. */
+const VICTIM = 20000 + (Deno.pid % 30000);
+
+function exists(path: string): boolean {
+  try {
+    Deno.lstatSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function waitFor(what: string, condition: () => boolean, timeoutMs = 20_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!condition()) {
+    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
+    await sleep(50);
+  }
+}
+
+/**
+ * A home and Deno cache that `uid` owns, so that vdeno runs as that user;
+ * removed on dispose.
+ */
+async function userHome(uid: number) {
+  const home = await Deno.makeTempDir({ prefix: "vdeno-home-" });
+  await Deno.chown(home, uid, uid);
+  return {
+    /** argv that runs `argv` as `uid`, with `env` and XDG_RUNTIME_DIR unset (as under sudo). */
+    as: (argv: string[], env: string[] = []) => [
+      "setpriv",
+      `--reuid=${uid}`,
+      `--regid=${uid}`,
+      "--clear-groups",
+      "env",
+      "-u",
+      "XDG_RUNTIME_DIR",
+      `HOME=${home}`,
+      `DENO_DIR=${home}/deno`,
+      ...env,
+      ...argv,
+    ],
+    [Symbol.asyncDispose]: () => Deno.remove(home, { recursive: true }),
+  };
+}
+
+/** A private runtime directory (0700), to give a test's plugs a control directory of their own. */
+async function privateRuntime() {
+  const path = await Deno.makeTempDir({ prefix: "vdeno-run-" });
+  await Deno.chmod(path, 0o700);
+  return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
+}
+
+Deno.test("a control directory another user made in /tmp is refused with one line", async (t) => {
+  if (!(await prerequisites(t, ["setpriv"]))) return;
+  await using lan = await Lan.create(1);
+  const [host] = lan.hosts;
+  await using victim = await userHome(VICTIM);
+  await using attacker = await userHome(NOBODY);
+  const directory = `/tmp/vdeno-${VICTIM}`;
+  const bait = `/tmp/vdeno-bait-${Deno.pid}`;
+  const clean = () => run(["rm", "-rf", directory, bait]);
+  await clean();
+  const plug = (name: string) =>
+    host.run(victim.as([...VDENO, "plug", "-n", name, "vxvde://239.8.0.1", "=", "cat"]), {
+      timeoutMs: 60_000,
+    });
+  const attacks: [string, string[], RegExp][] = [
+    [
+      "a directory of the attacker's, open to all",
+      ["sh", "-c", `mkdir -m 0777 ${directory}`],
+      /belongs to uid 65534, not to uid \d+/,
+    ],
+    [
+      "a symbolic link to the attacker's directory",
+      ["sh", "-c", `mkdir -m 0777 ${bait} && ln -s ${bait} ${directory}`],
+      /is a symbolic link/,
+    ],
+    ["a file", ["sh", "-c", `touch ${directory}`], /is not a directory/],
+  ];
+  try {
+    for (const [what, plant, reason] of attacks) {
+      await clean();
+      const planted = await run(attacker.as(plant));
+      assert.equal(planted.code, 0, planted.stderr);
+      const result = await plug("victim");
+      assert.equal(result.code, 1, `${what}: the plug must refuse it: ${result.stderr}`);
+      const lines = result.stderr.trim().split("\n");
+      assert.equal(lines.length, 1, `${what}: one line: ${result.stderr}`);
+      assert.match(lines[0], new RegExp(`Unsafe control directory ${directory}: it`));
+      assert.match(lines[0], reason, what);
+      assert.ok(!exists(`${bait}/victim.sock`), `${what}: no socket in the attacker's directory`);
+    }
+    // The victim's own directory, left group- and world-readable by something else.
+    await clean();
+    await Deno.mkdir(directory);
+    await Deno.chmod(directory, 0o755);
+    await Deno.chown(directory, VICTIM, VICTIM);
+    const loose = await plug("victim");
+    assert.equal(loose.code, 1);
+    assert.match(loose.stderr, /it has mode 0755, not 0700/);
+
+    // With nothing planted, the plug makes the directory itself: 0700, its own, socket 0600.
+    await clean();
+    const good = host.spawn(victim.as([...VDENO, "plug", "-n", "victim", "vxvde://239.8.0.1"]), {
+      stdin: "piped",
+    });
+    await waitFor("the victim's control socket", () => exists(`${directory}/victim.sock`));
+    const info = Deno.lstatSync(directory);
+    assert.ok(info.isDirectory);
+    assert.equal(info.uid, VICTIM);
+    assert.equal((info.mode ?? 0) & 0o7777, 0o700);
+    const socket = Deno.lstatSync(`${directory}/victim.sock`);
+    assert.ok(socket.isSocket);
+    assert.equal((socket.mode ?? 0) & 0o777, 0o600);
+    const status = await run(victim.as([...VDENO, "status", "--json", "victim"]));
+    assert.equal(status.code, 0, status.stderr);
+    assert.equal(JSON.parse(status.stdout).name, "victim");
+    await good.stop("SIGTERM");
+  } finally {
+    await clean();
+  }
+});
+
+Deno.test("root's control directory is /run/vdeno when XDG_RUNTIME_DIR is unset", async (t) => {
+  if (!(await prerequisites(t, []))) return;
+  await using lan = await Lan.create(1);
+  const [host] = lan.hosts;
+  const name = `rootdir-${Deno.pid}`;
+  const unset = ["env", "-u", "XDG_RUNTIME_DIR"];
+  const plug = host.spawn([...unset, ...VDENO, "plug", "-n", name, "vxvde://239.8.0.2"], {
+    stdin: "piped",
+  });
+  await waitFor("the control socket", () => exists(`/run/vdeno/${name}.sock`));
+  const info = Deno.lstatSync("/run/vdeno");
+  assert.equal(info.uid, 0);
+  assert.equal((info.mode ?? 0) & 0o7777, 0o700);
+  const status = await run([...unset, ...VDENO, "status", "--json", name]);
+  assert.equal(status.code, 0, status.stderr);
+  assert.equal(JSON.parse(status.stdout).name, name);
+  assert.equal((await plug.stop("SIGTERM")).code, 0);
+  assert.ok(!exists(`/run/vdeno/${name}.sock`), "the socket is removed on exit");
+});
+
+Deno.test("status strips control characters, never hangs on a fake plug, and removes dead sockets", async (t) => {
+  if (!(await prerequisites(t, []))) return;
+  await using lan = await Lan.create(1);
+  const [host] = lan.hosts;
+  await using runtime = await privateRuntime();
+  const env = { XDG_RUNTIME_DIR: runtime.path };
+  const plug = (name: string) =>
+    host.spawn([...VDENO, "plug", "-n", name, "vxvde://239.8.0.3"], { env, stdin: "piped" });
+  plug("real");
+  const doomed = plug("doomed");
+  const directory = `${runtime.path}/vdeno`;
+  await waitFor("the plugs' sockets", () => exists(`${directory}/real.sock`));
+  await waitFor("the plugs' sockets", () => exists(`${directory}/doomed.sock`));
+  // A plug killed outright leaves its socket behind.
+  await doomed.stop("SIGKILL");
+  assert.ok(exists(`${directory}/doomed.sock`));
+
+  // Fake plugs, as anyone who could write there would plant them.
+  const escapes = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202e";
+  const evil = Deno.listen({ transport: "unix", path: `${directory}/evil.sock` });
+  const silent = Deno.listen({ transport: "unix", path: `${directory}/silent.sock` });
+  const flood = Deno.listen({ transport: "unix", path: `${directory}/flood.sock` });
+  Deno.writeTextFileSync(`${directory}/notasocket.sock`, "");
+  const held: Deno.Conn[] = [];
+  const serve = async (listener: Deno.Listener, answer: (conn: Deno.Conn) => Promise<void>) => {
+    for await (const conn of listener) {
+      held.push(conn);
+      answer(conn).catch(() => {});
+    }
+  };
+  const report = JSON.stringify({
+    name: `evil${escapes}`,
+    pid: 1,
+    startedAt: escapes,
+    uptimeSeconds: 1,
+    plugs: [{ vnl: `vxvde://${escapes}`, counters: { framesIn: 1 }, [escapes]: escapes }],
+  });
+  const servers = [
+    serve(evil, async (conn) => {
+      await conn.write(new TextEncoder().encode(report));
+      conn.close();
+    }),
+    serve(silent, async () => {}),
+    serve(flood, async (conn) => {
+      const chunk = new Uint8Array(1 << 20).fill(0x20);
+      for (;;) await conn.write(chunk);
+    }),
+  ];
+  try {
+    for (const args of [["status"], ["status", "--json"], ["status", "1"]]) {
+      const result = await run([...VDENO, ...args], { env, timeoutMs: 60_000 });
+      assert.equal(result.code, 0, `${args.join(" ")}: ${result.stderr}`);
+      const printed = result.stdout + result.stderr;
+      // deno-lint-ignore no-control-regex
+      const control = /[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]/.exec(printed);
+      assert.equal(control, null, `${args.join(" ")} printed a control character: ${printed}`);
+      assert.match(printed, /evil/);
+      if (args.length === 1) {
+        assert.match(result.stdout, /\breal\b/);
+        assert.match(result.stderr, /silent gave no report: no answer within 2 s/);
+        assert.match(result.stderr, /flood gave no report: answer longer than \d+ bytes/);
+      }
+    }
+    assert.ok(!exists(`${directory}/doomed.sock`), "the dead plug's socket was removed");
+    assert.ok(exists(`${directory}/real.sock`), "a live plug's socket stays");
+    assert.ok(exists(`${directory}/notasocket.sock`), "what is not a socket is left alone");
+  } finally {
+    for (const listener of [evil, silent, flood]) listener.close();
+    for (const conn of held) {
+      try {
+        conn.close();
+      } catch { /* closed already */ }
+    }
+    await Promise.allSettled(servers);
+  }
+});
