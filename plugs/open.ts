@@ -6,13 +6,14 @@
  */
 
 import type { Plug } from "../core/plug.ts";
-import { splitVnl, VnlError } from "../core/vnl.ts";
+import { splitVnl } from "../core/vnl.ts";
 import { AgnoPlug } from "./agno.ts";
 import { PcapPlug } from "./pcap.ts";
 import { QemuStreamPlug } from "./qemu.ts";
 import { StreamPlug } from "./stream.ts";
 import { TapPlug } from "./tap.ts";
 import { UdpPlug } from "./udp.ts";
+import { VdeplugPlug } from "./vdeplug.ts";
 import { VxvdePlug } from "./vxvde.ts";
 
 /**
@@ -28,6 +29,7 @@ const schemes: Record<string, SchemeOpener> = {
   udp: (vnl, rest) => new UdpPlug(vnl, rest),
   qemu: (vnl, rest) => new QemuStreamPlug(vnl, rest),
   agno: (vnl, rest, open) => new AgnoPlug(vnl, rest, open),
+  vdeplug: (vnl, rest) => new VdeplugPlug(vnl, rest, schemeNames()),
 };
 
 /** The schemes vdeno can open. */
@@ -35,17 +37,15 @@ export function schemeNames(): string[] {
   return Object.keys(schemes);
 }
 
-/** Opens the network a VNL names; throws a VnlError or Error with one clear line. */
+/**
+ * Opens the network a VNL names; throws a VnlError or Error with one clear
+ * line. vdeno's own schemes come first; any other goes to libvdeplug, whose
+ * plugins may know it.
+ */
 export function openPlug(vnl: string): Plug {
   const { scheme, rest } = splitVnl(vnl);
   const open = schemes[scheme];
-  if (!open) {
-    throw new VnlError(
-      `Unknown VNL scheme ${scheme}://; vdeno knows ${
-        schemeNames().map((s) => s + "://").join(", ")
-      }`,
-    );
-  }
+  if (!open) return new VdeplugPlug(vnl, `${scheme}://${rest}`, schemeNames());
   return open(vnl, rest, openPlug);
 }
 

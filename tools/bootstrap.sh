@@ -6,6 +6,7 @@ set -euo pipefail
 
 packages=(
   vdeplug libvdeplug2 vdens libvdeplug-agno randmac   # the reference peers
+  vde2 libvdeplug-slirp libvdeplug-vlan               # the VDE family: vde_switch, slirp://, vlan://
   qemu-system-x86 busybox-static cpio xz-utils kmod    # the VM of the end-to-end test
   linux-image-cloud-amd64
   iproute2 iputils-ping iperf3 tcpdump tshark          # hosts, traffic and captures
