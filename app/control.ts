@@ -11,6 +11,15 @@
  */
 
 import { closeQuietly, Errno, SystemError } from "../ffi/libc.ts";
+import {
+  fileInfo,
+  getEnv,
+  listDirectory,
+  makeDirectory,
+  removeFile,
+  renameFile,
+  userId,
+} from "../ffi/os.ts";
 import { acceptConnection, connectUnix, listenUnix, readToEnd, writeAll } from "../ffi/unix.ts";
 import type { CounterName } from "../core/counters.ts";
 
@@ -35,9 +44,9 @@ export interface PlugStatus {
  * for root and /tmp/vdeno-UID for other users.
  */
 export function controlDirectory(): string {
-  const runtime = Deno.env.get("XDG_RUNTIME_DIR");
+  const runtime = getEnv("XDG_RUNTIME_DIR");
   if (runtime) return `${runtime}/vdeno`;
-  const uid = Deno.uid() ?? 0;
+  const uid = userId();
   return uid === 0 ? "/run/vdeno" : `/tmp/vdeno-${uid}`;
 }
 
@@ -46,15 +55,10 @@ export function controlDirectory(): string {
  * caller with mode 0700. Returns false when it does not exist.
  */
 export function checkControlDirectory(directory: string): boolean {
-  let info: Deno.FileInfo;
-  try {
-    info = Deno.lstatSync(directory);
-  } catch (error) {
-    if (error instanceof Deno.errors.NotFound) return false;
-    throw error;
-  }
-  const uid = Deno.uid() ?? 0;
-  const mode = (info.mode ?? 0) & 0o7777;
+  const info = fileInfo(directory, false);
+  if (!info) return false;
+  const uid = userId();
+  const mode = info.mode;
   const problem = info.isSymlink
     ? "is a symbolic link"
     : !info.isDirectory
@@ -78,13 +82,9 @@ function prepareControlDirectory(): string {
   const directory = controlDirectory();
   if (checkControlDirectory(directory)) return directory;
   try {
-    Deno.mkdirSync(directory, { mode: 0o700 });
+    makeDirectory(directory, 0o700);
   } catch (error) {
-    if (!(error instanceof Deno.errors.AlreadyExists)) {
-      throw new Error(
-        `Cannot create the control directory ${directory}: ${(error as Error).message}`,
-      );
-    }
+    throw new Error(`Cannot create the control directory: ${(error as Error).message}`);
   }
   checkControlDirectory(directory);
   return directory;
@@ -93,7 +93,7 @@ function prepareControlDirectory(): string {
 /** Whether `path` is a socket (not following a symbolic link). */
 function isSocket(path: string): boolean {
   try {
-    return Deno.lstatSync(path).isSocket === true;
+    return fileInfo(path, false)?.isSocket === true;
   } catch {
     return false;
   }
@@ -136,10 +136,10 @@ export class ControlServer {
     // Bound under a name of its own and renamed once it listens, so that no
     // client (`vdeno status` removing dead sockets) ever sees it unanswered.
     const temporary = `${directory}/.${name}.${Deno.pid}.tmp`;
-    if (isSocket(temporary)) Deno.removeSync(temporary);
+    if (isSocket(temporary)) removeFile(temporary);
     const fd = listenUnix(temporary);
     try {
-      Deno.renameSync(temporary, path);
+      renameFile(temporary, path);
     } catch (error) {
       closeQuietly(fd);
       throw error;
@@ -166,9 +166,9 @@ export class ControlServer {
     this.#closed = true;
     closeQuietly(this.fd);
     try {
-      Deno.removeSync(this.path);
+      removeFile(this.path);
     } catch {
-      // Already removed.
+      // Cleanup is best effort: the plug stops either way.
     }
   }
 }
@@ -260,8 +260,7 @@ export function removeIfStale(path: string): boolean {
     if (!(error instanceof SystemError && error.code === Errno.ECONNREFUSED)) return false;
   }
   try {
-    Deno.removeSync(path);
-    return true;
+    return removeFile(path);
   } catch {
     return false;
   }
@@ -274,9 +273,9 @@ export function removeIfStale(path: string): boolean {
 export function controlSockets(): { name: string; path: string }[] {
   const directory = controlDirectory();
   if (!checkControlDirectory(directory)) return [];
-  return [...Deno.readDirSync(directory)]
-    .filter((entry) => entry.name.endsWith(".sock") && !entry.name.startsWith("."))
-    .map((entry) => ({ name: entry.name.slice(0, -5), path: `${directory}/${entry.name}` }))
+  return listDirectory(directory)
+    .filter((entry) => entry.endsWith(".sock") && !entry.startsWith("."))
+    .map((entry) => ({ name: entry.slice(0, -5), path: `${directory}/${entry}` }))
     .filter((socket) => isSocket(socket.path))
     .sort((a, b) => a.name.localeCompare(b.name));
 }

@@ -22,6 +22,7 @@ const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 const S_IFDIR = 0o040000;
 const S_IFSOCK = 0o140000;
+const S_IFLNK = 0o120000;
 /** struct stat on x86_64 Linux: st_mode at 24, st_uid at 28, st_size at 48. */
 const STAT_SIZE = 144;
 /** struct dirent on 64-bit Linux: d_name starts at byte 19. */
@@ -73,6 +74,8 @@ export interface FileInfo {
   isFile: boolean;
   isDirectory: boolean;
   isSocket: boolean;
+  /** Only when not followed. */
+  isSymlink: boolean;
 }
 
 function fileInfoFrom(buffer: Uint8Array<ArrayBuffer>): FileInfo {
@@ -85,6 +88,7 @@ function fileInfoFrom(buffer: Uint8Array<ArrayBuffer>): FileInfo {
     isFile: (mode & S_IFMT) === S_IFREG,
     isDirectory: (mode & S_IFMT) === S_IFDIR,
     isSocket: (mode & S_IFMT) === S_IFSOCK,
+    isSymlink: (mode & S_IFMT) === S_IFLNK,
   };
 }
 
