@@ -16,6 +16,7 @@
  */
 
 import { COUNTER_NAMES } from "../core/counters.ts";
+import { readTextFile } from "../ffi/os.ts";
 
 /** The counters of one plug, as the metrics server sees them. */
 export interface MetricsSource {
@@ -142,7 +143,7 @@ function labels(values: Record<string, string>): string {
 function processMetrics(): string[] {
   const lines: string[] = [];
   try {
-    const status = Deno.readTextFileSync("/proc/self/status");
+    const status = readTextFile("/proc/self/status");
     const kb = (field: string) =>
       Number(new RegExp(`^${field}:\\s+(\\d+) kB`, "m").exec(status)?.[1]);
     lines.push(
@@ -153,7 +154,7 @@ function processMetrics(): string[] {
       "# TYPE vdeno_process_peak_resident_memory_bytes gauge",
       `vdeno_process_peak_resident_memory_bytes ${kb("VmHWM") * 1024}`,
     );
-    const stat = Deno.readTextFileSync("/proc/self/stat");
+    const stat = readTextFile("/proc/self/stat");
     // Fields after the command name, which may hold spaces: utime and stime are 14th and 15th.
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
     const ticks = Number(fields[11]) + Number(fields[12]);

@@ -269,3 +269,50 @@ export function writeAll(fd: number, bytes: Uint8Array<ArrayBuffer>): boolean {
   }
   return true;
 }
+
+const SOCK_DGRAM = 2;
+
+/**
+ * The address of a Unix socket named `path`; a leading '@' names one in the
+ * abstract namespace (sun_path starts with a NUL byte and is not terminated),
+ * as systemd writes `$NOTIFY_SOCKET`.
+ */
+function unixAddress(path: string): { address: Uint8Array<ArrayBuffer>; length: number } {
+  const abstract = path.startsWith("@");
+  const name = new TextEncoder().encode(abstract ? path.slice(1) : path);
+  // Either way one byte more than the name: the leading NUL, or the terminating one.
+  const used = name.length + 1;
+  if (used > UNIX_PATH_MAX) {
+    throw new Error(`Socket path too long (${used} bytes, at most ${UNIX_PATH_MAX}): ${path}`);
+  }
+  const address = new Uint8Array(2 + UNIX_PATH_MAX);
+  address[0] = AF_UNIX;
+  // An abstract name is the bytes after the NUL, exactly as long as the address says.
+  address.set(name, abstract ? 3 : 2);
+  return { address, length: abstract ? 3 + name.length : 2 + name.length + 1 };
+}
+
+/** Sends `bytes` as one datagram to the Unix datagram socket at `path` ('@' for abstract). */
+export function sendUnixDatagram(path: string, bytes: Uint8Array<ArrayBuffer>): void {
+  const { address, length } = unixAddress(path);
+  const fd = check(libc.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket(AF_UNIX)");
+  try {
+    for (;;) {
+      const sent = Number(
+        libc.sendto(
+          fd,
+          Deno.UnsafePointer.of(bytes),
+          BigInt(bytes.length),
+          MSG_NOSIGNAL,
+          Deno.UnsafePointer.of(address),
+          length,
+        ),
+      );
+      if (sent >= 0) return;
+      const code = errno();
+      if (code !== Errno.EINTR) throw new SystemError(`sendto ${path}`, code);
+    }
+  } finally {
+    libc.close(fd);
+  }
+}

@@ -52,6 +52,7 @@ Deno.test("--metrics serves every counter of vdeno plug and vdeno ns to a scrape
   assert.equal(first.types.get("vdeno_sent_unicast_frames_total"), "counter");
   assert.equal(first.types.get("vdeno_received_bytes_total"), "counter");
   assert.equal(first.types.get("process_resident_memory_bytes"), "gauge");
+  assert.ok(first.samples.get("process_resident_memory_bytes")! > 10e6, "the plug's own memory");
   for (const metric of ["vdeno_received_frames_total", "vdeno_sent_frames_total"]) {
     assert.ok(first.samples.has(`${metric}{name="${name}",vnl="tap://tap0"}`), metric);
     assert.ok(first.samples.has(`${metric}${plugVx}`), metric);

@@ -61,6 +61,7 @@ import { openTap } from "../../ffi/tap.ts";
 import { receiveMessage, sendMessage, setCloseOnExec, socketPair } from "../../ffi/unix.ts";
 import { DataPlane } from "../dataplane.ts";
 import { MetricsServer } from "../metrics.ts";
+import { notifyServiceManager } from "../notify.ts";
 import { selfCommand } from "../self.ts";
 import { UsageError } from "./usage.ts";
 
@@ -322,6 +323,7 @@ export async function nsCommand(args: string[]): Promise<number> {
   for (const [signal, listener] of listeners) Deno.addSignalListener(signal, listener);
   const planes: DataPlane[] = [];
   const running = new Set<DataPlane>();
+  let ready = false;
   try {
     const received = await receiveFromHelper(channel);
     if (!received || received.message.type !== "taps") {
@@ -362,9 +364,12 @@ export async function nsCommand(args: string[]): Promise<number> {
       throw error;
     }
     send(channel, { type: "go" });
+    notifyServiceManager("READY=1", `STATUS=Running ${request.command.join(" ")}`);
+    ready = true;
     const status = await waitFor(helperPid);
     return status.code;
   } finally {
+    if (ready) notifyServiceManager("STOPPING=1");
     for (const plane of running) plane.stop();
     await Promise.all(planes.map((plane) => plane.finished));
     for (const [signal, listener] of listeners) Deno.removeSignalListener(signal, listener);

@@ -19,6 +19,7 @@ import {
 import { pipe, reap, signalProcess, spawn } from "../../ffi/spawn.ts";
 import { ControlServer } from "../control.ts";
 import { MetricsServer } from "../metrics.ts";
+import { notifyServiceManager } from "../notify.ts";
 import { countersObject } from "../../core/counters.ts";
 import { type CableEnd, runCable } from "../../core/cable.ts";
 import { type EndSpec, openEnd } from "../../plugs/open.ts";
@@ -158,6 +159,7 @@ export async function plugCommand(args: string[]): Promise<number> {
     if (Deno.env.get("VDENO_DAEMON_CHILD") === "1") detachFromParent();
     const names = plugs.map((plug) => plug.vnl).join(" <-> ");
     logEvent(`plug started: ${names}`);
+    notifyServiceManager("READY=1", `STATUS=Forwarding ${names}`);
     const server = control;
     let end: CableEnd;
     try {
@@ -174,6 +176,7 @@ export async function plugCommand(args: string[]): Promise<number> {
     } catch (error) {
       end = { kind: "ended", plugIndex: -1, reason: (error as Error).message };
     }
+    notifyServiceManager("STOPPING=1");
     logEvent(`plug stopped: ${end.kind === "stopped" ? "on a signal" : end.reason}`);
 
     if (end.kind === "ended" && childPid > 0) {
