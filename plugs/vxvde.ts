@@ -27,7 +27,6 @@ import {
   joinGroup,
   localAddress,
   localAddressKeys,
-  MAX_SEGMENTS,
   numericAddress,
   routeMtu,
   sendTo,
@@ -51,6 +50,7 @@ import {
 } from "../core/frames.ts";
 import { log } from "../core/log.ts";
 import { MacTable } from "./_mactable.ts";
+import { MessagePlanner } from "./_runs.ts";
 import type { Plug } from "../core/plug.ts";
 import { loadKey, SEALED_PREFIX, sealedHeader, Sealer, Verdict } from "./seal.ts";
 import { groupId, parseInteger, parseOptions, parseSize, VnlError } from "../core/vnl.ts";
@@ -69,8 +69,6 @@ const DEFAULT_SOCKET_BUFFER = 4 * 1024 * 1024;
  * datagrams wait in it.
  */
 const DEFAULT_RECEIVE_BUFFER = 16 * 1024 * 1024;
-/** Bytes of datagrams in one UDP GSO message: a margin below the 64 KB an IP packet can hold. */
-const MAX_SEGMENTED_BYTES = 65000;
 
 const OPTION_NAMES = [
   "port",
@@ -218,12 +216,7 @@ export class VxvdePlug implements Plug {
   #vectors = new WeakMap<FrameBatch, DatagramVector>();
   #lastBatch?: FrameBatch;
   #lastVector?: DatagramVector;
-  /** The run of datagrams to one peer that `send` is gathering into one message. */
-  #runFirst = 0;
-  #runCount = 0;
-  #runSlot = 0;
-  #runSegment = 0;
-  #runBytes = 0;
+  readonly #planner: MessagePlanner;
   #closed = false;
 
   constructor(vnl: string, rest: string) {
@@ -276,6 +269,7 @@ export class VxvdePlug implements Plug {
     this.#headerLow = headerView.getUint32(4, true);
     this.#plainHigh = new DataView(vxvdeHeader(config.vni).buffer).getUint32(0, true);
     this.#nameLength = config.group.length;
+    this.#planner = new MessagePlanner(this.#nameLength);
     this.#groupAddress = numericAddress(config.group.bytes);
     this.table = new MacTable(config.hashSize, config.expireSeconds, this.counters);
     this.#tableAddress = numericAddress(this.table.addresses);
@@ -408,10 +402,8 @@ export class VxvdePlug implements Plug {
     const words = batch.words;
     const prefix = this.#prefix;
     const sealer = this.#sealer;
-    const nameLength = this.#nameLength;
-    // Frames up to this length may share a UDP GSO message: each datagram fits the route's MTU.
-    const segmentable = vector.segmentationRefused ? 0 : this.largestWholeFrame ?? 0;
-    let prepared = 0, datagrams = 0;
+    const planner = this.#planner;
+    planner.start(vector, vector.segmentationRefused ? 0 : this.largestWholeFrame ?? 0);
     for (let i = 0; i < batch.count; i++) {
       const length = batch.lengths[i];
       if (length === 0) continue;
@@ -430,33 +422,16 @@ export class VxvdePlug implements Plug {
       }
       const datagram = length + prefix;
       if (slot < 0) {
-        prepared = this.#endRun(vector, prepared);
-        vector.aimDatagram(datagrams, i, datagram);
-        vector.prepareMessage(prepared++, datagrams++, 1, datagram, this.#groupAddress, nameLength);
+        planner.single(i, datagram, this.#groupAddress);
         counters[Counter.sentMulticast]++;
       } else {
-        // Datagrams to one peer, all as long as the first but the last, go as one message.
-        const joins = this.#runCount > 0 && slot === this.#runSlot &&
-          datagram <= this.#runSegment && this.#runCount < MAX_SEGMENTS &&
-          this.#runBytes + datagram <= MAX_SEGMENTED_BYTES && length <= segmentable;
-        if (!joins) {
-          prepared = this.#endRun(vector, prepared);
-          this.#runFirst = datagrams;
-          this.#runSlot = slot;
-          this.#runSegment = datagram;
-        }
-        vector.aimDatagram(datagrams++, i, datagram);
-        this.#runCount++;
-        this.#runBytes += datagram;
-        if (datagram < this.#runSegment || length > segmentable) {
-          prepared = this.#endRun(vector, prepared);
-        }
+        planner.toPeer(i, datagram, this.#tableAddress + slot * SOCKADDR_SIZE, length);
         counters[Counter.sentUnicast]++;
       }
       counters[Counter.framesOut]++;
       counters[Counter.bytesOut] += length;
     }
-    prepared = this.#endRun(vector, prepared);
+    const prepared = planner.finish();
     const refused = vector.segmentationRefused;
     const failed = vector.sendAll(this.#unicastFd, prepared);
     if (vector.segmentationRefused && !refused) {
@@ -468,24 +443,6 @@ export class VxvdePlug implements Plug {
     }
     counters[Counter.dropSendError] += failed;
     counters[Counter.framesOut] -= failed;
-  }
-
-  /** Prepares the run of datagrams to one peer, if any, as entry `prepared`; returns the next entry. */
-  #endRun(vector: DatagramVector, prepared: number): number {
-    const count = this.#runCount;
-    if (count === 0) return prepared;
-    const name = this.#tableAddress + this.#runSlot * SOCKADDR_SIZE;
-    vector.prepareMessage(
-      prepared,
-      this.#runFirst,
-      count,
-      this.#runSegment,
-      name,
-      this.#nameLength,
-    );
-    this.#runCount = 0;
-    this.#runBytes = 0;
-    return prepared + 1;
   }
 
   describe(): Record<string, unknown> {

@@ -1,0 +1,94 @@
+/**
+ * The messages of one sendmmsg call of an overlay plug (vxvde, vxlan): a
+ * datagram for the group is a message of its own; consecutive datagrams to
+ * one peer, all as long as the first but the last, go as one UDP GSO message
+ * that the kernel cuts into the same datagrams on the way out.
+ *
+ * @module
+ */
+
+import { type DatagramVector, MAX_SEGMENTS } from "../ffi/net.ts";
+
+/** Bytes of datagrams in one UDP GSO message: a margin below the 64 KB an IP packet can hold. */
+const MAX_SEGMENTED_BYTES = 65000;
+
+/** Plans the entries of a {@linkcode DatagramVector} for one send, datagram by datagram. */
+export class MessagePlanner {
+  readonly #nameLength: number;
+  #vector?: DatagramVector;
+  /** Frames up to this length may share a GSO message: each datagram fits the route's MTU. */
+  #segmentable = 0;
+  #prepared = 0;
+  #datagrams = 0;
+  /** The run of datagrams to one address that is being gathered into one message. */
+  #runFirst = 0;
+  #runCount = 0;
+  #runName = 0;
+  #runSegment = 0;
+  #runBytes = 0;
+
+  /** `nameLength`: the length of every destination address (16 for IPv4, 28 for IPv6). */
+  constructor(nameLength: number) {
+    this.#nameLength = nameLength;
+  }
+
+  /** Starts a plan in `vector`; frames up to `segmentable` bytes may share a message (0: none). */
+  start(vector: DatagramVector, segmentable: number): void {
+    this.#vector = vector;
+    this.#segmentable = segmentable;
+    this.#prepared = 0;
+    this.#datagrams = 0;
+    this.#runCount = 0;
+    this.#runBytes = 0;
+  }
+
+  /** Sends `datagram` bytes of slot `slot` to the address at `name` as a message of its own. */
+  single(slot: number, datagram: number, name: number): void {
+    this.#endRun();
+    const vector = this.#vector!;
+    vector.aimDatagram(this.#datagrams, slot, datagram);
+    vector.prepareMessage(this.#prepared++, this.#datagrams++, 1, datagram, name, this.#nameLength);
+  }
+
+  /**
+   * Sends `datagram` bytes of slot `slot`, which carry a frame of `frameLength`
+   * bytes, to the peer whose address is at `name`, in the run of datagrams to
+   * that peer when it can join it.
+   */
+  toPeer(slot: number, datagram: number, name: number, frameLength: number): void {
+    const joins = this.#runCount > 0 && name === this.#runName &&
+      datagram <= this.#runSegment && this.#runCount < MAX_SEGMENTS &&
+      this.#runBytes + datagram <= MAX_SEGMENTED_BYTES && frameLength <= this.#segmentable;
+    if (!joins) {
+      this.#endRun();
+      this.#runFirst = this.#datagrams;
+      this.#runName = name;
+      this.#runSegment = datagram;
+    }
+    this.#vector!.aimDatagram(this.#datagrams++, slot, datagram);
+    this.#runCount++;
+    this.#runBytes += datagram;
+    if (datagram < this.#runSegment || frameLength > this.#segmentable) this.#endRun();
+  }
+
+  /** Ends the plan: returns how many entries of the vector are prepared. */
+  finish(): number {
+    this.#endRun();
+    return this.#prepared;
+  }
+
+  #endRun(): void {
+    const count = this.#runCount;
+    if (count === 0) return;
+    this.#vector!.prepareMessage(
+      this.#prepared++,
+      this.#runFirst,
+      count,
+      this.#runSegment,
+      this.#runName,
+      this.#nameLength,
+    );
+    this.#runCount = 0;
+    this.#runBytes = 0;
+  }
+}
