@@ -37,6 +37,7 @@ const IPPROTO_IP = 0;
 const IP_TTL = 2;
 const IP_MULTICAST_IF = 32;
 const IP_MULTICAST_TTL = 33;
+const IP_MULTICAST_LOOP = 34;
 const IP_ADD_MEMBERSHIP = 35;
 const IP_PKTINFO = 8;
 const IP_MTU = 14;
@@ -44,8 +45,10 @@ const IPPROTO_IPV6 = 41;
 const IPV6_UNICAST_HOPS = 16;
 const IPV6_MULTICAST_IF = 17;
 const IPV6_MULTICAST_HOPS = 18;
+const IPV6_MULTICAST_LOOP = 19;
 const IPV6_JOIN_GROUP = 20;
 const IPV6_MTU = 24;
+const IPV6_V6ONLY = 26;
 const IPV6_RECVPKTINFO = 49;
 export const MSG_DONTWAIT = 0x40;
 
@@ -228,6 +231,29 @@ export function setTtl(fd: number, family: number, ttl: number): void {
     setOption(fd, IPPROTO_IPV6, IPV6_UNICAST_HOPS, int32(ttl), "IPV6_UNICAST_HOPS");
     setOption(fd, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, int32(ttl), "IPV6_MULTICAST_HOPS");
   }
+}
+
+/** The hop limit of outgoing multicast datagrams only; unicast keeps the system's default. */
+export function setMulticastTtl(fd: number, family: number, ttl: number): void {
+  if (family === AF_INET) {
+    setOption(fd, IPPROTO_IP, IP_MULTICAST_TTL, int32(ttl), "IP_MULTICAST_TTL");
+  } else {
+    setOption(fd, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, int32(ttl), "IPV6_MULTICAST_HOPS");
+  }
+}
+
+/** Whether this host's own members of a group receive the socket's multicast datagrams. */
+export function setMulticastLoop(fd: number, family: number, on: boolean): void {
+  if (family === AF_INET) {
+    setOption(fd, IPPROTO_IP, IP_MULTICAST_LOOP, int32(on ? 1 : 0), "IP_MULTICAST_LOOP");
+  } else {
+    setOption(fd, IPPROTO_IPV6, IPV6_MULTICAST_LOOP, int32(on ? 1 : 0), "IPV6_MULTICAST_LOOP");
+  }
+}
+
+/** Keeps an IPv6 socket to IPv6 alone, so that it does not also take the port for IPv4. */
+export function setIPv6Only(fd: number): void {
+  setOption(fd, IPPROTO_IPV6, IPV6_V6ONLY, int32(1), "IPV6_V6ONLY");
 }
 
 /** Asks for the local destination address of each datagram (IP_PKTINFO), as the reference does. */

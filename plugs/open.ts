@@ -14,6 +14,7 @@ import { StreamPlug } from "./stream.ts";
 import { TapPlug } from "./tap.ts";
 import { UdpPlug } from "./udp.ts";
 import { VdeplugPlug } from "./vdeplug.ts";
+import { VxlanPlug } from "./vxlan.ts";
 import { VxvdePlug } from "./vxvde.ts";
 
 /**
@@ -24,6 +25,7 @@ export type SchemeOpener = (vnl: string, rest: string, open: (vnl: string) => Pl
 
 const schemes: Record<string, SchemeOpener> = {
   vxvde: (vnl, rest) => new VxvdePlug(vnl, rest),
+  vxlan: (vnl, rest) => new VxlanPlug(vnl, rest),
   tap: (vnl, rest) => new TapPlug(vnl, rest),
   pcap: (vnl, rest) => new PcapPlug(vnl, rest),
   udp: (vnl, rest) => new UdpPlug(vnl, rest),

@@ -1,0 +1,333 @@
+/**
+ * `vxlan://`: a member of a standard VXLAN network (RFC 7348), as vdeplug4's
+ * vxlan module is one, so that it joins the Linux kernel's VXLAN devices and
+ * other VTEPs on the same group and VNI.
+ *
+ * The header is vxvde's (flags 0x08, the VNI in bytes 4-6); the behaviour is
+ * what the kernel expects of a peer. One socket, bound to the wildcard
+ * address and the network's port, receives the group's datagrams and unicast
+ * alike. A MAC is learned with its sender's IP address and the network's
+ * port: the kernel sends from a source port it picks per flow, and listens
+ * only on the network's port. Multicast loopback is off, so one member per
+ * host and port, and no goodbye is sent: neither vdeplug4 nor the kernel
+ * knows one, and the kernel counts a bare header as a malformed packet.
+ *
+ * @module
+ */
+
+import {
+  AF_INET,
+  AF_INET6,
+  bindSocket,
+  DatagramVector,
+  formatSocketAddress,
+  interfaceIndex,
+  joinGroup,
+  numericAddress,
+  routeMtu,
+  setBufferSize,
+  setIPv6Only,
+  setMulticastInterface,
+  setMulticastLoop,
+  setMulticastTtl,
+  SOCKADDR_SIZE,
+  SocketAddress,
+  udpSocket,
+} from "../ffi/net.ts";
+import { closeQuietly, Errno, SystemError } from "../ffi/libc.ts";
+import { Counter, newCounters } from "../core/counters.ts";
+import {
+  CLOCK_LAG_MS,
+  ETH_HEADER,
+  type FrameBatch,
+  HEADROOM,
+  MAX_FRAME,
+  SLOT_SIZE,
+} from "../core/frames.ts";
+import { log } from "../core/log.ts";
+import type { Plug } from "../core/plug.ts";
+import { parseInteger, parseOptions, parseSize, VnlError } from "../core/vnl.ts";
+import { MacTable } from "./_mactable.ts";
+import { MessagePlanner } from "./_runs.ts";
+import { DEFAULT_GROUP_V4, DEFAULT_GROUP_V6, HEADER_SIZE, vxvdeHeader } from "./vxvde.ts";
+
+/** The IANA port of VXLAN, the kernel's default too (`dstport 4789`). */
+export const VXLAN_PORT = 4789;
+const DEFAULT_SOCKET_BUFFER = 4 * 1024 * 1024;
+/** As vxvde's: large enough for a peer's bursts of GSO runs. */
+const DEFAULT_RECEIVE_BUFFER = 16 * 1024 * 1024;
+
+/** vdeplug4's option names, in its order (a prefix picks the first that matches). */
+const OPTION_NAMES = [
+  "port",
+  "vni",
+  "ttl",
+  "rcvbuf",
+  "v6",
+  "v4",
+  "hashsize",
+  "expiretime",
+  "if",
+] as const;
+
+/** The settings of a vxlan plug, as parsed from its VNL. */
+export interface VxlanConfig {
+  /** The group and the network's port: floods go there, and unicast goes to that port. */
+  group: SocketAddress;
+  vni: number;
+  /** Hop limit of the datagrams sent to the group (unicast keeps the system's default). */
+  ttl: number;
+  receiveBuffer?: number;
+  hashSize: number;
+  expireSeconds: number;
+  interfaceName?: string;
+}
+
+/** Parses the part of a vxlan VNL after `vxlan://`. */
+export function parseVxlan(rest: string): VxlanConfig {
+  const { address, options } = parseOptions("vxlan", rest, OPTION_NAMES);
+  const wantV6 = options.v6 !== undefined, wantV4 = options.v4 !== undefined;
+  const family = wantV6 === wantV4 ? undefined : wantV6 ? AF_INET6 : AF_INET;
+  const port = parseInteger(options.port ?? String(VXLAN_PORT), "port", 1, 65535);
+  const host = address === ""
+    ? (family === AF_INET6 ? DEFAULT_GROUP_V6 : DEFAULT_GROUP_V4)
+    : address.replace(/^\[(.*)\]$/, "$1");
+  const group = SocketAddress.parse(host, port, family);
+  if (!group) {
+    throw new VnlError(
+      `Bad vxlan group address: ${JSON.stringify(host)}; expected a numeric ${
+        family === AF_INET6 ? "IPv6" : family === AF_INET ? "IPv4" : "IPv4 or IPv6"
+      } multicast address such as 239.0.0.1 or ff05:56de::1`,
+    );
+  }
+  const ip = group.ip;
+  if (group.family === AF_INET ? (ip[0] & 0xf0) !== 0xe0 : ip[0] !== 0xff) {
+    throw new VnlError(
+      `Bad vxlan group address: ${host} is not a multicast address (224.0.0.0/4 or ff00::/8)`,
+    );
+  }
+  const expire = options.expiretime === undefined
+    ? 128
+    : parseInteger(options.expiretime, "expiretime", -(2 ** 31), 2 ** 31 - 1);
+  return {
+    group,
+    vni: parseInteger(options.vni ?? "1", "vni", 0, 0xffffff),
+    ttl: parseInteger(options.ttl ?? "1", "ttl", 0, 255),
+    receiveBuffer: options.rcvbuf === undefined ? undefined : parseSize(options.rcvbuf, "rcvbuf"),
+    hashSize: options.hashsize === undefined
+      ? 1024
+      : parseInteger(options.hashsize, "hashsize", 1, 1 << 24),
+    expireSeconds: expire > 0 ? expire : 128,
+    interfaceName: options.if,
+  };
+}
+
+/** A member of a VXLAN network. */
+export class VxlanPlug implements Plug {
+  readonly vnl: string;
+  readonly fds: readonly number[];
+  readonly counters: Float64Array = newCounters();
+  readonly config: VxlanConfig;
+  readonly table: MacTable;
+  readonly largestWholeFrame?: number;
+  readonly #fd: number;
+  readonly #headerHigh: number;
+  readonly #headerLow: number;
+  /** The network's port in network byte order, as it stands in a sockaddr. */
+  readonly #portHigh: number;
+  readonly #portLow: number;
+  readonly #groupAddress: number;
+  readonly #tableAddress: number;
+  readonly #planner: MessagePlanner;
+  #vectors = new WeakMap<FrameBatch, DatagramVector>();
+  #lastBatch?: FrameBatch;
+  #lastVector?: DatagramVector;
+  #closed = false;
+
+  constructor(vnl: string, rest: string) {
+    this.vnl = vnl;
+    const config = this.config = parseVxlan(rest);
+    const family = config.group.family;
+    const ifindex = config.interfaceName === undefined ? 0 : interfaceIndex(config.interfaceName);
+    let fd = -1;
+    try {
+      fd = udpSocket(family);
+      setBufferSize(fd, "receive", config.receiveBuffer ?? DEFAULT_RECEIVE_BUFFER);
+      setBufferSize(fd, "send", DEFAULT_SOCKET_BUFFER);
+      setMulticastTtl(fd, family, config.ttl);
+      setMulticastLoop(fd, family, false);
+      // As the kernel's VXLAN sockets: an IPv6 network leaves the port free for an IPv4 one.
+      if (family === AF_INET6) setIPv6Only(fd);
+      // No SO_REUSEADDR: a second member on this port must fail, not share it silently.
+      bindSocket(fd, SocketAddress.any(family).withPort(config.group.port));
+      joinGroup(fd, config.group, ifindex);
+      if (ifindex > 0) setMulticastInterface(fd, family, ifindex);
+    } catch (error) {
+      closeQuietly(fd);
+      if (error instanceof SystemError && error.code === Errno.EADDRINUSE) {
+        throw new Error(
+          `Cannot open ${vnl}: port ${config.group.port} is taken on this host (by another ` +
+            `vxlan member, vde_plug or a kernel VXLAN device); one member per host and port: ` +
+            `use another port= for another network`,
+        );
+      }
+      throw new Error(`Cannot open ${vnl}: ${(error as Error).message}`);
+    }
+    this.#fd = fd;
+    this.fds = [fd];
+    const mtu = routeMtu(config.group, ifindex);
+    const ipHeader = family === AF_INET ? 20 : 40, udpHeader = 8;
+    if (mtu) this.largestWholeFrame = mtu - ipHeader - udpHeader - HEADER_SIZE;
+    const headerView = new DataView(vxvdeHeader(config.vni).buffer);
+    this.#headerHigh = headerView.getUint32(0, true);
+    this.#headerLow = headerView.getUint32(4, true);
+    this.#portHigh = config.group.bytes[2];
+    this.#portLow = config.group.bytes[3];
+    this.#groupAddress = numericAddress(config.group.bytes);
+    this.#planner = new MessagePlanner(config.group.length);
+    this.table = new MacTable(config.hashSize, config.expireSeconds, this.counters);
+    this.#tableAddress = numericAddress(this.table.addresses);
+  }
+
+  /** One vector per batch serves both ways: every receive re-aims its entries at their slots. */
+  #vectorFor(batch: FrameBatch): DatagramVector {
+    if (batch === this.#lastBatch) return this.#lastVector!;
+    let vector = this.#vectors.get(batch);
+    if (!vector) {
+      vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - HEADER_SIZE, batch.capacity);
+      this.#vectors.set(batch, vector);
+    }
+    this.#lastBatch = batch;
+    this.#lastVector = vector;
+    return vector;
+  }
+
+  receive(batch: FrameBatch, readyMask: number): boolean {
+    if (!(readyMask & 1)) return true;
+    const first = batch.count;
+    if (first >= batch.capacity) return true;
+    const vector = this.#vectorFor(batch);
+    const received = vector.receiveInto(
+      this.#fd,
+      first,
+      batch.capacity - first,
+      HEADER_SIZE + MAX_FRAME + 64,
+    );
+    if (received <= 0) {
+      if (received < 0) this.counters[Counter.dropMalformed]++;
+      return true;
+    }
+    const words = batch.words;
+    const names = vector.names;
+    const counters = this.counters;
+    const now = batch.timeMs / 1000;
+    for (let i = first; i < first + received; i++) {
+      const datagramLength = vector.length(i);
+      const headerWord = (i * SLOT_SIZE + HEADROOM - HEADER_SIZE) >>> 2;
+      const frameLength = datagramLength - HEADER_SIZE;
+      batch.lengths[i] = 0;
+      if (datagramLength < HEADER_SIZE) {
+        counters[Counter.dropMalformed]++;
+        continue;
+      }
+      // The whole header, as the kernel checks it: other flags or non-zero reserved bytes drop.
+      if (words[headerWord] !== this.#headerHigh || words[headerWord + 1] !== this.#headerLow) {
+        counters[Counter.dropWrongHeader]++;
+        continue;
+      }
+      if (frameLength <= ETH_HEADER) {
+        counters[Counter.dropTooShort]++;
+        continue;
+      }
+      if (frameLength > MAX_FRAME || vector.truncated(i)) {
+        counters[Counter.dropTooLong]++;
+        continue;
+      }
+      // Replies go to the sender's address at the network's port, not to its source port.
+      const nameOffset = i * SOCKADDR_SIZE;
+      names[nameOffset + 2] = this.#portHigh;
+      names[nameOffset + 3] = this.#portLow;
+      this.table.learn(
+        batch.bytes,
+        i * SLOT_SIZE + HEADROOM + 6,
+        vector.nameWords,
+        nameOffset >>> 2,
+        now,
+      );
+      batch.lengths[i] = frameLength;
+      counters[Counter.framesIn]++;
+      counters[Counter.bytesIn] += frameLength;
+    }
+    batch.count = first + received;
+    return true;
+  }
+
+  send(batch: FrameBatch): void {
+    const vector = this.#vectorFor(batch);
+    const bytes = batch.bytes;
+    const words = batch.words;
+    const counters = this.counters;
+    const now = (batch.timeMs + CLOCK_LAG_MS) / 1000;
+    const planner = this.#planner;
+    planner.start(vector, vector.segmentationRefused ? 0 : this.largestWholeFrame ?? 0);
+    for (let i = 0; i < batch.count; i++) {
+      const length = batch.lengths[i];
+      if (length === 0) continue;
+      if (length < ETH_HEADER) {
+        counters[Counter.dropTooShort]++;
+        continue;
+      }
+      const frameOffset = i * SLOT_SIZE + HEADROOM;
+      const headerWord = (frameOffset - HEADER_SIZE) >>> 2;
+      words[headerWord] = this.#headerHigh;
+      words[headerWord + 1] = this.#headerLow;
+      const slot = this.table.lookup(bytes, frameOffset, now);
+      const datagram = length + HEADER_SIZE;
+      if (slot < 0) {
+        planner.single(i, datagram, this.#groupAddress);
+        counters[Counter.sentMulticast]++;
+      } else {
+        planner.toPeer(i, datagram, this.#tableAddress + slot * SOCKADDR_SIZE, length);
+        counters[Counter.sentUnicast]++;
+      }
+      counters[Counter.framesOut]++;
+      counters[Counter.bytesOut] += length;
+    }
+    const prepared = planner.finish();
+    const refused = vector.segmentationRefused;
+    const failed = vector.sendAll(this.#fd, prepared);
+    if (vector.segmentationRefused && !refused) {
+      log(
+        "warn",
+        `${this.vnl}: the kernel refused a UDP GSO message (an old kernel, or no checksum ` +
+          `offload on the way out); sending one datagram per frame from now on`,
+      );
+    }
+    counters[Counter.dropSendError] += failed;
+    counters[Counter.framesOut] -= failed;
+  }
+
+  describe(): Record<string, unknown> {
+    const now = Date.now() / 1000;
+    const learned = this.table.entries(now).map((entry) => ({
+      mac: entry.mac.toString(16).padStart(12, "0").replace(/(..)(?!$)/g, "$1:"),
+      peer: formatSocketAddress(this.table.addresses, entry.slot * SOCKADDR_SIZE),
+      ageSeconds: Math.round(entry.ageSeconds * 10) / 10,
+    }));
+    return {
+      group: this.config.group.toString(),
+      vni: this.config.vni,
+      port: this.config.group.port,
+      expireSeconds: this.config.expireSeconds,
+      tableSize: this.table.size,
+      learned,
+      peers: [...new Set(learned.map((entry) => entry.peer))],
+    };
+  }
+
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    closeQuietly(this.#fd);
+  }
+}
