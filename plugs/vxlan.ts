@@ -8,9 +8,11 @@
  * address and the network's port, receives the group's datagrams and unicast
  * alike. A MAC is learned with its sender's IP address and the network's
  * port: the kernel sends from a source port it picks per flow, and listens
- * only on the network's port. Multicast loopback is off, so one member per
- * host and port, and no goodbye is sent: neither vdeplug4 nor the kernel
- * knows one, and the kernel counts a bare header as a malformed packet.
+ * only on the network's port. Multicast loopback is off, and there is one
+ * member per host and port. No goodbye is sent: neither vdeplug4 nor the
+ * kernel knows one (the kernel drops a bare header without a trace), and a
+ * member that comes back has the same address anyway, its host's at the
+ * network's port.
  *
  * @module
  */
