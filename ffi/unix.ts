@@ -133,17 +133,24 @@ const MSG_NOSIGNAL = 0x4000;
 /** sun_path holds 108 bytes, the terminating NUL included. */
 const UNIX_PATH_MAX = 108;
 
+/**
+ * The address of a Unix socket named `path`; a leading '@' names one in the
+ * abstract namespace (sun_path starts with a NUL byte and is not terminated),
+ * as systemd writes `$NOTIFY_SOCKET`.
+ */
 function unixAddress(path: string): { address: Uint8Array<ArrayBuffer>; length: number } {
-  const name = new TextEncoder().encode(path);
-  if (name.length >= UNIX_PATH_MAX) {
-    throw new Error(
-      `Socket path too long (${name.length} bytes, at most ${UNIX_PATH_MAX - 1}): ${path}`,
-    );
+  const abstract = path.startsWith("@");
+  const name = new TextEncoder().encode(abstract ? path.slice(1) : path);
+  // Either way one byte more than the name: the leading NUL, or the terminating one.
+  const used = name.length + 1;
+  if (used > UNIX_PATH_MAX) {
+    throw new Error(`Socket path too long (${used} bytes, at most ${UNIX_PATH_MAX}): ${path}`);
   }
   const address = new Uint8Array(2 + UNIX_PATH_MAX);
   address[0] = AF_UNIX;
-  address.set(name, 2);
-  return { address, length: 2 + name.length + 1 };
+  // An abstract name is the bytes after the NUL, exactly as long as the address says.
+  address.set(name, abstract ? 3 : 2);
+  return { address, length: abstract ? 3 + name.length : 2 + name.length + 1 };
 }
 
 /**
@@ -271,26 +278,6 @@ export function writeAll(fd: number, bytes: Uint8Array<ArrayBuffer>): boolean {
 }
 
 const SOCK_DGRAM = 2;
-
-/**
- * The address of a Unix socket named `path`; a leading '@' names one in the
- * abstract namespace (sun_path starts with a NUL byte and is not terminated),
- * as systemd writes `$NOTIFY_SOCKET`.
- */
-function unixAddress(path: string): { address: Uint8Array<ArrayBuffer>; length: number } {
-  const abstract = path.startsWith("@");
-  const name = new TextEncoder().encode(abstract ? path.slice(1) : path);
-  // Either way one byte more than the name: the leading NUL, or the terminating one.
-  const used = name.length + 1;
-  if (used > UNIX_PATH_MAX) {
-    throw new Error(`Socket path too long (${used} bytes, at most ${UNIX_PATH_MAX}): ${path}`);
-  }
-  const address = new Uint8Array(2 + UNIX_PATH_MAX);
-  address[0] = AF_UNIX;
-  // An abstract name is the bytes after the NUL, exactly as long as the address says.
-  address.set(name, abstract ? 3 : 2);
-  return { address, length: abstract ? 3 + name.length : 2 + name.length + 1 };
-}
 
 /** Sends `bytes` as one datagram to the Unix datagram socket at `path` ('@' for abstract). */
 export function sendUnixDatagram(path: string, bytes: Uint8Array<ArrayBuffer>): void {
