@@ -5,6 +5,8 @@
  * @module
  */
 
+import { closeQuietly } from "../ffi/libc.ts";
+import { createPrivateFile, writeFully } from "../ffi/os.ts";
 import type { FrameBatch } from "./frames.ts";
 
 const RECORD_HEADER = 16;
@@ -12,10 +14,13 @@ const FILE_HEADER = 24;
 const LINKTYPE_ETHERNET = 1;
 const SNAPLEN = 262144;
 
-/** A pcap file open for appending frames. */
+/**
+ * A pcap file open for appending frames. It is created mode 0600 (the frames
+ * of a keyed network are decrypted in it) and never through a symbolic link.
+ */
 export class PcapWriter {
   readonly path: string;
-  readonly #file: Deno.FsFile;
+  readonly #fd: number;
   readonly #buffer = new Uint8Array(1 << 20);
   readonly #view = new DataView(this.#buffer.buffer);
   #used = 0;
@@ -24,7 +29,7 @@ export class PcapWriter {
   constructor(path: string) {
     this.path = path;
     try {
-      this.#file = Deno.openSync(path, { write: true, create: true, truncate: true });
+      this.#fd = createPrivateFile(path);
     } catch (error) {
       throw new Error(`Cannot write capture file ${path}: ${(error as Error).message}`);
     }
@@ -60,17 +65,17 @@ export class PcapWriter {
 
   /** Writes out what is buffered. */
   flush(): void {
-    let written = 0;
-    while (written < this.#used) {
-      written += this.#file.writeSync(this.#buffer.subarray(written, this.#used));
-    }
+    writeFully(this.#fd, this.#buffer.subarray(0, this.#used), this.path);
     this.#used = 0;
   }
 
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
-    this.flush();
-    this.#file.close();
+    try {
+      this.flush();
+    } finally {
+      closeQuietly(this.#fd);
+    }
   }
 }

@@ -260,6 +260,7 @@ export const Errno = {
   EISDIR: 21,
   EINVAL: 22,
   EPIPE: 32,
+  ELOOP: 40,
   EADDRINUSE: 98,
   EADDRNOTAVAIL: 99,
   ENETDOWN: 100,

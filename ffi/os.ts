@@ -18,6 +18,8 @@ const O_CREAT = 0o100;
 const O_EXCL = 0o200;
 const O_TRUNC = 0o1000;
 const O_CLOEXEC = 0o2000000;
+const O_NOCTTY = 0o400;
+const O_NOFOLLOW = 0o400000;
 const S_IFMT = 0o170000;
 const S_IFREG = 0o100000;
 const S_IFDIR = 0o040000;
@@ -175,6 +177,55 @@ export function writeTextFile(
     }
   } finally {
     libc.close(fd);
+  }
+}
+
+/**
+ * Opens the file at `path` for writing from its start, for output that may
+ * be sensitive (captured frames, a pidfile written as root), and returns the
+ * descriptor. The file is made mode `mode` (0600) from its creation on and is
+ * never reached through a symbolic link: a new path is created exclusively;
+ * an existing regular file is replaced by a new one (made under a temporary
+ * name beside it, then renamed over it), so nothing is written into a file
+ * another user made or linked; a symbolic link is refused; a FIFO or device
+ * is opened as it is.
+ * @throws {SystemError} naming `path`, or an Error for a symbolic link
+ */
+export function createPrivateFile(path: string, mode = 0o600): number {
+  const exclusive = O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC;
+  const info = fileInfo(path, false);
+  if (info === undefined) return check(libc.open(cString(path), exclusive, mode), path);
+  if (info.isSymlink) throw new Error(`${path} is a symbolic link; give the file's own path`);
+  if (info.isDirectory) throw new SystemError(path, Errno.EISDIR);
+  if (!info.isFile) {
+    return check(libc.open(cString(path), O_WRONLY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC, 0), path);
+  }
+  const slash = path.lastIndexOf("/");
+  const directory = slash < 0 ? "." : path.slice(0, slash + 1);
+  const base = path.slice(slash + 1);
+  const random = crypto.getRandomValues(new Uint32Array(1))[0].toString(36);
+  const temporary = `${directory}${slash < 0 ? "/" : ""}.${base}.${random}.tmp`;
+  const fd = check(libc.open(cString(temporary), exclusive, mode), path);
+  if (libc.rename(cString(temporary), cString(path)) < 0) {
+    const code = errno();
+    libc.close(fd);
+    libc.unlink(cString(temporary));
+    throw new SystemError(path, code);
+  }
+  return fd;
+}
+
+/** Writes all of `bytes` to `fd`; `what` names it in the error. */
+export function writeFully(fd: number, bytes: Uint8Array, what: string): void {
+  for (let done = 0; done < bytes.length;) {
+    const count = libc.write(
+      fd,
+      Deno.UnsafePointer.of(bytes.subarray(done)),
+      BigInt(bytes.length - done),
+    );
+    if (count < 0 && errno() === Errno.EINTR) continue;
+    check(count, what);
+    done += count;
   }
 }
 

@@ -230,3 +230,99 @@ Deno.test("status strips control characters, never hangs on a fake plug, and rem
     await Promise.allSettled(servers);
   }
 });
+
+/** A world-writable sticky directory, as /tmp is, that the test owns and removes. */
+async function stickyDirectory() {
+  const path = await Deno.makeTempDir({ prefix: "vdeno-sticky-" });
+  await Deno.chmod(path, 0o1777);
+  return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
+}
+
+Deno.test("a symbolic link planted at the pidfile or a capture path does not make root write through it", async (t) => {
+  if (!(await prerequisites(t, ["setpriv", "tcpdump"]))) return;
+  await using lan = await Lan.create(1);
+  const [host] = lan.hosts;
+  await using attacker = await userHome(NOBODY);
+  await using tmp = await stickyDirectory();
+  await using secrets = await privateRuntime();
+  const secret = `${secrets.path}/shadow`;
+  Deno.writeTextFileSync(secret, "root's secret\n", { mode: 0o600 });
+  const paths = {
+    pidfile: `${tmp.path}/plug.pid`,
+    capture: `${tmp.path}/capture.pcap`,
+    pcap: `${tmp.path}/end.pcap`,
+  };
+  const plug = (name: string) =>
+    host.run([
+      ...VDENO,
+      "plug",
+      "-n",
+      name,
+      "-p",
+      paths.pidfile,
+      "--capture",
+      paths.capture,
+      "vxvde://239.8.0.4",
+      `pcap://${paths.pcap}`,
+    ], { timeoutMs: 30_000 });
+  for (const [what, path] of Object.entries(paths)) {
+    await run(["rm", "-f", ...Object.values(paths)]);
+    const planted = await run(attacker.as(["ln", "-sf", secret, path]));
+    assert.equal(planted.code, 0, planted.stderr);
+    const result = await plug(`symlink-${what}-${Deno.pid}`);
+    assert.equal(result.code, 1, `${what}: ${result.stdout}${result.stderr}`);
+    assert.equal(result.stderr.trim().split("\n").length, 1, result.stderr);
+    assert.match(result.stderr, new RegExp(`${path} is a symbolic link`));
+    assert.equal(Deno.readTextFileSync(secret), "root's secret\n", `${what}: the target is intact`);
+  }
+  await run(["rm", "-f", ...Object.values(paths)]);
+
+  // Files the attacker made beforehand, open to all, each with a hard link the attacker keeps:
+  // the plug replaces them with files of its own and writes nothing into the attacker's.
+  for (const path of Object.values(paths)) {
+    const planted = await run(
+      attacker.as(["sh", "-c", `: > ${path} && chmod 0666 ${path} && ln ${path} ${path}.kept`]),
+    );
+    assert.equal(planted.code, 0, planted.stderr);
+  }
+  const recorder = host.spawn([
+    ...VDENO,
+    "plug",
+    "-n",
+    `files-${Deno.pid}`,
+    "-p",
+    paths.pidfile,
+    "--capture",
+    paths.capture,
+    "vxvde://239.8.0.4",
+    `pcap://${paths.pcap}`,
+  ]);
+  await waitFor("the pidfile", () => {
+    try {
+      return Deno.readTextFileSync(paths.pidfile).trim() !== "";
+    } catch {
+      return false;
+    }
+  });
+  // A frame for the pcap end and the capture: an ARP broadcast from a second plug on the group.
+  const sender = host.spawn([...VDENO, "plug", "tap://tapx", "vxvde://239.8.0.4"]);
+  await host.waitForLink("tapx", 30_000, sender);
+  await host.configure("tapx", "10.9.0.1/24");
+  await host.run(["ping", "-c", "2", "-W", "1", "10.9.0.2"]);
+  for (const path of Object.values(paths)) {
+    const info = Deno.lstatSync(path);
+    assert.ok(info.isFile, path);
+    assert.equal(info.uid, 0, `${path} is root's own file now`);
+    assert.equal((info.mode ?? 0) & 0o777, 0o600, `${path} is mode 0600`);
+    assert.equal(Deno.statSync(`${path}.kept`).size, 0, `nothing went into the attacker's ${path}`);
+    const read = await run(attacker.as(["cat", path]));
+    assert.notEqual(read.code, 0, `the attacker cannot read ${path}`);
+  }
+  assert.equal((await recorder.stop("SIGTERM")).code, 0);
+  for (const path of [paths.capture, paths.pcap]) {
+    const text = await run(["tcpdump", "-r", path, "-nn"]);
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(text.stdout, /ARP, Request who-has 10\.9\.0\.2/, path);
+  }
+  assert.ok(!exists(paths.pidfile), "the pidfile is removed on exit");
+});

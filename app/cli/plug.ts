@@ -16,6 +16,7 @@ import {
   SignalDescriptor,
   SIGTERM,
 } from "../../ffi/signals.ts";
+import { createPrivateFile, fileInfo, removeFile, writeFully } from "../../ffi/os.ts";
 import { pipe, reap, signalProcess, spawn } from "../../ffi/spawn.ts";
 import { ControlServer } from "../control.ts";
 import { MetricsServer } from "../metrics.ts";
@@ -150,7 +151,12 @@ export async function plugCommand(args: string[]): Promise<number> {
     }
     if (values.pidfile) {
       try {
-        Deno.writeTextFileSync(values.pidfile, `${Deno.pid}\n`);
+        const fd = createPrivateFile(values.pidfile);
+        try {
+          writeFully(fd, new TextEncoder().encode(`${Deno.pid}\n`), values.pidfile);
+        } finally {
+          closeQuietly(fd);
+        }
       } catch (error) {
         // Deno's own message names neither the option nor the file's purpose.
         throw new Error(`Cannot write pidfile ${values.pidfile}: ${(error as Error).message}`);
@@ -206,7 +212,8 @@ export async function plugCommand(args: string[]): Promise<number> {
     }
     if (values.pidfile) {
       try {
-        Deno.removeSync(values.pidfile);
+        // Only the file this plug wrote: not what someone put there since.
+        if (fileInfo(values.pidfile, false)?.isFile) removeFile(values.pidfile);
       } catch {
         // Already gone: nothing to clean.
       }
