@@ -303,3 +303,65 @@ export function sendUnixDatagram(path: string, bytes: Uint8Array<ArrayBuffer>): 
     libc.close(fd);
   }
 }
+
+/** struct sockaddr_un: a 2-byte family and a 108-byte path. */
+export const SOCKADDR_UN_SIZE = 2 + UNIX_PATH_MAX;
+
+/**
+ * A Unix datagram socket bound to `path`, its file created with `mode` (less
+ * the umask; set before bind, as in {@linkcode listenUnix}). Throws a
+ * {@linkcode SystemError}: EADDRINUSE when the path exists.
+ */
+export function datagramSocketAt(path: string, mode: number): number {
+  const { address, length } = unixAddress(path);
+  const fd = check(libc.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket(AF_UNIX)");
+  try {
+    check(libc.fchmod(fd, mode), "fchmod");
+    check(libc.bind(fd, address, length), `bind ${path}`);
+  } catch (error) {
+    libc.close(fd);
+    throw error;
+  }
+  return fd;
+}
+
+/** The struct sockaddr_un that names `path`. */
+export function unixSocketAddress(path: string): Uint8Array<ArrayBuffer> {
+  return unixAddress(path).address;
+}
+
+/** The path a struct sockaddr_un names. */
+export function unixSocketPath(address: Uint8Array): string {
+  const name = address.subarray(2, SOCKADDR_UN_SIZE);
+  const end = name.indexOf(0);
+  return new TextDecoder().decode(end < 0 ? name : name.subarray(0, end));
+}
+
+/** Connects a socket to the struct sockaddr_un `address`; throws a {@linkcode SystemError}. */
+export function connectTo(fd: number, address: Uint8Array<ArrayBuffer>, what: string): void {
+  if (libc.connect(fd, address, address.length) < 0) throw new SystemError(what, errno());
+}
+
+/**
+ * Waits up to `timeoutMs` for one read from `fd` of at most `maxBytes`:
+ * the bytes, or undefined when the peer closed or nothing came in time.
+ */
+export function readWithin(
+  fd: number,
+  maxBytes: number,
+  timeoutMs: number,
+): Uint8Array<ArrayBuffer> | undefined {
+  const entry = new Uint8Array(8);
+  new DataView(entry.buffer).setInt32(0, fd, true);
+  entry[4] = 1; // POLLIN
+  const deadline = Date.now() + timeoutMs;
+  const buffer = new Uint8Array(maxBytes);
+  for (;;) {
+    const ready = libc.poll(entry, 1n, Math.max(0, deadline - Date.now()));
+    if (ready < 0 && errno() === Errno.EINTR) continue;
+    if (ready <= 0) return undefined;
+    const count = libc.read(fd, Deno.UnsafePointer.of(buffer), BigInt(maxBytes));
+    if (count < 0 && (errno() === Errno.EINTR || errno() === Errno.EAGAIN)) continue;
+    return count > 0 ? buffer.slice(0, count) : undefined;
+  }
+}

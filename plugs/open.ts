@@ -13,6 +13,7 @@ import { QemuStreamPlug } from "./qemu.ts";
 import { StreamPlug } from "./stream.ts";
 import { TapPlug } from "./tap.ts";
 import { UdpPlug } from "./udp.ts";
+import { VdePlug } from "./vde.ts";
 import { VdeplugPlug } from "./vdeplug.ts";
 import { VxlanPlug } from "./vxlan.ts";
 import { VxvdePlug } from "./vxvde.ts";
@@ -31,6 +32,7 @@ const schemes: Record<string, SchemeOpener> = {
   udp: (vnl, rest) => new UdpPlug(vnl, rest),
   qemu: (vnl, rest) => new QemuStreamPlug(vnl, rest),
   agno: (vnl, rest, open) => new AgnoPlug(vnl, rest, open),
+  vde: (vnl, rest) => new VdePlug(vnl, rest),
   vdeplug: (vnl, rest) => new VdeplugPlug(vnl, rest, schemeNames()),
 };
 

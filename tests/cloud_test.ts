@@ -212,3 +212,40 @@ Deno.test("a QEMU VM on its older socket backend joins through udp:// (socket,ud
     });
   });
 });
+
+/** A vde_switch in host C, in a directory of the test's own, bridged onto the cloud by `plugVnl`. */
+async function cloudWithSwitch(t: Deno.TestContext, plugVnl: (switchDir: string) => string) {
+  if (!(await prerequisites(t, ["vde_switch"]))) return;
+  const directory = await Deno.makeTempDir({ prefix: "vdeno-switch-" });
+  const switchDir = `${directory}/sw`;
+  try {
+    await cloudWithVm(t, {
+      netdev: `vde,id=net0,sock=${switchDir}`,
+      async prepare(host) {
+        await host.sh(["vde_switch", "-s", switchDir, "-d", "-p", `${directory}/pid`]);
+        await waitFor(`vde_switch at ${switchDir}`, () => exists(`${switchDir}/ctl`));
+        const plug = host.vdeno(["plug", plugVnl(switchDir), GROUP]);
+        // The switch shows a port for the plug once it is on.
+        await waitFor(`vdeno plug on ${switchDir}`, async () => {
+          const listing = await host.run(["ss", "-Hx", `src = ${switchDir}/ctl`]);
+          return listing.stdout.trim() !== "" || plug.stderr !== "";
+        });
+        assert.equal(plug.stderr, "", `vdeno plug said: ${plug.stderr}`);
+      },
+    });
+  } finally {
+    await Deno.remove(directory, { recursive: true });
+  }
+}
+
+function exists(path: string): Promise<boolean> {
+  return Deno.stat(path).then(() => true, () => false);
+}
+
+Deno.test("a QEMU VM on a vde_switch joins the cloud through vdeno's native vde://", async (t) => {
+  await cloudWithSwitch(t, (switchDir) => `vde://${switchDir}`);
+});
+
+Deno.test("a QEMU VM on a vde_switch joins the cloud through libvdeplug's vde:// (vdeplug://)", async (t) => {
+  await cloudWithSwitch(t, (switchDir) => `vdeplug://vde://${switchDir}`);
+});

@@ -1,0 +1,39 @@
+/**
+ * `vde://`: vdeplug4's syntax for a vde_switch port, and one line when no
+ * switch is there. The switch itself, with a VM on it, is in cloud_test.ts.
+ */
+
+import assert from "node:assert/strict";
+import { parseVde } from "../plugs/vde.ts";
+import { VnlError } from "../core/vnl.ts";
+import { run, VDENO } from "./_harness.ts";
+
+Deno.test("vde:// takes a switch directory, then a port or group and options in brackets", () => {
+  assert.deepEqual(parseVde(""), { path: "", port: 0, mode: 0o700 });
+  assert.deepEqual(parseVde("/tmp/sw"), { path: "/tmp/sw", port: 0, mode: 0o700 });
+  assert.deepEqual(parseVde("/tmp/sw[3]"), { path: "/tmp/sw", port: 3, mode: 0o700 });
+  assert.deepEqual(parseVde("/tmp/sw[0]"), { path: "/tmp/sw", port: -1, mode: 0o700 });
+  assert.deepEqual(parseVde("/tmp/sw[lan]"), {
+    path: "/tmp/sw",
+    portGroup: "lan",
+    port: 0,
+    mode: 0o700,
+  });
+  assert.deepEqual(parseVde("sw[port=7/mode=0770]"), { path: "sw", port: 7, mode: 0o770 });
+  assert.deepEqual(parseVde("'/tmp/a[b'[2]"), { path: "/tmp/a[b", port: 2, mode: 0o700 });
+  assert.throws(() => parseVde("/tmp/sw[colour=red]"), VnlError);
+  assert.throws(() => parseVde("/tmp/sw[mode=9]"), VnlError);
+  assert.throws(() => parseVde("/tmp/sw[3"), VnlError);
+});
+
+Deno.test("vde:// with no switch there says so in one line", async () => {
+  const directory = await Deno.makeTempDir({ prefix: "vdeno-noswitch-" });
+  try {
+    const result = await run([...VDENO, "plug", `vde://${directory}`, "vxvde://239.0.0.1"]);
+    assert.equal(result.code, 1, result.stderr);
+    assert.match(result.stderr, /^vdeno plug: Cannot open vde:\/\/.*: no vde_switch answers at /);
+    assert.equal(result.stderr.trim().split("\n").length, 1, result.stderr);
+  } finally {
+    await Deno.remove(directory, { recursive: true });
+  }
+});
