@@ -6,6 +6,8 @@
 import assert from "node:assert/strict";
 import { captureUdp } from "./_capture.ts";
 import { type Host, Lan, prerequisites, sleep, VDENO } from "./_harness.ts";
+import { VnlError } from "../core/vnl.ts";
+import { parseVxlan } from "../plugs/vxlan.ts";
 
 /** A name for `vdeno plug --name`, unique on this machine (control sockets are shared). */
 function plugName(what: string): string {
@@ -40,6 +42,37 @@ async function vdenoMember(host: Host, vnl: string, cidr: string, name?: string,
   await host.configure("tap0", cidr, mac);
   return plug;
 }
+
+Deno.test("parseVxlan: vdeplug4's defaults and options, prefix keys, one clear error", () => {
+  const plain = parseVxlan("");
+  assert.equal(plain.group.toString(), "239.0.0.1:4789");
+  assert.deepEqual([plain.vni, plain.ttl, plain.hashSize, plain.expireSeconds], [1, 1, 1024, 128]);
+  assert.equal(parseVxlan("/v6").group.toString(), "[ff05:56de::1]:4789");
+  assert.equal(parseVxlan("[ff05::42]").group.toString(), "[ff05::42]:4789");
+  const full = parseVxlan("239.1.1.1/vn=42/p=4790/t=3/r=1M/h=4096/e=60/i=eth9");
+  assert.equal(full.group.toString(), "239.1.1.1:4790");
+  assert.deepEqual(
+    [full.vni, full.ttl, full.receiveBuffer, full.hashSize, full.expireSeconds, full.interfaceName],
+    [42, 3, 1024 * 1024, 4096, 60, "eth9"],
+  );
+  assert.equal(parseVxlan("/v=7").vni, 7, "v is vni's prefix before v6's and v4's, as in vdeplug4");
+  for (
+    const [rest, message] of [
+      ["10.1.2.3", /not a multicast address/],
+      ["ff05::1/v4", /expected a numeric IPv4 multicast address/],
+      ["/vni=16777216", /Bad vni/],
+      ["/port=0", /Bad port/],
+      ["/colour=red", /Unknown key in vxlan:\/\/ VNL: colour/],
+    ] as const
+  ) {
+    assert.throws(() => parseVxlan(rest), (error: Error) => {
+      assert.ok(error instanceof VnlError);
+      assert.match(error.message, message);
+      assert.ok(!error.message.includes("\n"));
+      return true;
+    });
+  }
+});
 
 Deno.test("vdeno vxlan:// and a kernel VXLAN device ping each other, then go by unicast to port 4789", async (t) => {
   if (!(await prerequisites(t, ["ping", "tcpdump"]))) return;
@@ -203,4 +236,20 @@ Deno.test("vde_plug vxlan:// and vdeno exchange floods both ways, and vdeno's un
   const replies = underlay.filter((d) => d.source.startsWith(`${a.address}.`) && d.length === 50);
   assert.ok(replies.length > 0, JSON.stringify(underlay));
   for (const d of replies) assert.equal(d.destination, `${b.address}.4789`);
+});
+
+Deno.test("vdeno ns vxlan:// puts a namespace on the kernel device's network", async (t) => {
+  if (!(await prerequisites(t, ["unshare", "ping"]))) return;
+  await using lan = await Lan.create(2);
+  const [a, b] = lan.hosts;
+  await kernelVxlan(b, 5, "239.8.0.11", "10.0.0.2/24");
+  const script = "ip addr add 10.0.0.1/24 dev vde0 && ip link set vde0 up && " +
+    "for i in 1 2 3 4 5; do ping -c 1 -W 1 10.0.0.2 >/dev/null && exit 0; done; exit 1";
+  const result = await a.run(
+    [...VDENO, "ns", "vxlan://239.8.0.11/vni=5", "--", "sh", "-c", script],
+    {
+      timeoutMs: 60_000,
+    },
+  );
+  assert.equal(result.code, 0, `${result.stdout}${result.stderr}`);
 });
