@@ -269,7 +269,9 @@ export function hkdfSha256(
   const block = new Uint8Array(info.length + 1);
   block.set(info);
   block[info.length] = 1;
-  return hmacSha256(prk, block);
+  const okm = hmacSha256(prk, block);
+  prk.fill(0);
+  return okm;
 }
 
 /** Fills `buffer` with bytes from OpenSSL's CSPRNG. */

@@ -31,6 +31,7 @@
  */
 
 import { Gcm, GCM_TAG_SIZE, hkdfSha256, randomBytes, slotPointers } from "../ffi/crypto.ts";
+import { type CheckedFile, effectiveUid, readCheckedFile } from "../ffi/files.ts";
 import { type FrameBatch, HEADROOM, SLOT_SIZE } from "../core/frames.ts";
 
 /** Bytes of the vxvde header. */
@@ -268,39 +269,75 @@ function readUint32(bytes: Uint8Array, at: number): number {
   return ((bytes[at] << 24) | (bytes[at + 1] << 16) | (bytes[at + 2] << 8) | bytes[at + 3]) >>> 0;
 }
 
+/** The most a key file is read of: a key is 65 bytes, a few comment lines fit too. */
+const KEY_FILE_LIMIT = 4096;
+
 /**
  * Reads a key file as `vdeno keygen` writes it: 64 hex digits (white space
- * ignored). Refuses a file other users can read or write.
+ * ignored). The file is opened once and checked through that descriptor: it
+ * must be a regular file, owned by this user or root, that no other user can
+ * read or write (root too refuses a file another user planted).
  */
 export function readKeyFile(path: string): Uint8Array<ArrayBuffer> {
-  let info: Deno.FileInfo;
-  let text: string;
+  let file: CheckedFile;
   try {
-    info = Deno.statSync(path);
-    text = Deno.readTextFileSync(path);
+    file = readCheckedFile(path, KEY_FILE_LIMIT);
   } catch (error) {
     throw new Error(`Cannot read key file ${path}: ${(error as Error).message}`);
   }
-  const mode = (info.mode ?? 0) & 0o777;
-  if (mode & 0o077) {
-    throw new Error(
-      `Key file ${path} is open to other users (mode ${
-        mode.toString(8).padStart(4, "0")
-      }); run chmod 600 ${path}`,
-    );
+  try {
+    if (!file.regular) throw new Error(`Key file ${path} is not a regular file`);
+    const me = effectiveUid();
+    if (file.uid !== me && file.uid !== 0) {
+      throw new Error(
+        `Key file ${path} belongs to user ${file.uid}, not to you (${me}) or root; ` +
+          `use a key file of your own`,
+      );
+    }
+    if (file.mode & 0o077) {
+      throw new Error(
+        `Key file ${path} is open to other users (mode ${
+          (file.mode & 0o777).toString(8).padStart(4, "0")
+        }); run chmod 600 ${path}`,
+      );
+    }
+    return parseKeyBytes(file.bytes, `key file ${path}`);
+  } finally {
+    file.bytes.fill(0);
   }
-  return parseKey(text, `key file ${path}`);
 }
 
 /** Parses 64 hex digits (white space ignored) into a 32-byte secret. */
 export function parseKey(text: string, what: string): Uint8Array<ArrayBuffer> {
-  const digits = text.replace(/\s+/g, "");
-  if (!/^[0-9a-fA-F]{64}$/.test(digits)) {
+  return parseKeyBytes(new TextEncoder().encode(text), what);
+}
+
+/** {@linkcode parseKey} on bytes, so that a key read from a file never becomes a string. */
+function parseKeyBytes(bytes: Uint8Array, what: string): Uint8Array<ArrayBuffer> {
+  const secret = new Uint8Array(KEY_SIZE);
+  let digits = 0;
+  for (const byte of bytes) {
+    if (byte === 0x20 || (byte >= 0x09 && byte <= 0x0d)) continue;
+    const value = hexValue(byte);
+    if (value < 0 || digits === 2 * KEY_SIZE) {
+      digits = -1;
+      break;
+    }
+    secret[digits >> 1] |= (digits & 1) ? value : value << 4;
+    digits++;
+  }
+  if (digits !== 2 * KEY_SIZE) {
+    secret.fill(0);
     throw new Error(`Bad ${what}: expected 64 hex digits, as vdeno keygen writes`);
   }
-  const secret = new Uint8Array(KEY_SIZE);
-  for (let i = 0; i < KEY_SIZE; i++) secret[i] = parseInt(digits.slice(2 * i, 2 * i + 2), 16);
   return secret;
+}
+
+function hexValue(byte: number): number {
+  if (byte >= 0x30 && byte <= 0x39) return byte - 0x30;
+  const lower = byte | 0x20;
+  if (lower >= 0x61 && lower <= 0x66) return lower - 0x61 + 10;
+  return -1;
 }
 
 /**
@@ -316,6 +353,19 @@ export function loadKey(spec: string): Uint8Array<ArrayBuffer> {
     return parseKey(value, `key in environment variable ${name}`);
   }
   return readKeyFile(spec);
+}
+
+/**
+ * The environment variables that VNLs name as `env:NAME` (a key): what a child
+ * process must not inherit. Any `env:NAME` in the text counts, so a nested or
+ * quoted VNL, or an abbreviated option name, is covered too.
+ */
+export function keyVariables(vnls: readonly string[]): string[] {
+  const names = new Set<string>();
+  for (const vnl of vnls) {
+    for (const match of vnl.matchAll(/env:([A-Za-z_][A-Za-z0-9_]*)/g)) names.add(match[1]);
+  }
+  return [...names];
 }
 
 /** A new random secret as key file text: 64 hex digits and a newline. */

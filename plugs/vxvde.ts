@@ -224,7 +224,14 @@ export class VxvdePlug implements Plug {
     const config = this.config = parseVxvde(rest);
     const family = config.group.family;
     const ifindex = config.interfaceName === undefined ? 0 : interfaceIndex(config.interfaceName);
-    if (config.key !== undefined) this.#sealer = new Sealer(loadKey(config.key), config.vni);
+    if (config.key !== undefined) {
+      const secret = loadKey(config.key);
+      try {
+        this.#sealer = new Sealer(secret, config.vni);
+      } finally {
+        secret.fill(0);
+      }
+    }
     this.#prefix = this.#sealer ? SEALED_PREFIX : HEADER_SIZE;
     let multicastFd = -1, unicastFd = -1;
     try {

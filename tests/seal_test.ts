@@ -405,3 +405,69 @@ Deno.test("goodbyes are sealed: a keyed plug forgets a peer that leaves, never o
     Deno.removeSync(dir, { recursive: true });
   }
 });
+
+Deno.test("key material: a = COMMAND child (also of a daemon) and a vdeno ns command see neither the key nor vdeno's own variables", async (t) => {
+  if (!(await prerequisites(t, ["unshare"]))) return;
+  const dir = Deno.makeTempDirSync();
+  try {
+    await using lan = await Lan.create(1);
+    const [host] = lan.hosts;
+    const hex = newKeyText().trim();
+    const env = { LAN_KEY: hex, OTHER_VARIABLE: "kept" };
+    const vnl = "vxvde://239.6.0.6/key=env:LAN_KEY";
+    const dump = (name: string) => ["sh", "-c", `env > ${dir}/${name}`];
+    const plain = host.vdeno(["plug", vnl, "=", ...dump("plug")], { env });
+    assert.equal((await plain.exited()).code, 0, plain.stderr);
+    const daemon = host.vdeno(["plug", "-d", vnl, "=", ...dump("daemon")], { env });
+    assert.equal((await daemon.exited()).code, 0, daemon.stderr);
+    const ns = host.vdeno(["ns", vnl, ...dump("ns")], { env });
+    assert.equal((await ns.exited()).code, 0, ns.stderr);
+    for (const name of ["plug", "daemon", "ns"]) {
+      let seen = "";
+      for (let tries = 0; tries < 100 && !seen.includes("OTHER_VARIABLE"); tries++) {
+        await new Promise((resolve) => setTimeout(resolve, 50));
+        try {
+          seen = Deno.readTextFileSync(`${dir}/${name}`);
+        } catch { /* not written yet */ }
+      }
+      assert.match(seen, /^OTHER_VARIABLE=kept$/m, `${name}: the child's environment`);
+      assert.ok(!seen.includes(hex), `${name}: the child saw the key`);
+      assert.doesNotMatch(seen, /^LAN_KEY=/m, name);
+      assert.doesNotMatch(seen, /^VDENO_DAEMON_CHILD=/m, name);
+      assert.doesNotMatch(seen, /invocation-count-for-turbofan/, `${name}: vdeno's V8 flags`);
+    }
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("key files: one planted by another user (mode 0600, owner nobody) is refused, even by root, in one line", async (t) => {
+  if (Deno.uid() !== 0) {
+    if (Deno.env.get("CI") === "true") throw new Error(`${t.name}: needs root in CI`);
+    console.error(`\n!!! SKIPPED ${t.name}: needs root (chown)\n`);
+    return;
+  }
+  const dir = Deno.makeTempDirSync();
+  try {
+    const path = `${dir}/planted.key`;
+    Deno.writeTextFileSync(path, newKeyText(), { mode: 0o600 });
+    Deno.chmodSync(path, 0o600);
+    Deno.chownSync(path, 65534, 65534);
+    assert.throws(() => readKeyFile(path), /belongs to user 65534, not to you \(0\) or root/);
+    const plug = await run([...VDENO, "plug", `vxvde://239.9.9.9/key='${path}'`], {
+      timeoutMs: 20_000,
+    });
+    assert.equal(plug.code, 1);
+    const lines = plug.stderr.trim().split("\n");
+    assert.equal(lines.length, 1, plug.stderr);
+    assert.match(
+      lines[0],
+      /^vdeno plug: Key file .* belongs to user 65534, not to you \(0\) or root/,
+    );
+    Deno.chownSync(path, 0, 0);
+    assert.equal(readKeyFile(path).length, 32, "the same file, owned by root, is accepted");
+    assert.throws(() => readKeyFile(dir), /is not a regular file/);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});

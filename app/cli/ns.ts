@@ -62,7 +62,8 @@ import { receiveMessage, sendMessage, setCloseOnExec, socketPair } from "../../f
 import { DataPlane } from "../dataplane.ts";
 import { MetricsServer } from "../metrics.ts";
 import { notifyServiceManager } from "../notify.ts";
-import { selfCommand } from "../self.ts";
+import { keyVariables } from "../../plugs/seal.ts";
+import { childEnvironment, selfCommand } from "../self.ts";
 import { UsageError } from "./usage.ts";
 
 export const NS_USAGE = `Usage:
@@ -298,7 +299,11 @@ export async function nsCommand(args: string[]): Promise<number> {
   };
   let helperPid: number;
   try {
-    helperPid = spawn(argv, { descriptors: { [CHANNEL_FD]: helperEnd } });
+    // The helper and the command need no key: the data planes run here.
+    helperPid = spawn(argv, {
+      descriptors: { [CHANNEL_FD]: helperEnd },
+      env: childEnvironment(keyVariables(request.vnls)),
+    });
   } catch (error) {
     closeChannel();
     metrics?.close();

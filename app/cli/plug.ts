@@ -27,7 +27,8 @@ import { type EndSpec, openEnd } from "../../plugs/open.ts";
 import { PcapWriter } from "../../core/pcap.ts";
 import type { Plug } from "../../core/plug.ts";
 import { enableSyslog, logEvent, setLogLevel } from "../../core/log.ts";
-import { selfCommand } from "../self.ts";
+import { keyVariables } from "../../plugs/seal.ts";
+import { childEnvironment, DAEMON_CHILD_VARIABLE, selfCommand, V8_TUNING } from "../self.ts";
 import { UsageError } from "./usage.ts";
 
 export const PLUG_USAGE = `Usage:
@@ -49,17 +50,6 @@ Options:
 
 /** The signals that stop a plug cleanly, saying goodbye to the network. */
 const STOP_SIGNALS = [SIGINT, SIGTERM, SIGHUP];
-/**
- * V8 flags for the restarted plug: optimize the few hot functions of the data
- * path after a hundred calls instead of thousands, straight to TurboFan, so a
- * fresh plug forwards at full speed within its first frames (bench/README.md).
- */
-const TUNING = {
-  DENO_V8_FLAGS: [
-    Deno.env.get("DENO_V8_FLAGS"),
-    "--no-maglev,--invocation-count-for-turbofan=100,--minimum-invocations-after-ic-update=2",
-  ].filter(Boolean).join(","),
-};
 
 /** Runs `vdeno plug`; resolves to the exit code. */
 export async function plugCommand(args: string[]): Promise<number> {
@@ -93,13 +83,16 @@ export async function plugCommand(args: string[]): Promise<number> {
   if (command !== undefined && (positionals.length !== 1 || command.length === 0)) {
     throw new UsageError("use: vdeno plug VNL = COMMAND [ARGS...]", PLUG_USAGE);
   }
-  if (values.daemon && Deno.env.get("VDENO_DAEMON_CHILD") !== "1") {
+  if (values.daemon && Deno.env.get(DAEMON_CHILD_VARIABLE) !== "1") {
     return await daemonize(args);
   }
 
   // The cable waits in poll() on this thread and hears signals through a
   // signalfd, which needs them blocked in every thread: start afresh so.
-  if (!blocksAll(STOP_SIGNALS)) restartWithSignalsBlocked(STOP_SIGNALS, TUNING);
+  if (!blocksAll(STOP_SIGNALS)) {
+    const flags = [Deno.env.get("DENO_V8_FLAGS"), V8_TUNING].filter(Boolean).join(",");
+    restartWithSignalsBlocked(STOP_SIGNALS, { DENO_V8_FLAGS: flags });
+  }
   const signals = new SignalDescriptor(STOP_SIGNALS);
   const ends: EndSpec[] = [{ vnl: positionals[0] }];
   let childPid = -1;
@@ -112,7 +105,10 @@ export async function plugCommand(args: string[]): Promise<number> {
     else if (command) {
       const toChild = pipe(), fromChild = pipe();
       try {
-        childPid = spawn(command, { descriptors: { 0: toChild.read, 1: fromChild.write } });
+        childPid = spawn(command, {
+          descriptors: { 0: toChild.read, 1: fromChild.write },
+          env: childEnvironment(keyVariables(positionals)),
+        });
       } finally {
         closeQuietly(toChild.read);
         closeQuietly(fromChild.write);
@@ -162,7 +158,7 @@ export async function plugCommand(args: string[]): Promise<number> {
         throw new Error(`Cannot write pidfile ${values.pidfile}: ${(error as Error).message}`);
       }
     }
-    if (Deno.env.get("VDENO_DAEMON_CHILD") === "1") detachFromParent();
+    if (Deno.env.get(DAEMON_CHILD_VARIABLE) === "1") detachFromParent();
     const names = plugs.map((plug) => plug.vnl).join(" <-> ");
     logEvent(`plug started: ${names}`);
     notifyServiceManager("READY=1", `STATUS=Forwarding ${names}`);
@@ -249,7 +245,7 @@ function describeStatus(status: { code: number; signal?: number }): string {
 async function daemonize(args: string[]): Promise<number> {
   const child = new Deno.Command(selfCommand()[0], {
     args: [...selfCommand().slice(1), "plug", ...args],
-    env: { VDENO_DAEMON_CHILD: "1" },
+    env: { [DAEMON_CHILD_VARIABLE]: "1" },
     stdin: "null",
     stdout: "null",
     stderr: "piped",
