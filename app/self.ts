@@ -6,6 +6,8 @@
  * @module
  */
 
+import { environment } from "../ffi/os.ts";
+
 /** The argv prefix that runs vdeno again. */
 export function selfCommand(): string[] {
   const exec = Deno.execPath();
@@ -37,7 +39,7 @@ export const DAEMON_CHILD_VARIABLE = "VDENO_DAEMON_CHILD";
  * does not take itself for a daemon's copy.
  */
 export function childEnvironment(keyVariables: readonly string[]): Record<string, string> {
-  const env = Deno.env.toObject();
+  const env = environment();
   for (const name of keyVariables) delete env[name];
   delete env[DAEMON_CHILD_VARIABLE];
   const flags = env.DENO_V8_FLAGS;

@@ -54,10 +54,6 @@ const symbols = {
   close: { parameters: ["i32"], result: "i32" },
   // int open(const char *path, int flags, mode_t mode)
   open: { parameters: ["buffer", "i32", "u32"], result: "i32" },
-  // int fstat(int fd, struct stat *buf)
-  fstat: { parameters: ["i32", "buffer"], result: "i32" },
-  // uid_t geteuid(void)
-  geteuid: { parameters: [], result: "u32" },
   // int ioctl(int fd, unsigned long request, void *arg)
   ioctl: { parameters: ["i32", "u64", "buffer"], result: "i32" },
   // int ioctl(int fd, unsigned long request, unsigned long arg), for requests that take a value

@@ -31,7 +31,7 @@
  */
 
 import { Gcm, GCM_TAG_SIZE, hkdfSha256, randomBytes, slotPointers } from "../ffi/crypto.ts";
-import { type CheckedFile, effectiveUid, readCheckedFile } from "../ffi/files.ts";
+import { type FileInfo, getEnv, readFileWithInfo, userId } from "../ffi/os.ts";
 import { type FrameBatch, HEADROOM, SLOT_SIZE } from "../core/frames.ts";
 
 /** Bytes of the vxvde header. */
@@ -269,9 +269,6 @@ function readUint32(bytes: Uint8Array, at: number): number {
   return ((bytes[at] << 24) | (bytes[at + 1] << 16) | (bytes[at + 2] << 8) | bytes[at + 3]) >>> 0;
 }
 
-/** The most a key file is read of: a key is 65 bytes, a few comment lines fit too. */
-const KEY_FILE_LIMIT = 4096;
-
 /**
  * Reads a key file as `vdeno keygen` writes it: 64 hex digits (white space
  * ignored). The file is opened once and checked through that descriptor: it
@@ -279,25 +276,26 @@ const KEY_FILE_LIMIT = 4096;
  * read or write (root too refuses a file another user planted).
  */
 export function readKeyFile(path: string): Uint8Array<ArrayBuffer> {
-  let file: CheckedFile;
+  let file: { bytes: Uint8Array; info: FileInfo };
   try {
-    file = readCheckedFile(path, KEY_FILE_LIMIT);
+    file = readFileWithInfo(path);
   } catch (error) {
     throw new Error(`Cannot read key file ${path}: ${(error as Error).message}`);
   }
+  const { info } = file;
   try {
-    if (!file.regular) throw new Error(`Key file ${path} is not a regular file`);
-    const me = effectiveUid();
-    if (file.uid !== me && file.uid !== 0) {
+    if (!info.isFile) throw new Error(`Key file ${path} is not a regular file`);
+    const me = userId();
+    if (info.uid !== me && info.uid !== 0) {
       throw new Error(
-        `Key file ${path} belongs to user ${file.uid}, not to you (${me}) or root; ` +
+        `Key file ${path} belongs to user ${info.uid}, not to you (${me}) or root; ` +
           `use a key file of your own`,
       );
     }
-    if (file.mode & 0o077) {
+    if (info.mode & 0o077) {
       throw new Error(
         `Key file ${path} is open to other users (mode ${
-          (file.mode & 0o777).toString(8).padStart(4, "0")
+          (info.mode & 0o777).toString(8).padStart(4, "0")
         }); run chmod 600 ${path}`,
       );
     }
@@ -348,7 +346,7 @@ export function loadKey(spec: string): Uint8Array<ArrayBuffer> {
   if (spec === "") throw new Error("Bad key: key= needs a key file or env:NAME");
   if (spec.startsWith("env:")) {
     const name = spec.slice(4);
-    const value = Deno.env.get(name);
+    const value = getEnv(name);
     if (value === undefined) throw new Error(`Bad key: environment variable ${name} is not set`);
     return parseKey(value, `key in environment variable ${name}`);
   }
