@@ -3,14 +3,18 @@
  * namespaces play hosts on a bridged LAN, and each brings one member to the
  * same vxvde group: a TAP plugged by `vdeno plug`, a namespace made by
  * `vdeno ns`, and, when QEMU and a Debian cloud kernel are installed, a small
- * VM on QEMU's own `-netdev vde,sock=vxvde://...`. Then every member pings
- * every other and a matrix is printed. Everything created is removed on
+ * VM on QEMU's own `-netdev vde,sock=vxvde://...`. When libvdeplug-slirp and
+ * busybox are installed, one more member is the cloud's gateway
+ * (`vdeno plug slirp://... GROUP`: NAT, DHCP, DNS) and the namespace takes its
+ * address from it by DHCP. Then every member pings every other and a matrix
+ * is printed. Everything created is removed on
  * exit, also on Ctrl-C.
  *
  * @module
  */
 
 import { parseArgs } from "node:util";
+import { installedPluginSchemes } from "../../plugs/vdeplug.ts";
 import { selfCommand } from "../self.ts";
 import { installedCloudKernel, RESULT_PREFIX, vmImage } from "../vm/image.ts";
 import { qemuCommand } from "../vm/qemu.ts";
@@ -20,18 +24,34 @@ export const DEMO_USAGE = `Usage: vdeno demo [OPTIONS]
 
 Builds the Local Area Cloud tutorial on this machine (needs root): hosts made
 of network namespaces on a bridge, with a TAP (vdeno plug), a namespace
-(vdeno ns) and, when QEMU is installed, a VM on the same vxvde group; shows
-that every member pings every other, and removes everything it made.
+(vdeno ns) and, when QEMU is installed, a VM on the same vxvde group; with
+libvdeplug-slirp, a gateway member (slirp://) whose DHCP gives the namespace
+its address. Shows that every member pings every other, and removes
+everything it made.
 
 Options:
   -n, --hosts N     how many hosts with a TAP or a namespace (default 3, 2 to 9)
   -g, --group VNL   the cloud (default vxvde://234.0.0.1)
   -k, --keep        keep the cloud up until Ctrl-C, to explore it
       --no-vm       leave out the QEMU VM even when QEMU is installed
+      --no-gateway  leave out the slirp:// gateway; the namespace gets a fixed address
   -h, --help        show this help`;
 
 const decoder = new TextDecoder();
 const VM_ADDRESS = "10.0.0.21";
+const GATEWAY_ADDRESS = "10.0.0.254";
+/**
+ * libvdeplug-slirp on the demo's subnet: the gateway at .254, its DNS proxy at
+ * .253, leases from .100, clear of the members' static addresses (%2F is the
+ * `/` of the prefix, which would otherwise end the option).
+ */
+const SLIRP_VNL = `slirp:///addr=${GATEWAY_ADDRESS}%2F24/dhcp=10.0.0.100/vnameserver=10.0.0.253`;
+/** udhcpc's script: applies the lease to the interface. */
+const UDHCPC_SCRIPT = `#!/bin/sh
+case "$1" in
+  bound|renew) ip addr add "$ip/$mask" dev "$interface" ;;
+esac
+`;
 
 async function run(argv: string[], check = true): Promise<{ code: number; output: string }> {
   const result = await new Deno.Command(argv[0], { args: argv.slice(1), stdin: "null" }).output();
@@ -49,6 +69,8 @@ interface Member {
   inside?: string[];
   /** For the VM: its own ping results, read from its console. */
   guestResults?: Promise<Map<string, string>>;
+  /** The gateway answers pings but has no network of its own to ping from. */
+  gateway?: boolean;
 }
 
 /** Runs the demo; resolves to the exit code. */
@@ -60,6 +82,7 @@ export async function demoCommand(args: string[]): Promise<number> {
       group: { type: "string", short: "g", default: "vxvde://234.0.0.1" },
       keep: { type: "boolean", short: "k" },
       "no-vm": { type: "boolean" },
+      "no-gateway": { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -80,6 +103,7 @@ export async function demoCommand(args: string[]): Promise<number> {
   const lanNs = `${prefix}-lan`;
   const namespaces: string[] = [];
   const members: Member[] = [];
+  let scriptDirectory: string | undefined;
   let interrupted = false;
   let wakeKeep: (() => void) | undefined;
   const onSignal = () => {
@@ -118,13 +142,24 @@ export async function demoCommand(args: string[]): Promise<number> {
       return netns;
     };
     console.log(`Building a Local Area Cloud on ${group}, hosts on the underlay 172.30.0.0/24:`);
+    let dhcpScript: string | undefined;
+    if (!values["no-gateway"] && await gatewayAvailable()) {
+      const netns = await addHost(254, "gw");
+      members.push(gatewayMember(netns, prefix, group));
+      console.log(`  ${netns}: ${members.at(-1)!.description}`);
+      scriptDirectory = await Deno.makeTempDir({ prefix: "vdeno-demo-" });
+      dhcpScript = `${scriptDirectory}/udhcpc.sh`;
+      await Deno.writeTextFile(dhcpScript, UDHCPC_SCRIPT, { mode: 0o755 });
+    } else if (!values["no-gateway"]) {
+      console.log("  (no gateway member: it needs libvdeplug-slirp and busybox)");
+    }
     for (let i = 1; i <= count; i++) {
       if (interrupted) return 130;
       const netns = await addHost(i, `h${i}`);
       const address = `10.0.0.${i}`;
       members.push(
         i === 2
-          ? await namespaceMember(netns, group, address)
+          ? await namespaceMember(netns, group, address, dhcpScript)
           : await tapMember(netns, prefix, i, group, address),
       );
       console.log(`  ${netns}: ${members.at(-1)!.description}`);
@@ -147,6 +182,7 @@ export async function demoCommand(args: string[]): Promise<number> {
       for (const [j, target] of members.entries()) {
         let cell: string;
         if (i === j) cell = "-";
+        else if (member.gateway) cell = "n/a";
         else if (guest) cell = guest.get(target.address) === "ok" ? "ok (guest)" : "FAIL";
         else if (target.guestResults && !member.inside) cell = "FAIL";
         else {
@@ -187,6 +223,7 @@ export async function demoCommand(args: string[]): Promise<number> {
       await member.process.status;
     }
     for (const netns of [...namespaces, lanNs]) await run(["ip", "netns", "del", netns], false);
+    if (scriptDirectory) await Deno.remove(scriptDirectory, { recursive: true }).catch(() => {});
     console.log("Removed every namespace, interface and process the demo created.");
   }
 }
@@ -223,10 +260,23 @@ async function tapMember(
   };
 }
 
-/** A namespace of `vdeno ns` whose command configures vde0 and waits; others enter it to ping. */
-async function namespaceMember(netns: string, group: string, address: string): Promise<Member> {
-  const script =
-    `ip addr add ${address}/24 dev vde0 && ip link set vde0 up && echo ready $$ && exec sleep 86400`;
+/**
+ * A namespace of `vdeno ns` whose command configures vde0 and waits; others
+ * enter it to ping. With `dhcpScript` vde0 takes its address from the
+ * gateway's DHCP (udhcpc), else `address`.
+ */
+async function namespaceMember(
+  netns: string,
+  group: string,
+  address: string,
+  dhcpScript?: string,
+): Promise<Member> {
+  const configure = dhcpScript
+    ? `ip link set vde0 up && busybox udhcpc -i vde0 -n -q -t 30 -T 1 -s ${dhcpScript} ` +
+      `>/dev/null 2>&1 && echo ready $$ $(ip -4 -o addr show dev vde0 | ` +
+      `sed -n 's/.* inet \\([0-9.]*\\).*/\\1/p')`
+    : `ip addr add ${address}/24 dev vde0 && ip link set vde0 up && echo ready $$ ${address}`;
+  const script = `${configure} && exec sleep 86400`;
   const process = new Deno.Command("ip", {
     args: ["netns", "exec", netns, ...selfCommand(), "ns", group, "sh", "-c", script],
     stdin: "null",
@@ -234,20 +284,58 @@ async function namespaceMember(netns: string, group: string, address: string): P
   }).spawn();
   const reader = process.stdout.pipeThrough(new TextDecoderStream()).getReader();
   let output = "";
-  while (!/ready (\d+)/.test(output)) {
+  const ready = /ready (\d+) ([\d.]+)/;
+  while (!ready.test(output)) {
     const { value, done } = await reader.read();
-    if (done) throw new Error(`vdeno ns did not start in ${netns}: ${output.trim()}`);
+    if (done) {
+      throw new Error(
+        `vdeno ns did not start in ${netns}${
+          dhcpScript ? " (or got no DHCP lease)" : ""
+        }: ${output.trim()}`,
+      );
+    }
     output += value;
   }
   reader.releaseLock();
   process.stdout.cancel().catch(() => {});
-  const pid = /ready (\d+)/.exec(output)![1];
+  const [, pid, leased] = ready.exec(output)!;
   return {
-    description: `a namespace, vdeno ns ${group} (vde0 ${address}/24)`,
-    address,
+    description: `a namespace, vdeno ns ${group} (vde0 ${leased}/24${
+      dhcpScript ? " by DHCP from the gateway" : ""
+    })`,
+    address: leased,
     process,
     inside: ["nsenter", "--target", pid, "--net"],
   };
+}
+
+/** The gateway: slirp's NAT, DHCP and DNS on the cloud, through libvdeplug-slirp. */
+function gatewayMember(netns: string, prefix: string, group: string): Member {
+  const process = new Deno.Command("ip", {
+    args: [
+      "netns",
+      "exec",
+      netns,
+      ...selfCommand(),
+      "plug",
+      "--name",
+      `${prefix}-gw`,
+      SLIRP_VNL,
+      group,
+    ],
+    stdin: "null",
+  }).spawn();
+  return {
+    description: `the gateway, vdeno plug slirp:// ${group}, ${GATEWAY_ADDRESS}: NAT, DHCP, DNS`,
+    address: GATEWAY_ADDRESS,
+    process,
+    gateway: true,
+  };
+}
+
+async function gatewayAvailable(): Promise<boolean> {
+  const busybox = await run(["sh", "-c", "command -v busybox"], false);
+  return busybox.code === 0 && installedPluginSchemes().includes("slirp");
 }
 
 async function qemuAvailable(): Promise<boolean> {
