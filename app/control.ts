@@ -21,7 +21,8 @@ import {
   userId,
 } from "../ffi/os.ts";
 import { acceptConnection, connectUnix, listenUnix, readToEnd, writeAll } from "../ffi/unix.ts";
-import type { CounterName } from "../core/counters.ts";
+import { type CounterName, countersObject } from "../core/counters.ts";
+import type { Plug } from "../core/plug.ts";
 
 /** What a plug reports about itself. */
 export interface StatusReport {
@@ -30,6 +31,15 @@ export interface StatusReport {
   startedAt: string;
   uptimeSeconds: number;
   plugs: PlugStatus[];
+  /** For a plug of `vdeno ns`: the namespace's command, and the pid of its first process. */
+  namespace?: NamespaceInfo;
+}
+
+/** The namespace a `vdeno ns` plug serves. */
+export interface NamespaceInfo {
+  /** The first process in the namespaces (`nsenter -t PID -n` enters them). */
+  pid: number;
+  command: string[];
 }
 
 /** One plug of a running cable. */
@@ -97,6 +107,27 @@ function isSocket(path: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** The report of a cable of `plugs`, named `name`, running since `startedAt`. */
+export function cableReport(
+  name: string,
+  startedAt: Date,
+  plugs: readonly Plug[],
+  namespace?: NamespaceInfo,
+): StatusReport {
+  return {
+    name,
+    pid: Deno.pid,
+    startedAt: startedAt.toISOString(),
+    uptimeSeconds: (Date.now() - startedAt.getTime()) / 1000,
+    ...(namespace ? { namespace } : {}),
+    plugs: plugs.map((plug) => ({
+      ...plug.describe?.(),
+      vnl: plug.vnl,
+      counters: countersObject(plug.counters),
+    })),
+  };
 }
 
 /** The longest a client that stops reading may hold up the plug's loop. */

@@ -18,6 +18,7 @@ import { Wakeup } from "../ffi/poll.ts";
 import { type EndSpec, openEnd } from "../plugs/open.ts";
 import { type CableEnd, runCable } from "../core/cable.ts";
 import type { Plug } from "../core/plug.ts";
+import { cableReport, ControlServer, type NamespaceInfo } from "./control.ts";
 
 /** A plug of the data plane as the main thread sees it: its counters are shared, not copied. */
 export interface PlaneCounters {
@@ -33,6 +34,13 @@ type ToMain =
 interface WorkerStart {
   ends: EndSpec[];
   stopFd: number;
+  control?: PlaneControl;
+}
+
+/** How a data plane answers `vdeno status`: its name and the namespace it serves. */
+export interface PlaneControl {
+  name: string;
+  namespace: NamespaceInfo;
 }
 
 /** A running data plane. */
@@ -49,8 +57,11 @@ export class DataPlane {
     this.plugs = plugs;
   }
 
-  /** Starts the worker and opens both ends; rejects with the reason an end cannot open. */
-  static start(ends: EndSpec[]): Promise<DataPlane> {
+  /**
+   * Starts the worker and opens both ends, with a control socket when
+   * `control` is given; rejects with the reason an end cannot open.
+   */
+  static start(ends: EndSpec[], control?: PlaneControl): Promise<DataPlane> {
     const stop = new Wakeup();
     const worker = new Worker(Deno.mainModule, { type: "module", name: "vdeno-dataplane" });
     let resolveFinished: (end: CableEnd) => void;
@@ -77,7 +88,7 @@ export class DataPlane {
         reject(new Error(reason));
         resolveFinished({ kind: "ended", plugIndex: -1, reason });
       };
-      const start: WorkerStart = { ends, stopFd: stop.fd };
+      const start: WorkerStart = { ends, stopFd: stop.fd, control };
       worker.postMessage(start);
     });
   }
@@ -96,10 +107,18 @@ export function runDataPlaneWorker(): void {
   };
   scope.onmessage = (event) => {
     scope.onmessage = null;
-    const { ends, stopFd } = event.data;
+    const { ends, stopFd, control: controlAs } = event.data;
     const plugs: Plug[] = [];
+    let control: ControlServer | undefined;
     try {
       for (const end of ends) plugs.push(openEnd(end));
+      if (controlAs) {
+        const startedAt = new Date();
+        control = ControlServer.start(
+          controlAs.name,
+          () => cableReport(controlAs.name, startedAt, plugs, controlAs.namespace),
+        );
+      }
     } catch (error) {
       for (const plug of plugs) plug.close();
       scope.postMessage({ type: "error", message: (error as Error).message });
@@ -111,12 +130,23 @@ export function runDataPlaneWorker(): void {
     });
     let end: CableEnd;
     try {
-      // The stop eventfd is only ever written to ask for the end.
-      end = runCable(plugs[0], plugs[1], { watch: { fds: [stopFd], onReady: () => false } });
+      const server = control;
+      end = runCable(plugs[0], plugs[1], {
+        watch: {
+          fds: server ? [stopFd, server.fd] : [stopFd],
+          // The stop eventfd is only ever written to ask for the end.
+          onReady: (fd) => {
+            if (fd !== server?.fd) return false;
+            server.serve();
+            return true;
+          },
+        },
+      });
     } catch (error) {
       end = { kind: "ended", plugIndex: -1, reason: (error as Error).message };
     }
     for (const plug of plugs) plug.close();
+    control?.close();
     scope.postMessage({ type: "finished", end });
   };
 }

@@ -350,7 +350,10 @@ export async function nsCommand(args: string[]): Promise<number> {
       for (let i = 0; i < taps.length; i++) {
         const plane = await DataPlane.start([{ vnl: request.vnls[i] }, {
           tap: { name: taps[i], fd: tapFds[i] },
-        }]);
+        }], {
+          name: nsPlugName(taps[i]),
+          namespace: { pid: helperPid, command: request.command },
+        });
         planes.push(plane);
         running.add(plane);
         metrics?.add(plane.plugs.map((plug) => ({ ...plug, name: nsPlugName(taps[i]) })));

@@ -18,10 +18,9 @@ import {
 } from "../../ffi/signals.ts";
 import { createPrivateFile, fileInfo, removeFile, writeFully } from "../../ffi/os.ts";
 import { pipe, reap, signalProcess, spawn } from "../../ffi/spawn.ts";
-import { ControlServer } from "../control.ts";
+import { cableReport, ControlServer } from "../control.ts";
 import { MetricsServer } from "../metrics.ts";
 import { notifyServiceManager } from "../notify.ts";
-import { countersObject } from "../../core/counters.ts";
 import { type CableEnd, runCable } from "../../core/cable.ts";
 import { type EndSpec, openEnd } from "../../plugs/open.ts";
 import { PcapWriter } from "../../core/pcap.ts";
@@ -130,17 +129,7 @@ export async function plugCommand(args: string[]): Promise<number> {
     if (values.capture) capture = new PcapWriter(values.capture);
     const startedAt = new Date();
     const name = values.name ?? `plug-${Deno.pid}`;
-    control = await ControlServer.start(name, () => ({
-      name,
-      pid: Deno.pid,
-      startedAt: startedAt.toISOString(),
-      uptimeSeconds: (Date.now() - startedAt.getTime()) / 1000,
-      plugs: plugs.map((plug) => ({
-        ...plug.describe?.(),
-        vnl: plug.vnl,
-        counters: countersObject(plug.counters),
-      })),
-    }));
+    control = ControlServer.start(name, () => cableReport(name, startedAt, plugs));
     if (values.metrics !== undefined) {
       metrics = await MetricsServer.start(values.metrics);
       metrics.add(plugs.map((plug) => ({ name, vnl: plug.vnl, counters: plug.counters })));

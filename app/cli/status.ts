@@ -10,19 +10,25 @@ import { parseArgs } from "node:util";
 import {
   controlDirectory,
   controlSockets,
+  type NamespaceInfo,
   NoAnswer,
   type PlugStatus,
   queryStatus,
   removeIfStale,
   type StatusReport,
 } from "../control.ts";
+import { interfaceAddresses } from "../../ffi/os.ts";
+import { SocketAddress } from "../../ffi/net.ts";
 import { UsageError } from "./usage.ts";
 
 export const STATUS_USAGE = `Usage:
   vdeno status [OPTIONS]            list the running plugs
   vdeno status [OPTIONS] NAME|PID   details of one plug
+  vdeno status --cloud [NAME|PID]   the members each vxvde plug has heard on its network
 
 Options:
+  -c, --cloud           per network: each member heard (underlay address), its MACs,
+                        when it was last heard, and whether it is vdeno where that shows
   -j, --json            machine-readable output
   -w, --watch [SECS]    refresh every SECS seconds (default 1), with rates per second
   -h, --help            show this help
@@ -36,6 +42,7 @@ export async function statusCommand(args: string[]): Promise<number> {
     args,
     options: {
       json: { type: "boolean", short: "j" },
+      cloud: { type: "boolean", short: "c" },
       watch: { type: "boolean", short: "w" },
       help: { type: "boolean", short: "h" },
     },
@@ -56,6 +63,13 @@ export async function statusCommand(args: string[]): Promise<number> {
     throw new UsageError("status takes at most one plug name or pid", STATUS_USAGE);
   }
   const target = targets[0];
+  if (values.cloud) {
+    if (values.watch) throw new UsageError("--cloud and --watch do not go together", STATUS_USAGE);
+    const chosen = await collect(target);
+    const clouds = cloudView(chosen, target === undefined ? chosen : await collect(undefined));
+    console.log(values.json ? JSON.stringify(clouds, null, 2) : renderClouds(clouds));
+    return 0;
+  }
   if (!values.watch) {
     const reports = await collect(target);
     console.log(
@@ -170,13 +184,15 @@ function render(reports: StatusReport[], target: string | undefined): string {
         String(sum("framesIn")),
         String(sum("framesOut")),
         String(report.plugs.reduce((n, plug) => n + drops(plug.counters), 0)),
-        report.plugs.map((plug) => plug.vnl).join(" <-> "),
+        report.plugs.map((plug) => plug.vnl).join(" <-> ") +
+        (report.namespace ? `  (${describeNamespace(report.namespace)})` : ""),
       ]);
     }
     return table(rows);
   }
   const report = reports[0];
   const lines = [`${report.name} (pid ${report.pid}), up ${formatDuration(report.uptimeSeconds)}`];
+  if (report.namespace) lines.push(describeNamespace(report.namespace));
   for (const plug of report.plugs) {
     lines.push("", plug.vnl);
     const { vnl: _vnl, counters, learned, peers, ...details } = plug;
@@ -232,4 +248,125 @@ function rateTable(reports: StatusReport[], previous: StatusReport[], seconds: n
     });
   }
   return table(rows);
+}
+
+function describeNamespace(namespace: NamespaceInfo): string {
+  return `vdeno ns, namespace pid ${namespace.pid}: ${namespace.command.join(" ")}`;
+}
+
+/** A member of a cloud as one plug heard it: an underlay address and the MACs behind it. */
+interface Member {
+  address: string;
+  macs: string[];
+  /** When its latest frame arrived (the freshest of its MACs). */
+  lastHeard: string;
+  ageSeconds: number;
+  /** true when the member must be vdeno (a keyed network, or a plug on this host); null: unknown. */
+  vdeno: true | null;
+}
+
+/** The members one vxvde plug has heard. */
+interface Cloud {
+  name: string;
+  pid: number;
+  vnl: string;
+  unicastPort: number;
+  members: Member[];
+}
+
+interface LearnedEntry {
+  mac: string;
+  peer: string;
+  ageSeconds: number;
+}
+
+/**
+ * The cloud as each vxvde plug of `reports` hears it: its learned MACs grouped
+ * by the underlay address they came from. Nothing on vxvde's wire tells vdeno
+ * from vde_plug, so a member is known to be vdeno only on a keyed network
+ * (which only vdeno speaks) or when it is one of the plugs on this host,
+ * `everyLocal`.
+ */
+function cloudView(reports: StatusReport[], everyLocal: StatusReport[]): Cloud[] {
+  const now = Date.now();
+  const clouds: Cloud[] = [];
+  for (const report of reports) {
+    for (const plug of report.plugs) {
+      if (!Array.isArray(plug.learned) || typeof plug.unicastPort !== "number") continue;
+      const byAddress = new Map<string, Member>();
+      for (const entry of plug.learned as LearnedEntry[]) {
+        let member = byAddress.get(entry.peer);
+        if (!member) {
+          const port = Number(/:(\d+)$/.exec(entry.peer)?.[1]);
+          // A plug on this host, with that unicast port, on one of this host's addresses.
+          const local = everyLocal.some((other) =>
+            other.plugs.some((p) =>
+              p.unicastPort === port && p.unicastPort !== plug.unicastPort
+            )
+          ) && isLocalPeer(entry.peer);
+          member = {
+            address: entry.peer,
+            macs: [],
+            lastHeard: "",
+            ageSeconds: Infinity,
+            vdeno: plug.sealed === true || local ? true : null,
+          };
+          byAddress.set(entry.peer, member);
+        }
+        member.macs.push(entry.mac);
+        member.ageSeconds = Math.min(member.ageSeconds, entry.ageSeconds);
+      }
+      const members = [...byAddress.values()].sort((a, b) => a.address.localeCompare(b.address));
+      for (const member of members) {
+        member.lastHeard = new Date(now - member.ageSeconds * 1000).toISOString();
+      }
+      clouds.push({
+        name: report.name,
+        pid: report.pid,
+        vnl: plug.vnl,
+        unicastPort: plug.unicastPort,
+        members,
+      });
+    }
+  }
+  return clouds;
+}
+
+/** Whether the host part of `peer` (address:port) is an address of this host. */
+function isLocalPeer(peer: string): boolean {
+  const host = peer.replace(/:\d+$/, "").replace(/^\[|\]$/g, "");
+  const ip = SocketAddress.parse(host, 0)?.ip;
+  return ip !== undefined &&
+    interfaceAddresses().some((entry) =>
+      entry.ip.length === ip.length && entry.ip.every((byte, i) => byte === ip[i])
+    );
+}
+
+const MACS_SHOWN = 4;
+
+function renderClouds(clouds: Cloud[]): string {
+  if (clouds.length === 0) return `No running vxvde plugs (looked in ${controlDirectory()})`;
+  const parts: string[] = [];
+  for (const cloud of clouds) {
+    const lines = [
+      `${cloud.vnl} as heard by ${cloud.name} (pid ${cloud.pid}, unicast port ${cloud.unicastPort}):` +
+      ` ${cloud.members.length} member${cloud.members.length === 1 ? "" : "s"}`,
+    ];
+    if (cloud.members.length > 0) {
+      const rows = [["  MEMBER", "LAST HEARD", "VDENO", "MACS"]];
+      for (const member of cloud.members) {
+        const shown = member.macs.slice(0, MACS_SHOWN).join(" ");
+        const more = member.macs.length - MACS_SHOWN;
+        rows.push([
+          `  ${member.address}`,
+          `${member.ageSeconds}s ago`,
+          member.vdeno ? "yes" : "?",
+          more > 0 ? `${shown} (+${more})` : shown,
+        ]);
+      }
+      lines.push(table(rows));
+    }
+    parts.push(lines.join("\n"));
+  }
+  return parts.join("\n\n");
 }
