@@ -89,6 +89,11 @@ const symbols = {
   if_nametoindex: { parameters: ["buffer"], result: "u32" },
   // int inet_pton(int af, const char *src, void *dst)
   inet_pton: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
+  // int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+  //                 struct addrinfo **res)
+  getaddrinfo: { parameters: ["buffer", "buffer", "buffer", "buffer"], result: "i32" },
+  // void freeaddrinfo(struct addrinfo *res)
+  freeaddrinfo: { parameters: ["pointer"], result: "void" },
   // int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa,
   //                  const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
   posix_spawnp: {

@@ -322,6 +322,57 @@ export function routeMtu(destination: SocketAddress, ifindex: number): number | 
   }
 }
 
+/**
+ * The local address this host sends from to reach `destination` (port 0), or
+ * undefined when there is no route to it.
+ */
+export function routeSource(destination: SocketAddress): SocketAddress | undefined {
+  const fd = udpSocket(destination.family);
+  try {
+    if (libc.connect(fd, destination.bytes, destination.length) < 0) return undefined;
+    return localAddress(fd).withPort(0);
+  } finally {
+    closeQuietly(fd);
+  }
+}
+
+/**
+ * The addresses of `family` that a host name stands for (getaddrinfo: the
+ * hosts file, then DNS), each with `port`; empty when it stands for none.
+ */
+export function resolveHost(name: string, port: number, family: number): SocketAddress[] {
+  const ADDRINFO_SIZE = 48, FAMILY_AT = 4, SOCKTYPE_AT = 8, ADDRLEN_AT = 16, ADDR_AT = 24;
+  const NEXT_AT = 40;
+  const hints = new Uint8Array(ADDRINFO_SIZE);
+  const view = new DataView(hints.buffer);
+  view.setInt32(FAMILY_AT, family, true);
+  view.setInt32(SOCKTYPE_AT, SOCK_DGRAM, true);
+  const result = new BigUint64Array(1);
+  const resultBytes = new Uint8Array(result.buffer);
+  if (libc.getaddrinfo(cString(name), null, hints, resultBytes) !== 0) return [];
+  const first = Deno.UnsafePointer.create(result[0]);
+  const found: SocketAddress[] = [];
+  try {
+    for (let entry = first; entry !== null;) {
+      const info = new Deno.UnsafePointerView(entry);
+      const length = info.getUint32(ADDRLEN_AT);
+      const address = info.getPointer(ADDR_AT);
+      if (info.getInt32(FAMILY_AT) === family && address !== null && length <= SOCKADDR_SIZE) {
+        const bytes = new Uint8Array(SOCKADDR_SIZE);
+        Deno.UnsafePointerView.copyInto(address, bytes.subarray(0, length));
+        const socketAddress = new SocketAddress(bytes).withPort(port);
+        if (!found.some((known) => known.toString() === socketAddress.toString())) {
+          found.push(socketAddress);
+        }
+      }
+      entry = info.getPointer(NEXT_AT);
+    }
+  } finally {
+    if (first !== null) libc.freeaddrinfo(first);
+  }
+  return found;
+}
+
 /** Sends one datagram; returns the bytes sent or -errno. */
 export function sendTo(
   fd: number,

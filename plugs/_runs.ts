@@ -42,12 +42,17 @@ export class MessagePlanner {
     this.#runBytes = 0;
   }
 
-  /** Sends `datagram` bytes of slot `slot` to the address at `name` as a message of its own. */
-  single(slot: number, datagram: number, name: number): void {
+  /**
+   * Sends `datagram` bytes of slot `slot` to the address at `name` as a message of its own;
+   * returns the index of its datagram in the vector (copies to other addresses may reuse it).
+   */
+  single(slot: number, datagram: number, name: number): number {
     this.#endRun();
     const vector = this.#vector!;
     vector.aimDatagram(this.#datagrams, slot, datagram);
-    vector.prepareMessage(this.#prepared++, this.#datagrams++, 1, datagram, name, this.#nameLength);
+    vector.prepareMessage(this.#prepared, this.#datagrams, 1, datagram, name, this.#nameLength);
+    this.#prepared++;
+    return this.#datagrams++;
   }
 
   /**

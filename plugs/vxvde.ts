@@ -15,6 +15,9 @@
  * sealed with AES-256-GCM (see plugs/seal.ts) and the header carries a mark
  * that makes unkeyed plugs, vdeplug4's included, drop it.
  *
+ * `peers=` adds members reached by unicast, for underlays without multicast
+ * (see plugs/_peers.ts).
+ *
  * @module
  */
 
@@ -52,6 +55,14 @@ import { log } from "../core/log.ts";
 import { MacTable } from "./_mactable.ts";
 import { MessagePlanner } from "./_runs.ts";
 import type { Plug } from "../core/plug.ts";
+import {
+  bindMember,
+  DEFAULT_PEER_TIMEOUT,
+  helloHeader,
+  parsePeers,
+  PeerMesh,
+  peersFamily,
+} from "./_peers.ts";
 import { loadKey, SEALED_PREFIX, sealedHeader, Sealer, Verdict } from "./seal.ts";
 import { groupId, parseInteger, parseOptions, parseSize, VnlError } from "../core/vnl.ts";
 
@@ -83,6 +94,8 @@ const OPTION_NAMES = [
   "if",
   "bind",
   "key",
+  "peers",
+  "peertimeout",
 ] as const;
 
 /** The settings of a vxvde plug, as parsed from its VNL. */
@@ -97,6 +110,10 @@ export interface VxvdeConfig {
   bindAddress?: string;
   /** `key=`: a key file, or `env:NAME`; the network is sealed (see plugs/seal.ts). */
   key?: string;
+  /** `peers=`: members reached by unicast too (see plugs/_peers.ts). */
+  peers?: SocketAddress[];
+  /** `peertimeout=`: seconds after which a silent member is dropped. */
+  peerTimeout: number;
 }
 
 /** Parses the part of a vxvde VNL after `vxvde://`. */
@@ -108,7 +125,11 @@ export function parseVxvde(rest: string): VxvdeConfig {
   }
   const { address, options } = parseOptions("vxvde", rest, OPTION_NAMES);
   const wantV6 = options.v6 !== undefined, wantV4 = options.v4 !== undefined;
-  const family = wantV6 === wantV4 ? undefined : wantV6 ? AF_INET6 : AF_INET;
+  const family = wantV6 === wantV4
+    ? (address === "" && options.peers ? peersFamily(options.peers) : undefined)
+    : wantV6
+    ? AF_INET6
+    : AF_INET;
   const port = parseInteger(options.port ?? String(DEFAULT_PORT), "port", 1, 65535);
   const host = address === ""
     ? (family === AF_INET6 ? DEFAULT_GROUP_V6 : DEFAULT_GROUP_V4)
@@ -153,6 +174,10 @@ export function parseVxvde(rest: string): VxvdeConfig {
     interfaceName: options.if,
     bindAddress: options.bind,
     key: options.key,
+    peers: options.peers === undefined ? undefined : parsePeers(options.peers, port, group.family),
+    peerTimeout: options.peertimeout === undefined
+      ? DEFAULT_PEER_TIMEOUT
+      : parseInteger(options.peertimeout, "peertimeout", 1, 86400),
   };
 }
 
@@ -201,6 +226,7 @@ export class VxvdePlug implements Plug {
   readonly #unicastFd: number;
   readonly #unicastPort: number;
   readonly #header: Uint8Array<ArrayBuffer>;
+  readonly #helloHeader: Uint8Array<ArrayBuffer>;
   readonly #headerHigh: number;
   readonly #headerLow: number;
   readonly #localAddresses = new LocalAddresses();
@@ -218,6 +244,11 @@ export class VxvdePlug implements Plug {
   #lastVector?: DatagramVector;
   readonly #planner: MessagePlanner;
   #closed = false;
+  /** With `peers=`: the members reached by unicast, and their hellos. */
+  readonly #mesh?: PeerMesh;
+  readonly #helloHigh: number;
+  /** A slot for goodbyes and hellos, which are written and sealed apart from the frames. */
+  #controlBatch?: FrameBatch;
 
   constructor(vnl: string, rest: string) {
     this.vnl = vnl;
@@ -254,9 +285,29 @@ export class VxvdePlug implements Plug {
           } address of this host`,
         );
       }
-      bindSocket(unicastFd, bindTo);
+      if (config.peers) {
+        const listener = bindMember(
+          unicastFd,
+          family,
+          config.group.port,
+          config.bindAddress ? bindTo : undefined,
+          config.peers,
+        );
+        if (listener.taken) {
+          log(
+            "info",
+            `${vnl}: another plug listens on ${listener.taken}; this one reaches the members from ${listener.address} and cannot be a seed`,
+          );
+        }
+        this.#mesh = new PeerMesh(config.peers, listener, config.peerTimeout, {
+          sendHello: (body, length, to) => this.#sendControl(this.#helloHeader, body, length, to),
+          sendGoodbye: (to) => this.#sendControl(this.#header, undefined, 0, to),
+          forgetMacs: (address) => this.table.forget(new Uint32Array(address.bytes.buffer), 0),
+        });
+      } else bindSocket(unicastFd, bindTo);
       if (ifindex > 0) setMulticastInterface(unicastFd, family, ifindex);
     } catch (error) {
+      this.#mesh?.close(false);
       closeQuietly(multicastFd);
       closeQuietly(unicastFd);
       this.#sealer?.close();
@@ -269,9 +320,11 @@ export class VxvdePlug implements Plug {
     const mtu = routeMtu(config.group, ifindex);
     const ipHeader = family === AF_INET ? 20 : 40, udpHeader = 8;
     if (mtu) this.largestWholeFrame = mtu - ipHeader - udpHeader - this.#prefix;
-    this.fds = [multicastFd, unicastFd];
+    this.fds = this.#mesh ? [multicastFd, unicastFd, this.#mesh.timerFd] : [multicastFd, unicastFd];
     this.#header = this.#sealer ? sealedHeader(config.vni) : vxvdeHeader(config.vni);
     const headerView = new DataView(this.#header.buffer);
+    this.#helloHeader = helloHeader(this.#header);
+    this.#helloHigh = new DataView(this.#helloHeader.buffer).getUint32(0, true);
     this.#headerHigh = headerView.getUint32(0, true);
     this.#headerLow = headerView.getUint32(4, true);
     this.#plainHigh = new DataView(vxvdeHeader(config.vni).buffer).getUint32(0, true);
@@ -314,6 +367,7 @@ export class VxvdePlug implements Plug {
   receive(batch: FrameBatch, readyMask: number): boolean {
     if (readyMask & 1) this.#receiveFrom(batch, this.#multicastFd, true);
     if (readyMask & 2) this.#receiveFrom(batch, this.#unicastFd, false);
+    if (readyMask & 4) this.#mesh?.tick();
     return true;
   }
 
@@ -349,6 +403,13 @@ export class VxvdePlug implements Plug {
         continue;
       }
       if (words[headerWord] !== this.#headerHigh || words[headerWord + 1] !== this.#headerLow) {
+        if (
+          this.#mesh && words[headerWord] === this.#helloHigh &&
+          words[headerWord + 1] === this.#headerLow
+        ) {
+          this.#receiveHello(batch, vector, i, frameLength, fromGroup, now);
+          continue;
+        }
         if (sealer && this.#isPlaintext(words, headerWord)) counters[Counter.dropAuthFailed]++;
         else counters[Counter.dropWrongHeader]++;
         continue;
@@ -369,6 +430,7 @@ export class VxvdePlug implements Plug {
       if (frameLength === 0) {
         counters[Counter.goodbyesReceived]++;
         this.table.forget(nameWords, nameWord);
+        this.#mesh?.receiveGoodbye(names.subarray(i * SOCKADDR_SIZE));
         continue;
       }
       if (frameLength <= ETH_HEADER) {
@@ -429,7 +491,8 @@ export class VxvdePlug implements Plug {
       }
       const datagram = length + prefix;
       if (slot < 0) {
-        planner.single(i, datagram, this.#groupAddress);
+        const flood = planner.single(i, datagram, this.#groupAddress);
+        this.#mesh?.noteFlood(flood, datagram);
         counters[Counter.sentMulticast]++;
       } else {
         planner.toPeer(i, datagram, this.#tableAddress + slot * SOCKADDR_SIZE, length);
@@ -450,6 +513,7 @@ export class VxvdePlug implements Plug {
     }
     counters[Counter.dropSendError] += failed;
     counters[Counter.framesOut] -= failed;
+    this.#mesh?.replicate(vector, this.#unicastFd, counters);
   }
 
   describe(): Record<string, unknown> {
@@ -468,6 +532,7 @@ export class VxvdePlug implements Plug {
       tableSize: this.table.size,
       learned,
       peers: [...new Set(learned.map((entry) => entry.peer))],
+      ...this.#mesh?.describe(),
     };
   }
 
@@ -475,6 +540,7 @@ export class VxvdePlug implements Plug {
     if (this.#closed) return;
     this.#closed = true;
     this.#sayGoodbye();
+    this.#mesh?.close();
     closeQuietly(this.#unicastFd);
     closeQuietly(this.#multicastFd);
     this.#sealer?.close();
@@ -482,15 +548,54 @@ export class VxvdePlug implements Plug {
 
   /** Sends the bare header (sealed, on a keyed network) that makes peers forget us. */
   #sayGoodbye(): void {
-    if (!this.#sealer) {
-      sendTo(this.#unicastFd, this.#header, HEADER_SIZE, this.config.group);
+    this.#sendControl(this.#header, undefined, 0, this.config.group);
+  }
+
+  /**
+   * Sends `header` and `length` bytes of `body` (none for a goodbye), sealed
+   * on a keyed network, to `to` or the group.
+   */
+  #sendControl(
+    header: Uint8Array,
+    body: Uint8Array | undefined,
+    length: number,
+    to: SocketAddress = this.config.group,
+  ): void {
+    const batch = this.#controlBatch ??= new FrameBatch(1);
+    const start = HEADROOM - this.#prefix;
+    batch.bytes.set(header, start);
+    if (body) batch.bytes.set(body.subarray(0, length), HEADROOM);
+    if (this.#sealer && !this.#sealer.seal(batch, 0, length, Date.now() / 1000)) return;
+    sendTo(this.#unicastFd, batch.bytes.subarray(start), this.#prefix + length, to);
+  }
+
+  /**
+   * A hello from a `peers=` member in slot i: opened on a keyed network, our
+   * own echo dropped, the rest handed to the member list.
+   */
+  #receiveHello(
+    batch: FrameBatch,
+    vector: DatagramVector,
+    i: number,
+    length: number,
+    fromGroup: boolean,
+    now: number,
+  ): void {
+    const counters = this.counters;
+    if (length < 0 || length > MAX_FRAME || vector.truncated(i)) {
+      counters[Counter.dropMalformed]++;
       return;
     }
-    const batch = new FrameBatch(1);
-    const start = HEADROOM - SEALED_PREFIX;
-    batch.bytes.set(this.#header, start);
-    if (!this.#sealer.seal(batch, 0, 0, Date.now() / 1000)) return;
-    sendTo(this.#unicastFd, batch.bytes.subarray(start), SEALED_PREFIX, this.config.group);
+    if (this.#sealer) {
+      const verdict = this.#sealer.open(batch, i, length, now);
+      if (verdict !== Verdict.ok) {
+        counters[verdict === Verdict.replayed ? Counter.dropReplay : Counter.dropAuthFailed]++;
+        return;
+      }
+    }
+    const name = vector.names.subarray(i * SOCKADDR_SIZE, (i + 1) * SOCKADDR_SIZE);
+    const body = batch.bytes.subarray(batch.offset(i), batch.offset(i) + length);
+    if (!this.#mesh!.receiveHello(name, body, fromGroup)) counters[Counter.dropMalformed]++;
   }
 
   /** Whether the header at `word` is that of an open (unkeyed) network on our VNI. */

@@ -195,7 +195,7 @@ function render(reports: StatusReport[], target: string | undefined): string {
   if (report.namespace) lines.push(describeNamespace(report.namespace));
   for (const plug of report.plugs) {
     lines.push("", plug.vnl);
-    const { vnl: _vnl, counters, learned, peers, ...details } = plug;
+    const { vnl: _vnl, counters, learned, peers, members, ...details } = plug;
     for (const [key, value] of Object.entries(details)) lines.push(`  ${key}: ${value}`);
     const nonZero = Object.entries(counters).filter(([, n]) => n !== 0);
     lines.push(
@@ -203,6 +203,28 @@ function render(reports: StatusReport[], target: string | undefined): string {
     );
     if (Array.isArray(peers)) {
       lines.push(`  peers: ${peers.length ? peers.join(", ") : "none yet"}`);
+    }
+    if (Array.isArray(members)) {
+      if (members.length === 0) lines.push("  members: none");
+      else {
+        const rows = [["  MEMBER", "SOURCE", "LAST HEARD", "VIA"]];
+        for (
+          const member of members as {
+            address: string;
+            source: string;
+            lastHeardSeconds: number | null;
+            viaGroup: boolean;
+          }[]
+        ) {
+          rows.push([
+            `  ${member.address}`,
+            member.source,
+            member.lastHeardSeconds === null ? "never" : `${member.lastHeardSeconds}s ago`,
+            member.viaGroup ? "group" : "unicast",
+          ]);
+        }
+        lines.push(table(rows));
+      }
     }
     if (Array.isArray(learned)) {
       if (learned.length === 0) lines.push("  learned MACs: none");

@@ -1,0 +1,617 @@
+/**
+ * `peers=`: members of an overlay network (vxvde, vxlan) reached by unicast,
+ * for underlays that carry no multicast (cloud VPCs, routed subnets, Wi-Fi).
+ *
+ * A plug with `peers=` keeps a list of members: the seeds it was given, and
+ * the members other members told it about. Every frame it sends to the group
+ * (broadcast, multicast, unknown MAC) also goes by unicast to each member,
+ * as the kernel's all-zeros flood entries do; learning and unicast to known
+ * MACs stay as they are.
+ *
+ * Members find each other with hellos: a small datagram, sent to the group
+ * and to every member every quarter of the timeout, that lists up to
+ * {@linkcode MAX_TOLD} members the sender has heard from, picked at random.
+ * So one seed is enough: hosts that list only h1 hear of each other from h1
+ * and then talk directly. A member heard for the first time gets a hello at
+ * once, so a new or restarted member is found within a round trip, not a
+ * hello interval. A member that says goodbye is dropped at once (and not
+ * taken back from others' hellos for a timeout, unless it speaks again); a
+ * silent one after the timeout. Seeds are never dropped: a seed that comes
+ * back is found again.
+ *
+ * A hello carries the network's header with byte 2 set to
+ * {@linkcode HELLO_MARK}: vdeplug4, which compares all 8 header bytes, and
+ * the kernel's VXLAN device, which refuses reserved bits, drop it. On a keyed
+ * network the plug seals hellos like frames, so a host without the key
+ * learns nothing, not even who the members are.
+ *
+ * A member whose hellos arrive through the group is reached through the
+ * group: floods skip its unicast copy, so a LAN where multicast works sees
+ * no duplicates (this assumes that multicast reaches both ways on a segment,
+ * as it does with IGMP snooping).
+ *
+ * @module
+ */
+
+import {
+  AF_INET,
+  AF_INET6,
+  bindSocket,
+  type DatagramVector,
+  localAddress,
+  localAddressKeys,
+  numericAddress,
+  resolveHost,
+  routeSource,
+  SOCKADDR_SIZE,
+  SocketAddress,
+} from "../ffi/net.ts";
+import { Errno, SystemError } from "../ffi/libc.ts";
+import { Ticker } from "../ffi/poll.ts";
+import { Counter } from "../core/counters.ts";
+import { VnlError } from "../core/vnl.ts";
+
+/** Header byte 2 of a hello: reserved (zero) in vxvde and VXLAN frames. */
+export const HELLO_MARK = 0x48;
+/** Members one hello lists at most. */
+export const MAX_TOLD = 20;
+/** Members a plug keeps at most (seeds included). */
+export const MAX_MEMBERS = 1024;
+/** Default seconds after which a silent member is dropped; hellos go every quarter of it. */
+export const DEFAULT_PEER_TIMEOUT = 60;
+const HELLO_VERSION = 1;
+const HELLO_FIXED = 6;
+/** Largest hello body: the fixed part and MAX_TOLD IPv6 entries. */
+export const MAX_HELLO = HELLO_FIXED + MAX_TOLD * 19;
+/** Hellos sent at once (to new members) per second at most; the rest wait for the next round. */
+const PROMPT_HELLOS_PER_SECOND = 32;
+
+/** A hello: who sends it (a random id per plug) and members the sender has heard from. */
+export interface Hello {
+  instance: number;
+  members: SocketAddress[];
+}
+
+/** The header of a hello on a network whose frames carry `header`. */
+export function helloHeader(header: Uint8Array): Uint8Array<ArrayBuffer> {
+  const hello = header.slice();
+  hello[2] = HELLO_MARK;
+  return hello;
+}
+
+/**
+ * Writes a hello body into `into` (at least {@linkcode MAX_HELLO} bytes):
+ * version 1, the count, the sender's id (32 bits), then per member its
+ * family (4 or 6), port (16 bits) and address. Returns its length.
+ */
+export function encodeHello(hello: Hello, into: Uint8Array): number {
+  const members = hello.members.slice(0, MAX_TOLD);
+  into[0] = HELLO_VERSION;
+  into[1] = members.length;
+  new DataView(into.buffer, into.byteOffset).setUint32(2, hello.instance >>> 0);
+  let at = HELLO_FIXED;
+  for (const member of members) {
+    const ip = member.ip;
+    into[at] = member.family === AF_INET ? 4 : 6;
+    into[at + 1] = member.port >> 8;
+    into[at + 2] = member.port & 0xff;
+    into.set(ip, at + 3);
+    at += 3 + ip.length;
+  }
+  return at;
+}
+
+/** Reads a hello body; undefined when it is malformed (or of another version). */
+export function decodeHello(bytes: Uint8Array): Hello | undefined {
+  if (bytes.length < HELLO_FIXED || bytes[0] !== HELLO_VERSION) return undefined;
+  const count = bytes[1];
+  if (count > MAX_TOLD) return undefined;
+  const instance = new DataView(bytes.buffer, bytes.byteOffset).getUint32(2);
+  const members: SocketAddress[] = [];
+  let at = HELLO_FIXED;
+  for (let i = 0; i < count; i++) {
+    const size = bytes[at] === 4 ? 4 : bytes[at] === 6 ? 16 : 0;
+    if (size === 0 || at + 3 + size > bytes.length) return undefined;
+    const port = (bytes[at + 1] << 8) | bytes[at + 2];
+    if (port === 0) return undefined;
+    const address = SocketAddress.any(size === 4 ? AF_INET : AF_INET6).withPort(port);
+    address.ip.set(bytes.subarray(at + 3, at + 3 + size));
+    members.push(address);
+    at += 3 + size;
+  }
+  return at === bytes.length ? { instance, members } : undefined;
+}
+
+/**
+ * Parses `peers=`: addresses separated by commas, each IPv4 (`10.0.0.1`,
+ * `10.0.0.1:4000`), IPv6 (`fd00::1`, `[fd00::1]:4000`) or a host name
+ * (`h1`, `h1:4000`), resolved now with `resolve`. An address without a port
+ * has the network's `port`; all must be of `family`.
+ */
+export function parsePeers(
+  text: string,
+  port: number,
+  family: number,
+  resolve: (name: string, port: number, family: number) => SocketAddress[] = resolveHost,
+): SocketAddress[] {
+  const peers: SocketAddress[] = [];
+  for (const item of text.split(",").map((entry) => entry.trim())) {
+    if (item === "") continue;
+    let host = item, itemPort = port;
+    const bracketed = /^\[([^\]]+)\](?::(\d+))?$/.exec(item);
+    const withPort = /^([^:]+):(\d+)$/.exec(item);
+    if (bracketed) [host, itemPort] = [bracketed[1], bracketed[2] ? Number(bracketed[2]) : port];
+    else if (withPort) [host, itemPort] = [withPort[1], Number(withPort[2])];
+    if (!(itemPort >= 1 && itemPort <= 65535)) {
+      throw new VnlError(`Bad peers: ${item} has no valid port (1 to 65535)`);
+    }
+    const numeric = SocketAddress.parse(host, itemPort);
+    if (numeric) {
+      if (numeric.family !== family) {
+        const [is, network] = numeric.family === AF_INET ? ["IPv4", "IPv6"] : ["IPv6", "IPv4"];
+        throw new VnlError(
+          `Bad peers: ${item} is ${is} but the network is ${network}; give addresses of one family (v4 or v6)`,
+        );
+      }
+      peers.push(numeric);
+      continue;
+    }
+    if (!/^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$/.test(host)) {
+      throw new VnlError(
+        `Bad peers: ${item} is neither an address nor a host name; expected e.g. 10.0.0.1, [fd00::1]:14789 or h1`,
+      );
+    }
+    const found = resolve(host, itemPort, family);
+    if (found.length === 0) {
+      throw new VnlError(
+        `Bad peers: cannot resolve ${host} to an ${family === AF_INET ? "IPv4" : "IPv6"} address`,
+      );
+    }
+    peers.push(found[0]);
+  }
+  if (peers.length === 0) throw new VnlError("Bad peers: peers= needs at least one address");
+  return peers;
+}
+
+/** The family `peers=` implies when the VNL names none: that of its first numeric address. */
+export function peersFamily(text: string): number | undefined {
+  const first = text.split(",")[0].trim();
+  if (first.startsWith("[") || (first.match(/:/g) ?? []).length > 1) return AF_INET6;
+  return undefined;
+}
+
+/** How a member became known. */
+export type MemberSource = "seed" | "hello" | "group";
+
+/** A member as `vdeno status` shows it. */
+export interface MemberView {
+  address: string;
+  source: MemberSource;
+  /** Seconds since its last hello, or null when it has not spoken yet. */
+  lastHeardSeconds: number | null;
+  /** Whether its hellos come through the multicast group (floods then skip its unicast copy). */
+  viaGroup: boolean;
+}
+
+interface Member {
+  address: SocketAddress;
+  source: MemberSource;
+  addedAt: number;
+  heardAt: number;
+  groupAt: number;
+}
+
+/**
+ * The member list, with no sockets: who is known, since when, who hears us
+ * through the group, and the packed addresses floods are copied to. Times
+ * are seconds.
+ */
+export class Members {
+  readonly timeoutSeconds: number;
+  /** The sockaddrs floods go to by unicast, packed from 0: {@linkcode targetCount} of them. */
+  readonly targets: Uint8Array<ArrayBuffer> = new Uint8Array(MAX_MEMBERS * SOCKADDR_SIZE);
+  targetCount = 0;
+  readonly #members = new Map<string, Member>();
+  /** Our own addresses as others see them: the listener, and any that echoed our id. */
+  readonly #self = new Set<string>();
+  /** Members that said goodbye, with the time: not taken back from hellos until the timeout. */
+  readonly #gone = new Map<string, number>();
+  readonly #family: number;
+
+  constructor(
+    seeds: readonly SocketAddress[],
+    self: SocketAddress | undefined,
+    timeoutSeconds: number,
+    now: number,
+  ) {
+    this.timeoutSeconds = timeoutSeconds;
+    this.#family = seeds[0]?.family ?? self?.family ?? AF_INET;
+    if (self) this.#self.add(self.toString());
+    for (const seed of seeds) {
+      const key = seed.toString();
+      if (this.#self.has(key) || this.#members.has(key)) continue;
+      this.#members.set(key, {
+        address: seed,
+        source: "seed",
+        addedAt: now,
+        heardAt: 0,
+        groupAt: 0,
+      });
+    }
+    this.#pack(now);
+  }
+
+  /** How many members are known. */
+  get size(): number {
+    return this.#members.size;
+  }
+
+  /** Whether `address` is a member. */
+  has(address: SocketAddress): boolean {
+    return this.#members.has(address.toString());
+  }
+
+  /** Marks `address` as one of ours (a hello with our own id came from it). */
+  isSelf(address: SocketAddress, now: number): void {
+    const key = address.toString();
+    this.#self.add(key);
+    if (this.#members.delete(key)) this.#pack(now);
+  }
+
+  /** Records a hello from `address`; returns true when the member is new (or newly heard). */
+  heard(address: SocketAddress, viaGroup: boolean, now: number): boolean {
+    const key = address.toString();
+    if (this.#self.has(key)) return false;
+    this.#gone.delete(key);
+    let member = this.#members.get(key);
+    const fresh = member === undefined || member.heardAt === 0;
+    if (member === undefined) {
+      if (!this.#makeRoom()) return false;
+      member = {
+        address,
+        source: viaGroup ? "group" : "hello",
+        addedAt: now,
+        heardAt: 0,
+        groupAt: 0,
+      };
+      this.#members.set(key, member);
+    }
+    member.heardAt = now;
+    const wasViaGroup = this.#viaGroup(member, now);
+    if (viaGroup) member.groupAt = now;
+    if (fresh || wasViaGroup !== this.#viaGroup(member, now)) this.#pack(now);
+    return fresh;
+  }
+
+  /** Adds the members a hello named that are new to us; returns those added. */
+  told(addresses: readonly SocketAddress[], now: number): SocketAddress[] {
+    const added: SocketAddress[] = [];
+    for (const address of addresses) {
+      const key = address.toString();
+      if (!this.#usable(address) || this.#self.has(key) || this.#members.has(key)) continue;
+      const goneAt = this.#gone.get(key);
+      if (goneAt !== undefined && goneAt >= now - this.timeoutSeconds) continue;
+      if (!this.#makeRoom()) break;
+      this.#members.set(key, { address, source: "hello", addedAt: now, heardAt: 0, groupAt: 0 });
+      added.push(address);
+    }
+    if (added.length > 0) this.#pack(now);
+    return added;
+  }
+
+  /** A member said goodbye: drops it (a seed stays, as never heard). Returns whether it was known. */
+  goodbye(address: SocketAddress, now: number): boolean {
+    const key = address.toString();
+    const member = this.#members.get(key);
+    if (member === undefined) return false;
+    this.#gone.set(key, now);
+    if (member.source === "seed") {
+      member.heardAt = 0;
+      member.groupAt = 0;
+    } else this.#members.delete(key);
+    this.#pack(now);
+    return true;
+  }
+
+  /**
+   * Drops members not heard within the timeout (never-heard ones a timeout
+   * after they were named); seeds stay, as not heard. Returns the members
+   * that were heard before and fell silent, whose MACs are stale now.
+   */
+  expire(now: number): SocketAddress[] {
+    const silent: SocketAddress[] = [];
+    const limit = now - this.timeoutSeconds;
+    for (const [key, member] of this.#members) {
+      if (member.heardAt !== 0 ? member.heardAt >= limit : member.addedAt >= limit) continue;
+      if (member.heardAt !== 0) silent.push(member.address);
+      if (member.source === "seed") {
+        member.heardAt = 0;
+        member.groupAt = 0;
+        member.addedAt = now;
+      } else this.#members.delete(key);
+    }
+    for (const [key, at] of this.#gone) if (at < limit) this.#gone.delete(key);
+    this.#pack(now);
+    return silent;
+  }
+
+  /** Up to `max` members heard within the timeout, picked at random: what a hello lists. */
+  sample(now: number, max = MAX_TOLD): SocketAddress[] {
+    const heard = [...this.#members.values()]
+      .filter((member) => member.heardAt !== 0 && member.heardAt >= now - this.timeoutSeconds)
+      .map((member) => member.address);
+    for (let i = heard.length - 1; i > 0; i--) {
+      const j = Math.floor(Math.random() * (i + 1));
+      [heard[i], heard[j]] = [heard[j], heard[i]];
+    }
+    return heard.slice(0, max);
+  }
+
+  /** Every member, for hellos by unicast: all but those that hear us through the group. */
+  unicastMembers(now: number): SocketAddress[] {
+    return [...this.#members.values()]
+      .filter((member) => !this.#viaGroup(member, now))
+      .map((member) => member.address);
+  }
+
+  /** The members, for display. */
+  view(now: number): MemberView[] {
+    return [...this.#members.values()].map((member) => ({
+      address: member.address.toString(),
+      source: member.source,
+      lastHeardSeconds: member.heardAt === 0 ? null : Math.round((now - member.heardAt) * 10) / 10,
+      viaGroup: this.#viaGroup(member, now),
+    }));
+  }
+
+  /** Packs the flood targets again (call when time may have moved a member's group status). */
+  refresh(now: number): void {
+    this.#pack(now);
+  }
+
+  #viaGroup(member: Member, now: number): boolean {
+    return member.groupAt !== 0 && member.groupAt >= now - this.timeoutSeconds;
+  }
+
+  /** Whether a told address can be a member: a unicast address of our family with a port. */
+  #usable(address: SocketAddress): boolean {
+    if (address.family !== this.#family || address.port === 0) return false;
+    const ip = address.ip;
+    if (ip.every((byte) => byte === 0)) return false;
+    return address.family === AF_INET ? (ip[0] & 0xf0) !== 0xe0 : ip[0] !== 0xff;
+  }
+
+  /** Makes room for one more member, dropping a never-heard one if full; false if none can go. */
+  #makeRoom(): boolean {
+    if (this.#members.size < MAX_MEMBERS) return true;
+    for (const [key, member] of this.#members) {
+      if (member.heardAt === 0 && member.source !== "seed") {
+        this.#members.delete(key);
+        return true;
+      }
+    }
+    return false;
+  }
+
+  #pack(now: number): void {
+    let count = 0;
+    for (const member of this.#members.values()) {
+      if (this.#viaGroup(member, now)) continue;
+      this.targets.set(member.address.bytes, count++ * SOCKADDR_SIZE);
+    }
+    this.targetCount = count;
+  }
+}
+
+/** What a plug does for its {@linkcode PeerMesh}: send hellos and goodbyes, forget MACs. */
+export interface MeshLink {
+  /** Sends a hello with this body to `to`, or to the group when undefined. */
+  sendHello(body: Uint8Array<ArrayBuffer>, length: number, to?: SocketAddress): void;
+  /** Sends the plug's goodbye to `to` by unicast. */
+  sendGoodbye(to: SocketAddress): void;
+  /** Forgets every MAC learned from `address`. */
+  forgetMacs(address: SocketAddress): void;
+}
+
+/** Where a plug with `peers=` listens, as {@linkcode bindMember} found. */
+export interface Listener {
+  /** The address:port bound: a listener others can name in `peers=`, or an ephemeral port. */
+  address: SocketAddress;
+  /** Whether it is on the network's port (a seed for others) rather than an ephemeral one. */
+  listening: boolean;
+  /** The address:port it wanted, when another plug had it already. */
+  taken?: SocketAddress;
+}
+
+/**
+ * Binds the unicast socket of a plug with `peers=` to the network's `port`
+ * on the local address `bind` (or, without it, the one this host sends from
+ * to the first peer): others name it in their `peers=`. A specific address,
+ * not the wildcard, so that it neither takes the group's datagrams nor
+ * clashes with the group's sockets on the same port; one such listener per
+ * address and port, so a second plug on the host gets an ephemeral port,
+ * still finds every member through the seeds, but cannot be a seed itself.
+ */
+export function bindMember(
+  fd: number,
+  family: number,
+  port: number,
+  bind: SocketAddress | undefined,
+  peers: readonly SocketAddress[],
+): Listener {
+  const local = bind ?? routeSource(peers[0]);
+  if (local !== undefined) {
+    try {
+      bindSocket(fd, local.withPort(port));
+      return { address: local.withPort(port), listening: true };
+    } catch (error) {
+      if (!(error instanceof SystemError) || error.code !== Errno.EADDRINUSE) throw error;
+    }
+  }
+  bindSocket(fd, (local ?? SocketAddress.any(family)).withPort(0));
+  return { address: localAddress(fd), listening: false, taken: local?.withPort(port) };
+}
+
+/** The pieces of a plug with `peers=`: the member list, the hello timer, flood copies. */
+export class PeerMesh {
+  readonly members: Members;
+  /** Becomes readable when it is time for a round of hellos. */
+  readonly timerFd: number;
+  readonly listener: Listener;
+  readonly instance: number = crypto.getRandomValues(new Uint32Array(1))[0];
+  readonly #link: MeshLink;
+  readonly #ticker: Ticker;
+  readonly #body = new Uint8Array(MAX_HELLO);
+  readonly #targetsAddress: number;
+  readonly #nameLength: number;
+  #floodDatagrams = new Int32Array(64);
+  #floodLengths = new Int32Array(64);
+  #floods = 0;
+  #promptSecond = 0;
+  #promptCount = 0;
+
+  constructor(
+    seeds: readonly SocketAddress[],
+    listener: Listener,
+    timeoutSeconds: number,
+    link: MeshLink,
+  ) {
+    this.listener = listener;
+    // A seed that is this very plug (h1 naming h1) is no member.
+    const local = localAddressKeys();
+    const others = seeds.filter((seed) =>
+      seed.port !== listener.address.port || !local.has(`${seed.family}:${seed.ip.join(",")}`)
+    );
+    this.members = new Members(
+      others,
+      listener.listening ? listener.address : undefined,
+      timeoutSeconds,
+      Date.now() / 1000,
+    );
+    this.#link = link;
+    this.#nameLength = listener.address.length;
+    this.#targetsAddress = numericAddress(this.members.targets);
+    // The first round goes at once, so that a new member is known before its first frame.
+    this.#ticker = new Ticker(Math.max(250, (timeoutSeconds * 1000) / 4), 0);
+    this.timerFd = this.#ticker.fd;
+  }
+
+  /** The timer fired: drops silent members, then says hello to the group and every member. */
+  tick(): void {
+    this.#ticker.acknowledge();
+    const now = Date.now() / 1000;
+    for (const silent of this.members.expire(now)) this.#link.forgetMacs(silent);
+    const length = this.#hello(now);
+    this.#link.sendHello(this.#body, length);
+    for (const member of this.members.unicastMembers(now)) {
+      this.#link.sendHello(this.#body, length, member);
+    }
+  }
+
+  /**
+   * A hello arrived from the sender at `name` (sockaddr bytes) with `body`,
+   * through the group or not. Returns false when it is malformed.
+   */
+  receiveHello(name: Uint8Array, body: Uint8Array, viaGroup: boolean): boolean {
+    const hello = decodeHello(body);
+    if (hello === undefined) return false;
+    const now = Date.now() / 1000;
+    const sender = new SocketAddress(name.slice(0, SOCKADDR_SIZE));
+    if (hello.instance === this.instance) {
+      this.members.isSelf(sender, now);
+      return true;
+    }
+    const fresh = this.members.heard(sender, viaGroup, now);
+    const added = this.members.told(hello.members, now);
+    // Answered at once, so that a new member learns who is there, and those it was told of
+    // hear from us, within a round trip rather than a hello interval.
+    if (fresh && !viaGroup) this.#prompt(sender, now);
+    for (const member of added) this.#prompt(member, now);
+    return true;
+  }
+
+  /** A goodbye arrived from the sender at `name`: the member is dropped at once. */
+  receiveGoodbye(name: Uint8Array): void {
+    this.members.goodbye(new SocketAddress(name.slice(0, SOCKADDR_SIZE)), Date.now() / 1000);
+  }
+
+  /** Notes that datagram `datagram` of the vector being sent, `length` bytes, is a flood. */
+  noteFlood(datagram: number, length: number): void {
+    if (this.#floods === this.#floodDatagrams.length) {
+      const datagrams = new Int32Array(this.#floods * 2),
+        lengths = new Int32Array(this.#floods * 2);
+      datagrams.set(this.#floodDatagrams);
+      lengths.set(this.#floodLengths);
+      this.#floodDatagrams = datagrams;
+      this.#floodLengths = lengths;
+    }
+    this.#floodDatagrams[this.#floods] = datagram;
+    this.#floodLengths[this.#floods++] = length;
+  }
+
+  /**
+   * Sends a copy of every flood noted since the last call to every member
+   * that does not hear us through the group, reusing the datagrams already
+   * aimed in `vector` after its own send; counts them in `counters`.
+   */
+  replicate(vector: DatagramVector, fd: number, counters: Float64Array): void {
+    const floods = this.#floods, targets = this.members.targetCount;
+    this.#floods = 0;
+    if (floods === 0 || targets === 0) return;
+    let prepared = 0, failed = 0;
+    for (let f = 0; f < floods; f++) {
+      for (let m = 0; m < targets; m++) {
+        vector.prepareMessage(
+          prepared++,
+          this.#floodDatagrams[f],
+          1,
+          this.#floodLengths[f],
+          this.#targetsAddress + m * SOCKADDR_SIZE,
+          this.#nameLength,
+        );
+        if (prepared === vector.capacity) {
+          failed += vector.sendAll(fd, prepared);
+          prepared = 0;
+        }
+      }
+    }
+    failed += vector.sendAll(fd, prepared);
+    counters[Counter.sentUnicast] += floods * targets - failed;
+    counters[Counter.dropSendError] += failed;
+  }
+
+  /** What `vdeno status` shows. */
+  describe(): Record<string, unknown> {
+    return {
+      listener: this.listener.listening
+        ? this.listener.address.toString()
+        : `none (${this.listener.taken ?? "no address"} is taken; a seed for nobody)`,
+      peerTimeoutSeconds: this.members.timeoutSeconds,
+      members: this.members.view(Date.now() / 1000),
+    };
+  }
+
+  /**
+   * Says goodbye to every member by unicast (the plug says it to the group),
+   * unless `goodbye` is false, and stops the timer.
+   */
+  close(goodbye = true): void {
+    if (goodbye) {
+      for (const member of this.members.unicastMembers(Date.now() / 1000)) {
+        this.#link.sendGoodbye(member);
+      }
+    }
+    this.#ticker.close();
+  }
+
+  #hello(now: number): number {
+    return encodeHello({ instance: this.instance, members: this.members.sample(now) }, this.#body);
+  }
+
+  #prompt(to: SocketAddress, now: number): void {
+    const second = Math.floor(now);
+    if (second !== this.#promptSecond) [this.#promptSecond, this.#promptCount] = [second, 0];
+    if (this.#promptCount++ >= PROMPT_HELLOS_PER_SECOND) return;
+    this.#link.sendHello(this.#body, this.#hello(now), to);
+  }
+}

@@ -1,0 +1,258 @@
+/**
+ * `peers=` on namespace hosts whose underlay carries no multicast: the hello
+ * format and member list as pure functions, then real clouds where multicast
+ * is dropped by the bridge (or by a router between two subnets), with the
+ * real vde_plug as the witness that the group alone does not work there.
+ */
+
+import assert from "node:assert/strict";
+import { AF_INET, AF_INET6, SOCKADDR_SIZE, SocketAddress } from "../ffi/net.ts";
+import {
+  decodeHello,
+  encodeHello,
+  HELLO_MARK,
+  helloHeader,
+  MAX_HELLO,
+  MAX_TOLD,
+  Members,
+  parsePeers,
+  peersFamily,
+} from "../plugs/_peers.ts";
+import { parseVxvde } from "../plugs/vxvde.ts";
+import { addressOf, captureUdp } from "./_capture.ts";
+import { type Host, Lan, prerequisites, type Process } from "./_harness.ts";
+
+const v4 = (text: string) => {
+  const [host, port] = text.split(":");
+  return SocketAddress.parse(host, Number(port), AF_INET)!;
+};
+const v6 = (host: string, port: number) => SocketAddress.parse(host, port, AF_INET6)!;
+
+Deno.test("hellos encode and decode, and malformed ones are refused", () => {
+  const cases: { members: SocketAddress[] }[] = [
+    { members: [] },
+    { members: [v4("10.1.2.3:14789")] },
+    { members: [v6("fd00::1", 4789), v4("192.0.2.9:1")] },
+    {
+      members: Array.from({ length: MAX_TOLD }, (_, i) => v6(`fd00::${i + 1}`, 65535 - i)),
+    },
+  ];
+  for (const { members } of cases) {
+    const bytes = new Uint8Array(MAX_HELLO);
+    const length = encodeHello({ instance: 0xdeadbeef, members }, bytes);
+    const hello = decodeHello(bytes.subarray(0, length));
+    assert.ok(hello, `decodes ${members.length} members`);
+    assert.equal(hello.instance, 0xdeadbeef);
+    assert.deepEqual(hello.members.map(String), members.map(String));
+  }
+  const good = new Uint8Array(MAX_HELLO);
+  const length = encodeHello({ instance: 1, members: [v4("10.0.0.1:5")] }, good);
+  const malformed: [string, Uint8Array][] = [
+    ["empty", new Uint8Array(0)],
+    ["too short", good.slice(0, 5)],
+    ["another version", Uint8Array.of(2, ...good.subarray(1, length))],
+    ["count beyond the limit", Uint8Array.of(1, MAX_TOLD + 1, 0, 0, 0, 1)],
+    ["an entry cut short", good.slice(0, length - 1)],
+    ["trailing bytes", good.slice(0, length + 1)],
+    ["unknown family", Uint8Array.of(...good.subarray(0, 6), 5, ...good.subarray(7, length))],
+    ["port 0", Uint8Array.of(...good.subarray(0, 7), 0, 0, ...good.subarray(9, length))],
+  ];
+  for (const [what, bytes] of malformed) assert.equal(decodeHello(bytes), undefined, what);
+  const more = encodeHello({
+    instance: 1,
+    members: Array.from({ length: MAX_TOLD + 5 }, (_, i) => v4(`10.0.0.${i + 1}:1`)),
+  }, good);
+  assert.equal(decodeHello(good.subarray(0, more))!.members.length, MAX_TOLD, "at most 20 told");
+});
+
+Deno.test("a hello's header differs from the frame header only in byte 2", () => {
+  const header = Uint8Array.of(0x08, 0, 0, 0, 0, 0, 7, 0);
+  assert.deepEqual([...helloHeader(header)], [0x08, 0, HELLO_MARK, 0, 0, 0, 7, 0]);
+  const sealed = Uint8Array.of(0x08, 0, 0, 0x5e, 0, 0, 7, 0);
+  assert.deepEqual([...helloHeader(sealed)], [0x08, 0, HELLO_MARK, 0x5e, 0, 0, 7, 0]);
+});
+
+Deno.test("peers= parses addresses, ports and names, and says what is wrong", () => {
+  const resolve = (name: string, port: number, family: number) =>
+    name === "h1" ? [family === AF_INET ? v4(`10.9.0.1:${port}`) : v6("fd09::1", port)] : [];
+  const good: [string, number, string[]][] = [
+    ["10.0.0.1", AF_INET, ["10.0.0.1:14789"]],
+    ["10.0.0.1:4000, 10.0.0.2", AF_INET, ["10.0.0.1:4000", "10.0.0.2:14789"]],
+    ["fd00::1", AF_INET6, ["[fd00::1]:14789"]],
+    ["[fd00::1]:4000,[fd00::2]", AF_INET6, ["[fd00::1]:4000", "[fd00::2]:14789"]],
+    ["h1", AF_INET, ["10.9.0.1:14789"]],
+    ["h1:5,10.0.0.3", AF_INET, ["10.9.0.1:5", "10.0.0.3:14789"]],
+    ["h1", AF_INET6, ["[fd09::1]:14789"]],
+  ];
+  for (const [text, family, expected] of good) {
+    assert.deepEqual(parsePeers(text, 14789, family, resolve).map(String), expected, text);
+  }
+  const bad: [string, number, RegExp][] = [
+    ["", AF_INET, /at least one address/],
+    ["fd00::1", AF_INET, /is IPv6 but the network is IPv4/],
+    ["10.0.0.1", AF_INET6, /is IPv4 but the network is IPv6/],
+    ["10.0.0.1:0", AF_INET, /no valid port/],
+    ["10.0.0.1:70000", AF_INET, /no valid port/],
+    ["nowhere", AF_INET, /cannot resolve nowhere/],
+    ["a b", AF_INET, /neither an address nor a host name/],
+  ];
+  for (const [text, family, message] of bad) {
+    assert.throws(() => parsePeers(text, 14789, family, resolve), message, text);
+  }
+  assert.equal(peersFamily("[fd00::1]:5"), AF_INET6);
+  assert.equal(peersFamily("fd00::1,fd00::2"), AF_INET6);
+  assert.equal(peersFamily("10.0.0.1:5"), undefined);
+  const config = parseVxvde("/peers=fd00::1/peert=5");
+  assert.equal(config.group.toString(), "[ff05:56de::1]:14789", "an IPv6 seed implies v6");
+  assert.equal(config.peerTimeout, 5);
+  assert.equal(parseVxvde("239.1.1.1/p=4000/pe=10.0.0.1").peers![0].toString(), "10.0.0.1:4000");
+  assert.throws(() => parseVxvde("/peertimeout=0/peers=10.0.0.1"), /peertimeout/);
+});
+
+Deno.test("the member list: seeds stay, told members must speak, goodbyes and silence drop", () => {
+  const self = v4("10.0.0.1:14789");
+  const seed = v4("10.0.0.2:14789");
+  const members = new Members([seed, self], self, 10, 1000);
+  assert.equal(members.size, 1, "our own address is no member");
+  assert.equal(members.targetCount, 1, "floods go to the seed before it speaks");
+  const told = members.told([v4("10.0.0.3:14789"), self, v4("239.0.0.1:5"), v4("0.0.0.0:5")], 1000);
+  assert.deepEqual(told.map(String), ["10.0.0.3:14789"], "self, group and unspecified are skipped");
+  assert.deepEqual(members.told([v4("10.0.0.3:14789")], 1001), [], "told twice, added once");
+  assert.equal(members.heard(seed, false, 1001), true, "first hello from the seed");
+  assert.equal(members.heard(seed, false, 1002), false, "then it is known");
+  assert.deepEqual(members.sample(1002).map(String), [seed.toString()], "only heard members told");
+  // The told member never speaks: gone after the timeout. The seed fell silent: kept, not heard.
+  assert.deepEqual(members.expire(1013).map(String), [seed.toString()]);
+  assert.deepEqual(members.view(1013).map((m) => [m.address, m.source, m.lastHeardSeconds]), [
+    [seed.toString(), "seed", null],
+  ]);
+  // A member heard through the group gets no unicast copy of floods.
+  const local = v4("10.0.0.4:14789");
+  assert.equal(members.heard(local, true, 1014), true);
+  assert.equal(members.targetCount, 1);
+  const packed = new SocketAddress(members.targets.slice(0, SOCKADDR_SIZE));
+  assert.equal(packed.toString(), seed.toString());
+  assert.deepEqual(members.view(1014).find((m) => m.address === local.toString())?.source, "group");
+  // Goodbye: dropped at once, and not taken back from a hello that still lists it...
+  const other = v4("10.0.0.5:14789");
+  members.heard(other, false, 1015);
+  assert.equal(members.goodbye(other, 1015), true);
+  assert.equal(members.has(other), false);
+  assert.deepEqual(members.told([other], 1016), []);
+  // ...unless it speaks again (it restarted).
+  assert.equal(members.heard(other, false, 1017), true);
+  assert.equal(members.has(other), true);
+  // A hello that echoes our own id marks the address as ours.
+  members.isSelf(other, 1018);
+  assert.equal(members.has(other), false);
+  assert.deepEqual(members.told([other], 1018), []);
+});
+
+/** An IP address in one spelling, to compare tcpdump's with ours. */
+function ip(text: string): string {
+  return SocketAddress.parse(text, 0)?.toString() ?? text;
+}
+
+/** Turns off multicast flooding on every port of the LAN's bridges: no multicast crosses it. */
+async function dropMulticast(lan: Lan, switchNs = `${lan.id}-sw`): Promise<void> {
+  const ports = JSON.parse(
+    await runIn(switchNs, ["ip", "-j", "link", "show", "type", "veth"]),
+  ) as { ifname: string }[];
+  for (const { ifname } of ports) {
+    await runIn(switchNs, ["bridge", "link", "set", "dev", ifname, "mcast_flood", "off"]);
+  }
+}
+
+/**
+ * Without multicast the underlay's IPv6 neighbour discovery fails too: each
+ * host gets its neighbours' MACs as permanent entries, as a cloud's network
+ * answers for it.
+ */
+async function staticNeighbours(hosts: Host[]): Promise<void> {
+  const macs: string[] = [];
+  for (const host of hosts) {
+    macs.push(JSON.parse(await host.sh(["ip", "-j", "link", "show", "eth0"]))[0].address);
+  }
+  for (const host of hosts) {
+    for (const [j, other] of hosts.entries()) {
+      if (other === host) continue;
+      await host.sh([
+        ...["ip", "-6", "neigh", "replace", other.address6, "lladdr", macs[j]],
+        ...["dev", "eth0", "nud", "permanent"],
+      ]);
+    }
+  }
+}
+
+async function runIn(netns: string, argv: string[]): Promise<string> {
+  const output = await new Deno.Command("ip", {
+    args: ["netns", "exec", netns, ...argv],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  if (!output.success) {
+    throw new Error(`${argv.join(" ")}: ${new TextDecoder().decode(output.stderr)}`);
+  }
+  return new TextDecoder().decode(output.stdout);
+}
+
+/** Overlay addresses 10.0.0.N on each host's tap0, MACs 02:00:00:00:00:0N. */
+async function overlay(hosts: Host[], creators: Process[]): Promise<string[]> {
+  const addresses: string[] = [];
+  for (const [i, host] of hosts.entries()) {
+    await host.waitForLink("tap0", 30_000, creators[i]);
+    await host.configure("tap0", `10.0.0.${i + 1}/24`, `02:00:00:00:00:0${i + 1}`);
+    addresses.push(`10.0.0.${i + 1}`);
+  }
+  return addresses;
+}
+
+/** Asserts that every host pings every other on the overlay. */
+async function pingAll(hosts: Host[], addresses: string[]): Promise<void> {
+  for (const [i, host] of hosts.entries()) {
+    for (const [j, address] of addresses.entries()) {
+      if (i === j) continue;
+      assert.ok(await host.pingable(address, 15_000), `h${i + 1} pings h${j + 1} (${address})`);
+    }
+  }
+}
+
+Deno.test("precondition: with multicast dropped on the underlay, a vde_plug vxvde pair cannot ping", async (t) => {
+  if (!(await prerequisites(t, ["vde_plug", "bridge"]))) return;
+  await using lan = await Lan.create(2);
+  await dropMulticast(lan);
+  const [a, b] = lan.hosts;
+  const plugs = [a, b].map((host) => host.spawn(["vde_plug", "tap://tap0", "vxvde://239.7.0.1"]));
+  const [, addressB] = await overlay([a, b], plugs);
+  assert.ok(!(await a.pingable(addressB, 4000)), "the group carries nothing here");
+});
+
+for (const family of ["IPv4", "IPv6"] as const) {
+  Deno.test(`peers= naming only h1: three hosts ping every pair with multicast dropped (${family}), h2<->h3 not through h1`, async (t) => {
+    if (!(await prerequisites(t, ["bridge", "tcpdump"]))) return;
+    await using lan = await Lan.create(3);
+    await dropMulticast(lan);
+    if (family === "IPv6") await staticNeighbours(lan.hosts);
+    const [h1, h2, h3] = lan.hosts;
+    const seed = family === "IPv4" ? h1.address : `[${h1.address6}]`;
+    const vnl = `vxvde://${family === "IPv4" ? "239.7.0.2" : "ff05::7:2"}/peers=${seed}`;
+    const plugs = lan.hosts.map((host) => host.vdeno(["plug", "tap://tap0", vnl]));
+    const addresses = await overlay(lan.hosts, plugs);
+    await pingAll(lan.hosts, addresses);
+    const underlay = (host: Host) => ip(family === "IPv4" ? host.address : host.address6);
+    const seen = await captureUdp(h1, "eth0", async () => {
+      await h2.sh(["ping", "-c", "5", "-i", "0.2", addresses[2]]);
+      await h3.sh(["ping", "-c", "5", "-i", "0.2", addresses[1]]);
+    });
+    const viaH1 = seen.filter((d) =>
+      [ip(addressOf(d.source)), ip(addressOf(d.destination))].includes(underlay(h1)) &&
+      d.length > 100
+    );
+    assert.deepEqual(viaH1, [], "no frame between h2 and h3 passed through h1");
+    const direct = await captureUdp(h3, "eth0", () => h2.sh(["ping", "-c", "3", addresses[2]]));
+    assert.ok(
+      direct.some((d) => ip(addressOf(d.source)) === underlay(h2) && d.length > 100),
+      `h3 receives h2's frames straight from h2: ${JSON.stringify(direct)}`,
+    );
+  });
+}
