@@ -8,6 +8,8 @@
 import type { Plug } from "../core/plug.ts";
 import { splitVnl } from "../core/vnl.ts";
 import { AgnoPlug } from "./agno.ts";
+import { CmdPlug } from "./cmd.ts";
+import { NullPlug } from "./null.ts";
 import { PcapPlug } from "./pcap.ts";
 import { QemuStreamPlug } from "./qemu.ts";
 import { StreamPlug } from "./stream.ts";
@@ -33,6 +35,8 @@ const schemes: Record<string, SchemeOpener> = {
   qemu: (vnl, rest) => new QemuStreamPlug(vnl, rest),
   agno: (vnl, rest, open) => new AgnoPlug(vnl, rest, open),
   vde: (vnl, rest) => new VdePlug(vnl, rest),
+  cmd: (vnl, rest) => new CmdPlug(vnl, rest),
+  null: (vnl, rest) => new NullPlug(vnl, rest),
   vdeplug: (vnl, rest) => new VdeplugPlug(vnl, rest, schemeNames()),
 };
 
