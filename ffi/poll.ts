@@ -105,6 +105,11 @@ export class Wakeup {
     libc.write(this.fd, Deno.UnsafePointer.of(this.#bytes), 8n);
   }
 
+  /** Consumes the wake-ups, so that the descriptor is no longer readable. */
+  acknowledge(): void {
+    libc.read(this.fd, Deno.UnsafePointer.of(this.#bytes), 8n);
+  }
+
   close(): void {
     libc.close(this.fd);
   }
