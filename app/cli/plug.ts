@@ -35,7 +35,8 @@ export const PLUG_USAGE = `Usage:
   vdeno plug [OPTIONS] VNL                 frames as a stream on stdin/stdout
   vdeno plug [OPTIONS] VNL = COMMAND ...   the stream on a command's stdin/stdout
 
-A VNL names a network: vxvde://239.0.0.1, tap://tap0, ...
+A VNL names a network: vxvde://239.0.0.1, tap://tap0, vde:///tmp/sw, slirp://,
+"vlan://5{vxvde://}", "cmd://ssh host vde_plug vxvde://", ... (README: VNLs)
 
 Options:
   -d, --daemon             run in the background once the plugs are open
