@@ -1,13 +1,20 @@
 /** app/control.ts: the control socket of a running cable, without root. */
 
 import assert from "node:assert/strict";
-import { ControlServer, controlSockets, queryStatus, type StatusReport } from "../app/control.ts";
+import {
+  cableReport,
+  ControlServer,
+  controlSockets,
+  queryStatus,
+  type StatusReport,
+} from "../app/control.ts";
 import { runCable } from "../core/cable.ts";
-import { countersObject } from "../core/counters.ts";
 import { MemoryPlug, numberedFrame } from "./_memory_plug.ts";
 
 /** Runs `body` with the control directory in a fresh temporary runtime directory. */
-async function inRuntimeDirectory(body: (directory: string) => Promise<void>): Promise<void> {
+async function inRuntimeDirectory(
+  body: (directory: string) => Promise<void> | void,
+): Promise<void> {
   const runtime = Deno.makeTempDirSync();
   const before = Deno.env.get("XDG_RUNTIME_DIR");
   Deno.env.set("XDG_RUNTIME_DIR", runtime);
@@ -21,24 +28,15 @@ async function inRuntimeDirectory(body: (directory: string) => Promise<void>): P
 }
 
 function report(name: string, plugs: MemoryPlug[]): () => StatusReport {
-  return () => ({
-    name,
-    pid: Deno.pid,
-    startedAt: new Date(0).toISOString(),
-    uptimeSeconds: 0,
-    plugs: plugs.map((plug) => ({
-      ...plug.describe(),
-      vnl: plug.vnl,
-      counters: countersObject(plug.counters),
-    })),
-  });
+  const startedAt = new Date();
+  return () => cableReport(name, startedAt, plugs);
 }
 
 Deno.test("a cable serves its control socket between frames, with the plugs' counters", async () => {
   await inRuntimeDirectory(async (directory) => {
     using a = new MemoryPlug("memory://a");
     using b = new MemoryPlug("memory://b");
-    const server = await ControlServer.start("cable", report("cable", [a, b]));
+    const server = ControlServer.start("cable", report("cable", [a, b]));
     try {
       assert.equal(server.path, `${directory}/cable.sock`);
       assert.equal(Deno.statSync(directory).mode! & 0o777, 0o700);
@@ -71,7 +69,7 @@ Deno.test("a cable serves its control socket between frames, with the plugs' cou
 
 Deno.test("the control socket answers a report per client, and queryStatus reads it", async () => {
   await inRuntimeDirectory(async () => {
-    const server = await ControlServer.start("query", report("query", []));
+    const server = ControlServer.start("query", report("query", []));
     try {
       let answered = 0;
       const answers = [queryStatus(server.path), queryStatus(server.path)].map((answer) =>
@@ -91,16 +89,16 @@ Deno.test("the control socket answers a report per client, and queryStatus reads
 });
 
 Deno.test("a second plug of the same name is refused, and so is a name that is not a file name", async () => {
-  await inRuntimeDirectory(async () => {
-    const server = await ControlServer.start("twice", report("twice", []));
+  await inRuntimeDirectory(() => {
+    const server = ControlServer.start("twice", report("twice", []));
     try {
-      await assert.rejects(
-        ControlServer.start("twice", report("twice", [])),
+      assert.throws(
+        () => ControlServer.start("twice", report("twice", [])),
         /A plug named twice is already running/,
       );
     } finally {
       server.close();
     }
-    await assert.rejects(ControlServer.start("../x", report("x", [])), /Bad plug name/);
+    assert.throws(() => ControlServer.start("../x", report("x", [])), /Bad plug name/);
   });
 });
