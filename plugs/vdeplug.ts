@@ -43,11 +43,11 @@ export const PLUGIN_PACKAGES: Readonly<Record<string, string>> = {
   vdesl: "libvdeplug-vdesl",
 };
 
-/** Where Debian and a local build put libvdeplug's plugins; $VDEPLUGIN_PATH comes first. */
+/** Where libvdeplug looks for plugins: $VDEPLUGIN_PATH alone when set, else the system's. */
 function pluginDirectories(): string[] {
-  const fromEnvironment = (Deno.env.get("VDEPLUGIN_PATH") ?? "").split(":").filter(Boolean);
+  const fromEnvironment = Deno.env.get("VDEPLUGIN_PATH");
+  if (fromEnvironment !== undefined) return fromEnvironment.split(":").filter(Boolean);
   return [
-    ...fromEnvironment,
     "/usr/lib/x86_64-linux-gnu/vdeplug",
     "/usr/lib/aarch64-linux-gnu/vdeplug",
     "/usr/lib/vdeplug",
@@ -70,11 +70,6 @@ export function installedPluginSchemes(): string[] {
     }
   }
   return [...found].sort();
-}
-
-function installHint(scheme: string): string {
-  const pkg = PLUGIN_PACKAGES[scheme];
-  return pkg ? `; install Debian package ${pkg} for ${scheme}://` : "";
 }
 
 /**
@@ -111,8 +106,12 @@ export class VdeplugPlug implements Plug {
         throw new VnlError(
           plugins.includes(scheme)
             ? `Cannot open ${target}: the libvdeplug plugin for ${scheme}:// refused it`
+            : PLUGIN_PACKAGES[scheme]
+            ? `No libvdeplug plugin for ${scheme}:// is installed: install Debian package ${
+              PLUGIN_PACKAGES[scheme]
+            }`
             : `Unknown VNL scheme ${scheme}://; vdeno knows ${list(nativeSchemes)}; ` +
-              `libvdeplug plugins installed: ${list(plugins)}${installHint(scheme)}`,
+              `libvdeplug plugins installed: ${list(plugins)}`,
         );
       }
       throw error;

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Lan, prerequisites, sleep } from "./_harness.ts";
+import { Lan, prerequisites, run, sleep, VDENO } from "./_harness.ts";
 
 const hasPlugin = (scheme: string) => {
   try {
@@ -44,4 +44,21 @@ Deno.test("vlan:// through libvdeplug: vdeno and vde_plug on VLAN 5 ping, tagged
   await tcpdump.stop("SIGINT");
   assert.match(tcpdump.stdout, /vlan 5\b.*10\.0\.0\.1 > 10\.0\.0\.2: ICMP echo request/);
   assert.match(tcpdump.stdout, /vlan 5\b.*10\.0\.0\.2 > 10\.0\.0\.1: ICMP echo reply/);
+});
+
+Deno.test("a scheme no plugin knows: one line naming the package, or the schemes known", async () => {
+  const missing = await run([...VDENO, "plug", "slirp://", "null://"], {
+    env: { VDEPLUGIN_PATH: "/nonexistent" },
+  });
+  assert.equal(missing.code, 1);
+  assert.equal(
+    missing.stderr.trim(),
+    "vdeno plug: No libvdeplug plugin for slirp:// is installed: install Debian package libvdeplug-slirp",
+  );
+  const unknown = await run([...VDENO, "plug", "nosuchscheme://x", "null://"]);
+  assert.equal(unknown.code, 1);
+  assert.match(
+    unknown.stderr,
+    /^vdeno plug: Unknown VNL scheme nosuchscheme:\/\/; vdeno knows vxvde:\/\/, .*vde:\/\/, cmd:\/\/, null:\/\/, vdeplug:\/\/; libvdeplug plugins installed: .*\n$/,
+  );
 });
