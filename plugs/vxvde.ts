@@ -26,6 +26,7 @@ import {
   AF_INET6,
   bindSocket,
   DatagramVector,
+  formatSocketAddress,
   interfaceIndex,
   joinGroup,
   localAddress,
@@ -239,6 +240,9 @@ export class VxvdePlug implements Plug {
   readonly #prefix: number;
   /** First header word of an open network on our VNI (the second is the same as ours). */
   readonly #plainHigh: number;
+  /** First header word of a keyed network on our VNI (the second is the same as ours). */
+  readonly #sealedHigh: number;
+  readonly #mismatch: MismatchWarnings;
   #vectors = new WeakMap<FrameBatch, DatagramVector>();
   #lastBatch?: FrameBatch;
   #lastVector?: DatagramVector;
@@ -328,6 +332,8 @@ export class VxvdePlug implements Plug {
     this.#headerHigh = headerView.getUint32(0, true);
     this.#headerLow = headerView.getUint32(4, true);
     this.#plainHigh = new DataView(vxvdeHeader(config.vni).buffer).getUint32(0, true);
+    this.#sealedHigh = new DataView(sealedHeader(config.vni).buffer).getUint32(0, true);
+    this.#mismatch = new MismatchWarnings(vnl);
     this.#nameLength = config.group.length;
     this.#planner = new MessagePlanner(this.#nameLength);
     this.#groupAddress = numericAddress(config.group.bytes);
@@ -410,8 +416,15 @@ export class VxvdePlug implements Plug {
           this.#receiveHello(batch, vector, i, frameLength, fromGroup, now);
           continue;
         }
-        if (sealer && this.#isPlaintext(words, headerWord)) counters[Counter.dropAuthFailed]++;
-        else counters[Counter.dropWrongHeader]++;
+        if (sealer && this.#isPlaintext(words, headerWord)) {
+          counters[Counter.dropAuthFailed]++;
+          this.#mismatch.note(Mismatch.plaintext, names, i * SOCKADDR_SIZE, now);
+        } else {
+          counters[Counter.dropWrongHeader]++;
+          if (!sealer && this.#isSealed(words, headerWord)) {
+            this.#mismatch.note(Mismatch.sealed, names, i * SOCKADDR_SIZE, now);
+          }
+        }
         continue;
       }
       // Too long to open: left to the dropTooLong check below.
@@ -422,7 +435,11 @@ export class VxvdePlug implements Plug {
         }
         const verdict = sealer.open(batch, i, frameLength, now);
         if (verdict !== Verdict.ok) {
-          counters[verdict === Verdict.replayed ? Counter.dropReplay : Counter.dropAuthFailed]++;
+          if (verdict === Verdict.replayed) counters[Counter.dropReplay]++;
+          else {
+            counters[Counter.dropAuthFailed]++;
+            this.#mismatch.note(Mismatch.forged, names, i * SOCKADDR_SIZE, now);
+          }
           continue;
         }
       }
@@ -601,6 +618,50 @@ export class VxvdePlug implements Plug {
   /** Whether the header at `word` is that of an open (unkeyed) network on our VNI. */
   #isPlaintext(words: Uint32Array, word: number): boolean {
     return words[word] === this.#plainHigh && words[word + 1] === this.#headerLow;
+  }
+
+  /** Whether the header at `word` is that of a keyed network on our VNI (we are open). */
+  #isSealed(words: Uint32Array, word: number): boolean {
+    return words[word] === this.#sealedHigh && words[word + 1] === this.#headerLow;
+  }
+}
+
+/** Kinds of datagrams that say another plug on the group holds another key, or none. */
+const Mismatch = { forged: 0, plaintext: 1, sealed: 2 } as const;
+
+/** Seconds between two warnings of one kind. */
+export const MISMATCH_WARNING_SECONDS = 10;
+
+/**
+ * Warns, at most once per {@linkcode MISMATCH_WARNING_SECONDS} per kind, that
+ * datagrams on the group were dropped because their sender has another key or
+ * none: a mismatch is otherwise only a counter in `vdeno status`.
+ */
+class MismatchWarnings {
+  readonly #vnl: string;
+  readonly #lastWarned = [-Infinity, -Infinity, -Infinity];
+  readonly #since = [0, 0, 0];
+
+  constructor(vnl: string) {
+    this.#vnl = vnl;
+  }
+
+  note(kind: number, names: Uint8Array, offset: number, now: number): void {
+    this.#since[kind]++;
+    if (now - this.#lastWarned[kind] < MISMATCH_WARNING_SECONDS) return;
+    const from = formatSocketAddress(names, offset);
+    const count = this.#since[kind];
+    const dropped = count === 1 ? "dropped" : `${count} dropped since the last warning`;
+    const what = kind === Mismatch.forged
+      ? `sealed datagrams from ${from} fail authentication: a plug with another key ` +
+        `is on this group and VNI, or someone forges datagrams (${dropped})`
+      : kind === Mismatch.plaintext
+      ? `open datagrams from ${from}: a plug without a key is on this group and VNI (${dropped})`
+      : `sealed datagrams from ${from}: a keyed plug is on this group and VNI; give this plug ` +
+        `its key= to join it (${dropped})`;
+    log("warn", `${this.#vnl}: ${what}`);
+    this.#lastWarned[kind] = now;
+    this.#since[kind] = 0;
   }
 }
 

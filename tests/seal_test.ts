@@ -20,6 +20,7 @@ import {
   Verdict,
   WINDOW_SIZE,
 } from "../plugs/seal.ts";
+import { MISMATCH_WARNING_SECONDS } from "../plugs/vxvde.ts";
 import { type Host, Lan, prerequisites, run, VDENO } from "./_harness.ts";
 
 const REPLAY = new URL("./fixtures/udp_replay.ts", import.meta.url).pathname;
@@ -171,6 +172,7 @@ async function startPlug(host: Host, name: string, vnl: string, n: number, env =
   const plug = host.vdeno(["plug", "--name", name, "tap://tap0", vnl], { env });
   await host.waitForLink("tap0", undefined, plug);
   await host.configure("tap0", `10.0.0.${n}/24`, `02:00:00:00:00:0${n}`);
+  return plug;
 }
 
 function makeKeys(count: number): { dir: string; paths: string[] } {
@@ -467,6 +469,59 @@ Deno.test("key files: one planted by another user (mode 0600, owner nobody) is r
     Deno.chownSync(path, 0, 0);
     assert.equal(readKeyFile(path).length, 32, "the same file, owned by root, is accepted");
     assert.throws(() => readKeyFile(dir), /Is a directory|is not a regular file/);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
+
+Deno.test("a key mismatch is warned about once per 10 seconds, not per datagram: open, keyed and wrong-key plugs on one group", async (t) => {
+  if (!(await prerequisites(t, ["ping"]))) return;
+  const { dir, paths: [key, otherKey] } = makeKeys(2);
+  try {
+    await using lan = await Lan.create(3);
+    const [keyed, open, wrong] = lan.hosts;
+    const group = "vxvde://239.6.0.7/vni=78";
+    const started = Date.now();
+    const plugs = [
+      await startPlug(keyed, "mk", `${group}/key='${key}'`, 1),
+      await startPlug(open, "mo", group, 2),
+      await startPlug(wrong, "mw", `${group}/key='${otherKey}'`, 3),
+    ];
+    // 150 broadcasts each from the keyed and the open host, all to the group.
+    await Promise.all(
+      [keyed, open].map((host) =>
+        host.run(["ping", "-b", "-c", "150", "-i", "0.01", "-W", "1", "10.0.0.255"])
+      ),
+    );
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const elapsed = (Date.now() - started) / 1000;
+    const [mk, mo, mw] = await Promise.all([
+      vxStatus(keyed, "mk"),
+      vxStatus(open, "mo"),
+      vxStatus(wrong, "mw"),
+    ]);
+    const most = 1 + Math.floor(elapsed / MISMATCH_WARNING_SECONDS);
+    const expectations = [
+      [plugs[0], /a plug without a key is on this group/, mk.counters.dropAuthFailed],
+      [
+        plugs[1],
+        /a keyed plug is on this group and VNI; give this plug its key=/,
+        mo.counters.dropWrongHeader,
+      ],
+      [plugs[2], /fail authentication: a plug with another key/, mw.counters.dropAuthFailed],
+    ] as const;
+    for (const [plug, pattern, dropped] of expectations) {
+      const lines = plug.stderr.split("\n").filter((line) => pattern.test(line));
+      assert.ok(dropped >= 150, `${pattern}: ${dropped} dropped`);
+      assert.ok(
+        lines.length >= 1 && lines.length <= most,
+        `${pattern}: ${lines.length} warnings for ${dropped} drops in ${elapsed} s:\n${plug.stderr}`,
+      );
+      assert.match(
+        lines[0],
+        / vdeno warn: vxvde:\/\/239\.6\.0\.7\/vni=78.*: .* from 10(\.\d+){3}:\d+/,
+      );
+    }
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
