@@ -18,6 +18,7 @@ import { Wakeup } from "../ffi/poll.ts";
 import { type EndSpec, openEnd } from "../plugs/open.ts";
 import { type CableEnd, runCable } from "../core/cable.ts";
 import type { Plug } from "../core/plug.ts";
+import { type LogLevel, logLevel, setLogLevel } from "../core/log.ts";
 import { cableReport, ControlServer, type NamespaceInfo } from "./control.ts";
 
 /** A plug of the data plane as the main thread sees it: its counters are shared, not copied. */
@@ -35,6 +36,7 @@ interface WorkerStart {
   ends: EndSpec[];
   stopFd: number;
   control?: PlaneControl;
+  logLevel: LogLevel;
 }
 
 /** How a data plane answers `vdeno status`: its name and the namespace it serves. */
@@ -88,7 +90,7 @@ export class DataPlane {
         reject(new Error(reason));
         resolveFinished({ kind: "ended", plugIndex: -1, reason });
       };
-      const start: WorkerStart = { ends, stopFd: stop.fd, control };
+      const start: WorkerStart = { ends, stopFd: stop.fd, control, logLevel: logLevel() };
       worker.postMessage(start);
     });
   }
@@ -108,6 +110,7 @@ export function runDataPlaneWorker(): void {
   scope.onmessage = (event) => {
     scope.onmessage = null;
     const { ends, stopFd, control: controlAs } = event.data;
+    setLogLevel(event.data.logLevel);
     const plugs: Plug[] = [];
     let control: ControlServer | undefined;
     try {

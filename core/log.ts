@@ -18,6 +18,16 @@ export function setLogLevel(level: string): void {
   threshold = index;
 }
 
+/** The least severe level printed, to hand to a Worker (each has its own copy of this module). */
+export function logLevel(): LogLevel {
+  return LEVELS[threshold];
+}
+
+/** Whether lines at `level` are printed: to skip building a message nobody reads. */
+export function logs(level: LogLevel): boolean {
+  return LEVELS.indexOf(level) <= threshold;
+}
+
 /** Sends start/stop and errors to syslog too, under `tag`. */
 export function enableSyslog(tag = "vdeno"): void {
   syslogTag = tag;
@@ -31,9 +41,9 @@ export function log(level: LogLevel, message: string): void {
   }
 }
 
-/** Logs to syslog when enabled (and to stderr at info level). */
-export function logEvent(message: string): void {
-  log("info", message);
+/** Logs to syslog when enabled (and to stderr at `level`, info by default). */
+export function logEvent(message: string, level: LogLevel = "info"): void {
+  log(level, message);
   if (syslogTag === undefined) return;
   try {
     new Deno.Command("logger", {

@@ -10,10 +10,21 @@
  * @module
  */
 
-import { SOCKADDR_SIZE } from "../ffi/net.ts";
+import { SOCKADDR_SIZE, SocketAddress } from "../ffi/net.ts";
 import { Counter } from "../core/counters.ts";
+import { log, logs } from "../core/log.ts";
 
 const WORDS_PER_ADDRESS = SOCKADDR_SIZE / 4;
+/**
+ * Debug lines about members learned and forgotten, at most this many a second
+ * per table: a flood of new source MACs must not become a flood of lines.
+ */
+const DEBUG_LINES_PER_SECOND = 20;
+
+/** A MAC held as a number (48 bits fit a double exactly), as 02:00:5e:00:00:01. */
+export function formatMac(mac: number): string {
+  return mac.toString(16).padStart(12, "0").replace(/(..)(?!$)/g, "$1:");
+}
 
 /** A learned MAC, for display. */
 export interface LearnedEntry {
@@ -33,9 +44,19 @@ export class MacTable {
   readonly #mask: number;
   readonly #seed: number;
   readonly #counters: Float64Array;
+  /** What debug lines call the table: its plug's VNL. */
+  readonly #name: string;
+  #debugSecond = 0;
+  #debugLines = 0;
+  #debugSuppressed = 0;
   expireSeconds: number;
 
-  constructor(requestedSize: number, expireSeconds: number, counters: Float64Array) {
+  constructor(
+    requestedSize: number,
+    expireSeconds: number,
+    counters: Float64Array,
+    name = "MAC table",
+  ) {
     let size = 1;
     while (size < requestedSize) size *= 2;
     this.size = size;
@@ -47,6 +68,28 @@ export class MacTable {
     this.#seed = crypto.getRandomValues(new Uint32Array(1))[0];
     this.expireSeconds = expireSeconds;
     this.#counters = counters;
+    this.#name = name;
+  }
+
+  /** The peer address in `slot`, as address:port. */
+  peerOf(slot: number): string {
+    const offset = slot * SOCKADDR_SIZE;
+    return new SocketAddress(this.addresses.slice(offset, offset + SOCKADDR_SIZE)).toString();
+  }
+
+  /** Logs a change of the table at debug level, within the rate limit. */
+  #debug(now: number, message: string): void {
+    const second = Math.floor(now);
+    if (second !== this.#debugSecond) {
+      if (this.#debugSuppressed > 0) {
+        log("debug", `${this.#name}: ${this.#debugSuppressed} more table changes not shown`);
+      }
+      this.#debugSecond = second;
+      this.#debugLines = 0;
+      this.#debugSuppressed = 0;
+    }
+    if (this.#debugLines++ < DEBUG_LINES_PER_SECOND) log("debug", `${this.#name}: ${message}`);
+    else this.#debugSuppressed++;
   }
 
   #slot(high: number, low: number): number {
@@ -72,6 +115,13 @@ export class MacTable {
     if (seen < now - this.expireSeconds) {
       this.#lastSeen[slot] = 0;
       this.#counters[Counter.tableExpiries]++;
+      if (logs("debug")) {
+        this.#debug(
+          now,
+          `forgot ${formatMac(this.#macs[slot])} at ${this.peerOf(slot)}: ` +
+            `not heard for ${this.expireSeconds} s`,
+        );
+      }
       return -1;
     }
     return slot;
@@ -89,21 +139,39 @@ export class MacTable {
     const mac = high * 4294967296 + low;
     const slot = this.#slot(high, low);
     const seen = this.#lastSeen[slot];
-    if (seen === 0 || this.#macs[slot] !== mac || seen < now - this.expireSeconds) {
-      if (seen !== 0 && this.#macs[slot] !== mac && seen >= now - this.expireSeconds) {
-        this.#counters[Counter.tableEvictions]++;
-      }
-      this.#counters[Counter.learned]++;
-      this.#macs[slot] = mac;
-    }
-    this.#lastSeen[slot] = now;
     const words = this.#addressWords;
     const base = slot * WORDS_PER_ADDRESS;
+    if (seen === 0 || this.#macs[slot] !== mac || seen < now - this.expireSeconds) {
+      const evicted = seen !== 0 && this.#macs[slot] !== mac && seen >= now - this.expireSeconds;
+      if (evicted) this.#counters[Counter.tableEvictions]++;
+      this.#counters[Counter.learned]++;
+      if (evicted && logs("debug")) {
+        this.#debug(
+          now,
+          `forgot ${formatMac(this.#macs[slot])} at ${this.peerOf(slot)}: ` +
+            `${formatMac(mac)} took its slot ${slot}`,
+        );
+      }
+      this.#macs[slot] = mac;
+      if (logs("debug")) {
+        this.#debug(now, `learned ${formatMac(mac)} at ${senderOf(names, nameWord)}`);
+      }
+    } else if (logs("debug")) {
+      let moved = false;
+      for (let w = 0; w < 7 && !moved; w++) moved = words[base + w] !== names[nameWord + w];
+      if (moved) {
+        this.#debug(
+          now,
+          `${formatMac(mac)} moved from ${this.peerOf(slot)} to ${senderOf(names, nameWord)}`,
+        );
+      }
+    }
+    this.#lastSeen[slot] = now;
     for (let w = 0; w < 7; w++) words[base + w] = names[nameWord + w];
   }
 
-  /** Forgets every MAC learned from the sender address at `nameWord` of `names`. */
-  forget(names: Uint32Array, nameWord: number): number {
+  /** Forgets every MAC learned from the sender address at `nameWord` of `names` (its goodbye). */
+  forget(names: Uint32Array, nameWord: number, now = Date.now() / 1000): number {
     let forgotten = 0;
     const words = this.#addressWords;
     for (let slot = 0; slot < this.size; slot++) {
@@ -115,6 +183,13 @@ export class MacTable {
         this.#lastSeen[slot] = 0;
         forgotten++;
       }
+    }
+    if (logs("debug")) {
+      this.#debug(
+        now,
+        `forgot ${forgotten} MAC${forgotten === 1 ? "" : "s"} at ${senderOf(names, nameWord)}: ` +
+          "it said goodbye",
+      );
     }
     return forgotten;
   }
@@ -130,4 +205,11 @@ export class MacTable {
     }
     return live;
   }
+}
+
+/** The sender address at word `nameWord` of `names`, as address:port. */
+function senderOf(names: Uint32Array, nameWord: number): string {
+  const bytes = new Uint8Array(SOCKADDR_SIZE);
+  bytes.set(new Uint8Array(names.buffer, names.byteOffset + nameWord * 4, SOCKADDR_SIZE));
+  return new SocketAddress(bytes).toString();
 }

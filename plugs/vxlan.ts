@@ -187,7 +187,7 @@ export class VxlanPlug implements Plug {
     this.#portLow = config.group.bytes[3];
     this.#groupAddress = numericAddress(config.group.bytes);
     this.#planner = new MessagePlanner(config.group.length);
-    this.table = new MacTable(config.hashSize, config.expireSeconds, this.counters);
+    this.table = new MacTable(config.hashSize, config.expireSeconds, this.counters, vnl);
     this.#tableAddress = numericAddress(this.table.addresses);
   }
 

@@ -53,7 +53,7 @@ import {
   SLOT_SIZE,
 } from "../core/frames.ts";
 import { log } from "../core/log.ts";
-import { MacTable } from "./_mactable.ts";
+import { formatMac, MacTable } from "./_mactable.ts";
 import { MessagePlanner } from "./_runs.ts";
 import type { Plug } from "../core/plug.ts";
 import {
@@ -337,7 +337,7 @@ export class VxvdePlug implements Plug {
     this.#nameLength = config.group.length;
     this.#planner = new MessagePlanner(this.#nameLength);
     this.#groupAddress = numericAddress(config.group.bytes);
-    this.table = new MacTable(config.hashSize, config.expireSeconds, this.counters);
+    this.table = new MacTable(config.hashSize, config.expireSeconds, this.counters, vnl);
     this.#tableAddress = numericAddress(this.table.addresses);
   }
 
@@ -446,7 +446,7 @@ export class VxvdePlug implements Plug {
       const nameWord = (i * SOCKADDR_SIZE) >>> 2;
       if (frameLength === 0) {
         counters[Counter.goodbyesReceived]++;
-        this.table.forget(nameWords, nameWord);
+        this.table.forget(nameWords, nameWord, now);
         this.#mesh?.receiveGoodbye(names.subarray(i * SOCKADDR_SIZE));
         continue;
       }
@@ -536,8 +536,8 @@ export class VxvdePlug implements Plug {
   describe(): Record<string, unknown> {
     const now = Date.now() / 1000;
     const learned = this.table.entries(now).map((entry) => ({
-      mac: entry.mac.toString(16).padStart(12, "0").replace(/(..)(?!$)/g, "$1:"),
-      peer: formatName(this.table.addresses, entry.slot * SOCKADDR_SIZE),
+      mac: formatMac(entry.mac),
+      peer: this.table.peerOf(entry.slot),
       ageSeconds: Math.round(entry.ageSeconds * 10) / 10,
     }));
     return {
@@ -663,8 +663,4 @@ class MismatchWarnings {
     this.#lastWarned[kind] = now;
     this.#since[kind] = 0;
   }
-}
-
-function formatName(bytes: Uint8Array, offset: number): string {
-  return new SocketAddress(bytes.slice(offset, offset + SOCKADDR_SIZE)).toString();
 }

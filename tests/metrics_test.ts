@@ -104,3 +104,35 @@ Deno.test("--metrics with a bad address says so in one line and exits non-zero",
   assert.match(absent.stderr, /^vdeno plug: Cannot serve metrics on [\d.]+:9578: /);
   assert.equal(absent.stderr.trim().split("\n").length, 1, absent.stderr);
 });
+
+Deno.test("--log-level info states starts and stops; debug each member learned and forgotten", async (t) => {
+  if (!(await prerequisites(t, ["ping"]))) return;
+  await using lan = await Lan.create(2);
+  const [a, b] = lan.hosts;
+  const vnl = "vxvde://239.4.9.7";
+  const debug = a.vdeno(["plug", "--log-level", "debug", "tap://tap0", vnl]);
+  const info = b.vdeno(["plug", "--log-level", "info", "tap://tap0", vnl]);
+  for (const [i, host] of [a, b].entries()) {
+    await host.waitForLink("tap0");
+    await host.configure("tap0", `10.0.0.${i + 1}/24`, `02:00:00:00:00:0${i + 1}`);
+  }
+  assert.ok(await a.pingable("10.0.0.2"));
+  const at = (host: Host) => `${host.address.replaceAll(".", "\\.")}:\\d+`;
+  assert.equal((await info.stop("SIGTERM")).code, 0);
+  await debug.waitForOutput(() => /it said goodbye/.test(debug.stderr));
+  assert.match(
+    debug.stderr,
+    /Z vdeno info: plug started: tap:\/\/tap0 <-> vxvde:\/\/239\.4\.9\.7\n/,
+  );
+  assert.match(
+    debug.stderr,
+    new RegExp(`Z vdeno debug: ${vnl}: learned 02:00:00:00:00:02 at ${at(b)}\\n`),
+  );
+  assert.match(
+    debug.stderr,
+    new RegExp(`Z vdeno debug: ${vnl}: forgot 1 MAC at ${at(b)}: it said goodbye\\n`),
+  );
+  assert.match(info.stderr, /Z vdeno info: plug started: /);
+  assert.match(info.stderr, /Z vdeno info: plug stopped: on a signal\n/);
+  assert.doesNotMatch(info.stderr, /debug/, "no debug lines at info");
+});

@@ -62,6 +62,7 @@ import { receiveMessage, sendMessage, setCloseOnExec, socketPair } from "../../f
 import { DataPlane } from "../dataplane.ts";
 import { MetricsServer } from "../metrics.ts";
 import { notifyServiceManager } from "../notify.ts";
+import { log, setLogLevel } from "../../core/log.ts";
 import { keyVariables } from "../../plugs/seal.ts";
 import { childEnvironment, selfCommand } from "../self.ts";
 import { UsageError } from "./usage.ts";
@@ -84,6 +85,7 @@ Options:
   -H, --hostname NAME      the hostname inside
   -s, --sysadm             let the command keep CAP_SYS_ADMIN (mount, hostname),
                            in a mount namespace of its own
+      --log-level LEVEL    error, warn, info or debug (default warn)
       --metrics ADDR:PORT  serve the plugs' counters for Prometheus at
                            http://ADDR:PORT/metrics (in the caller's network)
   -h, --help               show this help
@@ -98,7 +100,14 @@ export const NS_HELPER = "ns-helper";
 const CHANNEL_FD = 3;
 const SIGHUP = 1, SIGTERM = 15;
 const VALUED_SHORT = new Set(["i", "r", "R", "H"]);
-const VALUED_LONG = new Set(["iface", "resolvconf", "resolvaddr", "hostname", "metrics"]);
+const VALUED_LONG = new Set([
+  "iface",
+  "resolvconf",
+  "resolvaddr",
+  "hostname",
+  "metrics",
+  "log-level",
+]);
 
 /** Messages on the socket pair, as JSON. */
 type HelperMessage =
@@ -154,11 +163,13 @@ function parseRequest(args: string[]): NsRequest | undefined {
       hostname: { type: "string", short: "H" },
       sysadm: { type: "boolean", short: "s" },
       metrics: { type: "string" },
+      "log-level": { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
   });
   if (values.help) return undefined;
+  if (values["log-level"]) setLogLevel(values["log-level"]);
   let vnls: string[], command: string[];
   if (values.multi) {
     const separator = rest.indexOf("--");
@@ -372,9 +383,11 @@ export async function nsCommand(args: string[]): Promise<number> {
       throw error;
     }
     send(channel, { type: "go" });
+    log("info", `ns started: ${request.command.join(" ")} (namespace pid ${helperPid})`);
     notifyServiceManager("READY=1", `STATUS=Running ${request.command.join(" ")}`);
     ready = true;
     const status = await waitFor(helperPid);
+    log("info", `ns stopped: the command exited with status ${status.code}`);
     return status.code;
   } finally {
     if (ready) notifyServiceManager("STOPPING=1");
