@@ -11,7 +11,7 @@
  * @module
  */
 
-import { POLLERR, POLLHUP, POLLIN, PollSet, Ticker } from "../ffi/poll.ts";
+import { POLLERR, POLLHUP, POLLIN, POLLOUT, PollSet, Ticker } from "../ffi/poll.ts";
 import { CLOCK_LAG_MS, FrameBatch } from "./frames.ts";
 import type { PcapWriter } from "./pcap.ts";
 import type { Plug } from "./plug.ts";
@@ -48,9 +48,15 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
   // sleep a read costs microseconds, which the frame would wait for (bench/README.md). The first
   // tick comes at once, so that V8 has seen its branch before it optimizes `serve`.
   const ticker = new Ticker(CLOCK_LAG_MS, 0);
-  const poller = new PollSet([...a.fds, ...b.fds, ...watched, ticker.fd]);
+  // Plugs with output that may wait (streams) get an entry each, polled for writability only
+  // while a remainder waits: a reader that stops reading must never stop the cable.
+  const writers = plugs.map((plug, p) => ({ plug, p })).filter(({ plug }) =>
+    plug.outputFd !== undefined
+  );
+  const poller = new PollSet([...a.fds, ...b.fds, ...watched, ticker.fd, ...writers.map(() => -1)]);
   const watchIndex = a.fds.length + b.fds.length;
   const tickerIndex = watchIndex + watched.length;
+  const writerIndex = tickerIndex + 1;
   const batch = new FrameBatch();
   // The wake-ups run in a function that this one's loop calls, a few hundred per call: V8
   // optimizes it again soon after a deoptimization (a branch taken for the first time, as on a
@@ -59,7 +65,19 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
   // every wake-up cost ~3 µs of it (bench/README.md).
   const serve = (): CableEnd | undefined => {
     for (let wakeUps = 0; wakeUps < WAKE_UPS_PER_CALL; wakeUps++) {
+      for (let w = 0; w < writers.length; w++) {
+        const plug = writers[w].plug;
+        poller.setEntry(writerIndex + w, plug.pendingOutput ? plug.outputFd! : -1, POLLOUT);
+      }
       if (poller.wait(-1) <= 0) continue;
+      for (let w = 0; w < writers.length; w++) {
+        if (poller.events(writerIndex + w) === 0) continue;
+        try {
+          writers[w].plug.flush?.();
+        } catch (error) {
+          return { kind: "ended", plugIndex: writers[w].p, reason: (error as Error).message };
+        }
+      }
       for (let p = 0; p < 2; p++) {
         const plug = plugs[p];
         let mask = 0;

@@ -36,8 +36,21 @@ export interface Plug {
    * sends them whole.
    */
   fitSegmentsTo?(size: number): void;
-  /** Sends the frames in slots [0, batch.count), skipping those of length 0. */
+  /**
+   * Sends the frames in slots [0, batch.count), skipping those of length 0.
+   * It never blocks: what does not fit is dropped and counted, except the rest
+   * of a frame a stream took only part of, which waits in `pendingOutput`.
+   */
   send(batch: FrameBatch): void;
+  /** The descriptor `send` writes to, for plugs that keep a remainder in `pendingOutput`. */
+  readonly outputFd?: number;
+  /**
+   * True while the rest of a partly written frame waits: the cable then waits
+   * for `outputFd` to turn writable and calls `flush`.
+   */
+  readonly pendingOutput?: boolean;
+  /** Writes what waits in `pendingOutput`, as far as it goes without blocking. */
+  flush?(): void;
   /** Details for `vdeno status`: learned addresses, peers, anything the scheme knows. */
   describe?(): Record<string, unknown>;
   /** Releases everything; a vxvde plug says goodbye first. */

@@ -279,9 +279,20 @@ export function closeQuietly(fd: number): void {
   if (fd >= 0) libc.close(fd);
 }
 
-/** Sets O_NONBLOCK on a descriptor. */
-export function setNonBlocking(fd: number): void {
-  const F_GETFL = 3, F_SETFL = 4, O_NONBLOCK = 0o4000;
+const F_GETFL = 3, F_SETFL = 4, O_NONBLOCK = 0o4000;
+
+/** Sets O_NONBLOCK on a descriptor; returns its file status flags from before. */
+export function setNonBlocking(fd: number): number {
   const flags = check(libc.fcntl(fd, F_GETFL, 0), "fcntl");
   check(libc.fcntl(fd, F_SETFL, flags | O_NONBLOCK), "fcntl");
+  return flags;
+}
+
+/**
+ * Puts back file status flags that {@linkcode setNonBlocking} returned: a
+ * descriptor shared with other processes (stdout on a terminal) must not stay
+ * non-blocking for them. Errors are ignored: used on cleanup paths.
+ */
+export function restoreStatusFlags(fd: number, flags: number): void {
+  libc.fcntl(fd, F_SETFL, flags);
 }

@@ -8,6 +8,7 @@
 import { check, Errno, errno, libc, SystemError } from "./libc.ts";
 
 export const POLLIN = 0x1;
+export const POLLOUT = 0x4;
 export const POLLERR = 0x8;
 export const POLLHUP = 0x10;
 export const POLLNVAL = 0x20;
@@ -17,6 +18,7 @@ export class PollSet {
   readonly fds: readonly number[];
   readonly #entries: Uint8Array<ArrayBuffer>;
   readonly #shorts: Int16Array;
+  readonly #ints: Int32Array;
   readonly #count: bigint;
 
   constructor(fds: readonly number[]) {
@@ -28,6 +30,7 @@ export class PollSet {
       view.setInt16(i * 8 + 4, POLLIN, true);
     });
     this.#shorts = new Int16Array(this.#entries.buffer);
+    this.#ints = new Int32Array(this.#entries.buffer);
     this.#count = BigInt(fds.length);
   }
 
@@ -46,6 +49,17 @@ export class PollSet {
   async waitAsync(timeoutMs: number): Promise<number> {
     const ready = await libc.poll_nonblocking(this.#entries, this.#count, timeoutMs);
     return ready < 0 ? 0 : ready;
+  }
+
+  /**
+   * Makes entry i wait on `fd` for `events`; a negative fd makes poll skip
+   * the entry (and report nothing for it).
+   */
+  setEntry(i: number, fd: number, events: number): void {
+    const shorts = this.#shorts;
+    this.#ints[i * 2] = fd;
+    shorts[i * 4 + 2] = events;
+    shorts[i * 4 + 3] = 0;
   }
 
   /** The events that descriptor i reported in the last wait. */

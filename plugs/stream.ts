@@ -9,7 +9,16 @@
  * @module
  */
 
-import { closeQuietly, Errno, errno, libc, setIovec, strerror } from "../ffi/libc.ts";
+import {
+  closeQuietly,
+  Errno,
+  errno,
+  libc,
+  restoreStatusFlags,
+  setIovec,
+  setNonBlocking,
+  strerror,
+} from "../ffi/libc.ts";
 import { numericAddress } from "../ffi/net.ts";
 import { Counter, newCounters } from "../core/counters.ts";
 import { type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../core/frames.ts";
@@ -18,7 +27,6 @@ import { type Plug, PlugEnded } from "../core/plug.ts";
 /** The largest length a stream may announce. */
 export const MAX_STREAM_FRAME = 9216 + 16;
 const READ_BUFFER = 1 << 16;
-const TWO_32 = 2 ** 32;
 
 /** Splits a byte stream into frames, keeping partial frames between reads. */
 export class StreamDecoder {
@@ -108,8 +116,17 @@ export class StreamPlug implements Plug {
   #inputEnd = 0;
   #ended = false;
   readonly #ownsDescriptors: boolean;
+  /** The output's flags before it was made non-blocking, to put back on a shared descriptor. */
+  readonly #writeFlags: number;
   #iovecs = new Uint8Array(0);
   #iovecWords = new Uint32Array(0);
+  /** The batch slot of each iovec of the last write. */
+  #iovecSlots = new Int32Array(0);
+  /** The rest of a frame the output took only part of: it goes out before anything else. */
+  readonly #pending = new Uint8Array(2 + MAX_STREAM_FRAME);
+  readonly #pendingPointer = Deno.UnsafePointer.of(this.#pending);
+  #pendingStart = 0;
+  #pendingEnd = 0;
   #closed = false;
 
   constructor(vnl: string, readFd: number, writeFd: number, ownsDescriptors: boolean) {
@@ -117,7 +134,18 @@ export class StreamPlug implements Plug {
     this.#readFd = readFd;
     this.#writeFd = writeFd;
     this.fds = [readFd];
+    this.outputFd = writeFd;
     this.#ownsDescriptors = ownsDescriptors;
+    // A reader that stops reading (a stalled command, a stuck dpipe) must cost frames, never
+    // the cable: writes that do not fit return at once.
+    this.#writeFlags = setNonBlocking(writeFd);
+  }
+
+  readonly outputFd: number;
+
+  /** Part of a frame waits for the output to take it. */
+  get pendingOutput(): boolean {
+    return this.#pendingStart < this.#pendingEnd;
   }
 
   /** Input read but not yet delivered because the batch was full. */
@@ -165,12 +193,41 @@ export class StreamPlug implements Plug {
     return true;
   }
 
+  /** Writes what is left of a partly written frame; true when nothing is left. */
+  flush(): boolean {
+    while (this.#pendingStart < this.#pendingEnd) {
+      const written = libc.write(
+        this.#writeFd,
+        Deno.UnsafePointer.offset(this.#pendingPointer!, this.#pendingStart),
+        BigInt(this.#pendingEnd - this.#pendingStart),
+      );
+      if (written < 0) {
+        const code = errno();
+        if (code === Errno.EINTR) continue;
+        if (code === Errno.EAGAIN) return false;
+        throw new PlugEnded(`Stream output failed: ${strerror(code)}`);
+      }
+      this.#pendingStart += written;
+    }
+    this.#pendingStart = this.#pendingEnd = 0;
+    return true;
+  }
+
   send(batch: FrameBatch): void {
+    const counters = this.counters;
+    if (this.pendingOutput && !this.flush()) {
+      for (let i = 0; i < batch.count; i++) {
+        if (batch.lengths[i] > 0) counters[Counter.dropQueueFull]++;
+      }
+      return;
+    }
     if (this.#iovecs.length < batch.capacity * 16) {
       this.#iovecs = new Uint8Array(batch.capacity * 16);
       this.#iovecWords = new Uint32Array(this.#iovecs.buffer);
+      this.#iovecSlots = new Int32Array(batch.capacity);
     }
     const words = this.#iovecWords;
+    const slots = this.#iovecSlots;
     const base = numericAddress(batch.bytes);
     let count = 0;
     for (let i = 0; i < batch.count; i++) {
@@ -179,27 +236,37 @@ export class StreamPlug implements Plug {
       const start = i * SLOT_SIZE + HEADROOM - 2;
       batch.bytes[start] = length >> 8;
       batch.bytes[start + 1] = length & 0xff;
-      setIovec(words, count++, base + start, length + 2);
-      this.counters[Counter.framesOut]++;
-      this.counters[Counter.bytesOut] += length;
+      setIovec(words, count, base + start, length + 2);
+      slots[count++] = i;
     }
-    let first = 0;
-    while (first < count) {
-      const pointer = Deno.UnsafePointer.offset(Deno.UnsafePointer.of(this.#iovecs)!, first * 16);
-      const written = Number(libc.writev(this.#writeFd, pointer, count - first));
-      if (written < 0) {
-        const code = errno();
-        if (code === Errno.EINTR) continue;
-        throw new PlugEnded(`Stream output failed: ${strerror(code)}`);
+    if (count === 0) return;
+    let written: number;
+    do {
+      written = libc.writev(this.#writeFd, Deno.UnsafePointer.of(this.#iovecs), count);
+    } while (written < 0 && errno() === Errno.EINTR);
+    if (written < 0) {
+      const code = errno();
+      if (code !== Errno.EAGAIN) throw new PlugEnded(`Stream output failed: ${strerror(code)}`);
+      written = 0;
+    }
+    for (let n = 0; n < count; n++) {
+      const size = words[n * 4 + 2];
+      if (written >= size) {
+        written -= size;
+      } else if (written > 0) {
+        // Part of this frame went out: the rest must follow before anything else, or the
+        // stream is out of step.
+        const start = slots[n] * SLOT_SIZE + HEADROOM - 2 + written;
+        this.#pending.set(batch.bytes.subarray(start, start + size - written), 0);
+        this.#pendingStart = 0;
+        this.#pendingEnd = size - written;
+        written = 0;
+      } else {
+        counters[Counter.dropQueueFull]++;
+        continue;
       }
-      let remaining = written;
-      while (first < count && remaining >= words[first * 4 + 2]) {
-        remaining -= words[first++ * 4 + 2];
-      }
-      if (remaining > 0) {
-        const address = words[first * 4] + words[first * 4 + 1] * TWO_32 + remaining;
-        setIovec(words, first, address, words[first * 4 + 2] - remaining);
-      }
+      counters[Counter.framesOut]++;
+      counters[Counter.bytesOut] += size - 2;
     }
   }
 
@@ -209,6 +276,8 @@ export class StreamPlug implements Plug {
     if (this.#ownsDescriptors) {
       closeQuietly(this.#readFd);
       if (this.#writeFd !== this.#readFd) closeQuietly(this.#writeFd);
+    } else {
+      restoreStatusFlags(this.#writeFd, this.#writeFlags);
     }
   }
 }

@@ -326,3 +326,76 @@ Deno.test("a symbolic link planted at the pidfile or a capture path does not mak
   }
   assert.ok(!exists(paths.pidfile), "the pidfile is removed on exit");
 });
+
+Deno.test("a stream reader that stops reading costs counted drops, never the plug: status answers and SIGTERM ends it", async (t) => {
+  if (!(await prerequisites(t, ["mkfifo"]))) return;
+  await using lan = await Lan.create(2);
+  const [a, b] = lan.hosts;
+  await using runtime = await privateRuntime();
+  const env = { XDG_RUNTIME_DIR: runtime.path };
+  // The broadcaster: frames written to a plug's stdin go to the cloud.
+  const broadcaster = b.spawn([...VDENO, "plug", "vxvde://239.8.0.5"], { stdin: "piped" });
+  const feed = broadcaster.child.stdin.getWriter();
+  const FRAMES = 300;
+  const broadcast = async () => {
+    const frame = new Uint8Array(2 + 1400);
+    frame.set([1400 >> 8, 1400 & 0xff], 0);
+    frame.fill(0xff, 2, 8);
+    frame.set([0x02, 0, 0, 0, 0, 9, 0x88, 0xb5], 8);
+    const stream = new Uint8Array(frame.length * FRAMES);
+    for (let i = 0; i < FRAMES; i++) stream.set(frame, i * frame.length);
+    await feed.write(stream);
+  };
+  const fifo = `${runtime.path}/stdout.fifo`;
+  await run(["mkfifo", fifo]);
+  const cases: [string, () => unknown][] = [
+    // `= COMMAND` whose command never reads its stdin.
+    [
+      "command",
+      () =>
+        a.spawn([...VDENO, "plug", "-n", "command", "vxvde://239.8.0.5", "=", "sleep", "600"], {
+          env,
+        }),
+    ],
+    // stdout to a reader that never reads, as a stuck dpipe.
+    ["stdout", () => {
+      a.spawn(["sh", "-c", `exec sleep 600 < ${fifo}`]);
+      return a.spawn(
+        ["sh", "-c", `exec ${VDENO.join(" ")} plug -n stdout vxvde://239.8.0.5 > ${fifo}`],
+        { env, stdin: "piped" },
+      );
+    }],
+  ];
+  for (const [name, start] of cases) {
+    const plug = start() as Awaited<ReturnType<typeof a.spawn>>;
+    await waitFor(`${name}'s control socket`, () => exists(`${runtime.path}/vdeno/${name}.sock`));
+    // 420 KB of broadcasts: more than six times what a pipe holds.
+    await broadcast();
+    const counters = async () => {
+      const result = await run([...VDENO, "status", "--json", name], { env, timeoutMs: 20_000 });
+      assert.equal(result.code, 0, `${name}: status answers: ${result.stderr}`);
+      return JSON.parse(result.stdout).plugs[0].counters.framesIn;
+    };
+    const deadline = Date.now() + 20_000;
+    while ((await counters()) < FRAMES && Date.now() < deadline) await sleep(200);
+    const status = await run([...VDENO, "status", "--json", name], { env, timeoutMs: 20_000 });
+    assert.equal(status.code, 0, `${name}: status answers: ${status.stderr}`);
+    const [network, stream] = JSON.parse(status.stdout).plugs;
+    assert.ok(network.counters.framesIn >= FRAMES, JSON.stringify(network.counters));
+    assert.ok(stream.counters.framesOut > 0, "the pipe took what fitted");
+    assert.ok(stream.counters.dropQueueFull > 0, "what did not fit was dropped and counted");
+    assert.equal(
+      stream.counters.framesOut + stream.counters.dropQueueFull,
+      network.counters.framesIn,
+      `${name}: every frame went out or was counted as dropped`,
+    );
+    const stopped = await plug.stop("SIGTERM");
+    assert.equal(
+      stopped.signal,
+      null,
+      `${name}: SIGTERM ended the plug (not the SIGKILL after 10 s)`,
+    );
+    assert.equal(stopped.code, 0, `${name}: ${plug.stderr}`);
+  }
+  await feed.close();
+});
