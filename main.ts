@@ -11,6 +11,7 @@
 import denoConfig from "./deno.json" with { type: "json" };
 import { UsageError } from "./app/cli/usage.ts";
 import { inWorker } from "./app/self.ts";
+import { getEnv } from "./ffi/os.ts";
 
 const USAGE = `vdeno ${denoConfig.version}: VDE's Local Area Cloud (vxvde) on Deno
 
@@ -45,7 +46,10 @@ const commands: Record<string, Command> = {
 
 /** Runs the command line `args`; resolves to the exit code. */
 export async function main(args: string[]): Promise<number> {
-  const [name, ...rest] = args;
+  // `deno task vdeno -- status` and `deno task demo -- --keep` pass their `--` on.
+  const [name, ...given] = args[0] === "--" ? args.slice(1) : args;
+  // Right after the command a `--` ends no options, except for ns, which gives it a meaning.
+  const rest = given[0] === "--" && name !== "ns" ? given.slice(1) : given;
   if (name === undefined || name === "-h" || name === "--help" || name === "help") {
     console.log(USAGE);
     return name === undefined ? 2 : 0;
@@ -62,12 +66,17 @@ export async function main(args: string[]): Promise<number> {
     return await command(rest);
   } catch (error) {
     const message = oneLine(error instanceof Error ? error.message : String(error));
+    const permission = missingPermission(message);
+    if (permission) {
+      console.error(`vdeno ${name}: ${permission}`);
+      return 1;
+    }
     if (error instanceof UsageError || isParseArgsError(error)) {
       console.error(`vdeno ${name}: ${message}; run 'vdeno ${name} --help' for usage`);
       return 2;
     }
     console.error(`vdeno ${name}: ${message}`);
-    if (Deno.env.get("VDENO_DEBUG")) console.error(error);
+    if (getEnv("VDENO_DEBUG")) console.error(error);
     return 1;
   }
 }
@@ -87,6 +96,30 @@ function oneLine(message: string): string {
         ? "\\t"
         : `\\x${c.charCodeAt(0).toString(16).padStart(2, "0")}`,
   );
+}
+
+const PERMISSION_PURPOSES: Record<string, string> = {
+  read: "read",
+  write: "write",
+  env: "read the environment variable",
+  run: "run",
+  net: "reach",
+  sys: "ask the system for",
+  ffi: "load",
+  import: "import",
+};
+
+/**
+ * One line for a permission Deno refused (Deno.errors.NotCapable), wherever
+ * it was wrapped: the flag to add and what it was needed for.
+ */
+function missingPermission(message: string): string | undefined {
+  const match = /Requires (\w+) access(?: to "?([^",]*)"?)?, run again with the (--allow-\w+) flag/
+    .exec(message);
+  if (!match) return undefined;
+  const [, kind, target, flag] = match;
+  const purpose = `${PERMISSION_PURPOSES[kind] ?? `use ${kind}`}${target ? ` ${target}` : ""}`;
+  return `Needs ${flag} to ${purpose}: run deno with ${flag} (or -A)`;
 }
 
 function isParseArgsError(error: unknown): boolean {

@@ -5,12 +5,13 @@
  * as vdeplug4: `vxvde://239.0.0.1` joins a Local Area Cloud, `tap://tap0`
  * opens a TAP interface. Frames are whole Ethernet frames as Uint8Arrays.
  *
- * Needs `--allow-ffi` (the data path calls libc directly) and `--allow-net`,
- * `--allow-read` and `--allow-env` for the address and option lookups.
+ * Needs `--allow-net --allow-ffi`, nothing more: the data path calls libc
+ * directly, and so do the lookups around it (environment, files, addresses).
+ * From outside a checkout, import this file by path or file URL.
  *
  * @example Say hello to everyone on a Local Area Cloud
  * ```ts
- * import { openVde } from "./mod.ts";
+ * import { formatMac, openVde } from "./mod.ts";
  *
  * using vde = openVde("vxvde://239.1.2.3");
  * const frame = new Uint8Array(60);
@@ -19,7 +20,7 @@
  * frame.set([0x88, 0xb5], 12); // local experimental EtherType
  * vde.send(frame);
  * for await (const received of vde) {
- *   console.log(`${received.length} bytes from ${received.subarray(6, 12)}`);
+ *   console.log(`${received.length} bytes from ${formatMac(received, 6)}`);
  *   break;
  * }
  * ```
@@ -34,6 +35,7 @@ import { FrameBatch, MAX_FRAME } from "./core/frames.ts";
 import type { Plug } from "./core/plug.ts";
 
 export { VnlError } from "./core/vnl.ts";
+export { formatMac } from "./core/frames.ts";
 export { schemeNames } from "./plugs/open.ts";
 export type { CounterName } from "./core/counters.ts";
 

@@ -17,6 +17,7 @@
 
 import { COUNTER_NAMES } from "../core/counters.ts";
 import { readTextFile } from "../ffi/os.ts";
+import { assertWorkersCanStart } from "./self.ts";
 
 /** The counters of one plug, as the metrics server sees them. */
 export interface MetricsSource {
@@ -233,6 +234,7 @@ export class MetricsServer {
    */
   static start(address: string): Promise<MetricsServer> {
     const { hostname, port } = parseMetricsAddress(address);
+    assertWorkersCanStart("the --metrics server's thread");
     const worker = new Worker(Deno.mainModule, { type: "module", name: METRICS_WORKER });
     return new Promise((resolve, reject) => {
       worker.onmessage = (event: MessageEvent<ToMain>) => {

@@ -1,18 +1,39 @@
 /**
  * How to start vdeno again as a child process (daemon mode, namespace
- * helpers): the compiled executable alone, or `deno run` with the main module
- * (main.ts from a checkout, or the bundled single file).
+ * helpers): with the very command line that started this process, less its
+ * arguments. That is `deno run FLAGS main.ts` from a checkout, `deno run
+ * FLAGS vdeno.js` for the bundled file, or the compiled executable alone; a
+ * child so gets the same permissions as its parent, no more.
  *
  * @module
  */
 
-import { environment } from "../ffi/os.ts";
+import { environment, readTextFile } from "../ffi/os.ts";
 
 /** The argv prefix that runs vdeno again. */
 export function selfCommand(): string[] {
-  const exec = Deno.execPath();
-  if (!/(^|\/)deno$/.test(exec)) return [exec];
-  return [exec, "run", "--allow-all", "--quiet", new URL(Deno.mainModule).pathname];
+  const argv = readTextFile("/proc/self/cmdline").split("\0").slice(0, -1);
+  const prefix = argv.slice(0, argv.length - Deno.args.length);
+  // argv[0] may be a bare name found on PATH; the kernel knows which file it was.
+  prefix[0] = Deno.execPath();
+  return prefix;
+}
+
+/**
+ * Throws one line when Deno would refuse to start a Worker running vdeno
+ * (`what`, e.g. "its data-plane threads"): Deno loads a Worker's modules,
+ * vdeno's own files, only with read permission for them, which the main
+ * thread's start did not need.
+ */
+export function assertWorkersCanStart(what: string): void {
+  const main = new URL(Deno.mainModule);
+  if (main.protocol !== "file:") return;
+  const directory = main.pathname.slice(0, main.pathname.lastIndexOf("/")) || "/";
+  if (Deno.permissions.querySync({ name: "read", path: directory }).state === "granted") return;
+  throw new Error(
+    `Needs --allow-read=${directory} to start ${what}, which Deno loads from ` +
+      `vdeno's own files: run deno with --allow-read=${directory} (or -A)`,
+  );
 }
 
 /** Whether this code runs inside a Worker. */

@@ -2,7 +2,8 @@
  * `deno task bench`: vdeno, vde_plug and the kernel's VXLAN device carry the
  * same workloads between two namespace hosts on a bridge, in turn, for a few
  * rounds. Prints a table of medians with the ratio vdeno / vde_plug and writes
- * bench/results/latest.json and latest.svg. See bench/README.md.
+ * bench/results/latest.json and latest.svg (a --quick run writes to a new
+ * temporary directory unless --out names one). See bench/README.md.
  *
  * Usage: deno run -A bench/run.ts [--rounds N] [--quick] [--only vdeno,vde_plug]
  *
@@ -92,7 +93,9 @@ function parseOptions(args: string[]): Options {
     rounds,
     quick,
     contenders: contenders as ContenderName[],
-    out: values.out ?? RESULTS_DIR,
+    // Quick figures are rough: they never replace the committed results by default.
+    out: values.out ??
+      (quick ? Deno.makeTempDirSync({ prefix: "vdeno-bench-quick-" }) : RESULTS_DIR),
     verbose: values.verbose ?? false,
   };
 }
@@ -256,6 +259,13 @@ async function main(): Promise<number> {
     }`,
   );
   console.log(table(report));
+  if (options.quick) {
+    console.log(
+      "Quick figures are rough (1 round, short durations): for development only; " +
+        "run deno task bench for figures to compare or publish",
+    );
+  }
+  console.log(`Results written to ${options.out}`);
   return 0;
 }
 

@@ -5,6 +5,9 @@
  * @module
  */
 
+import { closeQuietly } from "../ffi/libc.ts";
+import { openDevNull, spawn, waitBlocking } from "../ffi/spawn.ts";
+
 export type LogLevel = "error" | "warn" | "info" | "debug";
 const LEVELS: LogLevel[] = ["error", "warn", "info", "debug"];
 
@@ -45,14 +48,16 @@ export function log(level: LogLevel, message: string): void {
 export function logEvent(message: string, level: LogLevel = "info"): void {
   log(level, message);
   if (syslogTag === undefined) return;
+  let devNull = -1;
   try {
-    new Deno.Command("logger", {
-      args: ["-t", syslogTag, "--id=" + Deno.pid, message],
-      stdin: "null",
-      stdout: "null",
-      stderr: "null",
-    }).spawn().status.catch(() => {});
+    devNull = openDevNull();
+    const pid = spawn(["logger", "-t", syslogTag, `--id=${Deno.pid}`, message], {
+      descriptors: { 0: devNull, 1: devNull, 2: devNull },
+    });
+    waitBlocking(pid);
   } catch {
     // No logger program: syslog is best effort, stderr already has it.
+  } finally {
+    closeQuietly(devNull);
   }
 }

@@ -10,6 +10,8 @@
  * @module
  */
 
+import { fileInfo, groupId as processGroupId, readTextFile } from "../ffi/os.ts";
+
 /** A VNL that cannot be used, with a message that says why. */
 export class VnlError extends Error {
   constructor(message: string) {
@@ -42,8 +44,8 @@ export function splitVnl(vnl: string): SplitVnl {
 function readVnlFile(path: string): string | undefined {
   if (path === "") return undefined;
   try {
-    if (!Deno.statSync(path).isFile) return undefined;
-    const firstLine = Deno.readTextFileSync(path).split("\n")[0].trim();
+    if (!fileInfo(path)?.isFile) return undefined;
+    const firstLine = readTextFile(path).split("\n")[0].trim();
     return firstLine.includes("://") ? firstLine : undefined;
   } catch {
     return undefined;
@@ -181,9 +183,9 @@ export function parseInteger(text: string, what: string, min: number, max: numbe
 /** A group name or number as vdeplug4 reads it: a number, a name from /etc/group, "" for ours. */
 export function groupId(text: string, what: string): number {
   if (/^\d+$/.test(text)) return Number(text);
-  if (text === "") return Deno.gid() ?? 0;
+  if (text === "") return processGroupId();
   try {
-    for (const line of Deno.readTextFileSync("/etc/group").split("\n")) {
+    for (const line of readTextFile("/etc/group").split("\n")) {
       const [name, , gid] = line.split(":");
       if (name === text && gid !== undefined) return Number(gid);
     }

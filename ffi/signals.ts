@@ -12,6 +12,7 @@
  */
 
 import { check, cString, Errno, errno, libc, SystemError } from "./libc.ts";
+import { environment, readTextFile } from "./os.ts";
 import { cStringArray, environmentLines } from "./spawn.ts";
 
 export const SIGHUP = 1;
@@ -49,9 +50,9 @@ export function restartWithSignalsBlocked(
 ): never {
   check(libc.pthread_sigmask(SIG_BLOCK, signalSet(signals), null), "pthread_sigmask");
   const args = cStringArray(
-    Deno.readTextFileSync("/proc/self/cmdline").split("\0").slice(0, -1),
+    readTextFile("/proc/self/cmdline").split("\0").slice(0, -1),
   );
-  const env = cStringArray(environmentLines({ ...Deno.env.toObject(), ...extraEnv }));
+  const env = cStringArray(environmentLines({ ...environment(), ...extraEnv }));
   // The executable by its own name, so that ps and /proc/PID/comm still say deno or vdeno.
   libc.execve(cString(Deno.execPath()), args.pointers, env.pointers);
   throw new SystemError("Cannot restart vdeno with its signals blocked: execve", errno());

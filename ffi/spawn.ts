@@ -7,10 +7,12 @@
  */
 
 import { check, cString, Errno, errno, libc, strerror } from "./libc.ts";
+import { environment } from "./os.ts";
 
 const O_CLOEXEC = 0o2000000;
 const POSIX_SPAWN_SETSIGDEF = 0x04;
 const POSIX_SPAWN_SETSIGMASK = 0x08;
+const POSIX_SPAWN_SETSID = 0x80;
 const WNOHANG = 1;
 
 /** A pipe: bytes written to `write` come out of `read`. Both close on exec. */
@@ -46,6 +48,8 @@ export interface SpawnOptions {
   descriptors?: Record<number, number>;
   /** Environment; the current one by default. */
   env?: Record<string, string>;
+  /** Start the child in a session of its own (setsid), as a daemon. */
+  newSession?: boolean;
 }
 
 /**
@@ -65,9 +69,13 @@ export function spawn(argv: string[], options: SpawnOptions = {}): number {
     const noSignals = new Uint8Array(128);
     libc.posix_spawnattr_setsigdefault(attributes, allSignals);
     libc.posix_spawnattr_setsigmask(attributes, noSignals);
-    libc.posix_spawnattr_setflags(attributes, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+    libc.posix_spawnattr_setflags(
+      attributes,
+      POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK |
+        (options.newSession ? POSIX_SPAWN_SETSID : 0),
+    );
     const args = cStringArray(argv);
-    const env = cStringArray(environmentLines(options.env ?? Deno.env.toObject()));
+    const env = cStringArray(environmentLines(options.env ?? environment()));
     const pid = new Int32Array(1);
     const result = libc.posix_spawnp(
       new Uint8Array(pid.buffer),
@@ -104,6 +112,22 @@ export function reap(pid: number): ExitStatus | undefined {
   const raw = status[0];
   const signal = raw & 0x7f;
   return signal === 0 ? { code: (raw >> 8) & 0xff } : { code: 128 + signal, signal };
+}
+
+/** Waits for the child to end, blocking the thread: for children that end at once. */
+export function waitBlocking(pid: number): ExitStatus {
+  const status = new Int32Array(1);
+  while (libc.waitpid(pid, new Uint8Array(status.buffer), 0) < 0) {
+    if (errno() !== Errno.EINTR) return { code: 127 };
+  }
+  const signal = status[0] & 0x7f;
+  return signal === 0 ? { code: (status[0] >> 8) & 0xff } : { code: 128 + signal, signal };
+}
+
+/** /dev/null opened for reading and writing, to give a child as stdin or stdout. */
+export function openDevNull(): number {
+  const O_RDWR = 2;
+  return check(libc.open(cString("/dev/null"), O_RDWR | O_CLOEXEC, 0), "open /dev/null");
 }
 
 /** Waits for the child to end, letting the event loop run meanwhile. */

@@ -5,6 +5,7 @@
  */
 
 import { closeQuietly, cString, Errno, errno, libc, strerror } from "./libc.ts";
+import { fileInfo, getEnv } from "./os.ts";
 
 const O_RDWR = 0o2;
 const O_NONBLOCK = 0o4000;
@@ -60,7 +61,7 @@ export function openTap(name: string, tunDevice = "/dev/net/tun"): OpenedTap {
     closeQuietly(fd);
     const hint = code === Errno.EPERM
       ? ": not permitted; run as root, or create it for your user first: " +
-        `ip tuntap add mode tap name ${name} user ${Deno.env.get("USER") ?? "USER"}`
+        `ip tuntap add mode tap name ${name} user ${getEnv("USER") ?? "USER"}`
       : code === Errno.EBUSY
       ? ": the interface is busy (another process holds it, or it is not a TAP)"
       : code === Errno.EINVAL
@@ -104,7 +105,7 @@ export function setTapOffloads(fd: number, on: boolean): void {
 
 function modeOf(path: string): string {
   try {
-    return "0" + ((Deno.statSync(path).mode ?? 0) & 0o777).toString(8);
+    return "0" + ((fileInfo(path)?.mode ?? 0) & 0o777).toString(8);
   } catch {
     return "unknown";
   }

@@ -26,6 +26,7 @@
  */
 
 import { Aes128, AES_BLOCK, randomBytes, slotPointers } from "../ffi/crypto.ts";
+import { getEnv, readFileWithInfo, readTextFile, userId } from "../ffi/os.ts";
 import { Counter } from "../core/counters.ts";
 import { ETH_HEADER, type FrameBatch, HEADROOM, SLOT_SIZE } from "../core/frames.ts";
 import type { Plug } from "../core/plug.ts";
@@ -101,14 +102,14 @@ function parseEthertype(text: string): number {
 
 /** The home directory of the effective user, as the reference finds it (passwd, then $HOME). */
 function homeDirectory(): string {
-  const uid = Deno.uid();
+  const uid = userId();
   try {
-    for (const line of Deno.readTextFileSync("/etc/passwd").split("\n")) {
+    for (const line of readTextFile("/etc/passwd").split("\n")) {
       const fields = line.split(":");
       if (fields.length >= 6 && Number(fields[2]) === uid) return fields[5];
     }
   } catch { /* no passwd file: fall back to $HOME */ }
-  return Deno.env.get("HOME") ?? "/";
+  return getEnv("HOME") ?? "/";
 }
 
 /** The path a key file spec names: "" for ~/.vde_agno_key, `~...` under home, or absolute. */
@@ -150,8 +151,9 @@ export function readAgnoKey(spec: string): Uint8Array<ArrayBuffer> {
   let text: string;
   let mode: number;
   try {
-    mode = (Deno.statSync(path).mode ?? 0) & 0o777;
-    text = Deno.readTextFileSync(path);
+    const file = readFileWithInfo(path);
+    mode = file.info.mode & 0o777;
+    text = new TextDecoder().decode(file.bytes);
   } catch (error) {
     throw new Error(`Cannot read agno key file ${path}: ${(error as Error).message}`);
   }

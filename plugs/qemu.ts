@@ -26,6 +26,7 @@
 
 import { check, closeQuietly, Errno, errno, libc, setIovec } from "../ffi/libc.ts";
 import { AF_INET, numericAddress, setReuseAddress, SocketAddress } from "../ffi/net.ts";
+import { fileInfo, removeFile } from "../ffi/os.ts";
 import { Wakeup } from "../ffi/poll.ts";
 import { Counter, newCounters } from "../core/counters.ts";
 import { ETH_HEADER, type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../core/frames.ts";
@@ -84,7 +85,7 @@ function unixAddress(path: string): Uint8Array<ArrayBuffer> {
 
 function isSocket(path: string): boolean {
   try {
-    return Deno.lstatSync(path).isSocket === true;
+    return fileInfo(path, false)?.isSocket === true;
   } catch {
     return false;
   }
@@ -132,7 +133,7 @@ export class QemuStreamPlug implements Plug {
     try {
       if (listenAddress.kind === "unix") {
         // A socket file left by an earlier run that was killed would make bind fail.
-        if (isSocket(listenAddress.path)) Deno.removeSync(listenAddress.path);
+        if (isSocket(listenAddress.path)) removeFile(listenAddress.path);
         listenFd = check(
           libc.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
           "socket",
@@ -379,7 +380,7 @@ export class QemuStreamPlug implements Plug {
     this.#idle.close();
     if (this.listenAddress.kind === "unix") {
       try {
-        Deno.removeSync(this.listenAddress.path);
+        removeFile(this.listenAddress.path);
       } catch {
         // Already gone.
       }

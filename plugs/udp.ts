@@ -23,6 +23,7 @@
  */
 
 import { closeQuietly } from "../ffi/libc.ts";
+import { readTextFile } from "../ffi/os.ts";
 import {
   AF_INET,
   AF_INET6,
@@ -64,7 +65,7 @@ function port(text: string, what: string): number {
  */
 function hostsFileAddresses(name: string): string[] {
   try {
-    return Deno.readTextFileSync("/etc/hosts").split("\n")
+    return readTextFile("/etc/hosts").split("\n")
       .map((line) => line.replace(/#.*/, "").trim().split(/\s+/))
       .filter((fields) => fields.slice(1).includes(name))
       .map((fields) => fields[0]);

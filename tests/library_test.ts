@@ -25,7 +25,9 @@ Deno.test("a library user and vde_plug exchange frames over a vxvde network", as
   const library = b.spawn([
     Deno.execPath(),
     "run",
-    "-A",
+    // Exactly the permissions the README names for the library.
+    "--allow-net",
+    "--allow-ffi",
     "--quiet",
     PEER,
     "vxvde://239.5.0.1",

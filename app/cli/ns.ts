@@ -55,6 +55,15 @@ import {
   setHostname,
   setParentDeathSignal,
 } from "../../ffi/namespace.ts";
+import {
+  changeMode,
+  fileInfo,
+  getEnv,
+  readTextFile,
+  removeFile,
+  userId,
+  writeTextFile,
+} from "../../ffi/os.ts";
 import { PollSet } from "../../ffi/poll.ts";
 import { signalProcess, spawn, waitFor } from "../../ffi/spawn.ts";
 import { openTap } from "../../ffi/tap.ts";
@@ -64,7 +73,7 @@ import { MetricsServer } from "../metrics.ts";
 import { notifyServiceManager } from "../notify.ts";
 import { log, setLogLevel } from "../../core/log.ts";
 import { keyVariables } from "../../plugs/seal.ts";
-import { childEnvironment, selfCommand } from "../self.ts";
+import { assertWorkersCanStart, childEnvironment, selfCommand } from "../self.ts";
 import { UsageError } from "./usage.ts";
 
 export const NS_USAGE = `Usage:
@@ -182,7 +191,7 @@ function parseRequest(args: string[]): NsRequest | undefined {
     command = tail[0] === "--" ? tail.slice(1) : tail;
   }
   if (command.length === 0) {
-    const shell = Deno.env.get("SHELL");
+    const shell = getEnv("SHELL");
     if (!shell) throw new UsageError("SHELL is not set: name the command to run", NS_USAGE);
     command = [shell];
   }
@@ -196,8 +205,8 @@ function parseRequest(args: string[]): NsRequest | undefined {
     command,
     ifacePrefix,
     hostname: values.hostname,
-    resolvaddr: values.resolvaddr ?? Deno.env.get("VDE_RESOLVADDR"),
-    resolvconf: values.resolvconf ?? Deno.env.get("VDE_RESOLVCONF"),
+    resolvaddr: values.resolvaddr ?? getEnv("VDE_RESOLVADDR"),
+    resolvconf: values.resolvconf ?? getEnv("VDE_RESOLVCONF"),
     sysadm: values.sysadm ?? false,
     metrics: values.metrics,
   };
@@ -205,11 +214,11 @@ function parseRequest(args: string[]): NsRequest | undefined {
 
 /** The path of `program` on PATH, if any. */
 function findProgram(program: string): string | undefined {
-  for (const directory of (Deno.env.get("PATH") ?? "").split(":")) {
+  for (const directory of (getEnv("PATH") ?? "").split(":")) {
     if (!directory) continue;
     try {
-      const info = Deno.statSync(`${directory}/${program}`);
-      if (info.isFile && ((info.mode ?? 0) & 0o111) !== 0) return `${directory}/${program}`;
+      const info = fileInfo(`${directory}/${program}`);
+      if (info?.isFile && (info.mode & 0o111) !== 0) return `${directory}/${program}`;
     } catch {
       // Not in this directory.
     }
@@ -219,7 +228,7 @@ function findProgram(program: string): string | undefined {
 
 function readSysctl(path: string): string | undefined {
   try {
-    return Deno.readTextFileSync(path).trim();
+    return readTextFile(path).trim();
   } catch {
     return undefined;
   }
@@ -230,7 +239,7 @@ function userNamespacesRefused(): string | undefined {
   if (readSysctl("/proc/sys/user/max_user_namespaces") === "0") {
     return "user namespaces are disabled on this machine (sysctl user.max_user_namespaces is 0)";
   }
-  if (Deno.uid() === 0) return undefined;
+  if (userId() === 0) return undefined;
   if (readSysctl("/proc/sys/kernel/unprivileged_userns_clone") === "0") {
     return "unprivileged user namespaces are disabled on this machine " +
       "(sysctl kernel.unprivileged_userns_clone is 0); enable it or run as root";
@@ -267,6 +276,7 @@ export async function nsCommand(args: string[]): Promise<number> {
     console.log(NS_USAGE);
     return 0;
   }
+  if (request.vnls.length > 0) assertWorkersCanStart("its data-plane threads");
   const unshare = findProgram("unshare");
   if (!unshare) {
     throw new Error("unshare is not on PATH: install util-linux, which vdeno ns needs");
@@ -407,14 +417,15 @@ function nsPlugName(tap: string): string {
 /** Writes a resolv.conf naming `addresses` and binds it over /etc/resolv.conf. */
 function bindNameservers(addresses: string): void {
   const lines = addresses.split(",").filter(Boolean).map((address) => `nameserver ${address}\n`);
-  const path = Deno.makeTempFileSync({ prefix: "vdeno-ns-resolv-" });
+  const random = crypto.getRandomValues(new Uint32Array(1))[0].toString(36);
+  const path = `${getEnv("TMPDIR") || "/tmp"}/vdeno-ns-resolv-${Deno.pid}-${random}`;
+  writeTextFile(path, lines.join(""), { mode: 0o644, createNew: true });
   try {
-    Deno.writeTextFileSync(path, lines.join(""));
-    Deno.chmodSync(path, 0o644);
+    changeMode(path, 0o644);
     bindMount(path, "/etc/resolv.conf");
   } finally {
     // The mount holds the file; its name is not needed any more.
-    Deno.removeSync(path);
+    removeFile(path);
   }
 }
 

@@ -16,8 +16,15 @@ import {
   SignalDescriptor,
   SIGTERM,
 } from "../../ffi/signals.ts";
-import { createPrivateFile, fileInfo, removeFile, writeFully } from "../../ffi/os.ts";
-import { pipe, reap, signalProcess, spawn } from "../../ffi/spawn.ts";
+import {
+  createPrivateFile,
+  environment,
+  fileInfo,
+  getEnv,
+  removeFile,
+  writeFully,
+} from "../../ffi/os.ts";
+import { openDevNull, pipe, reap, signalProcess, spawn, waitBlocking } from "../../ffi/spawn.ts";
 import { cableReport, ControlServer } from "../control.ts";
 import { MetricsServer } from "../metrics.ts";
 import { notifyServiceManager } from "../notify.ts";
@@ -83,14 +90,12 @@ export async function plugCommand(args: string[]): Promise<number> {
   if (command !== undefined && (positionals.length !== 1 || command.length === 0)) {
     throw new UsageError("use: vdeno plug VNL = COMMAND [ARGS...]", PLUG_USAGE);
   }
-  if (values.daemon && Deno.env.get(DAEMON_CHILD_VARIABLE) !== "1") {
-    return await daemonize(args);
-  }
+  if (values.daemon && getEnv(DAEMON_CHILD_VARIABLE) !== "1") return daemonize(args);
 
   // The cable waits in poll() on this thread and hears signals through a
   // signalfd, which needs them blocked in every thread: start afresh so.
   if (!blocksAll(STOP_SIGNALS)) {
-    const flags = [Deno.env.get("DENO_V8_FLAGS"), V8_TUNING].filter(Boolean).join(",");
+    const flags = [getEnv("DENO_V8_FLAGS"), V8_TUNING].filter(Boolean).join(",");
     restartWithSignalsBlocked(STOP_SIGNALS, { DENO_V8_FLAGS: flags });
   }
   const signals = new SignalDescriptor(STOP_SIGNALS);
@@ -148,7 +153,7 @@ export async function plugCommand(args: string[]): Promise<number> {
         throw new Error(`Cannot write pidfile ${values.pidfile}: ${(error as Error).message}`);
       }
     }
-    if (Deno.env.get(DAEMON_CHILD_VARIABLE) === "1") detachFromParent();
+    if (getEnv(DAEMON_CHILD_VARIABLE) === "1") detachFromParent();
     const names = plugs.map((plug) => plug.vnl).join(" <-> ");
     logEvent(`plug started: ${names}`);
     notifyServiceManager("READY=1", `STATUS=Forwarding ${names}`);
@@ -232,29 +237,34 @@ function describeStatus(status: { code: number; signal?: number }): string {
  * detached copy of this command. Its stderr tells the parent whether the
  * plugs opened: "ready", or the error to print.
  */
-async function daemonize(args: string[]): Promise<number> {
-  const child = new Deno.Command(selfCommand()[0], {
-    args: [...selfCommand().slice(1), "plug", ...args],
-    env: { [DAEMON_CHILD_VARIABLE]: "1" },
-    stdin: "null",
-    stdout: "null",
-    stderr: "piped",
-    detached: true,
-  }).spawn();
-  const reader = child.stderr.pipeThrough(new TextDecoderStream()).getReader();
+function daemonize(args: string[]): number {
+  const stderr = pipe();
+  const devNull = openDevNull();
+  let pid: number;
+  try {
+    pid = spawn([...selfCommand(), "plug", ...args], {
+      descriptors: { 0: devNull, 1: devNull, 2: stderr.write },
+      env: { ...environment(), [DAEMON_CHILD_VARIABLE]: "1" },
+      newSession: true,
+    });
+  } finally {
+    closeQuietly(devNull);
+    closeQuietly(stderr.write);
+  }
   let text = "";
-  while (!text.includes("\n")) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    text += value;
+  try {
+    const chunk = new Uint8Array(4096);
+    const decoder = new TextDecoder();
+    while (!text.includes("\n")) {
+      const count = libc.read(stderr.read, Deno.UnsafePointer.of(chunk), BigInt(chunk.length));
+      if (count <= 0) break;
+      text += decoder.decode(chunk.subarray(0, count), { stream: true });
+    }
+  } finally {
+    closeQuietly(stderr.read);
   }
-  reader.releaseLock();
-  child.stderr.cancel().catch(() => {});
-  if (text.startsWith("vdeno-daemon-ready")) {
-    child.unref();
-    return 0;
-  }
-  const status = await child.status;
+  if (text.startsWith("vdeno-daemon-ready")) return 0;
+  const status = waitBlocking(pid);
   console.error(text.trim() || `vdeno: the daemon exited with status ${status.code}`);
   return status.code || 1;
 }
