@@ -6,6 +6,9 @@
  * the hosts the same overlay addresses (10.0.0.1 and 10.0.0.2), so the
  * workloads do not know which one carries them.
  *
+ * Asked for by name only (`--only vdeno-vde,vde_plug-vde`): vdeno's native
+ * `vde://` and vde_plug each plug both hosts' `tap0` into one `vde_switch`.
+ *
  * @module
  */
 
@@ -14,8 +17,11 @@ import { type Host, type Process, sleep } from "../tests/_harness.ts";
 /** Names of the contenders, in the order they are listed. */
 export const CONTENDERS = ["vdeno", "vdeno-sealed", "vde_plug", "kernel"] as const;
 
+/** Contenders run only when `--only` names them: both hosts on one vde_switch. */
+export const SWITCH_CONTENDERS = ["vdeno-vde", "vde_plug-vde"] as const;
+
 /** One contender's name. */
-export type ContenderName = typeof CONTENDERS[number];
+export type ContenderName = typeof CONTENDERS[number] | typeof SWITCH_CONTENDERS[number];
 
 /** A contender set up on both hosts. */
 export interface RunningContender {
@@ -55,12 +61,18 @@ export async function startContender(
 }
 
 async function startPlugs(
-  name: "vdeno" | "vdeno-sealed" | "vde_plug",
+  name: Exclude<ContenderName, "kernel">,
   hosts: Host[],
 ): Promise<RunningContender & { link: string }> {
   const vdeno = [Deno.execPath(), "run", "-A", "--quiet", MAIN_TS];
   let keyDirectory: string | undefined;
   let network = `vxvde://${GROUP}`;
+  if (name === "vdeno-vde" || name === "vde_plug-vde") {
+    keyDirectory = await Deno.makeTempDir({ prefix: "vdeno-bench-switch-" });
+    const switchDir = `${keyDirectory}/sw`;
+    await hosts[0].sh(["vde_switch", "-s", switchDir, "-d", "-p", `${keyDirectory}/pid`]);
+    network = `vde://${switchDir}`;
+  }
   if (name === "vdeno-sealed") {
     keyDirectory = await Deno.makeTempDir();
     const key = `${keyDirectory}/bench.key`;
@@ -69,13 +81,17 @@ async function startPlugs(
   }
   const plugArgs = ["tap://tap0", network];
   const processes: Process[] = hosts.map((host) =>
-    name === "vde_plug"
+    name.startsWith("vde_plug")
       ? host.spawn(["vde_plug", ...plugArgs])
       : host.spawn([...vdeno, "plug", ...plugArgs])
   );
   const stop = async () => {
     for (const process of processes) await process.stop("SIGTERM");
-    if (keyDirectory) await Deno.remove(keyDirectory, { recursive: true });
+    if (keyDirectory) {
+      const switchPid = await Deno.readTextFile(`${keyDirectory}/pid`).catch(() => "");
+      if (switchPid.trim()) await hosts[0].run(["kill", switchPid.trim()]);
+      await Deno.remove(keyDirectory, { recursive: true });
+    }
     // The TAP goes with its process; wait so the next contender can create tap0.
     for (const host of hosts) await waitForLinkGone(host, "tap0");
   };
@@ -89,7 +105,7 @@ async function startPlugs(
   // `ip netns exec` execs the program, so the child's pid is the plug's own; the cost
   // figures depend on it, so check that the process is the plug.
   const pids = processes.map((p) => p.child.pid);
-  const program = name === "vde_plug" ? "vde_plug" : Deno.execPath().split("/").at(-1)!;
+  const program = name.startsWith("vde_plug") ? "vde_plug" : Deno.execPath().split("/").at(-1)!;
   for (const pid of pids) {
     const command = Deno.readTextFileSync(`/proc/${pid}/comm`).trim();
     if (!program.startsWith(command)) {

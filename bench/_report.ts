@@ -145,6 +145,8 @@ const COLORS: Record<string, string> = {
   "vdeno-sealed": "#6aa9d6",
   vde_plug: "#d9822b",
   kernel: "#8a8a8a",
+  "vdeno-vde": "#2a7ab0",
+  "vde_plug-vde": "#d9822b",
 };
 
 function escapeXml(text: string): string {

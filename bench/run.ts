@@ -12,7 +12,12 @@
 
 import { parseArgs } from "node:util";
 import { have, Lan } from "../tests/_harness.ts";
-import { type ContenderName, CONTENDERS, startContender } from "./_contenders.ts";
+import {
+  type ContenderName,
+  CONTENDERS,
+  startContender,
+  SWITCH_CONTENDERS,
+} from "./_contenders.ts";
 import { FIGURES, type Report, type RoundFigures, summarize, svgChart, table } from "./_report.ts";
 import {
   allowBigSocketBuffers,
@@ -28,7 +33,7 @@ import {
 } from "./_workloads.ts";
 
 const USAGE =
-  "Usage: deno task bench [--rounds N] [--quick] [--only vdeno,vdeno-sealed,vde_plug,kernel] [--out DIR] [--verbose]";
+  "Usage: deno task bench [--rounds N] [--quick] [--only vdeno,vdeno-sealed,vde_plug,kernel,vdeno-vde,vde_plug-vde] [--out DIR] [--verbose]";
 
 const FULL: Durations = {
   tcpSeconds: 5,
@@ -85,8 +90,9 @@ function parseOptions(args: string[]): Options {
     ? [...CONTENDERS]
     : values.only.split(",").map((name) => name.trim());
   for (const name of contenders) {
-    if (!(CONTENDERS as readonly string[]).includes(name)) {
-      throw new RangeError(`--only: unknown contender ${name} (known: ${CONTENDERS.join(", ")})`);
+    const known: readonly string[] = [...CONTENDERS, ...SWITCH_CONTENDERS];
+    if (!known.includes(name)) {
+      throw new RangeError(`--only: unknown contender ${name} (known: ${known.join(", ")})`);
     }
   }
   return {
@@ -106,7 +112,8 @@ async function checkPrerequisites(contenders: ContenderName[]): Promise<void> {
     "ip",
     "iperf3",
     "ping",
-    ...(contenders.includes("vde_plug") ? ["vde_plug"] : []),
+    ...(contenders.some((name) => name.startsWith("vde_plug")) ? ["vde_plug"] : []),
+    ...(contenders.some((name) => name.endsWith("-vde")) ? ["vde_switch"] : []),
   ];
   for (const program of programs) {
     if (!(await have(program))) {
