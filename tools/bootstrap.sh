@@ -9,7 +9,7 @@ packages=(
   vde2 libvdeplug-slirp libvdeplug-vlan               # the VDE family: vde_switch, slirp://, vlan://
   qemu-system-x86 busybox-static cpio xz-utils kmod    # the VM of the end-to-end test
   linux-image-cloud-amd64
-  iproute2 iputils-ping iperf3 tcpdump tshark          # hosts, traffic and captures
+  iproute2 iputils-ping iperf3 tcpdump tshark ethtool  # hosts, traffic and captures
   procps psmisc util-linux bsdutils curl socat         # curl scrapes metrics, socat hears sd_notify
 )
 
