@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { parseAgno, parseAgnoKey, readAgnoKey } from "../plugs/agno.ts";
-import { type Host, Lan, prerequisites, sleep, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, sleep, VDENO } from "./_harness.ts";
 
 Deno.test("agno VNLs split as vdeplug4 splits them; bad ones say why", () => {
   assert.deepEqual(parseAgno("/etc/k[ethtype=ipv4]{vxvde://234.0.0.1/vni=3}"), {
@@ -236,8 +236,10 @@ async function waitFrames(end: StreamEnd, count: number, timeoutMs = 10_000) {
 }
 
 for (const [name, encrypting] of [["vde_plug", REFERENCE], ["vdeno", OURS]] as const) {
-  Deno.test(`${name} encrypts agno frames as the wire format says (read back by WebCrypto)`, async (t) => {
-    if (!(await prerequisites(t, ["vde_plug", "od"]))) return;
+  hostTest(`${name} encrypts agno frames as the wire format says (read back by WebCrypto)`, [
+    "vde_plug",
+    "od",
+  ], async () => {
     const dir = Deno.makeTempDirSync();
     try {
       await using lan = await Lan.create(1);
@@ -302,8 +304,10 @@ for (const [name, encrypting] of [["vde_plug", REFERENCE], ["vdeno", OURS]] as c
     }
   });
 
-  Deno.test(`${name} decrypts WebCrypto-built agno frames and keeps only those within -2..+1 s`, async (t) => {
-    if (!(await prerequisites(t, ["vde_plug", "od"]))) return;
+  hostTest(`${name} decrypts WebCrypto-built agno frames and keeps only those within -2..+1 s`, [
+    "vde_plug",
+    "od",
+  ], async () => {
     const dir = Deno.makeTempDirSync();
     try {
       await using lan = await Lan.create(1);
@@ -372,17 +376,20 @@ async function agnoPing(keyA: string, keyB: string, options = ""): Promise<boole
   return there && back;
 }
 
-Deno.test("vde_plug agno://KEY{vxvde://...} and vdeno plug agno://KEY{vxvde://...} ping each other, not with different keys", async (t) => {
-  if (!(await prerequisites(t, ["vde_plug", "ping"]))) return;
-  const dir = Deno.makeTempDirSync();
-  try {
-    const one = `${dir}/one`, other = `${dir}/other`;
-    Deno.writeTextFileSync(one, "0123456789abcdef0123456789abcdef\n", { mode: 0o600 });
-    Deno.writeTextFileSync(other, "fedcba9876543210fedcba9876543210\n", { mode: 0o600 });
-    assert.ok(await agnoPing(one, one), "same key: pings both ways");
-    assert.ok(await agnoPing(one, one, "[ethtype=rand]"), "same key, random outer types");
-    assert.equal(await agnoPing(one, other), false, "different keys: no ping");
-  } finally {
-    Deno.removeSync(dir, { recursive: true });
-  }
-});
+hostTest(
+  "vde_plug agno://KEY{vxvde://...} and vdeno plug agno://KEY{vxvde://...} ping each other, not with different keys",
+  ["vde_plug", "ping"],
+  async () => {
+    const dir = Deno.makeTempDirSync();
+    try {
+      const one = `${dir}/one`, other = `${dir}/other`;
+      Deno.writeTextFileSync(one, "0123456789abcdef0123456789abcdef\n", { mode: 0o600 });
+      Deno.writeTextFileSync(other, "fedcba9876543210fedcba9876543210\n", { mode: 0o600 });
+      assert.ok(await agnoPing(one, one), "same key: pings both ways");
+      assert.ok(await agnoPing(one, one, "[ethtype=rand]"), "same key, random outer types");
+      assert.equal(await agnoPing(one, other), false, "different keys: no ping");
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+);

@@ -7,15 +7,18 @@
 
 import assert from "node:assert/strict";
 import type { Report } from "../bench/_report.ts";
-import { prerequisites, run } from "./_harness.ts";
+import { hostTest, run } from "./_harness.ts";
 
 const RUN_TS = new URL("../bench/run.ts", import.meta.url).pathname;
 
 /** Figures that may legitimately be zero (a run without retransmissions). */
 const MAY_BE_ZERO = new Set(["tcp1_retransmits", "tcp4_retransmits"]);
 
-Deno.test("deno task bench --quick measures every figure of every contender", async (t) => {
-  if (!(await prerequisites(t, ["vde_plug", "iperf3", "ping"]))) return;
+hostTest("deno task bench --quick measures every figure of every contender", [
+  "vde_plug",
+  "iperf3",
+  "ping",
+], async () => {
   const out = await Deno.makeTempDir({ prefix: "vdeno-bench-" });
   try {
     const result = await run(

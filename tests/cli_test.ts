@@ -1,7 +1,7 @@
 /** Bad command lines and missing privileges get one clear line and a non-zero exit. */
 
 import assert from "node:assert/strict";
-import { Lan, prerequisites, run, VDENO } from "./_harness.ts";
+import { hostTest, Lan, run, VDENO } from "./_harness.ts";
 
 const cases: [string[], RegExp][] = [
   [["plug"], /plug takes one or two VNLs/],
@@ -44,41 +44,47 @@ const cases: [string[], RegExp][] = [
   [["plug", "vxvde://239.0.0.1/col\nour=red"], /Unknown key in vxvde:\/\/ VNL: col\\nour/],
 ];
 
-Deno.test("every bad command line is answered by one clear line and a non-zero exit", async (t) => {
-  if (!(await prerequisites(t, []))) return;
-  await using lan = await Lan.create(1);
-  const [host] = lan.hosts;
-  for (const [args, expected] of cases) {
-    const result = await host.run([...VDENO, ...args], { timeoutMs: 20_000 });
-    const lines = result.stderr.trim().split("\n");
-    assert.notEqual(result.code, 0, `${args.join(" ")} must fail`);
-    assert.equal(lines.length, 1, `${args.join(" ")}: one line, got:\n${result.stderr}`);
-    assert.match(lines[0], expected, args.join(" "));
-    assert.doesNotMatch(result.stderr, /\n\s+at /, "no stack trace");
-  }
-  await host.sh(["ip", "route", "del", "224.0.0.0/4"]);
-  await host.sh(["ip", "link", "set", "eth0", "down"]);
-  const noRoute = await host.run([...VDENO, "plug", "vxvde://239.0.0.1", "vxvde://239.0.0.2"]);
-  assert.notEqual(noRoute.code, 0);
-  assert.match(noRoute.stderr.trim(), /^vdeno plug: .*no interface to join it on; add a route/);
-});
+hostTest(
+  "every bad command line is answered by one clear line and a non-zero exit",
+  [],
+  async () => {
+    await using lan = await Lan.create(1);
+    const [host] = lan.hosts;
+    for (const [args, expected] of cases) {
+      const result = await host.run([...VDENO, ...args], { timeoutMs: 20_000 });
+      const lines = result.stderr.trim().split("\n");
+      assert.notEqual(result.code, 0, `${args.join(" ")} must fail`);
+      assert.equal(lines.length, 1, `${args.join(" ")}: one line, got:\n${result.stderr}`);
+      assert.match(lines[0], expected, args.join(" "));
+      assert.doesNotMatch(result.stderr, /\n\s+at /, "no stack trace");
+    }
+    await host.sh(["ip", "route", "del", "224.0.0.0/4"]);
+    await host.sh(["ip", "link", "set", "eth0", "down"]);
+    const noRoute = await host.run([...VDENO, "plug", "vxvde://239.0.0.1", "vxvde://239.0.0.2"]);
+    assert.notEqual(noRoute.code, 0);
+    assert.match(noRoute.stderr.trim(), /^vdeno plug: .*no interface to join it on; add a route/);
+  },
+);
 
-Deno.test("an unprivileged user who may not create a TAP is told what to do", async (t) => {
-  if (!(await prerequisites(t, ["setpriv"]))) return;
-  await using lan = await Lan.create(1);
-  const [host] = lan.hosts;
-  const asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--reset-env"];
-  const result = await host.run([...asNobody, ...VDENO, "plug", "tap://tapn", "vxvde://"], {
-    timeoutMs: 20_000,
-  });
-  assert.notEqual(result.code, 0);
-  const lines = result.stderr.trim().split("\n");
-  assert.equal(lines.length, 1, result.stderr);
-  assert.match(
-    lines[0],
-    /Cannot open tap:\/\/tapn: (not permitted.*ip tuntap add mode tap name tapn user|\/dev\/net\/tun: Permission denied \(it is mode 0\d+)/,
-  );
-});
+hostTest(
+  "an unprivileged user who may not create a TAP is told what to do",
+  ["setpriv"],
+  async () => {
+    await using lan = await Lan.create(1);
+    const [host] = lan.hosts;
+    const asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--reset-env"];
+    const result = await host.run([...asNobody, ...VDENO, "plug", "tap://tapn", "vxvde://"], {
+      timeoutMs: 20_000,
+    });
+    assert.notEqual(result.code, 0);
+    const lines = result.stderr.trim().split("\n");
+    assert.equal(lines.length, 1, result.stderr);
+    assert.match(
+      lines[0],
+      /Cannot open tap:\/\/tapn: (not permitted.*ip tuntap add mode tap name tapn user|\/dev\/net\/tun: Permission denied \(it is mode 0\d+)/,
+    );
+  },
+);
 
 Deno.test("vdeno --version and --help answer and exit 0", async () => {
   const version = await run([...VDENO, "--version"]);

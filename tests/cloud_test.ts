@@ -12,7 +12,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type Host, Lan, prerequisites, run, sleep, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, requirements, run, sleep, VDENO } from "./_harness.ts";
 import { installedCloudKernel, type VmImage, vmImage } from "../app/vm/image.ts";
 import { TestVm } from "./vm/qemu.ts";
 
@@ -91,20 +91,26 @@ interface VmConnection {
   prepare?(host: Host): Promise<void>;
 }
 
-async function cloudWithVm(t: Deno.TestContext, connection: VmConnection): Promise<void> {
-  const nsCommand = [...VDENO, "ns"];
-  const programs = ["qemu-system-x86_64", "ping", "cpio", "ss", ...nsCommand.slice(0, 1)];
-  const ok = await prerequisites(t, programs, [
+/** What a test with a VM in the cloud needs. */
+const vmNeeds = (more: string[] = []) =>
+  requirements(["qemu-system-x86_64", "ping", "cpio", "ss", ...more], [
     {
       ok: installedCloudKernel() !== undefined,
       why: "no /boot/vmlinuz-*-cloud-amd64 (install linux-image-cloud-amd64)",
     },
-    {
-      ok: await Deno.stat("/bin/busybox").then(() => true, () => false),
-      why: "no /bin/busybox (install busybox-static)",
-    },
+    { ok: isFile("/bin/busybox"), why: "no /bin/busybox (install busybox-static)" },
   ]);
-  if (!ok) return;
+
+function isFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
+
+async function cloudWithVm(connection: VmConnection): Promise<void> {
+  const nsCommand = [...VDENO, "ns"];
   const builtImage = await testImage();
   await using lan = await Lan.create(3);
   const [a, b, c] = lan.hosts;
@@ -148,78 +154,93 @@ async function cloudWithVm(t: Deno.TestContext, connection: VmConnection): Promi
   }
 }
 
-Deno.test("a TAP, a namespace and a QEMU VM on its vde backend ping each other over vxvde", async (t) => {
-  await cloudWithVm(t, { netdev: `vde,id=net0,sock=${GROUP}` });
-});
+hostTest(
+  "a TAP, a namespace and a QEMU VM on its vde backend ping each other over vxvde",
+  vmNeeds(),
+  async () => {
+    await cloudWithVm({ netdev: `vde,id=net0,sock=${GROUP}` });
+  },
+);
 
-Deno.test("a QEMU VM on its dgram backend joins the cloud through vdeno plug udp://", async (t) => {
-  const vdenoPort = 5001, qemuPort = 5000;
-  await cloudWithVm(t, {
-    netdev: "dgram,id=net0,local.type=inet,local.host=127.0.0.1,local.port=" + qemuPort +
-      ",remote.type=inet,remote.host=127.0.0.1,remote.port=" + vdenoPort,
-    async prepare(host) {
-      host.vdeno(["plug", GROUP, `udp://127.0.0.1:${vdenoPort}->127.0.0.1:${qemuPort}`]);
-      await waitFor(`vdeno plug on UDP port ${vdenoPort}`, async () => {
-        const listing = await host.run(["ss", "-Hlun", `sport = :${vdenoPort}`]);
-        return listing.stdout.includes(`:${vdenoPort}`);
+hostTest(
+  "a QEMU VM on its dgram backend joins the cloud through vdeno plug udp://",
+  vmNeeds(),
+  async () => {
+    const vdenoPort = 5001, qemuPort = 5000;
+    await cloudWithVm({
+      netdev: "dgram,id=net0,local.type=inet,local.host=127.0.0.1,local.port=" + qemuPort +
+        ",remote.type=inet,remote.host=127.0.0.1,remote.port=" + vdenoPort,
+      async prepare(host) {
+        host.vdeno(["plug", GROUP, `udp://127.0.0.1:${vdenoPort}->127.0.0.1:${qemuPort}`]);
+        await waitFor(`vdeno plug on UDP port ${vdenoPort}`, async () => {
+          const listing = await host.run(["ss", "-Hlun", `sport = :${vdenoPort}`]);
+          return listing.stdout.includes(`:${vdenoPort}`);
+        });
+      },
+    });
+  },
+);
+
+hostTest(
+  "a QEMU VM on its stream backend joins the cloud through vdeno plug qemu://",
+  vmNeeds(),
+  async () => {
+    const directory = await Deno.makeTempDir({ prefix: "vdeno-cloud-" });
+    const path = `${directory}/vm.sock`;
+    try {
+      await cloudWithVm({
+        netdev: `stream,id=net0,server=off,addr.type=unix,addr.path=${path}`,
+        async prepare(host) {
+          host.vdeno(["plug", GROUP, `qemu://${path}`]);
+          await waitFor(`vdeno plug listening on ${path}`, async () => {
+            const listing = await host.run(["ss", "-Hlx", `src = ${path}`]);
+            return listing.stdout.includes(path);
+          });
+        },
       });
-    },
-  });
-});
+    } finally {
+      await Deno.remove(directory, { recursive: true });
+    }
+  },
+);
 
-Deno.test("a QEMU VM on its stream backend joins the cloud through vdeno plug qemu://", async (t) => {
-  const directory = await Deno.makeTempDir({ prefix: "vdeno-cloud-" });
-  const path = `${directory}/vm.sock`;
-  try {
-    await cloudWithVm(t, {
-      netdev: `stream,id=net0,server=off,addr.type=unix,addr.path=${path}`,
-      async prepare(host) {
-        host.vdeno(["plug", GROUP, `qemu://${path}`]);
-        await waitFor(`vdeno plug listening on ${path}`, async () => {
-          const listing = await host.run(["ss", "-Hlx", `src = ${path}`]);
-          return listing.stdout.includes(path);
-        });
-      },
+hostTest(
+  "a QEMU VM on its older socket backend joins through udp:// (socket,udp=) and qemu:// over TCP (socket,connect=)",
+  vmNeeds(),
+  async (t) => {
+    await t.step("socket,udp=", async () => {
+      await cloudWithVm({
+        netdev: "socket,id=net0,udp=127.0.0.1:5001,localaddr=127.0.0.1:5000",
+        async prepare(host) {
+          host.vdeno(["plug", GROUP, "udp://127.0.0.1:5001->127.0.0.1:5000"]);
+          await waitFor("vdeno plug on UDP port 5001", async () => {
+            const listing = await host.run(["ss", "-Hlun", "sport = :5001"]);
+            return listing.stdout.includes(":5001");
+          });
+        },
+      });
     });
-  } finally {
-    await Deno.remove(directory, { recursive: true });
-  }
-});
-
-Deno.test("a QEMU VM on its older socket backend joins through udp:// (socket,udp=) and qemu:// over TCP (socket,connect=)", async (t) => {
-  await t.step("socket,udp=", async (t) => {
-    await cloudWithVm(t, {
-      netdev: "socket,id=net0,udp=127.0.0.1:5001,localaddr=127.0.0.1:5000",
-      async prepare(host) {
-        host.vdeno(["plug", GROUP, "udp://127.0.0.1:5001->127.0.0.1:5000"]);
-        await waitFor("vdeno plug on UDP port 5001", async () => {
-          const listing = await host.run(["ss", "-Hlun", "sport = :5001"]);
-          return listing.stdout.includes(":5001");
-        });
-      },
+    await t.step("socket,connect=", async () => {
+      await cloudWithVm({
+        netdev: "socket,id=net0,connect=127.0.0.1:5555",
+        async prepare(host) {
+          host.vdeno(["plug", GROUP, "qemu://127.0.0.1:5555"]);
+          await waitFor("vdeno plug listening on TCP port 5555", async () => {
+            const listing = await host.run(["ss", "-Hltn", "sport = :5555"]);
+            return listing.stdout.includes(":5555");
+          });
+        },
+      });
     });
-  });
-  await t.step("socket,connect=", async (t) => {
-    await cloudWithVm(t, {
-      netdev: "socket,id=net0,connect=127.0.0.1:5555",
-      async prepare(host) {
-        host.vdeno(["plug", GROUP, "qemu://127.0.0.1:5555"]);
-        await waitFor("vdeno plug listening on TCP port 5555", async () => {
-          const listing = await host.run(["ss", "-Hltn", "sport = :5555"]);
-          return listing.stdout.includes(":5555");
-        });
-      },
-    });
-  });
-});
+  },
+);
 
 /** A vde_switch in host C, in a directory of the test's own, bridged onto the cloud by `plugVnl`. */
-async function cloudWithSwitch(t: Deno.TestContext, plugVnl: (switchDir: string) => string) {
-  if (!(await prerequisites(t, ["vde_switch"]))) return;
+async function cloudWithSwitch(plugVnl: (switchDir: string) => string) {
   const directory = await Deno.makeTempDir({ prefix: "vdeno-switch-" });
   const switchDir = `${directory}/sw`;
   try {
-    await cloudWithVm(t, {
+    await cloudWithVm({
       netdev: `vde,id=net0,sock=${switchDir}`,
       async prepare(host) {
         await host.sh(["vde_switch", "-s", switchDir, "-d", "-p", `${directory}/pid`]);
@@ -242,10 +263,18 @@ function exists(path: string): Promise<boolean> {
   return Deno.stat(path).then(() => true, () => false);
 }
 
-Deno.test("a QEMU VM on a vde_switch joins the cloud through vdeno's native vde://", async (t) => {
-  await cloudWithSwitch(t, (switchDir) => `vde://${switchDir}`);
-});
+hostTest(
+  "a QEMU VM on a vde_switch joins the cloud through vdeno's native vde://",
+  vmNeeds(["vde_switch"]),
+  async () => {
+    await cloudWithSwitch((switchDir) => `vde://${switchDir}`);
+  },
+);
 
-Deno.test("a QEMU VM on a vde_switch joins the cloud through libvdeplug's vde:// (vdeplug://)", async (t) => {
-  await cloudWithSwitch(t, (switchDir) => `vdeplug://vde://${switchDir}`);
-});
+hostTest(
+  "a QEMU VM on a vde_switch joins the cloud through libvdeplug's vde:// (vdeplug://)",
+  vmNeeds(["vde_switch"]),
+  async () => {
+    await cloudWithSwitch((switchDir) => `vdeplug://vde://${switchDir}`);
+  },
+);

@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { splitCommandLine } from "../plugs/cmd.ts";
-import { type Host, Lan, prerequisites, sleep, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, sleep, VDENO } from "./_harness.ts";
 
 const A = "10.0.0.1", B = "10.0.0.2";
 
@@ -78,8 +78,10 @@ Deno.test("cmd:// splits its command line as a shell splits words", () => {
 });
 
 for (const how of ["plug", "ns"] as const) {
-  Deno.test(`cmd:// from vdeno ${how}: a vde_plug as the command reaches a vde_plug on the cloud`, async (t) => {
-    if (!(await prerequisites(t, ["vde_plug", "ping"]))) return;
+  hostTest(`cmd:// from vdeno ${how}: a vde_plug as the command reaches a vde_plug on the cloud`, [
+    "vde_plug",
+    "ping",
+  ], async () => {
     await using lan = await Lan.create(2);
     const [a, b] = lan.hosts;
     await vdePlugPeer(b, "vxvde://239.7.7.7");
@@ -89,8 +91,10 @@ for (const how of ["plug", "ns"] as const) {
     );
   });
 
-  Deno.test(`vlan:// from vdeno ${how} (libvdeplug-vlan): a vde_plug on the same VLAN answers`, async (t) => {
-    if (!(await prerequisites(t, ["vde_plug", "ping"]))) return;
+  hostTest(`vlan:// from vdeno ${how} (libvdeplug-vlan): a vde_plug on the same VLAN answers`, [
+    "vde_plug",
+    "ping",
+  ], async () => {
     await using lan = await Lan.create(2);
     const [a, b] = lan.hosts;
     await vdePlugPeer(b, "vlan://7{vxvde://239.7.7.8}");
@@ -98,22 +102,27 @@ for (const how of ["plug", "ns"] as const) {
   });
 
   for (const scheme of ["hub", "switch"]) {
-    Deno.test(`${scheme}:// from vdeno ${how} (libvdeplug's plugin): vde_plug joins it with vde://`, async (t) => {
-      if (!(await prerequisites(t, ["vde_plug", "ping"]))) return;
-      await withDirectory(async (directory) => {
-        await using lan = await Lan.create(2);
-        const [a, b] = lan.hosts;
-        const path = `${directory}/${scheme}`;
-        const pinged = memberPings(a, how, `${scheme}://${path}`, B);
-        await waitForFile(`${path}/ctl`);
-        await vdePlugPeer(b, `vde://${path}`);
-        assert.ok(await pinged, `no reply through ${scheme}://`);
-      });
-    });
+    hostTest(
+      `${scheme}:// from vdeno ${how} (libvdeplug's plugin): vde_plug joins it with vde://`,
+      ["vde_plug", "ping"],
+      async () => {
+        await withDirectory(async (directory) => {
+          await using lan = await Lan.create(2);
+          const [a, b] = lan.hosts;
+          const path = `${directory}/${scheme}`;
+          const pinged = memberPings(a, how, `${scheme}://${path}`, B);
+          await waitForFile(`${path}/ctl`);
+          await vdePlugPeer(b, `vde://${path}`);
+          assert.ok(await pinged, `no reply through ${scheme}://`);
+        });
+      },
+    );
   }
 
-  Deno.test(`null:// from vdeno ${how}: with switch://, a switch that vde_plugs join`, async (t) => {
-    if (!(await prerequisites(t, ["vde_plug", "ping"]))) return;
+  hostTest(`null:// from vdeno ${how}: with switch://, a switch that vde_plugs join`, [
+    "vde_plug",
+    "ping",
+  ], async () => {
     await withDirectory(async (directory) => {
       await using lan = await Lan.create(2);
       const [a, b] = lan.hosts;

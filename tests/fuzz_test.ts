@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { MAX_STREAM_FRAME, StreamDecoder } from "../plugs/stream.ts";
-import { type Host, Lan, prerequisites, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, VDENO } from "./_harness.ts";
 
 const JUNK_SENDER = new URL("./fixtures/junk_sender.ts", import.meta.url).pathname;
 const VNL_FUZZER = new URL("./fixtures/vnl_fuzzer.ts", import.meta.url).pathname;
@@ -56,93 +56,99 @@ async function flood(attacker: Host, host: string, port: number, count: number) 
   return Object.values(sent).reduce((sum, n) => sum + n, 0);
 }
 
-Deno.test("over 100k malformed datagrams: the plug lives, memory stays bounded, pings go on, the MAC table stays within hashsize", async (t) => {
-  if (!(await prerequisites(t, ["ping"]))) return;
-  await using lan = await Lan.create(3);
-  const [a, b, attacker] = lan.hosts;
-  const vnl = "vxvde://239.9.0.1/vni=42/hashsize=64";
-  const victim = a.vdeno(["plug", "--name", "fuzzed", "tap://tap0", vnl]);
-  b.vdeno(["plug", "tap://tap0", vnl]);
-  for (const [host, cidr, mac] of [[a, "10.0.0.1/24", MAC_A], [b, "10.0.0.2/24", MAC_B]]) {
-    const h = host as Host;
-    await h.waitForLink("tap0");
-    await h.configure("tap0", cidr as string, mac as string);
-  }
-  assert.ok(await a.pingable("10.0.0.2"));
-  const status = async () => JSON.parse(await a.sh([...VDENO, "status", "--json", "fuzzed"]));
-  const before = (await status()).plugs[1];
-  const pid = victim.child.pid;
-  const startResources = resources(pid);
+hostTest(
+  "over 100k malformed datagrams: the plug lives, memory stays bounded, pings go on, the MAC table stays within hashsize",
+  ["ping"],
+  async () => {
+    await using lan = await Lan.create(3);
+    const [a, b, attacker] = lan.hosts;
+    const vnl = "vxvde://239.9.0.1/vni=42/hashsize=64";
+    const victim = a.vdeno(["plug", "--name", "fuzzed", "tap://tap0", vnl]);
+    b.vdeno(["plug", "tap://tap0", vnl]);
+    for (const [host, cidr, mac] of [[a, "10.0.0.1/24", MAC_A], [b, "10.0.0.2/24", MAC_B]]) {
+      const h = host as Host;
+      await h.waitForLink("tap0");
+      await h.configure("tap0", cidr as string, mac as string);
+    }
+    assert.ok(await a.pingable("10.0.0.2"));
+    const status = async () => JSON.parse(await a.sh([...VDENO, "status", "--json", "fuzzed"]));
+    const before = (await status()).plugs[1];
+    const pid = victim.child.pid;
+    const startResources = resources(pid);
 
-  const pinger = a.spawn(["ping", "-i", "0.1", "10.0.0.2"]);
-  let sent = await flood(attacker, "239.9.0.1", 14789, 4000);
-  sent += await flood(attacker, a.address, before.unicastPort, 4000);
-  await pinger.stop("SIGINT");
-  const endResources = resources(pid);
-  const after = (await status()).plugs[1];
-  const counted = (name: string) => after.counters[name] - before.counters[name];
-  const summary = /(\d+) packets transmitted, (\d+) received/.exec(pinger.stdout);
-  console.log(
-    `sent ${sent} datagrams; pings ${
-      summary?.[0]
-    }; VmRSS ${startResources.rssKb} -> ${endResources.rssKb} kB; fds ${startResources.fds} -> ${endResources.fds}; counted: ${
-      JSON.stringify(
-        Object.fromEntries(
-          Object.keys(after.counters).map((name) => [name, counted(name)]).filter(([, n]) =>
-            n !== 0
+    const pinger = a.spawn(["ping", "-i", "0.1", "10.0.0.2"]);
+    let sent = await flood(attacker, "239.9.0.1", 14789, 4000);
+    sent += await flood(attacker, a.address, before.unicastPort, 4000);
+    await pinger.stop("SIGINT");
+    const endResources = resources(pid);
+    const after = (await status()).plugs[1];
+    const counted = (name: string) => after.counters[name] - before.counters[name];
+    const summary = /(\d+) packets transmitted, (\d+) received/.exec(pinger.stdout);
+    console.log(
+      `sent ${sent} datagrams; pings ${
+        summary?.[0]
+      }; VmRSS ${startResources.rssKb} -> ${endResources.rssKb} kB; fds ${startResources.fds} -> ${endResources.fds}; counted: ${
+        JSON.stringify(
+          Object.fromEntries(
+            Object.keys(after.counters).map((name) => [name, counted(name)]).filter(([, n]) =>
+              n !== 0
+            ),
           ),
-        ),
-      )
-    }`,
-  );
-
-  assert.ok(sent >= 100_000, `at least 100k datagrams were sent (${sent})`);
-  assert.equal((await a.run(["kill", "-0", String(pid)])).code, 0, "the plug is alive");
-  assert.ok(summary && Number(summary[2]) > 0, `pings got through the flood: ${pinger.stdout}`);
-  assert.ok(await a.pingable("10.0.0.2"), "and keep flowing after it");
-  // A loose resource bound, not a timing: a leak of even 1 kB per datagram would pass 100 MB.
-  assert.ok(
-    endResources.rssKb - startResources.rssKb < 64 * 1024,
-    `VmRSS grew from ${startResources.rssKb} to ${endResources.rssKb} kB`,
-  );
-  assert.ok(endResources.fds <= startResources.fds + 2, "no descriptors leaked");
-  assert.equal(after.tableSize, 64);
-  assert.ok(counted("learned") > 64, "the flood taught the table more MACs than it holds");
-  assert.ok(counted("tableEvictions") > 0);
-  assert.ok(
-    after.learned.length <= after.tableSize,
-    `${after.learned.length} entries in a table of ${after.tableSize}`,
-  );
-  const dropped = ["dropMalformed", "dropWrongHeader", "dropTooShort", "dropTooLong"]
-    .map(counted).reduce((x, y) => x + y);
-  assert.ok(dropped > 0 && counted("goodbyesReceived") > 0, "the junk reached the plug");
-});
-
-Deno.test("random VNLs through every parser and opener: only VnlError or Error with a message", async (t) => {
-  if (!(await prerequisites(t, []))) return;
-  await using lan = await Lan.create(1);
-  const [host] = lan.hosts;
-  // An empty directory: random pcap:// and qemu:// names create files in it.
-  const directory = await Deno.makeTempDir({ prefix: "vdeno-vnlfuzz-" });
-  try {
-    const seed = Date.now() % 100_000;
-    const output = await host.sh(
-      [
-        "sh",
-        "-c",
-        `cd ${directory} && exec ${Deno.execPath()} run -A --quiet ${VNL_FUZZER} ${seed} 20000`,
-      ],
-      300_000,
+        )
+      }`,
     );
-    const result = JSON.parse(output);
-    assert.equal(result.tried, 20_000);
-    assert.equal(result.escaped, 0, `seed ${seed}: ${JSON.stringify(result.escapes, null, 1)}`);
-    assert.ok(result.opened > 0, "some random VNLs were good enough to open");
-    assert.ok(result.refused > 0, "and many were refused");
-  } finally {
-    await Deno.remove(directory, { recursive: true });
-  }
-});
+
+    assert.ok(sent >= 100_000, `at least 100k datagrams were sent (${sent})`);
+    assert.equal((await a.run(["kill", "-0", String(pid)])).code, 0, "the plug is alive");
+    assert.ok(summary && Number(summary[2]) > 0, `pings got through the flood: ${pinger.stdout}`);
+    assert.ok(await a.pingable("10.0.0.2"), "and keep flowing after it");
+    // A loose resource bound, not a timing: a leak of even 1 kB per datagram would pass 100 MB.
+    assert.ok(
+      endResources.rssKb - startResources.rssKb < 64 * 1024,
+      `VmRSS grew from ${startResources.rssKb} to ${endResources.rssKb} kB`,
+    );
+    assert.ok(endResources.fds <= startResources.fds + 2, "no descriptors leaked");
+    assert.equal(after.tableSize, 64);
+    assert.ok(counted("learned") > 64, "the flood taught the table more MACs than it holds");
+    assert.ok(counted("tableEvictions") > 0);
+    assert.ok(
+      after.learned.length <= after.tableSize,
+      `${after.learned.length} entries in a table of ${after.tableSize}`,
+    );
+    const dropped = ["dropMalformed", "dropWrongHeader", "dropTooShort", "dropTooLong"]
+      .map(counted).reduce((x, y) => x + y);
+    assert.ok(dropped > 0 && counted("goodbyesReceived") > 0, "the junk reached the plug");
+  },
+);
+
+hostTest(
+  "random VNLs through every parser and opener: only VnlError or Error with a message",
+  [],
+  async () => {
+    await using lan = await Lan.create(1);
+    const [host] = lan.hosts;
+    // An empty directory: random pcap:// and qemu:// names create files in it.
+    const directory = await Deno.makeTempDir({ prefix: "vdeno-vnlfuzz-" });
+    try {
+      const seed = Date.now() % 100_000;
+      const output = await host.sh(
+        [
+          "sh",
+          "-c",
+          `cd ${directory} && exec ${Deno.execPath()} run -A --quiet ${VNL_FUZZER} ${seed} 20000`,
+        ],
+        300_000,
+      );
+      const result = JSON.parse(output);
+      assert.equal(result.tried, 20_000);
+      assert.equal(result.escaped, 0, `seed ${seed}: ${JSON.stringify(result.escapes, null, 1)}`);
+      assert.ok(result.opened > 0, "some random VNLs were good enough to open");
+      assert.ok(result.refused > 0, "and many were refused");
+    } finally {
+      await Deno.remove(directory, { recursive: true });
+    }
+  },
+);
 
 /**
  * The vde_plug stream encoding of `frames`, with zero-length records (which
@@ -238,27 +244,30 @@ Deno.test("stream framing: random bytes in random chunks never throw and yield o
   assert.ok(delivered > 0 && errors > 0, `${delivered} frames, ${errors} framing errors`);
 });
 
-Deno.test("vdeno plug fed random bytes or a stream cut mid-frame on stdin ends cleanly at the end of input, its own echo dropped", async (t) => {
-  if (!(await prerequisites(t, []))) return;
-  await using lan = await Lan.create(1);
-  const [host] = lan.hosts;
-  // Multicast on the loopback, as on one machine with no network: the plug
-  // hears its own datagrams, from 0.0.0.0, and must drop them as its echo.
-  await host.sh(["ip", "route", "replace", "224.0.0.0/4", "dev", "lo"]);
-  const plug = [...VDENO, "plug", "vxvde://239.9.0.2"].join(" ");
-  for (
-    const input of [
-      "head -c 2000000 /dev/urandom",
-      // A 60-byte frame, then a length of 1500 with only 10 bytes after it.
-      String.raw`printf '\000\074%060d\005\3340123456789'`,
-    ]
-  ) {
-    const result = await host.run(["sh", "-c", `${input} | ${plug}`], { timeoutMs: 60_000 });
-    assert.equal(result.code, 0, `${input}: ${result.stderr}`);
-    assert.doesNotMatch(result.stderr, /\n\s+at |error/i, "no stack trace, no error");
-    assert.equal(result.stdout.length, 0, "its own frames did not come back to it");
-  }
-});
+hostTest(
+  "vdeno plug fed random bytes or a stream cut mid-frame on stdin ends cleanly at the end of input, its own echo dropped",
+  [],
+  async () => {
+    await using lan = await Lan.create(1);
+    const [host] = lan.hosts;
+    // Multicast on the loopback, as on one machine with no network: the plug
+    // hears its own datagrams, from 0.0.0.0, and must drop them as its echo.
+    await host.sh(["ip", "route", "replace", "224.0.0.0/4", "dev", "lo"]);
+    const plug = [...VDENO, "plug", "vxvde://239.9.0.2"].join(" ");
+    for (
+      const input of [
+        "head -c 2000000 /dev/urandom",
+        // A 60-byte frame, then a length of 1500 with only 10 bytes after it.
+        String.raw`printf '\000\074%060d\005\3340123456789'`,
+      ]
+    ) {
+      const result = await host.run(["sh", "-c", `${input} | ${plug}`], { timeoutMs: 60_000 });
+      assert.equal(result.code, 0, `${input}: ${result.stderr}`);
+      assert.doesNotMatch(result.stderr, /\n\s+at |error/i, "no stack trace, no error");
+      assert.equal(result.stdout.length, 0, "its own frames did not come back to it");
+    }
+  },
+);
 
 // vxvde has no authentication: vdeplug4's receive path learns the source MAC of
 // every datagram with the right header, and so does vdeno on an open network.
@@ -267,8 +276,7 @@ for (const keyed of [false, true]) {
   const what = keyed
     ? "on a keyed network a frame claiming another plug's MAC is dropped and cannot redirect its traffic"
     : "on an open network a frame claiming another plug's MAC redirects it until that plug speaks again, as with vdeplug4";
-  Deno.test(what, async (t) => {
-    if (!(await prerequisites(t, ["ping"]))) return;
+  hostTest(what, ["ping"], async () => {
     await using lan = await Lan.create(3);
     const [a, b, attacker] = lan.hosts;
     const key = "5a".repeat(32);

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Lan, prerequisites, run, sleep, VDENO } from "./_harness.ts";
+import { hostTest, Lan, run, sleep, VDENO } from "./_harness.ts";
 
 /** The unprivileged user that plays the attacker. */
 const NOBODY = 65534;
@@ -63,79 +63,81 @@ async function privateRuntime() {
   return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
 }
 
-Deno.test("a control directory another user made in /tmp is refused with one line", async (t) => {
-  if (!(await prerequisites(t, ["setpriv"]))) return;
-  await using lan = await Lan.create(1);
-  const [host] = lan.hosts;
-  await using victim = await userHome(VICTIM);
-  await using attacker = await userHome(NOBODY);
-  const directory = `/tmp/vdeno-${VICTIM}`;
-  const bait = `/tmp/vdeno-bait-${Deno.pid}`;
-  const clean = () => run(["rm", "-rf", directory, bait]);
-  await clean();
-  const plug = (name: string) =>
-    host.run(victim.as([...VDENO, "plug", "-n", name, "vxvde://239.8.0.1", "=", "cat"]), {
-      timeoutMs: 60_000,
-    });
-  const attacks: [string, string[], RegExp][] = [
-    [
-      "a directory of the attacker's, open to all",
-      ["sh", "-c", `mkdir -m 0777 ${directory}`],
-      /belongs to uid 65534, not to uid \d+/,
-    ],
-    [
-      "a symbolic link to the attacker's directory",
-      ["sh", "-c", `mkdir -m 0777 ${bait} && ln -s ${bait} ${directory}`],
-      /is a symbolic link/,
-    ],
-    ["a file", ["sh", "-c", `touch ${directory}`], /is not a directory/],
-  ];
-  try {
-    for (const [what, plant, reason] of attacks) {
+hostTest(
+  "a control directory another user made in /tmp is refused with one line",
+  ["setpriv"],
+  async () => {
+    await using lan = await Lan.create(1);
+    const [host] = lan.hosts;
+    await using victim = await userHome(VICTIM);
+    await using attacker = await userHome(NOBODY);
+    const directory = `/tmp/vdeno-${VICTIM}`;
+    const bait = `/tmp/vdeno-bait-${Deno.pid}`;
+    const clean = () => run(["rm", "-rf", directory, bait]);
+    await clean();
+    const plug = (name: string) =>
+      host.run(victim.as([...VDENO, "plug", "-n", name, "vxvde://239.8.0.1", "=", "cat"]), {
+        timeoutMs: 60_000,
+      });
+    const attacks: [string, string[], RegExp][] = [
+      [
+        "a directory of the attacker's, open to all",
+        ["sh", "-c", `mkdir -m 0777 ${directory}`],
+        /belongs to uid 65534, not to uid \d+/,
+      ],
+      [
+        "a symbolic link to the attacker's directory",
+        ["sh", "-c", `mkdir -m 0777 ${bait} && ln -s ${bait} ${directory}`],
+        /is a symbolic link/,
+      ],
+      ["a file", ["sh", "-c", `touch ${directory}`], /is not a directory/],
+    ];
+    try {
+      for (const [what, plant, reason] of attacks) {
+        await clean();
+        const planted = await run(attacker.as(plant));
+        assert.equal(planted.code, 0, planted.stderr);
+        const result = await plug("victim");
+        assert.equal(result.code, 1, `${what}: the plug must refuse it: ${result.stderr}`);
+        const lines = result.stderr.trim().split("\n");
+        assert.equal(lines.length, 1, `${what}: one line: ${result.stderr}`);
+        assert.match(lines[0], new RegExp(`Unsafe control directory ${directory}: it`));
+        assert.match(lines[0], reason, what);
+        assert.ok(!exists(`${bait}/victim.sock`), `${what}: no socket in the attacker's directory`);
+      }
+      // The victim's own directory, left group- and world-readable by something else.
       await clean();
-      const planted = await run(attacker.as(plant));
-      assert.equal(planted.code, 0, planted.stderr);
-      const result = await plug("victim");
-      assert.equal(result.code, 1, `${what}: the plug must refuse it: ${result.stderr}`);
-      const lines = result.stderr.trim().split("\n");
-      assert.equal(lines.length, 1, `${what}: one line: ${result.stderr}`);
-      assert.match(lines[0], new RegExp(`Unsafe control directory ${directory}: it`));
-      assert.match(lines[0], reason, what);
-      assert.ok(!exists(`${bait}/victim.sock`), `${what}: no socket in the attacker's directory`);
+      await Deno.mkdir(directory);
+      await Deno.chmod(directory, 0o755);
+      await Deno.chown(directory, VICTIM, VICTIM);
+      const loose = await plug("victim");
+      assert.equal(loose.code, 1);
+      assert.match(loose.stderr, /it has mode 0755, not 0700/);
+
+      // With nothing planted, the plug makes the directory itself: 0700, its own, socket 0600.
+      await clean();
+      const good = host.spawn(victim.as([...VDENO, "plug", "-n", "victim", "vxvde://239.8.0.1"]), {
+        stdin: "piped",
+      });
+      await waitFor("the victim's control socket", () => exists(`${directory}/victim.sock`));
+      const info = Deno.lstatSync(directory);
+      assert.ok(info.isDirectory);
+      assert.equal(info.uid, VICTIM);
+      assert.equal((info.mode ?? 0) & 0o7777, 0o700);
+      const socket = Deno.lstatSync(`${directory}/victim.sock`);
+      assert.ok(socket.isSocket);
+      assert.equal((socket.mode ?? 0) & 0o777, 0o600);
+      const status = await run(victim.as([...VDENO, "status", "--json", "victim"]));
+      assert.equal(status.code, 0, status.stderr);
+      assert.equal(JSON.parse(status.stdout).name, "victim");
+      await good.stop("SIGTERM");
+    } finally {
+      await clean();
     }
-    // The victim's own directory, left group- and world-readable by something else.
-    await clean();
-    await Deno.mkdir(directory);
-    await Deno.chmod(directory, 0o755);
-    await Deno.chown(directory, VICTIM, VICTIM);
-    const loose = await plug("victim");
-    assert.equal(loose.code, 1);
-    assert.match(loose.stderr, /it has mode 0755, not 0700/);
+  },
+);
 
-    // With nothing planted, the plug makes the directory itself: 0700, its own, socket 0600.
-    await clean();
-    const good = host.spawn(victim.as([...VDENO, "plug", "-n", "victim", "vxvde://239.8.0.1"]), {
-      stdin: "piped",
-    });
-    await waitFor("the victim's control socket", () => exists(`${directory}/victim.sock`));
-    const info = Deno.lstatSync(directory);
-    assert.ok(info.isDirectory);
-    assert.equal(info.uid, VICTIM);
-    assert.equal((info.mode ?? 0) & 0o7777, 0o700);
-    const socket = Deno.lstatSync(`${directory}/victim.sock`);
-    assert.ok(socket.isSocket);
-    assert.equal((socket.mode ?? 0) & 0o777, 0o600);
-    const status = await run(victim.as([...VDENO, "status", "--json", "victim"]));
-    assert.equal(status.code, 0, status.stderr);
-    assert.equal(JSON.parse(status.stdout).name, "victim");
-    await good.stop("SIGTERM");
-  } finally {
-    await clean();
-  }
-});
-
-Deno.test("root's control directory is /run/vdeno when XDG_RUNTIME_DIR is unset", async (t) => {
-  if (!(await prerequisites(t, []))) return;
+hostTest("root's control directory is /run/vdeno when XDG_RUNTIME_DIR is unset", [], async () => {
   await using lan = await Lan.create(1);
   const [host] = lan.hosts;
   const name = `rootdir-${Deno.pid}`;
@@ -154,82 +156,85 @@ Deno.test("root's control directory is /run/vdeno when XDG_RUNTIME_DIR is unset"
   assert.ok(!exists(`/run/vdeno/${name}.sock`), "the socket is removed on exit");
 });
 
-Deno.test("status strips control characters, never hangs on a fake plug, and removes dead sockets", async (t) => {
-  if (!(await prerequisites(t, []))) return;
-  await using lan = await Lan.create(1);
-  const [host] = lan.hosts;
-  await using runtime = await privateRuntime();
-  const env = { XDG_RUNTIME_DIR: runtime.path };
-  const plug = (name: string) =>
-    host.spawn([...VDENO, "plug", "-n", name, "vxvde://239.8.0.3"], { env, stdin: "piped" });
-  plug("real");
-  const doomed = plug("doomed");
-  const directory = `${runtime.path}/vdeno`;
-  await waitFor("the plugs' sockets", () => exists(`${directory}/real.sock`));
-  await waitFor("the plugs' sockets", () => exists(`${directory}/doomed.sock`));
-  // A plug killed outright leaves its socket behind.
-  await doomed.stop("SIGKILL");
-  assert.ok(exists(`${directory}/doomed.sock`));
+hostTest(
+  "status strips control characters, never hangs on a fake plug, and removes dead sockets",
+  [],
+  async () => {
+    await using lan = await Lan.create(1);
+    const [host] = lan.hosts;
+    await using runtime = await privateRuntime();
+    const env = { XDG_RUNTIME_DIR: runtime.path };
+    const plug = (name: string) =>
+      host.spawn([...VDENO, "plug", "-n", name, "vxvde://239.8.0.3"], { env, stdin: "piped" });
+    plug("real");
+    const doomed = plug("doomed");
+    const directory = `${runtime.path}/vdeno`;
+    await waitFor("the plugs' sockets", () => exists(`${directory}/real.sock`));
+    await waitFor("the plugs' sockets", () => exists(`${directory}/doomed.sock`));
+    // A plug killed outright leaves its socket behind.
+    await doomed.stop("SIGKILL");
+    assert.ok(exists(`${directory}/doomed.sock`));
 
-  // Fake plugs, as anyone who could write there would plant them.
-  const escapes = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202e";
-  const evil = Deno.listen({ transport: "unix", path: `${directory}/evil.sock` });
-  const silent = Deno.listen({ transport: "unix", path: `${directory}/silent.sock` });
-  const flood = Deno.listen({ transport: "unix", path: `${directory}/flood.sock` });
-  Deno.writeTextFileSync(`${directory}/notasocket.sock`, "");
-  const held: Deno.Conn[] = [];
-  const serve = async (listener: Deno.Listener, answer: (conn: Deno.Conn) => Promise<void>) => {
-    for await (const conn of listener) {
-      held.push(conn);
-      answer(conn).catch(() => {});
-    }
-  };
-  const report = JSON.stringify({
-    name: `evil${escapes}`,
-    pid: 1,
-    startedAt: escapes,
-    uptimeSeconds: 1,
-    plugs: [{ vnl: `vxvde://${escapes}`, counters: { framesIn: 1 }, [escapes]: escapes }],
-  });
-  const servers = [
-    serve(evil, async (conn) => {
-      await conn.write(new TextEncoder().encode(report));
-      conn.close();
-    }),
-    serve(silent, async () => {}),
-    serve(flood, async (conn) => {
-      const chunk = new Uint8Array(1 << 20).fill(0x20);
-      for (;;) await conn.write(chunk);
-    }),
-  ];
-  try {
-    for (const args of [["status"], ["status", "--json"], ["status", "1"]]) {
-      const result = await run([...VDENO, ...args], { env, timeoutMs: 60_000 });
-      assert.equal(result.code, 0, `${args.join(" ")}: ${result.stderr}`);
-      const printed = result.stdout + result.stderr;
-      // deno-lint-ignore no-control-regex
-      const control = /[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]/.exec(printed);
-      assert.equal(control, null, `${args.join(" ")} printed a control character: ${printed}`);
-      assert.match(printed, /evil/);
-      if (args.length === 1) {
-        assert.match(result.stdout, /\breal\b/);
-        assert.match(result.stderr, /silent gave no report: no answer within 2 s/);
-        assert.match(result.stderr, /flood gave no report: answer longer than \d+ bytes/);
+    // Fake plugs, as anyone who could write there would plant them.
+    const escapes = "\x1b]0;owned\x07\x1b[2J\x9b31m\u202e";
+    const evil = Deno.listen({ transport: "unix", path: `${directory}/evil.sock` });
+    const silent = Deno.listen({ transport: "unix", path: `${directory}/silent.sock` });
+    const flood = Deno.listen({ transport: "unix", path: `${directory}/flood.sock` });
+    Deno.writeTextFileSync(`${directory}/notasocket.sock`, "");
+    const held: Deno.Conn[] = [];
+    const serve = async (listener: Deno.Listener, answer: (conn: Deno.Conn) => Promise<void>) => {
+      for await (const conn of listener) {
+        held.push(conn);
+        answer(conn).catch(() => {});
       }
-    }
-    assert.ok(!exists(`${directory}/doomed.sock`), "the dead plug's socket was removed");
-    assert.ok(exists(`${directory}/real.sock`), "a live plug's socket stays");
-    assert.ok(exists(`${directory}/notasocket.sock`), "what is not a socket is left alone");
-  } finally {
-    for (const listener of [evil, silent, flood]) listener.close();
-    for (const conn of held) {
-      try {
+    };
+    const report = JSON.stringify({
+      name: `evil${escapes}`,
+      pid: 1,
+      startedAt: escapes,
+      uptimeSeconds: 1,
+      plugs: [{ vnl: `vxvde://${escapes}`, counters: { framesIn: 1 }, [escapes]: escapes }],
+    });
+    const servers = [
+      serve(evil, async (conn) => {
+        await conn.write(new TextEncoder().encode(report));
         conn.close();
-      } catch { /* closed already */ }
+      }),
+      serve(silent, async () => {}),
+      serve(flood, async (conn) => {
+        const chunk = new Uint8Array(1 << 20).fill(0x20);
+        for (;;) await conn.write(chunk);
+      }),
+    ];
+    try {
+      for (const args of [["status"], ["status", "--json"], ["status", "1"]]) {
+        const result = await run([...VDENO, ...args], { env, timeoutMs: 60_000 });
+        assert.equal(result.code, 0, `${args.join(" ")}: ${result.stderr}`);
+        const printed = result.stdout + result.stderr;
+        // deno-lint-ignore no-control-regex
+        const control = /[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]/.exec(printed);
+        assert.equal(control, null, `${args.join(" ")} printed a control character: ${printed}`);
+        assert.match(printed, /evil/);
+        if (args.length === 1) {
+          assert.match(result.stdout, /\breal\b/);
+          assert.match(result.stderr, /silent gave no report: no answer within 2 s/);
+          assert.match(result.stderr, /flood gave no report: answer longer than \d+ bytes/);
+        }
+      }
+      assert.ok(!exists(`${directory}/doomed.sock`), "the dead plug's socket was removed");
+      assert.ok(exists(`${directory}/real.sock`), "a live plug's socket stays");
+      assert.ok(exists(`${directory}/notasocket.sock`), "what is not a socket is left alone");
+    } finally {
+      for (const listener of [evil, silent, flood]) listener.close();
+      for (const conn of held) {
+        try {
+          conn.close();
+        } catch { /* closed already */ }
+      }
+      await Promise.allSettled(servers);
     }
-    await Promise.allSettled(servers);
-  }
-});
+  },
+);
 
 /** A world-writable sticky directory, as /tmp is, that the test owns and removes. */
 async function stickyDirectory() {
@@ -238,164 +243,178 @@ async function stickyDirectory() {
   return { path, [Symbol.asyncDispose]: () => Deno.remove(path, { recursive: true }) };
 }
 
-Deno.test("a symbolic link planted at the pidfile or a capture path does not make root write through it", async (t) => {
-  if (!(await prerequisites(t, ["setpriv", "tcpdump"]))) return;
-  await using lan = await Lan.create(1);
-  const [host] = lan.hosts;
-  await using attacker = await userHome(NOBODY);
-  await using tmp = await stickyDirectory();
-  await using secrets = await privateRuntime();
-  const secret = `${secrets.path}/shadow`;
-  Deno.writeTextFileSync(secret, "root's secret\n", { mode: 0o600 });
-  const paths = {
-    pidfile: `${tmp.path}/plug.pid`,
-    capture: `${tmp.path}/capture.pcap`,
-    pcap: `${tmp.path}/end.pcap`,
-  };
-  const plug = (name: string) =>
-    host.run([
+hostTest(
+  "a symbolic link planted at the pidfile or a capture path does not make root write through it",
+  ["setpriv", "tcpdump"],
+  async () => {
+    await using lan = await Lan.create(1);
+    const [host] = lan.hosts;
+    await using attacker = await userHome(NOBODY);
+    await using tmp = await stickyDirectory();
+    await using secrets = await privateRuntime();
+    const secret = `${secrets.path}/shadow`;
+    Deno.writeTextFileSync(secret, "root's secret\n", { mode: 0o600 });
+    const paths = {
+      pidfile: `${tmp.path}/plug.pid`,
+      capture: `${tmp.path}/capture.pcap`,
+      pcap: `${tmp.path}/end.pcap`,
+    };
+    const plug = (name: string) =>
+      host.run([
+        ...VDENO,
+        "plug",
+        "-n",
+        name,
+        "-p",
+        paths.pidfile,
+        "--capture",
+        paths.capture,
+        "vxvde://239.8.0.4",
+        `pcap://${paths.pcap}`,
+      ], { timeoutMs: 30_000 });
+    for (const [what, path] of Object.entries(paths)) {
+      await run(["rm", "-f", ...Object.values(paths)]);
+      const planted = await run(attacker.as(["ln", "-sf", secret, path]));
+      assert.equal(planted.code, 0, planted.stderr);
+      const result = await plug(`symlink-${what}-${Deno.pid}`);
+      assert.equal(result.code, 1, `${what}: ${result.stdout}${result.stderr}`);
+      assert.equal(result.stderr.trim().split("\n").length, 1, result.stderr);
+      assert.match(result.stderr, new RegExp(`${path} is a symbolic link`));
+      assert.equal(
+        Deno.readTextFileSync(secret),
+        "root's secret\n",
+        `${what}: the target is intact`,
+      );
+    }
+    await run(["rm", "-f", ...Object.values(paths)]);
+
+    // Files the attacker made beforehand, open to all, each with a hard link the attacker keeps:
+    // the plug replaces them with files of its own and writes nothing into the attacker's.
+    for (const path of Object.values(paths)) {
+      const planted = await run(
+        attacker.as(["sh", "-c", `: > ${path} && chmod 0666 ${path} && ln ${path} ${path}.kept`]),
+      );
+      assert.equal(planted.code, 0, planted.stderr);
+    }
+    const recorder = host.spawn([
       ...VDENO,
       "plug",
       "-n",
-      name,
+      `files-${Deno.pid}`,
       "-p",
       paths.pidfile,
       "--capture",
       paths.capture,
       "vxvde://239.8.0.4",
       `pcap://${paths.pcap}`,
-    ], { timeoutMs: 30_000 });
-  for (const [what, path] of Object.entries(paths)) {
-    await run(["rm", "-f", ...Object.values(paths)]);
-    const planted = await run(attacker.as(["ln", "-sf", secret, path]));
-    assert.equal(planted.code, 0, planted.stderr);
-    const result = await plug(`symlink-${what}-${Deno.pid}`);
-    assert.equal(result.code, 1, `${what}: ${result.stdout}${result.stderr}`);
-    assert.equal(result.stderr.trim().split("\n").length, 1, result.stderr);
-    assert.match(result.stderr, new RegExp(`${path} is a symbolic link`));
-    assert.equal(Deno.readTextFileSync(secret), "root's secret\n", `${what}: the target is intact`);
-  }
-  await run(["rm", "-f", ...Object.values(paths)]);
-
-  // Files the attacker made beforehand, open to all, each with a hard link the attacker keeps:
-  // the plug replaces them with files of its own and writes nothing into the attacker's.
-  for (const path of Object.values(paths)) {
-    const planted = await run(
-      attacker.as(["sh", "-c", `: > ${path} && chmod 0666 ${path} && ln ${path} ${path}.kept`]),
-    );
-    assert.equal(planted.code, 0, planted.stderr);
-  }
-  const recorder = host.spawn([
-    ...VDENO,
-    "plug",
-    "-n",
-    `files-${Deno.pid}`,
-    "-p",
-    paths.pidfile,
-    "--capture",
-    paths.capture,
-    "vxvde://239.8.0.4",
-    `pcap://${paths.pcap}`,
-  ]);
-  await waitFor("the pidfile", () => {
-    try {
-      return Deno.readTextFileSync(paths.pidfile).trim() !== "";
-    } catch {
-      return false;
-    }
-  });
-  // A frame for the pcap end and the capture: an ARP broadcast from a second plug on the group.
-  const sender = host.spawn([...VDENO, "plug", "tap://tapx", "vxvde://239.8.0.4"]);
-  await host.waitForLink("tapx", 30_000, sender);
-  await host.configure("tapx", "10.9.0.1/24");
-  await host.run(["ping", "-c", "2", "-W", "1", "10.9.0.2"]);
-  for (const path of Object.values(paths)) {
-    const info = Deno.lstatSync(path);
-    assert.ok(info.isFile, path);
-    assert.equal(info.uid, 0, `${path} is root's own file now`);
-    assert.equal((info.mode ?? 0) & 0o777, 0o600, `${path} is mode 0600`);
-    assert.equal(Deno.statSync(`${path}.kept`).size, 0, `nothing went into the attacker's ${path}`);
-    const read = await run(attacker.as(["cat", path]));
-    assert.notEqual(read.code, 0, `the attacker cannot read ${path}`);
-  }
-  assert.equal((await recorder.stop("SIGTERM")).code, 0);
-  for (const path of [paths.capture, paths.pcap]) {
-    const text = await run(["tcpdump", "-r", path, "-nn"]);
-    assert.equal(text.code, 0, text.stderr);
-    assert.match(text.stdout, /ARP, Request who-has 10\.9\.0\.2/, path);
-  }
-  assert.ok(!exists(paths.pidfile), "the pidfile is removed on exit");
-});
-
-Deno.test("a stream reader that stops reading costs counted drops, never the plug: status answers and SIGTERM ends it", async (t) => {
-  if (!(await prerequisites(t, ["mkfifo"]))) return;
-  await using lan = await Lan.create(2);
-  const [a, b] = lan.hosts;
-  await using runtime = await privateRuntime();
-  const env = { XDG_RUNTIME_DIR: runtime.path };
-  // The broadcaster: frames written to a plug's stdin go to the cloud.
-  const broadcaster = b.spawn([...VDENO, "plug", "vxvde://239.8.0.5"], { stdin: "piped" });
-  const feed = broadcaster.child.stdin.getWriter();
-  const FRAMES = 300;
-  const broadcast = async () => {
-    const frame = new Uint8Array(2 + 1400);
-    frame.set([1400 >> 8, 1400 & 0xff], 0);
-    frame.fill(0xff, 2, 8);
-    frame.set([0x02, 0, 0, 0, 0, 9, 0x88, 0xb5], 8);
-    const stream = new Uint8Array(frame.length * FRAMES);
-    for (let i = 0; i < FRAMES; i++) stream.set(frame, i * frame.length);
-    await feed.write(stream);
-  };
-  const fifo = `${runtime.path}/stdout.fifo`;
-  await run(["mkfifo", fifo]);
-  const cases: [string, () => unknown][] = [
-    // `= COMMAND` whose command never reads its stdin.
-    [
-      "command",
-      () =>
-        a.spawn([...VDENO, "plug", "-n", "command", "vxvde://239.8.0.5", "=", "sleep", "600"], {
-          env,
-        }),
-    ],
-    // stdout to a reader that never reads, as a stuck dpipe.
-    ["stdout", () => {
-      a.spawn(["sh", "-c", `exec sleep 600 < ${fifo}`]);
-      return a.spawn(
-        ["sh", "-c", `exec ${VDENO.join(" ")} plug -n stdout vxvde://239.8.0.5 > ${fifo}`],
-        { env, stdin: "piped" },
+    ]);
+    await waitFor("the pidfile", () => {
+      try {
+        return Deno.readTextFileSync(paths.pidfile).trim() !== "";
+      } catch {
+        return false;
+      }
+    });
+    // A frame for the pcap end and the capture: an ARP broadcast from a second plug on the group.
+    const sender = host.spawn([...VDENO, "plug", "tap://tapx", "vxvde://239.8.0.4"]);
+    await host.waitForLink("tapx", 30_000, sender);
+    await host.configure("tapx", "10.9.0.1/24");
+    await host.run(["ping", "-c", "2", "-W", "1", "10.9.0.2"]);
+    for (const path of Object.values(paths)) {
+      const info = Deno.lstatSync(path);
+      assert.ok(info.isFile, path);
+      assert.equal(info.uid, 0, `${path} is root's own file now`);
+      assert.equal((info.mode ?? 0) & 0o777, 0o600, `${path} is mode 0600`);
+      assert.equal(
+        Deno.statSync(`${path}.kept`).size,
+        0,
+        `nothing went into the attacker's ${path}`,
       );
-    }],
-  ];
-  for (const [name, start] of cases) {
-    const plug = start() as Awaited<ReturnType<typeof a.spawn>>;
-    await waitFor(`${name}'s control socket`, () => exists(`${runtime.path}/vdeno/${name}.sock`));
-    // 420 KB of broadcasts: more than six times what a pipe holds.
-    await broadcast();
-    const counters = async () => {
-      const result = await run([...VDENO, "status", "--json", name], { env, timeoutMs: 20_000 });
-      assert.equal(result.code, 0, `${name}: status answers: ${result.stderr}`);
-      return JSON.parse(result.stdout).plugs[0].counters.framesIn;
+      const read = await run(attacker.as(["cat", path]));
+      assert.notEqual(read.code, 0, `the attacker cannot read ${path}`);
+    }
+    assert.equal((await recorder.stop("SIGTERM")).code, 0);
+    for (const path of [paths.capture, paths.pcap]) {
+      const text = await run(["tcpdump", "-r", path, "-nn"]);
+      assert.equal(text.code, 0, text.stderr);
+      assert.match(text.stdout, /ARP, Request who-has 10\.9\.0\.2/, path);
+    }
+    assert.ok(!exists(paths.pidfile), "the pidfile is removed on exit");
+  },
+);
+
+hostTest(
+  "a stream reader that stops reading costs counted drops, never the plug: status answers and SIGTERM ends it",
+  ["mkfifo"],
+  async () => {
+    await using lan = await Lan.create(2);
+    const [a, b] = lan.hosts;
+    await using runtime = await privateRuntime();
+    const env = { XDG_RUNTIME_DIR: runtime.path };
+    // The broadcaster: frames written to a plug's stdin go to the cloud.
+    const broadcaster = b.spawn([...VDENO, "plug", "vxvde://239.8.0.5"], { stdin: "piped" });
+    const feed = broadcaster.child.stdin.getWriter();
+    const FRAMES = 300;
+    const broadcast = async () => {
+      const frame = new Uint8Array(2 + 1400);
+      frame.set([1400 >> 8, 1400 & 0xff], 0);
+      frame.fill(0xff, 2, 8);
+      frame.set([0x02, 0, 0, 0, 0, 9, 0x88, 0xb5], 8);
+      const stream = new Uint8Array(frame.length * FRAMES);
+      for (let i = 0; i < FRAMES; i++) stream.set(frame, i * frame.length);
+      await feed.write(stream);
     };
-    const deadline = Date.now() + 20_000;
-    while ((await counters()) < FRAMES && Date.now() < deadline) await sleep(200);
-    const status = await run([...VDENO, "status", "--json", name], { env, timeoutMs: 20_000 });
-    assert.equal(status.code, 0, `${name}: status answers: ${status.stderr}`);
-    const [network, stream] = JSON.parse(status.stdout).plugs;
-    assert.ok(network.counters.framesIn >= FRAMES, JSON.stringify(network.counters));
-    assert.ok(stream.counters.framesOut > 0, "the pipe took what fitted");
-    assert.ok(stream.counters.dropQueueFull > 0, "what did not fit was dropped and counted");
-    assert.equal(
-      stream.counters.framesOut + stream.counters.dropQueueFull,
-      network.counters.framesIn,
-      `${name}: every frame went out or was counted as dropped`,
-    );
-    const stopped = await plug.stop("SIGTERM");
-    assert.equal(
-      stopped.signal,
-      null,
-      `${name}: SIGTERM ended the plug (not the SIGKILL after 10 s)`,
-    );
-    assert.equal(stopped.code, 0, `${name}: ${plug.stderr}`);
-  }
-  await feed.close();
-});
+    const fifo = `${runtime.path}/stdout.fifo`;
+    await run(["mkfifo", fifo]);
+    const cases: [string, () => unknown][] = [
+      // `= COMMAND` whose command never reads its stdin.
+      [
+        "command",
+        () =>
+          a.spawn([...VDENO, "plug", "-n", "command", "vxvde://239.8.0.5", "=", "sleep", "600"], {
+            env,
+          }),
+      ],
+      // stdout to a reader that never reads, as a stuck dpipe.
+      ["stdout", () => {
+        a.spawn(["sh", "-c", `exec sleep 600 < ${fifo}`]);
+        return a.spawn(
+          ["sh", "-c", `exec ${VDENO.join(" ")} plug -n stdout vxvde://239.8.0.5 > ${fifo}`],
+          { env, stdin: "piped" },
+        );
+      }],
+    ];
+    for (const [name, start] of cases) {
+      const plug = start() as Awaited<ReturnType<typeof a.spawn>>;
+      await waitFor(`${name}'s control socket`, () => exists(`${runtime.path}/vdeno/${name}.sock`));
+      // 420 KB of broadcasts: more than six times what a pipe holds.
+      await broadcast();
+      const counters = async () => {
+        const result = await run([...VDENO, "status", "--json", name], { env, timeoutMs: 20_000 });
+        assert.equal(result.code, 0, `${name}: status answers: ${result.stderr}`);
+        return JSON.parse(result.stdout).plugs[0].counters.framesIn;
+      };
+      const deadline = Date.now() + 20_000;
+      while ((await counters()) < FRAMES && Date.now() < deadline) await sleep(200);
+      const status = await run([...VDENO, "status", "--json", name], { env, timeoutMs: 20_000 });
+      assert.equal(status.code, 0, `${name}: status answers: ${status.stderr}`);
+      const [network, stream] = JSON.parse(status.stdout).plugs;
+      assert.ok(network.counters.framesIn >= FRAMES, JSON.stringify(network.counters));
+      assert.ok(stream.counters.framesOut > 0, "the pipe took what fitted");
+      assert.ok(stream.counters.dropQueueFull > 0, "what did not fit was dropped and counted");
+      assert.equal(
+        stream.counters.framesOut + stream.counters.dropQueueFull,
+        network.counters.framesIn,
+        `${name}: every frame went out or was counted as dropped`,
+      );
+      const stopped = await plug.stop("SIGTERM");
+      assert.equal(
+        stopped.signal,
+        null,
+        `${name}: SIGTERM ended the plug (not the SIGKILL after 10 s)`,
+      );
+      assert.equal(stopped.code, 0, `${name}: ${plug.stderr}`);
+    }
+    await feed.close();
+  },
+);

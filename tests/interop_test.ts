@@ -4,7 +4,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type Host, Lan, prerequisites } from "./_harness.ts";
+import { type Host, hostTest, Lan } from "./_harness.ts";
 
 type Peer = "vdeno" | "vde_plug";
 
@@ -34,13 +34,18 @@ for (
     "vdeno",
   ]] as const
 ) {
-  Deno.test(`${first} and ${second} ping each other over an IPv4 group`, async (t) => {
-    if (!(await prerequisites(t, ["vde_plug", "ping"]))) return;
-    await pingOverCloud(first, second, "vxvde://239.1.2.3", false);
-  });
+  hostTest(
+    `${first} and ${second} ping each other over an IPv4 group`,
+    ["vde_plug", "ping"],
+    async () => {
+      await pingOverCloud(first, second, "vxvde://239.1.2.3", false);
+    },
+  );
 }
 
-Deno.test("vdeno and vde_plug ping each other over an IPv6 group, carrying IPv6", async (t) => {
-  if (!(await prerequisites(t, ["vde_plug", "ping"]))) return;
+hostTest("vdeno and vde_plug ping each other over an IPv6 group, carrying IPv6", [
+  "vde_plug",
+  "ping",
+], async () => {
   await pingOverCloud("vdeno", "vde_plug", "vxvde://ff05:56de::7", true);
 });

@@ -1,7 +1,7 @@
 /** mod.ts: the library over an in-memory plug, and a Deno program that talks to vde_plug. */
 
 import assert from "node:assert/strict";
-import { Lan, prerequisites } from "./_harness.ts";
+import { hostTest, Lan } from "./_harness.ts";
 import { openVde, VdeConnection, VnlError } from "../mod.ts";
 import { MAX_FRAME } from "../core/frames.ts";
 import { MemoryPlug, numberedFrame, sequenceOf } from "./_memory_plug.ts";
@@ -17,38 +17,41 @@ function streamFrame(payload: string): Uint8Array {
   return new Uint8Array([0, frame.length, ...frame]);
 }
 
-Deno.test("a library user and vde_plug exchange frames over a vxvde network", async (t) => {
-  if (!(await prerequisites(t, ["vde_plug"]))) return;
-  await using lan = await Lan.create(2);
-  const [a, b] = lan.hosts;
-  const cplug = a.spawn(["vde_plug", "vxvde://239.5.0.1"], { stdin: "piped" });
-  const library = b.spawn([
-    Deno.execPath(),
-    "run",
-    // Exactly the permissions the README names for the library.
-    "--allow-net",
-    "--allow-ffi",
-    "--quiet",
-    PEER,
-    "vxvde://239.5.0.1",
-    "hello-from-deno",
-    "hello-from-c",
-  ]);
-  // vde_plug writes the greeting to its stdout as a 2-byte length and the frame.
-  await cplug.waitForOutput((text) => text.includes("hello-from-deno"), 15_000);
-  const writer = cplug.child.stdin.getWriter();
-  const answer = streamFrame("hello-from-c");
-  const status = library.exited();
-  const sender = setInterval(() => writer.write(answer).catch(() => {}), 200);
-  await writer.write(answer);
-  const { code } = await status;
-  clearInterval(sender);
-  assert.equal(code, 0, library.stderr);
-  assert.match(library.stdout, /got 60 bytes: hello-from-c/);
-  const counters = JSON.parse(library.stdout.trim().split("\n").at(-1)!);
-  assert.ok(counters.framesOut >= 1 && counters.framesIn >= 1 && counters.sentMulticast >= 1);
-  writer.releaseLock();
-});
+hostTest(
+  "a library user and vde_plug exchange frames over a vxvde network",
+  ["vde_plug"],
+  async () => {
+    await using lan = await Lan.create(2);
+    const [a, b] = lan.hosts;
+    const cplug = a.spawn(["vde_plug", "vxvde://239.5.0.1"], { stdin: "piped" });
+    const library = b.spawn([
+      Deno.execPath(),
+      "run",
+      // Exactly the permissions the README names for the library.
+      "--allow-net",
+      "--allow-ffi",
+      "--quiet",
+      PEER,
+      "vxvde://239.5.0.1",
+      "hello-from-deno",
+      "hello-from-c",
+    ]);
+    // vde_plug writes the greeting to its stdout as a 2-byte length and the frame.
+    await cplug.waitForOutput((text) => text.includes("hello-from-deno"), 15_000);
+    const writer = cplug.child.stdin.getWriter();
+    const answer = streamFrame("hello-from-c");
+    const status = library.exited();
+    const sender = setInterval(() => writer.write(answer).catch(() => {}), 200);
+    await writer.write(answer);
+    const { code } = await status;
+    clearInterval(sender);
+    assert.equal(code, 0, library.stderr);
+    assert.match(library.stdout, /got 60 bytes: hello-from-c/);
+    const counters = JSON.parse(library.stdout.trim().split("\n").at(-1)!);
+    assert.ok(counters.framesOut >= 1 && counters.framesIn >= 1 && counters.sentMulticast >= 1);
+    writer.releaseLock();
+  },
+);
 
 Deno.test("openVde refuses a bad VNL with a VnlError, and a frame of the wrong size with a RangeError", () => {
   assert.throws(() => openVde("vxvde://239.0.0.1/nosuchkey"), VnlError);

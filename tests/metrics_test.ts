@@ -1,7 +1,7 @@
 /** Operating vdeno: --metrics for Prometheus, sd_notify readiness, logs. */
 
 import assert from "node:assert/strict";
-import { type Host, Lan, prerequisites, sleep, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, sleep, VDENO } from "./_harness.ts";
 
 /** Samples of a Prometheus text exposition, by `metric{labels}`. */
 type Samples = Map<string, number>;
@@ -29,67 +29,74 @@ async function scrape(host: Host, url: string) {
   }
 }
 
-Deno.test("--metrics serves every counter of vdeno plug and vdeno ns to a scrape, moving with traffic", async (t) => {
-  if (!(await prerequisites(t, ["curl", "ping", "unshare"]))) return;
-  await using lan = await Lan.create(2);
-  const [a, b] = lan.hosts;
-  const vnl = "vxvde://239.4.9.1";
-  const name = `metrics-${Deno.pid}`;
-  a.vdeno(["plug", "--name", name, "--metrics", `${a.address}:9578`, "tap://tap0", vnl]);
-  await a.waitForLink("tap0");
-  await a.configure("tap0", "10.0.0.1/24", "02:00:00:00:00:01");
-  const inside = "ip link set vde0 address 02:00:00:00:00:02 && ip addr add 10.0.0.2/24 dev vde0" +
-    " && ip link set vde0 up && echo ready && exec sleep 600";
-  const ns = b.vdeno(["ns", "--metrics", `[${b.address6}]:9578`, vnl, "sh", "-c", inside]);
-  await ns.waitForOutput((text) => text.includes("ready"), 30_000);
-  assert.ok(await a.pingable("10.0.0.2"));
+hostTest(
+  "--metrics serves every counter of vdeno plug and vdeno ns to a scrape, moving with traffic",
+  ["curl", "ping", "unshare"],
+  async () => {
+    await using lan = await Lan.create(2);
+    const [a, b] = lan.hosts;
+    const vnl = "vxvde://239.4.9.1";
+    const name = `metrics-${Deno.pid}`;
+    a.vdeno(["plug", "--name", name, "--metrics", `${a.address}:9578`, "tap://tap0", vnl]);
+    await a.waitForLink("tap0");
+    await a.configure("tap0", "10.0.0.1/24", "02:00:00:00:00:01");
+    const inside =
+      "ip link set vde0 address 02:00:00:00:00:02 && ip addr add 10.0.0.2/24 dev vde0" +
+      " && ip link set vde0 up && echo ready && exec sleep 600";
+    const ns = b.vdeno(["ns", "--metrics", `[${b.address6}]:9578`, vnl, "sh", "-c", inside]);
+    await ns.waitForOutput((text) => text.includes("ready"), 30_000);
+    assert.ok(await a.pingable("10.0.0.2"));
 
-  const plugUrl = `http://${a.address}:9578/metrics`;
-  const nsUrl = `http://[${b.address6}]:9578/metrics`;
-  const plugVx = `{name="${name}",vnl="${vnl}"}`;
-  const nsVx = `{name="ns-${ns.child.pid}-vde0",vnl="${vnl}"}`;
-  const first = await scrape(a, plugUrl);
-  assert.equal(first.types.get("vdeno_sent_unicast_frames_total"), "counter");
-  assert.equal(first.types.get("vdeno_received_bytes_total"), "counter");
-  assert.equal(first.types.get("process_resident_memory_bytes"), "gauge");
-  assert.ok(first.samples.get("process_resident_memory_bytes")! > 10e6, "the plug's own memory");
-  for (const metric of ["vdeno_received_frames_total", "vdeno_sent_frames_total"]) {
-    assert.ok(first.samples.has(`${metric}{name="${name}",vnl="tap://tap0"}`), metric);
-    assert.ok(first.samples.has(`${metric}${plugVx}`), metric);
-  }
-  assert.ok(
-    first.samples.has(`vdeno_dropped_frames_total{name="${name}",vnl="${vnl}",reason="own_echo"}`),
-    "drops carry their reason as a label",
-  );
+    const plugUrl = `http://${a.address}:9578/metrics`;
+    const nsUrl = `http://[${b.address6}]:9578/metrics`;
+    const plugVx = `{name="${name}",vnl="${vnl}"}`;
+    const nsVx = `{name="ns-${ns.child.pid}-vde0",vnl="${vnl}"}`;
+    const first = await scrape(a, plugUrl);
+    assert.equal(first.types.get("vdeno_sent_unicast_frames_total"), "counter");
+    assert.equal(first.types.get("vdeno_received_bytes_total"), "counter");
+    assert.equal(first.types.get("process_resident_memory_bytes"), "gauge");
+    assert.ok(first.samples.get("process_resident_memory_bytes")! > 10e6, "the plug's own memory");
+    for (const metric of ["vdeno_received_frames_total", "vdeno_sent_frames_total"]) {
+      assert.ok(first.samples.has(`${metric}{name="${name}",vnl="tap://tap0"}`), metric);
+      assert.ok(first.samples.has(`${metric}${plugVx}`), metric);
+    }
+    assert.ok(
+      first.samples.has(
+        `vdeno_dropped_frames_total{name="${name}",vnl="${vnl}",reason="own_echo"}`,
+      ),
+      "drops carry their reason as a label",
+    );
 
-  // Scrapes during traffic: the numbers move between two of them.
-  const pings = a.run(["ping", "-c", "150", "-i", "0.02", "10.0.0.2"]);
-  await sleep(500);
-  const during1 = await scrape(a, plugUrl), nsDuring1 = await scrape(b, nsUrl);
-  await sleep(800);
-  const during2 = await scrape(a, plugUrl), nsDuring2 = await scrape(b, nsUrl);
-  const moved = (before: Samples, after: Samples, key: string) =>
-    after.get(key)! - before.get(key)!;
-  assert.ok(
-    moved(during1.samples, during2.samples, `vdeno_sent_unicast_frames_total${plugVx}`) > 10,
-  );
-  assert.ok(moved(during1.samples, during2.samples, `vdeno_received_frames_total${plugVx}`) > 10);
-  assert.ok(moved(nsDuring1.samples, nsDuring2.samples, `vdeno_received_frames_total${nsVx}`) > 10);
-  assert.ok(
-    moved(nsDuring1.samples, nsDuring2.samples, `vdeno_sent_unicast_frames_total${nsVx}`) > 10,
-  );
-  assert.equal((await pings).code, 0);
+    // Scrapes during traffic: the numbers move between two of them.
+    const pings = a.run(["ping", "-c", "150", "-i", "0.02", "10.0.0.2"]);
+    await sleep(500);
+    const during1 = await scrape(a, plugUrl), nsDuring1 = await scrape(b, nsUrl);
+    await sleep(800);
+    const during2 = await scrape(a, plugUrl), nsDuring2 = await scrape(b, nsUrl);
+    const moved = (before: Samples, after: Samples, key: string) =>
+      after.get(key)! - before.get(key)!;
+    assert.ok(
+      moved(during1.samples, during2.samples, `vdeno_sent_unicast_frames_total${plugVx}`) > 10,
+    );
+    assert.ok(moved(during1.samples, during2.samples, `vdeno_received_frames_total${plugVx}`) > 10);
+    assert.ok(
+      moved(nsDuring1.samples, nsDuring2.samples, `vdeno_received_frames_total${nsVx}`) > 10,
+    );
+    assert.ok(
+      moved(nsDuring1.samples, nsDuring2.samples, `vdeno_sent_unicast_frames_total${nsVx}`) > 10,
+    );
+    assert.equal((await pings).code, 0);
 
-  const last = await scrape(a, plugUrl);
-  assert.ok(
-    moved(first.samples, last.samples, `vdeno_received_frames_total${plugVx}`) >= 150,
-    "every echo reply counted",
-  );
-  assert.ok(moved(first.samples, last.samples, `vdeno_sent_bytes_total${plugVx}`) >= 150 * 98);
-});
+    const last = await scrape(a, plugUrl);
+    assert.ok(
+      moved(first.samples, last.samples, `vdeno_received_frames_total${plugVx}`) >= 150,
+      "every echo reply counted",
+    );
+    assert.ok(moved(first.samples, last.samples, `vdeno_sent_bytes_total${plugVx}`) >= 150 * 98);
+  },
+);
 
-Deno.test("--metrics with a bad address says so in one line and exits non-zero", async (t) => {
-  if (!(await prerequisites(t, []))) return;
+hostTest("--metrics with a bad address says so in one line and exits non-zero", [], async () => {
   await using lan = await Lan.create(1);
   const [a] = lan.hosts;
   const plug = (address: string) =>
@@ -105,8 +112,9 @@ Deno.test("--metrics with a bad address says so in one line and exits non-zero",
   assert.equal(absent.stderr.trim().split("\n").length, 1, absent.stderr);
 });
 
-Deno.test("--log-level info states starts and stops; debug each member learned and forgotten", async (t) => {
-  if (!(await prerequisites(t, ["ping"]))) return;
+hostTest("--log-level info states starts and stops; debug each member learned and forgotten", [
+  "ping",
+], async () => {
   await using lan = await Lan.create(2);
   const [a, b] = lan.hosts;
   const vnl = "vxvde://239.4.9.7";

@@ -9,7 +9,18 @@
 
 import assert from "node:assert/strict";
 import { addressOf, captureUdp } from "./_capture.ts";
-import { type Host, Lan, prerequisites, run, type RunResult, VDENO } from "./_harness.ts";
+import {
+  type Host,
+  hostTest,
+  Lan,
+  onPath,
+  type Requirement,
+  type Requirements,
+  requirements,
+  run,
+  type RunResult,
+  VDENO,
+} from "./_harness.ts";
 
 const NOBODY = 65534;
 /** A Deno cache nobody may write (its HOME does not exist), removed when the tests end. */
@@ -37,26 +48,29 @@ async function tunForEveryone(): Promise<void> {
   if ((mode & 0o666) !== 0o666) await Deno.chmod("/dev/net/tun", mode | 0o666);
 }
 
-/** Prerequisites of a test run as `user`: false to skip (outside CI). */
-async function ready(t: Deno.TestContext, user: User, programs: string[] = []): Promise<boolean> {
-  const extra = [];
-  if (user === "nobody" && Deno.uid() === 0) {
-    const probe = await run([
-      ...AS_NOBODY,
-      "unshare",
-      "--user",
-      "--map-root-user",
-      "--net",
-      "true",
-    ]);
-    extra.push({
-      ok: probe.code === 0,
-      why: `unprivileged user namespaces are disabled here (${probe.stderr.trim()})`,
-    });
+let userNamespacesProbed: Requirement | undefined;
+
+/** Whether nobody may create user namespaces here, probed once when the tests register. */
+function userNamespacesForNobody(): Requirement {
+  if (userNamespacesProbed) return userNamespacesProbed;
+  let ok = false, said = "setpriv or unshare is not installed";
+  if (onPath("setpriv") && onPath("unshare")) {
+    const probe = new Deno.Command(AS_NOBODY[0], {
+      args: [...AS_NOBODY.slice(1), "unshare", "--user", "--map-root-user", "--net", "true"],
+      stdout: "null",
+      stderr: "piped",
+    }).outputSync();
+    ok = probe.success;
+    said = new TextDecoder().decode(probe.stderr).trim();
   }
-  if (!(await prerequisites(t, ["unshare", "setpriv", "ping", ...programs], extra))) return false;
-  await tunForEveryone();
-  return true;
+  userNamespacesProbed = { ok, why: `unprivileged user namespaces are disabled here (${said})` };
+  return userNamespacesProbed;
+}
+
+/** What a test run as `user` needs. */
+function nsNeeds(user: User, programs: string[] = []): Requirements {
+  const extra = user === "nobody" && Deno.uid() === 0 ? [userNamespacesForNobody()] : [];
+  return requirements(["unshare", "setpriv", "ping", ...programs], extra);
 }
 
 /** A shell script for inside: configure vde0 (or `iface`), then ping each peer, up to 30 tries. */
@@ -111,94 +125,105 @@ function lines(result: RunResult): string {
 }
 
 for (const user of ["nobody", "root"] as const) {
-  Deno.test(`vdeno ns as ${user}: vde0 reaches a vdeno plug and a vde_plug TAP, the status passes through, the plug says goodbye and nothing is left`, async (t) => {
-    if (!(await ready(t, user, ["vde_plug", "tcpdump"]))) return;
+  hostTest(
+    `vdeno ns as ${user}: vde0 reaches a vdeno plug and a vde_plug TAP, the status passes through, the plug says goodbye and nothing is left`,
+    nsNeeds(user, ["vde_plug", "tcpdump"]),
+    async () => {
+      await tunForEveryone();
+      await using lan = await Lan.create(3);
+      const [a, b, c] = lan.hosts;
+      const group = "vxvde://234.0.0.1";
+      a.vdeno(["plug", "tap://tap0", group]);
+      c.spawn(["vde_plug", "tap://tap0", group]);
+      await a.waitForLink("tap0");
+      await c.waitForLink("tap0");
+      await a.configure("tap0", "10.0.0.1/24");
+      await c.configure("tap0", "10.0.0.3/24");
+      const linksBefore = await links(b);
+      const script = pingScript("10.0.0.2", ["10.0.0.1", "10.0.0.3"]) + "exit 42\n";
+      let result: RunResult | undefined;
+      const seen = await captureUdp(b, "eth0", async () => {
+        result = await b.run([...users[user], ...VDENO, "ns", group, "--", "sh", "-c", script], {
+          timeoutMs: 120_000,
+        });
+      });
+      assert.ok(result);
+      assert.match(result.stdout, /^ping 10\.0\.0\.1 ok$/m, `reaches vdeno plug: ${lines(result)}`);
+      assert.match(result.stdout, /^ping 10\.0\.0\.3 ok$/m, `reaches vde_plug: ${lines(result)}`);
+      assert.equal(result.code, 42, `the command's status: ${lines(result)}`);
+      assert.equal(result.stderr, "");
+      assert.ok(
+        seen.some((d) =>
+          d.length === 8 && addressOf(d.source) === b.address &&
+          addressOf(d.destination) === "234.0.0.1"
+        ),
+        `an 8-byte goodbye went to the group: ${JSON.stringify(seen.slice(-5))}`,
+      );
+      await assertNothingLeft(insideOf(result.stdout));
+      assert.deepEqual(await links(b), linksBefore, "no interface left in the caller's namespace");
+    },
+  );
+}
+
+hostTest(
+  "vdens and an unprivileged vdeno ns on two hosts ping each other",
+  nsNeeds("nobody", ["vdens"]),
+  async () => {
+    await tunForEveryone();
+    await using lan = await Lan.create(2);
+    const [a, b] = lan.hosts;
+    const group = "vxvde://234.0.0.2";
+    // Each side pings the other, then waits for its stdin to close so the other can finish too.
+    const vdens = a.spawn(
+      [
+        ...AS_NOBODY,
+        "vdens",
+        group,
+        "sh",
+        "-c",
+        pingScript("10.0.0.1", ["10.0.0.2"]) + "read x; exit 0",
+      ],
+      { stdin: "piped" },
+    );
+    const ns = b.spawn([
+      ...AS_NOBODY,
+      ...VDENO,
+      "ns",
+      group,
+      "sh",
+      "-c",
+      pingScript("10.0.0.2", ["10.0.0.1"]) + "read x; exit 0",
+    ], { stdin: "piped" });
+    const answered = /^ping \S+ (ok|fail)$/m;
+    await vdens.waitForOutput((text) => answered.test(text), 90_000);
+    await ns.waitForOutput((text) => answered.test(text), 90_000);
+    await vdens.child.stdin.close();
+    await ns.child.stdin.close();
+    const [vdensStatus, nsStatus] = [await vdens.exited(), await ns.exited()];
+    assert.match(vdens.stdout, /^ping 10\.0\.0\.2 ok$/m, `vdens reaches vdeno ns: ${vdens.stderr}`);
+    assert.match(ns.stdout, /^ping 10\.0\.0\.1 ok$/m, `vdeno ns reaches vdens: ${ns.stderr}`);
+    assert.equal(nsStatus.code, 0, ns.stderr);
+    assert.equal(vdensStatus.code, 0, vdens.stderr);
+    await assertNothingLeft(insideOf(ns.stdout));
+  },
+);
+
+hostTest(
+  "vdeno ns -m -i eth: eth0 and eth1 each reach only the network of their own VNI",
+  nsNeeds("nobody", ["vde_plug"]),
+  async () => {
+    await tunForEveryone();
     await using lan = await Lan.create(3);
     const [a, b, c] = lan.hosts;
-    const group = "vxvde://234.0.0.1";
-    a.vdeno(["plug", "tap://tap0", group]);
-    c.spawn(["vde_plug", "tap://tap0", group]);
+    const first = "vxvde://234.0.0.3/vni=11", second = "vxvde://234.0.0.3/vni=12";
+    a.vdeno(["plug", "tap://tap0", first]);
+    c.spawn(["vde_plug", "tap://tap0", second]);
     await a.waitForLink("tap0");
     await c.waitForLink("tap0");
     await a.configure("tap0", "10.0.0.1/24");
     await c.configure("tap0", "10.0.0.3/24");
-    const linksBefore = await links(b);
-    const script = pingScript("10.0.0.2", ["10.0.0.1", "10.0.0.3"]) + "exit 42\n";
-    let result: RunResult | undefined;
-    const seen = await captureUdp(b, "eth0", async () => {
-      result = await b.run([...users[user], ...VDENO, "ns", group, "--", "sh", "-c", script], {
-        timeoutMs: 120_000,
-      });
-    });
-    assert.ok(result);
-    assert.match(result.stdout, /^ping 10\.0\.0\.1 ok$/m, `reaches vdeno plug: ${lines(result)}`);
-    assert.match(result.stdout, /^ping 10\.0\.0\.3 ok$/m, `reaches vde_plug: ${lines(result)}`);
-    assert.equal(result.code, 42, `the command's status: ${lines(result)}`);
-    assert.equal(result.stderr, "");
-    assert.ok(
-      seen.some((d) =>
-        d.length === 8 && addressOf(d.source) === b.address &&
-        addressOf(d.destination) === "234.0.0.1"
-      ),
-      `an 8-byte goodbye went to the group: ${JSON.stringify(seen.slice(-5))}`,
-    );
-    await assertNothingLeft(insideOf(result.stdout));
-    assert.deepEqual(await links(b), linksBefore, "no interface left in the caller's namespace");
-  });
-}
-
-Deno.test("vdens and an unprivileged vdeno ns on two hosts ping each other", async (t) => {
-  if (!(await ready(t, "nobody", ["vdens"]))) return;
-  await using lan = await Lan.create(2);
-  const [a, b] = lan.hosts;
-  const group = "vxvde://234.0.0.2";
-  // Each side pings the other, then waits for its stdin to close so the other can finish too.
-  const vdens = a.spawn(
-    [
-      ...AS_NOBODY,
-      "vdens",
-      group,
-      "sh",
-      "-c",
-      pingScript("10.0.0.1", ["10.0.0.2"]) + "read x; exit 0",
-    ],
-    { stdin: "piped" },
-  );
-  const ns = b.spawn([
-    ...AS_NOBODY,
-    ...VDENO,
-    "ns",
-    group,
-    "sh",
-    "-c",
-    pingScript("10.0.0.2", ["10.0.0.1"]) + "read x; exit 0",
-  ], { stdin: "piped" });
-  const answered = /^ping \S+ (ok|fail)$/m;
-  await vdens.waitForOutput((text) => answered.test(text), 90_000);
-  await ns.waitForOutput((text) => answered.test(text), 90_000);
-  await vdens.child.stdin.close();
-  await ns.child.stdin.close();
-  const [vdensStatus, nsStatus] = [await vdens.exited(), await ns.exited()];
-  assert.match(vdens.stdout, /^ping 10\.0\.0\.2 ok$/m, `vdens reaches vdeno ns: ${vdens.stderr}`);
-  assert.match(ns.stdout, /^ping 10\.0\.0\.1 ok$/m, `vdeno ns reaches vdens: ${ns.stderr}`);
-  assert.equal(nsStatus.code, 0, ns.stderr);
-  assert.equal(vdensStatus.code, 0, vdens.stderr);
-  await assertNothingLeft(insideOf(ns.stdout));
-});
-
-Deno.test("vdeno ns -m -i eth: eth0 and eth1 each reach only the network of their own VNI", async (t) => {
-  if (!(await ready(t, "nobody", ["vde_plug"]))) return;
-  await using lan = await Lan.create(3);
-  const [a, b, c] = lan.hosts;
-  const first = "vxvde://234.0.0.3/vni=11", second = "vxvde://234.0.0.3/vni=12";
-  a.vdeno(["plug", "tap://tap0", first]);
-  c.spawn(["vde_plug", "tap://tap0", second]);
-  await a.waitForLink("tap0");
-  await c.waitForLink("tap0");
-  await a.configure("tap0", "10.0.0.1/24");
-  await c.configure("tap0", "10.0.0.3/24");
-  // One subnet on both interfaces: `ping -I` picks the interface, so only the VNI decides.
-  const script = `
+    // One subnet on both interfaces: `ping -I` picks the interface, so only the VNI decides.
+    const script = `
 ip addr add 10.0.0.10/24 dev eth0 && ip link set eth0 up || exit 90
 ip addr add 10.0.0.11/24 dev eth1 && ip link set eth1 up || exit 91
 echo "inside $$ $PPID $(readlink /proc/self/ns/net)"
@@ -211,92 +236,97 @@ try() { # interface address tries
 }
 try eth0 10.0.0.1 30; try eth1 10.0.0.3 30; try eth0 10.0.0.3 3; try eth1 10.0.0.1 3
 `;
-  const result = await b.run(
-    [...AS_NOBODY, ...VDENO, "ns", "-m", "-i", "eth", first, second, "--", "sh", "-c", script],
-    { timeoutMs: 120_000 },
-  );
-  assert.equal(result.code, 0, lines(result));
-  const reached = Object.fromEntries(
-    [...result.stdout.matchAll(/^(eth\d \S+) (ok|fail)$/gm)].map((m) => [m[1], m[2]]),
-  );
-  assert.deepEqual(reached, {
-    "eth0 10.0.0.1": "ok",
-    "eth1 10.0.0.3": "ok",
-    "eth0 10.0.0.3": "fail",
-    "eth1 10.0.0.1": "fail",
-  });
-  await assertNothingLeft(insideOf(result.stdout));
-});
+    const result = await b.run(
+      [...AS_NOBODY, ...VDENO, "ns", "-m", "-i", "eth", first, second, "--", "sh", "-c", script],
+      { timeoutMs: 120_000 },
+    );
+    assert.equal(result.code, 0, lines(result));
+    const reached = Object.fromEntries(
+      [...result.stdout.matchAll(/^(eth\d \S+) (ok|fail)$/gm)].map((m) => [m[1], m[2]]),
+    );
+    assert.deepEqual(reached, {
+      "eth0 10.0.0.1": "ok",
+      "eth1 10.0.0.3": "ok",
+      "eth0 10.0.0.3": "fail",
+      "eth1 10.0.0.1": "fail",
+    });
+    await assertNothingLeft(insideOf(result.stdout));
+  },
+);
 
 for (const user of ["nobody", "root"] as const) {
-  Deno.test(`vdeno ns as ${user}: -H, -R and -r set hostname and resolv.conf inside only; loopback only without a VNL; -s keeps CAP_SYS_ADMIN`, async (t) => {
-    if (!(await ready(t, user))) return;
-    const as = users[user];
-    const hostBefore = Deno.hostname();
-    const resolvBefore = await Deno.readTextFile("/etc/resolv.conf");
-    const report =
-      `hostname; cat /etc/resolv.conf; ip -o link show; grep CapBnd /proc/self/status; exit 3`;
-    const withAddresses = await run([
-      ...as,
-      ...VDENO,
-      "ns",
-      "-H",
-      `box-${user}`,
-      "-R",
-      "192.0.2.53,192.0.2.54",
-      "-",
-      "sh",
-      "-c",
-      report,
-    ]);
-    assert.equal(withAddresses.code, 3, lines(withAddresses));
-    const [hostname, ...rest] = withAddresses.stdout.split("\n");
-    assert.equal(hostname, `box-${user}`);
-    assert.match(
-      withAddresses.stdout,
-      /^nameserver 192\.0\.2\.53\nnameserver 192\.0\.2\.54\n1: lo:/m,
-    );
-    assert.equal(rest.filter((line) => /^\d+: /.test(line)).length, 1, "only lo");
-    assert.match(withAddresses.stdout, /^1: lo: <LOOPBACK,UP,/m, "lo is up");
-    const bounding = (text: string) => BigInt("0x" + /CapBnd:\s+([0-9a-f]+)/.exec(text)![1]);
-    assert.equal(bounding(withAddresses.stdout) & (1n << 21n), 0n, "no CAP_SYS_ADMIN without -s");
-
-    const file = await Deno.makeTempFile({ prefix: "ns-test-resolv-" });
-    try {
-      await Deno.writeTextFile(file, "nameserver 198.51.100.7\n# from -r\n");
-      await Deno.chmod(file, 0o644);
-      const withFile = await run([
+  hostTest(
+    `vdeno ns as ${user}: -H, -R and -r set hostname and resolv.conf inside only; loopback only without a VNL; -s keeps CAP_SYS_ADMIN`,
+    nsNeeds(user),
+    async () => {
+      await tunForEveryone();
+      const as = users[user];
+      const hostBefore = Deno.hostname();
+      const resolvBefore = await Deno.readTextFile("/etc/resolv.conf");
+      const report =
+        `hostname; cat /etc/resolv.conf; ip -o link show; grep CapBnd /proc/self/status; exit 3`;
+      const withAddresses = await run([
         ...as,
         ...VDENO,
         "ns",
-        "-s",
-        "-r",
-        file,
-        "no",
+        "-H",
+        `box-${user}`,
+        "-R",
+        "192.0.2.53,192.0.2.54",
+        "-",
         "sh",
         "-c",
         report,
       ]);
-      assert.equal(withFile.code, 3, lines(withFile));
-      assert.match(withFile.stdout, /^nameserver 198\.51\.100\.7\n# from -r\n/m);
-      assert.notEqual(bounding(withFile.stdout) & (1n << 21n), 0n, "CAP_SYS_ADMIN with -s");
-    } finally {
-      await Deno.remove(file);
-    }
+      assert.equal(withAddresses.code, 3, lines(withAddresses));
+      const [hostname, ...rest] = withAddresses.stdout.split("\n");
+      assert.equal(hostname, `box-${user}`);
+      assert.match(
+        withAddresses.stdout,
+        /^nameserver 192\.0\.2\.53\nnameserver 192\.0\.2\.54\n1: lo:/m,
+      );
+      assert.equal(rest.filter((line) => /^\d+: /.test(line)).length, 1, "only lo");
+      assert.match(withAddresses.stdout, /^1: lo: <LOOPBACK,UP,/m, "lo is up");
+      const bounding = (text: string) => BigInt("0x" + /CapBnd:\s+([0-9a-f]+)/.exec(text)![1]);
+      assert.equal(bounding(withAddresses.stdout) & (1n << 21n), 0n, "no CAP_SYS_ADMIN without -s");
 
-    const shell = await run([...as, "env", "SHELL=/bin/sh", ...VDENO, "ns"], {
-      stdin: "echo in-shell $(hostname); exit 5\n",
-    });
-    assert.equal(shell.code, 5, `$SHELL runs without a command: ${lines(shell)}`);
-    assert.match(shell.stdout, /^in-shell /m);
-    const killed = await run([...as, ...VDENO, "ns", "-", "sh", "-c", "kill -TERM $$"]);
-    assert.equal(killed.code, 128 + 15, `killed by SIGTERM: 128+15: ${lines(killed)}`);
+      const file = await Deno.makeTempFile({ prefix: "ns-test-resolv-" });
+      try {
+        await Deno.writeTextFile(file, "nameserver 198.51.100.7\n# from -r\n");
+        await Deno.chmod(file, 0o644);
+        const withFile = await run([
+          ...as,
+          ...VDENO,
+          "ns",
+          "-s",
+          "-r",
+          file,
+          "no",
+          "sh",
+          "-c",
+          report,
+        ]);
+        assert.equal(withFile.code, 3, lines(withFile));
+        assert.match(withFile.stdout, /^nameserver 198\.51\.100\.7\n# from -r\n/m);
+        assert.notEqual(bounding(withFile.stdout) & (1n << 21n), 0n, "CAP_SYS_ADMIN with -s");
+      } finally {
+        await Deno.remove(file);
+      }
 
-    assert.equal(Deno.hostname(), hostBefore, "the hostname outside is unchanged");
-    assert.equal(await Deno.readTextFile("/etc/resolv.conf"), resolvBefore, "resolv.conf too");
-    const tempFiles = [...Deno.readDirSync("/tmp")].filter((e) => e.name.startsWith("vdeno-ns-"));
-    assert.deepEqual(tempFiles, [], "no file is left in /tmp");
-  });
+      const shell = await run([...as, "env", "SHELL=/bin/sh", ...VDENO, "ns"], {
+        stdin: "echo in-shell $(hostname); exit 5\n",
+      });
+      assert.equal(shell.code, 5, `$SHELL runs without a command: ${lines(shell)}`);
+      assert.match(shell.stdout, /^in-shell /m);
+      const killed = await run([...as, ...VDENO, "ns", "-", "sh", "-c", "kill -TERM $$"]);
+      assert.equal(killed.code, 128 + 15, `killed by SIGTERM: 128+15: ${lines(killed)}`);
+
+      assert.equal(Deno.hostname(), hostBefore, "the hostname outside is unchanged");
+      assert.equal(await Deno.readTextFile("/etc/resolv.conf"), resolvBefore, "resolv.conf too");
+      const tempFiles = [...Deno.readDirSync("/tmp")].filter((e) => e.name.startsWith("vdeno-ns-"));
+      assert.deepEqual(tempFiles, [], "no file is left in /tmp");
+    },
+  );
 }
 
 /**
@@ -349,46 +379,50 @@ class TerminalSession {
   }
 }
 
-Deno.test("Ctrl-C on the terminal reaches the command; vdeno ns survives it and passes the status on", async (t) => {
-  if (!(await ready(t, "nobody", ["script", "bash"]))) return;
-  const trapping = new TerminalSession([
-    "-",
-    "sh",
-    "-c",
-    'trap "echo got-sigint; exit 7" INT; echo ready; while :; do sleep 0.1; done',
-  ]);
-  await trapping.expect(/ready/);
-  await trapping.type("\x03");
-  const trappingStatus = await trapping.finish();
-  assert.match(trapping.output, /got-sigint/, trapping.output);
-  assert.equal(trappingStatus, 7, `the command's own exit status: ${trapping.output}`);
+hostTest(
+  "Ctrl-C on the terminal reaches the command; vdeno ns survives it and passes the status on",
+  nsNeeds("nobody", ["script", "bash"]),
+  async () => {
+    await tunForEveryone();
+    const trapping = new TerminalSession([
+      "-",
+      "sh",
+      "-c",
+      'trap "echo got-sigint; exit 7" INT; echo ready; while :; do sleep 0.1; done',
+    ]);
+    await trapping.expect(/ready/);
+    await trapping.type("\x03");
+    const trappingStatus = await trapping.finish();
+    assert.match(trapping.output, /got-sigint/, trapping.output);
+    assert.equal(trappingStatus, 7, `the command's own exit status: ${trapping.output}`);
 
-  const plain = new TerminalSession(["-", "sh", "-c", "echo ready; exec sleep 1000"]);
-  await plain.expect(/ready/);
-  await plain.type("\x03");
-  assert.equal(await plain.finish(), 128 + 2, `sleep killed by SIGINT: ${plain.output}`);
+    const plain = new TerminalSession(["-", "sh", "-c", "echo ready; exec sleep 1000"]);
+    await plain.expect(/ready/);
+    await plain.type("\x03");
+    assert.equal(await plain.finish(), 128 + 2, `sleep killed by SIGINT: ${plain.output}`);
 
-  // An interactive shell inside: ^C stops its foreground job, the shell goes on.
-  const shell = new TerminalSession(["-", "bash", "--norc", "--noprofile", "-i"]);
-  await shell.expect(/# $/);
-  await shell.type("sh -c 'echo started; exec sleep 1000'\n");
-  await shell.expect(/^started\r?$/m);
-  await shell.type("\x03");
-  // bash drops the rest of a line whose job was interrupted, and prompts again.
-  await shell.expect(/\^C[^]*# $/);
-  await shell.type('echo "status $?"; echo alive-$((40 + 2)); exit 4\n');
-  const shellStatus = await shell.finish();
-  assert.match(shell.output, /^status 130\r?$/m, `the job got SIGINT: ${shell.output}`);
-  assert.match(shell.output, /^alive-42\r?$/m, `the shell survived: ${shell.output}`);
-  assert.equal(shellStatus, 4, shell.output);
-});
+    // An interactive shell inside: ^C stops its foreground job, the shell goes on.
+    const shell = new TerminalSession(["-", "bash", "--norc", "--noprofile", "-i"]);
+    await shell.expect(/# $/);
+    await shell.type("sh -c 'echo started; exec sleep 1000'\n");
+    await shell.expect(/^started\r?$/m);
+    await shell.type("\x03");
+    // bash drops the rest of a line whose job was interrupted, and prompts again.
+    await shell.expect(/\^C[^]*# $/);
+    await shell.type('echo "status $?"; echo alive-$((40 + 2)); exit 4\n');
+    const shellStatus = await shell.finish();
+    assert.match(shell.output, /^status 130\r?$/m, `the job got SIGINT: ${shell.output}`);
+    assert.match(shell.output, /^alive-42\r?$/m, `the shell survived: ${shell.output}`);
+    assert.equal(shellStatus, 4, shell.output);
+  },
+);
 
 for (const signal of ["SIGTERM", "SIGKILL"] as const) {
   const what = signal === "SIGTERM"
     ? "vdeno ns passes SIGTERM on to the command"
     : "when vdeno ns is killed, the command gets SIGTERM and nothing is left";
-  Deno.test(what, async (t) => {
-    if (!(await ready(t, "nobody"))) return;
+  hostTest(what, nsNeeds("nobody"), async () => {
+    await tunForEveryone();
     const script = `trap "echo got-sigterm; exit 9" TERM
 echo "inside $$ $PPID $(readlink /proc/self/ns/net)"
 while :; do sleep 0.1; done`;
@@ -425,8 +459,8 @@ while :; do sleep 0.1; done`;
   });
 }
 
-Deno.test("vdeno ns says in one line what is wrong", async (t) => {
-  if (!(await ready(t, "nobody"))) return;
+hostTest("vdeno ns says in one line what is wrong", nsNeeds("nobody"), async () => {
+  await tunForEveryone();
   const oneLine = (result: RunResult, code: number, pattern: RegExp) => {
     assert.equal(result.code, code, lines(result));
     assert.match(result.stderr, pattern);

@@ -10,7 +10,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type Host, Lan, prerequisites, type Process, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, type Process, VDENO } from "./_harness.ts";
 
 const PORT = 5001;
 const STREAM_BYTES = 4 * 1024 * 1024;
@@ -209,23 +209,34 @@ async function echoThroughTso(peer: Peer, group: string, overlay6: boolean): Pro
   );
 }
 
-Deno.test("a TCP stream cut by vdeno's TSO reaches another vdeno and back byte-exact, in whole datagrams", async (t) => {
-  if (!(await prerequisites(t, ["ping"]))) return;
-  await echoThroughTso("vdeno", "239.7.0.1", false);
-});
+hostTest(
+  "a TCP stream cut by vdeno's TSO reaches another vdeno and back byte-exact, in whole datagrams",
+  ["ping"],
+  async () => {
+    await echoThroughTso("vdeno", "239.7.0.1", false);
+  },
+);
 
-Deno.test("a TCP/IPv6 stream cut by vdeno's TSO reaches another vdeno and back byte-exact, in whole datagrams", async (t) => {
-  if (!(await prerequisites(t, ["ping"]))) return;
-  await echoThroughTso("vdeno", "239.7.0.2", true);
-});
+hostTest(
+  "a TCP/IPv6 stream cut by vdeno's TSO reaches another vdeno and back byte-exact, in whole datagrams",
+  ["ping"],
+  async () => {
+    await echoThroughTso("vdeno", "239.7.0.2", true);
+  },
+);
 
-Deno.test("a TCP stream cut by vdeno's TSO reaches vde_plug and back byte-exact, in whole datagrams", async (t) => {
-  if (!(await prerequisites(t, ["vde_plug", "ping"]))) return;
-  await echoThroughTso("vde_plug", "239.7.0.3", false);
-});
+hostTest(
+  "a TCP stream cut by vdeno's TSO reaches vde_plug and back byte-exact, in whole datagrams",
+  ["vde_plug", "ping"],
+  async () => {
+    await echoThroughTso("vde_plug", "239.7.0.3", false);
+  },
+);
 
-Deno.test("a persistent TAP that vdeno used gives the next program, vde_plug, plain frames again", async (t) => {
-  if (!(await prerequisites(t, ["vde_plug", "ping"]))) return;
+hostTest("a persistent TAP that vdeno used gives the next program, vde_plug, plain frames again", [
+  "vde_plug",
+  "ping",
+], async () => {
   await using lan = await Lan.create(2);
   const [a, b] = lan.hosts;
   const vnl = "vxvde://239.7.0.4";

@@ -20,7 +20,7 @@ import {
 } from "../plugs/_peers.ts";
 import { parseVxvde } from "../plugs/vxvde.ts";
 import { addressOf, captureUdp } from "./_capture.ts";
-import { type Host, Lan, prerequisites, type Process } from "./_harness.ts";
+import { type Host, hostTest, Lan, type Process } from "./_harness.ts";
 
 const v4 = (text: string) => {
   const [host, port] = text.split(":");
@@ -217,42 +217,48 @@ async function pingAll(hosts: Host[], addresses: string[]): Promise<void> {
   }
 }
 
-Deno.test("precondition: with multicast dropped on the underlay, a vde_plug vxvde pair cannot ping", async (t) => {
-  if (!(await prerequisites(t, ["vde_plug", "bridge"]))) return;
-  await using lan = await Lan.create(2);
-  await dropMulticast(lan);
-  const [a, b] = lan.hosts;
-  const plugs = [a, b].map((host) => host.spawn(["vde_plug", "tap://tap0", "vxvde://239.7.0.1"]));
-  const [, addressB] = await overlay([a, b], plugs);
-  assert.ok(!(await a.pingable(addressB, 4000)), "the group carries nothing here");
-});
+hostTest(
+  "precondition: with multicast dropped on the underlay, a vde_plug vxvde pair cannot ping",
+  ["vde_plug", "bridge"],
+  async () => {
+    await using lan = await Lan.create(2);
+    await dropMulticast(lan);
+    const [a, b] = lan.hosts;
+    const plugs = [a, b].map((host) => host.spawn(["vde_plug", "tap://tap0", "vxvde://239.7.0.1"]));
+    const [, addressB] = await overlay([a, b], plugs);
+    assert.ok(!(await a.pingable(addressB, 4000)), "the group carries nothing here");
+  },
+);
 
 for (const family of ["IPv4", "IPv6"] as const) {
-  Deno.test(`peers= naming only h1: three hosts ping every pair with multicast dropped (${family}), h2<->h3 not through h1`, async (t) => {
-    if (!(await prerequisites(t, ["bridge", "tcpdump"]))) return;
-    await using lan = await Lan.create(3);
-    await dropMulticast(lan);
-    if (family === "IPv6") await staticNeighbours(lan.hosts);
-    const [h1, h2, h3] = lan.hosts;
-    const seed = family === "IPv4" ? h1.address : `[${h1.address6}]`;
-    const vnl = `vxvde://${family === "IPv4" ? "239.7.0.2" : "ff05::7:2"}/peers=${seed}`;
-    const plugs = lan.hosts.map((host) => host.vdeno(["plug", "tap://tap0", vnl]));
-    const addresses = await overlay(lan.hosts, plugs);
-    await pingAll(lan.hosts, addresses);
-    const underlay = (host: Host) => ip(family === "IPv4" ? host.address : host.address6);
-    const seen = await captureUdp(h1, "eth0", async () => {
-      await h2.sh(["ping", "-c", "5", "-i", "0.2", addresses[2]]);
-      await h3.sh(["ping", "-c", "5", "-i", "0.2", addresses[1]]);
-    });
-    const viaH1 = seen.filter((d) =>
-      [ip(addressOf(d.source)), ip(addressOf(d.destination))].includes(underlay(h1)) &&
-      d.length > 100
-    );
-    assert.deepEqual(viaH1, [], "no frame between h2 and h3 passed through h1");
-    const direct = await captureUdp(h3, "eth0", () => h2.sh(["ping", "-c", "3", addresses[2]]));
-    assert.ok(
-      direct.some((d) => ip(addressOf(d.source)) === underlay(h2) && d.length > 100),
-      `h3 receives h2's frames straight from h2: ${JSON.stringify(direct)}`,
-    );
-  });
+  hostTest(
+    `peers= naming only h1: three hosts ping every pair with multicast dropped (${family}), h2<->h3 not through h1`,
+    ["bridge", "tcpdump"],
+    async () => {
+      await using lan = await Lan.create(3);
+      await dropMulticast(lan);
+      if (family === "IPv6") await staticNeighbours(lan.hosts);
+      const [h1, h2, h3] = lan.hosts;
+      const seed = family === "IPv4" ? h1.address : `[${h1.address6}]`;
+      const vnl = `vxvde://${family === "IPv4" ? "239.7.0.2" : "ff05::7:2"}/peers=${seed}`;
+      const plugs = lan.hosts.map((host) => host.vdeno(["plug", "tap://tap0", vnl]));
+      const addresses = await overlay(lan.hosts, plugs);
+      await pingAll(lan.hosts, addresses);
+      const underlay = (host: Host) => ip(family === "IPv4" ? host.address : host.address6);
+      const seen = await captureUdp(h1, "eth0", async () => {
+        await h2.sh(["ping", "-c", "5", "-i", "0.2", addresses[2]]);
+        await h3.sh(["ping", "-c", "5", "-i", "0.2", addresses[1]]);
+      });
+      const viaH1 = seen.filter((d) =>
+        [ip(addressOf(d.source)), ip(addressOf(d.destination))].includes(underlay(h1)) &&
+        d.length > 100
+      );
+      assert.deepEqual(viaH1, [], "no frame between h2 and h3 passed through h1");
+      const direct = await captureUdp(h3, "eth0", () => h2.sh(["ping", "-c", "3", addresses[2]]));
+      assert.ok(
+        direct.some((d) => ip(addressOf(d.source)) === underlay(h2) && d.length > 100),
+        `h3 receives h2's frames straight from h2: ${JSON.stringify(direct)}`,
+      );
+    },
+  );
 }

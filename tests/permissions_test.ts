@@ -6,79 +6,82 @@
  */
 
 import assert from "node:assert/strict";
-import { Lan, prerequisites, run, VDENO } from "./_harness.ts";
+import { hostTest, Lan, run, VDENO } from "./_harness.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 /** vdeno with only the two permissions of the design. */
 const TWO_FLAGS = [Deno.execPath(), "run", "--allow-net", "--allow-ffi", "--quiet", MAIN];
 
-Deno.test("plug -d, status and ns run with exactly --allow-net --allow-ffi", async (t) => {
-  if (!(await prerequisites(t, ["ping", "unshare"]))) return;
-  const runtime = await Deno.makeTempDir({ prefix: "vdeno-perm-" });
-  const env = ["env", `XDG_RUNTIME_DIR=${runtime}`];
-  try {
-    await using lan = await Lan.create(2);
-    const [a, b] = lan.hosts;
-    // -d returns once the plugs are open: the TAP is there for the next command.
-    const started = await a.run([
-      ...env,
-      ...TWO_FLAGS,
-      "plug",
-      "-d",
-      "--name",
-      "twoflags",
-      "tap://tap0",
-      "vxvde://239.7.0.1",
-    ]);
-    assert.equal(started.code, 0, started.stderr);
-    assert.equal(started.stderr, "");
-    await a.configure("tap0", "10.0.0.1/24");
-    b.vdeno(["plug", "tap://tap0", "vxvde://239.7.0.1"]);
-    await b.waitForLink("tap0");
-    await b.configure("tap0", "10.0.0.2/24");
-    assert.ok(await a.pingable("10.0.0.2"));
+hostTest(
+  "plug -d, status and ns run with exactly --allow-net --allow-ffi",
+  ["ping", "unshare"],
+  async () => {
+    const runtime = await Deno.makeTempDir({ prefix: "vdeno-perm-" });
+    const env = ["env", `XDG_RUNTIME_DIR=${runtime}`];
+    try {
+      await using lan = await Lan.create(2);
+      const [a, b] = lan.hosts;
+      // -d returns once the plugs are open: the TAP is there for the next command.
+      const started = await a.run([
+        ...env,
+        ...TWO_FLAGS,
+        "plug",
+        "-d",
+        "--name",
+        "twoflags",
+        "tap://tap0",
+        "vxvde://239.7.0.1",
+      ]);
+      assert.equal(started.code, 0, started.stderr);
+      assert.equal(started.stderr, "");
+      await a.configure("tap0", "10.0.0.1/24");
+      b.vdeno(["plug", "tap://tap0", "vxvde://239.7.0.1"]);
+      await b.waitForLink("tap0");
+      await b.configure("tap0", "10.0.0.2/24");
+      assert.ok(await a.pingable("10.0.0.2"));
 
-    const status = await a.run([...env, ...TWO_FLAGS, "status", "--json", "twoflags"]);
-    assert.equal(status.code, 0, status.stderr);
-    const report = JSON.parse(status.stdout);
-    assert.ok(report.plugs[1].counters.framesIn > 0, status.stdout);
-    const list = await a.run([...env, ...TWO_FLAGS, "status"]);
-    assert.match(list.stdout, /\btwoflags\b.*tap:\/\/tap0 <-> vxvde:\/\/239\.7\.0\.1/);
+      const status = await a.run([...env, ...TWO_FLAGS, "status", "--json", "twoflags"]);
+      assert.equal(status.code, 0, status.stderr);
+      const report = JSON.parse(status.stdout);
+      assert.ok(report.plugs[1].counters.framesIn > 0, status.stdout);
+      const list = await a.run([...env, ...TWO_FLAGS, "status"]);
+      assert.match(list.stdout, /\btwoflags\b.*tap:\/\/tap0 <-> vxvde:\/\/239\.7\.0\.1/);
 
-    await run(["kill", "-TERM", String(report.pid)]);
-    const sockets = () => [...Deno.readDirSync(`${runtime}/vdeno`)].map((entry) => entry.name);
-    for (let i = 0; i < 50 && sockets().length > 0; i++) {
-      await new Promise((resolve) => setTimeout(resolve, 100));
+      await run(["kill", "-TERM", String(report.pid)]);
+      const sockets = () => [...Deno.readDirSync(`${runtime}/vdeno`)].map((entry) => entry.name);
+      for (let i = 0; i < 50 && sockets().length > 0; i++) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      assert.deepEqual(sockets(), [], "the stopped daemon removed its control socket");
+
+      // A namespace without a network needs nothing more; with one, Deno loads the
+      // data-plane Worker from vdeno's files, which takes read permission for them.
+      const bare = await a.run([...env, ...TWO_FLAGS, "ns", "-", "sh", "-c", "ip -br link"]);
+      assert.equal(bare.code, 0, bare.stderr);
+      assert.match(bare.stdout, /^lo\s/);
+      const networked = await a.run([...env, ...TWO_FLAGS, "ns", "vxvde://239.7.0.1", "true"]);
+      assert.equal(networked.code, 1);
+      assert.match(networked.stderr, /^vdeno ns: Needs --allow-read=\S+ to start its data-plane/);
+      assert.equal(networked.stderr.trim().split("\n").length, 1, networked.stderr);
+      const directory = MAIN.slice(0, MAIN.lastIndexOf("/"));
+      const inside = await a.run([
+        ...env,
+        ...TWO_FLAGS.slice(0, 4),
+        `--allow-read=${directory}`,
+        ...TWO_FLAGS.slice(4),
+        "ns",
+        "vxvde://239.7.0.1",
+        "--",
+        "sh",
+        "-c",
+        "ip addr add 10.0.0.3/24 dev vde0 && ip link set vde0 up && ping -c 1 -W 5 10.0.0.2",
+      ]);
+      assert.equal(inside.code, 0, inside.stdout + inside.stderr);
+    } finally {
+      await Deno.remove(runtime, { recursive: true });
     }
-    assert.deepEqual(sockets(), [], "the stopped daemon removed its control socket");
-
-    // A namespace without a network needs nothing more; with one, Deno loads the
-    // data-plane Worker from vdeno's files, which takes read permission for them.
-    const bare = await a.run([...env, ...TWO_FLAGS, "ns", "-", "sh", "-c", "ip -br link"]);
-    assert.equal(bare.code, 0, bare.stderr);
-    assert.match(bare.stdout, /^lo\s/);
-    const networked = await a.run([...env, ...TWO_FLAGS, "ns", "vxvde://239.7.0.1", "true"]);
-    assert.equal(networked.code, 1);
-    assert.match(networked.stderr, /^vdeno ns: Needs --allow-read=\S+ to start its data-plane/);
-    assert.equal(networked.stderr.trim().split("\n").length, 1, networked.stderr);
-    const directory = MAIN.slice(0, MAIN.lastIndexOf("/"));
-    const inside = await a.run([
-      ...env,
-      ...TWO_FLAGS.slice(0, 4),
-      `--allow-read=${directory}`,
-      ...TWO_FLAGS.slice(4),
-      "ns",
-      "vxvde://239.7.0.1",
-      "--",
-      "sh",
-      "-c",
-      "ip addr add 10.0.0.3/24 dev vde0 && ip link set vde0 up && ping -c 1 -W 5 10.0.0.2",
-    ]);
-    assert.equal(inside.code, 0, inside.stdout + inside.stderr);
-  } finally {
-    await Deno.remove(runtime, { recursive: true });
-  }
-});
+  },
+);
 
 Deno.test("a permission Deno refuses is one line naming the flag, not a stack trace", async () => {
   // The demo runs ip(8) and needs root: more than the two flags allow.

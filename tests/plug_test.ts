@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { controlDirectory } from "../app/control.ts";
 import { captureUdp } from "./_capture.ts";
-import { Lan, prerequisites, sleep, VDENO } from "./_harness.ts";
+import { hostTest, Lan, sleep, VDENO } from "./_harness.ts";
 
 const controlSocket = (name: string) => `${controlDirectory()}/${name}.sock`;
 
@@ -17,8 +17,9 @@ function exists(path: string): boolean {
 }
 
 for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
-  Deno.test(`on ${signal} a plug says goodbye, removes its TAP, pidfile and socket, and exits 0`, async (t) => {
-    if (!(await prerequisites(t, ["tcpdump"]))) return;
+  hostTest(`on ${signal} a plug says goodbye, removes its TAP, pidfile and socket, and exits 0`, [
+    "tcpdump",
+  ], async () => {
     await using lan = await Lan.create(1);
     const [a] = lan.hosts;
     const pidfile = await Deno.makeTempFile();
@@ -42,8 +43,7 @@ for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
   });
 }
 
-Deno.test("-d returns once the plugs are open and leaves a daemon that -p names", async (t) => {
-  if (!(await prerequisites(t, []))) return;
+hostTest("-d returns once the plugs are open and leaves a daemon that -p names", [], async () => {
   await using lan = await Lan.create(1);
   const [a] = lan.hosts;
   const pidfile = await Deno.makeTempFile();
@@ -69,31 +69,36 @@ Deno.test("-d returns once the plugs are open and leaves a daemon that -p names"
   assert.match(failed.stderr, /not a multicast address/);
 });
 
-Deno.test("a TAP deleted under a running plug ends it with one clear line and a non-zero exit", async (t) => {
-  if (!(await prerequisites(t, []))) return;
-  await using lan = await Lan.create(1);
-  const [a] = lan.hosts;
-  const plug = a.vdeno(["plug", "tap://tapx", "vxvde://239.7.0.3"]);
-  await a.waitForLink("tapx");
-  await a.sh(["ip", "link", "del", "tapx"]);
-  const status = await plug.exited();
-  assert.notEqual(status.code, 0);
-  assert.equal(plug.stderr.trim(), "vdeno plug: tap://tapx was deleted");
-});
+hostTest(
+  "a TAP deleted under a running plug ends it with one clear line and a non-zero exit",
+  [],
+  async () => {
+    await using lan = await Lan.create(1);
+    const [a] = lan.hosts;
+    const plug = a.vdeno(["plug", "tap://tapx", "vxvde://239.7.0.3"]);
+    await a.waitForLink("tapx");
+    await a.sh(["ip", "link", "del", "tapx"]);
+    const status = await plug.exited();
+    assert.notEqual(status.code, 0);
+    assert.equal(plug.stderr.trim(), "vdeno plug: tap://tapx was deleted");
+  },
+);
 
-Deno.test("when the command of = COMMAND dies, vdeno says so in one line and exits non-zero", async (t) => {
-  if (!(await prerequisites(t, []))) return;
-  await using lan = await Lan.create(1);
-  const [a] = lan.hosts;
-  const plug = a.vdeno(["plug", "vxvde://239.7.0.4", "=", "sh", "-c", "sleep 0.3; kill -9 $$"]);
-  assert.notEqual((await plug.exited()).code, 0);
-  assert.equal(plug.stderr.trim(), "vdeno plug: the command sh was killed by signal 9");
-  const clean = a.vdeno(["plug", "vxvde://239.7.0.4", "=", "true"]);
-  assert.equal((await clean.exited()).code, 0, "a command that ends well ends the plug well");
-});
+hostTest(
+  "when the command of = COMMAND dies, vdeno says so in one line and exits non-zero",
+  [],
+  async () => {
+    await using lan = await Lan.create(1);
+    const [a] = lan.hosts;
+    const plug = a.vdeno(["plug", "vxvde://239.7.0.4", "=", "sh", "-c", "sleep 0.3; kill -9 $$"]);
+    assert.notEqual((await plug.exited()).code, 0);
+    assert.equal(plug.stderr.trim(), "vdeno plug: the command sh was killed by signal 9");
+    const clean = a.vdeno(["plug", "vxvde://239.7.0.4", "=", "true"]);
+    assert.equal((await clean.exited()).code, 0, "a command that ends well ends the plug well");
+  },
+);
 
-Deno.test("--log-level info logs start and stop on stderr with time and level", async (t) => {
-  if (!(await prerequisites(t, []))) return;
+hostTest("--log-level info logs start and stop on stderr with time and level", [], async () => {
   await using lan = await Lan.create(1);
   const [a] = lan.hosts;
   const plug = a.vdeno([

@@ -8,7 +8,7 @@
 import assert from "node:assert/strict";
 import { parseQemu } from "../plugs/qemu.ts";
 import { VnlError } from "../core/vnl.ts";
-import { Lan, prerequisites, sleep, VDENO } from "./_harness.ts";
+import { hostTest, Lan, sleep, VDENO } from "./_harness.ts";
 
 Deno.test("qemu:// takes a Unix socket path or a numeric ADDRESS:PORT", () => {
   assert.deepEqual(parseQemu("/run/vm0.sock"), { kind: "unix", path: "/run/vm0.sock" });
@@ -111,37 +111,40 @@ async function connectWhenListening(path: string): Promise<Deno.UnixConn> {
   }
 }
 
-Deno.test("qemu:// carries QEMU-framed frames both ways and takes the VM back after it reconnects", async (t) => {
-  if (!(await prerequisites(t, []))) return;
-  const directory = await Deno.makeTempDir({ prefix: "vdeno-qemu-" });
-  const path = `${directory}/vm.sock`;
-  try {
-    await using lan = await Lan.create(1);
-    const [host] = lan.hosts;
-    const plug = host.vdeno(["plug", "tap://tap0", `qemu://${path}`]);
-    await host.waitForLink("tap0");
-    await host.configure("tap0", "10.0.0.1/24");
-    const tapMac = (await host.sh(["cat", "/sys/class/net/tap0/address"])).trim();
-    for (let round = 1; round <= 2; round++) {
-      const connection = await connectWhenListening(path);
-      try {
-        // Split inside the length header and inside the frame, as a stream may be.
-        const bytes = framed(arpRequest());
-        for (const [from, to] of [[0, 2], [2, 20], [20, bytes.length]]) {
-          await connection.write(bytes.subarray(from, to));
-          await sleep(20);
+hostTest(
+  "qemu:// carries QEMU-framed frames both ways and takes the VM back after it reconnects",
+  [],
+  async () => {
+    const directory = await Deno.makeTempDir({ prefix: "vdeno-qemu-" });
+    const path = `${directory}/vm.sock`;
+    try {
+      await using lan = await Lan.create(1);
+      const [host] = lan.hosts;
+      const plug = host.vdeno(["plug", "tap://tap0", `qemu://${path}`]);
+      await host.waitForLink("tap0");
+      await host.configure("tap0", "10.0.0.1/24");
+      const tapMac = (await host.sh(["cat", "/sys/class/net/tap0/address"])).trim();
+      for (let round = 1; round <= 2; round++) {
+        const connection = await connectWhenListening(path);
+        try {
+          // Split inside the length header and inside the frame, as a stream may be.
+          const bytes = framed(arpRequest());
+          for (const [from, to] of [[0, 2], [2, 20], [20, bytes.length]]) {
+            await connection.write(bytes.subarray(from, to));
+            await sleep(20);
+          }
+          assert.equal(await arpReply(new FrameReader(connection)), tapMac, `round ${round}`);
+        } finally {
+          connection.close();
         }
-        assert.equal(await arpReply(new FrameReader(connection)), tapMac, `round ${round}`);
-      } finally {
-        connection.close();
       }
+      await plug.stop();
+      assert.ok(!(await Deno.stat(path).then(() => true, () => false)), "socket file left behind");
+    } finally {
+      await Deno.remove(directory, { recursive: true });
     }
-    await plug.stop();
-    assert.ok(!(await Deno.stat(path).then(() => true, () => false)), "socket file left behind");
-  } finally {
-    await Deno.remove(directory, { recursive: true });
-  }
-});
+  },
+);
 
 // Sends `count` UDP datagrams of 8000 bytes to 10.0.0.2 as fast as it can.
 const FLOOD = (count: number) => `
@@ -151,50 +154,62 @@ for (let i = 0; i < ${count}; i++) await socket.send(payload, { transport: "udp"
 socket.close();
 `;
 
-Deno.test("qemu:// drops frames for a VM that does not read, keeps the stream in step, and goes on when it reads again", async (t) => {
-  if (!(await prerequisites(t, []))) return;
-  const directory = await Deno.makeTempDir({ prefix: "vdeno-qemu-" });
-  const path = `${directory}/vm.sock`;
-  try {
-    await using lan = await Lan.create(1);
-    const [host] = lan.hosts;
-    host.vdeno(["plug", "--name", "stuckvm", "tap://tap0", `qemu://${path}`]);
-    await host.waitForLink("tap0");
-    await host.configure("tap0", "10.0.0.1/24");
-    // Jumbo frames: a batch then spans several socket buffers' worth of data, so the kernel
-    // takes part of a write and some frame is cut in two (small ones rarely are, on Unix sockets).
-    await host.sh(["ip", "link", "set", "tap0", "mtu", "9000"]);
-    // The client's MAC for 10.0.0.2, so the kernel sends the flood without asking ARP first.
-    await host.sh(["ip", "neigh", "add", "10.0.0.2", "lladdr", "02:00:00:00:00:02", "dev", "tap0"]);
-    const tapMac = (await host.sh(["cat", "/sys/class/net/tap0/address"])).trim();
-    const connection = await connectWhenListening(path);
+hostTest(
+  "qemu:// drops frames for a VM that does not read, keeps the stream in step, and goes on when it reads again",
+  [],
+  async () => {
+    const directory = await Deno.makeTempDir({ prefix: "vdeno-qemu-" });
+    const path = `${directory}/vm.sock`;
     try {
-      // Far more than the socket holds while nobody reads it.
-      const flood = await host.run([
-        Deno.execPath(),
-        "eval",
-        "--quiet",
-        "--unstable-net",
-        FLOOD(5_000),
-      ], {
-        timeoutMs: 60_000,
-      });
-      assert.equal(flood.code, 0, flood.stderr);
-      const status = await host.run([...VDENO, "status", "--json", "stuckvm"]);
-      assert.equal(status.code, 0, status.stderr);
-      assert.match(status.stdout, /"dropQueueFull":\s*[1-9]/, "no frame was dropped");
-      // What the socket held must parse frame by frame, and so must what follows: the rest
-      // of a frame the socket took only part of, then the answer to a new request.
-      const reader = new FrameReader(connection);
-      let backlog = 0;
-      while (await reader.next(500)) backlog++;
-      assert.ok(backlog > 10, `only ${backlog} frames were waiting`);
-      await connection.write(framed(arpRequest()));
-      assert.equal(await arpReply(reader), tapMac);
+      await using lan = await Lan.create(1);
+      const [host] = lan.hosts;
+      host.vdeno(["plug", "--name", "stuckvm", "tap://tap0", `qemu://${path}`]);
+      await host.waitForLink("tap0");
+      await host.configure("tap0", "10.0.0.1/24");
+      // Jumbo frames: a batch then spans several socket buffers' worth of data, so the kernel
+      // takes part of a write and some frame is cut in two (small ones rarely are, on Unix sockets).
+      await host.sh(["ip", "link", "set", "tap0", "mtu", "9000"]);
+      // The client's MAC for 10.0.0.2, so the kernel sends the flood without asking ARP first.
+      await host.sh([
+        "ip",
+        "neigh",
+        "add",
+        "10.0.0.2",
+        "lladdr",
+        "02:00:00:00:00:02",
+        "dev",
+        "tap0",
+      ]);
+      const tapMac = (await host.sh(["cat", "/sys/class/net/tap0/address"])).trim();
+      const connection = await connectWhenListening(path);
+      try {
+        // Far more than the socket holds while nobody reads it.
+        const flood = await host.run([
+          Deno.execPath(),
+          "eval",
+          "--quiet",
+          "--unstable-net",
+          FLOOD(5_000),
+        ], {
+          timeoutMs: 60_000,
+        });
+        assert.equal(flood.code, 0, flood.stderr);
+        const status = await host.run([...VDENO, "status", "--json", "stuckvm"]);
+        assert.equal(status.code, 0, status.stderr);
+        assert.match(status.stdout, /"dropQueueFull":\s*[1-9]/, "no frame was dropped");
+        // What the socket held must parse frame by frame, and so must what follows: the rest
+        // of a frame the socket took only part of, then the answer to a new request.
+        const reader = new FrameReader(connection);
+        let backlog = 0;
+        while (await reader.next(500)) backlog++;
+        assert.ok(backlog > 10, `only ${backlog} frames were waiting`);
+        await connection.write(framed(arpRequest()));
+        assert.equal(await arpReply(reader), tapMac);
+      } finally {
+        connection.close();
+      }
     } finally {
-      connection.close();
+      await Deno.remove(directory, { recursive: true });
     }
-  } finally {
-    await Deno.remove(directory, { recursive: true });
-  }
-});
+  },
+);

@@ -21,7 +21,7 @@ import {
   WINDOW_SIZE,
 } from "../plugs/seal.ts";
 import { MISMATCH_WARNING_SECONDS } from "../plugs/vxvde.ts";
-import { type Host, Lan, prerequisites, run, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, run, VDENO } from "./_harness.ts";
 
 const REPLAY = new URL("./fixtures/udp_replay.ts", import.meta.url).pathname;
 
@@ -186,95 +186,101 @@ function makeKeys(count: number): { dir: string; paths: string[] } {
   return { dir, paths };
 }
 
-Deno.test("keyed plugs ping; a plug without the key or with another key gets no frame through either way", async (t) => {
-  if (!(await prerequisites(t, ["ping"]))) return;
-  const { dir, paths: [key, otherKey] } = makeKeys(2);
-  try {
-    await using lan = await Lan.create(4);
-    const [a, b, open, wrong] = lan.hosts;
-    const group = "vxvde://239.6.0.1/vni=77";
-    await startPlug(a, "sa", `${group}/key='${key}'`, 1);
-    // The same key through the environment.
-    const hex = Deno.readTextFileSync(key).trim();
-    await startPlug(b, "sb", `${group}/key=env:LAN_KEY`, 2, { LAN_KEY: hex });
-    await startPlug(open, "so", group, 3);
-    await startPlug(wrong, "sw", `${group}/key='${otherKey}'`, 4);
-    assert.ok(await a.pingable("10.0.0.2"), "keyed A pings keyed B");
-    assert.ok(await b.pingable("10.0.0.1"), "keyed B pings keyed A");
-    for (const [outsider, address] of [[open, "10.0.0.3"], [wrong, "10.0.0.4"]] as const) {
-      for (const target of ["10.0.0.1", "10.0.0.2"]) {
-        const out = await outsider.run(["ping", "-c", "3", "-i", "0.2", "-W", "1", target]);
-        assert.notEqual(out.code, 0, `${outsider.netns} reached ${target}`);
+hostTest(
+  "keyed plugs ping; a plug without the key or with another key gets no frame through either way",
+  ["ping"],
+  async () => {
+    const { dir, paths: [key, otherKey] } = makeKeys(2);
+    try {
+      await using lan = await Lan.create(4);
+      const [a, b, open, wrong] = lan.hosts;
+      const group = "vxvde://239.6.0.1/vni=77";
+      await startPlug(a, "sa", `${group}/key='${key}'`, 1);
+      // The same key through the environment.
+      const hex = Deno.readTextFileSync(key).trim();
+      await startPlug(b, "sb", `${group}/key=env:LAN_KEY`, 2, { LAN_KEY: hex });
+      await startPlug(open, "so", group, 3);
+      await startPlug(wrong, "sw", `${group}/key='${otherKey}'`, 4);
+      assert.ok(await a.pingable("10.0.0.2"), "keyed A pings keyed B");
+      assert.ok(await b.pingable("10.0.0.1"), "keyed B pings keyed A");
+      for (const [outsider, address] of [[open, "10.0.0.3"], [wrong, "10.0.0.4"]] as const) {
+        for (const target of ["10.0.0.1", "10.0.0.2"]) {
+          const out = await outsider.run(["ping", "-c", "3", "-i", "0.2", "-W", "1", target]);
+          assert.notEqual(out.code, 0, `${outsider.netns} reached ${target}`);
+        }
+        const into = await a.run(["ping", "-c", "3", "-i", "0.2", "-W", "1", address]);
+        assert.notEqual(into.code, 0, `A reached ${address}`);
       }
-      const into = await a.run(["ping", "-c", "3", "-i", "0.2", "-W", "1", address]);
-      assert.notEqual(into.code, 0, `A reached ${address}`);
+      const [sa, sb, so, sw] = await Promise.all([
+        vxStatus(a, "sa"),
+        vxStatus(b, "sb"),
+        vxStatus(open, "so"),
+        vxStatus(wrong, "sw"),
+      ]);
+      const macs = (status: PlugStatus) => status.learned.map((entry) => entry.mac).sort();
+      assert.deepEqual(macs(sa), ["02:00:00:00:00:02"], "A learned only B");
+      assert.deepEqual(macs(sb), ["02:00:00:00:00:01"], "B learned only A");
+      assert.deepEqual(macs(so), [], "the open plug learned nobody");
+      assert.deepEqual(macs(sw), [], "the wrong-key plug learned nobody");
+      assert.equal(so.counters.framesIn, 0, "nothing reached the open plug");
+      assert.equal(sw.counters.framesIn, 0, "nothing reached the wrong-key plug");
+      assert.ok(so.counters.dropWrongHeader > 0, "the open plug dropped sealed datagrams");
+      assert.ok(sw.counters.dropAuthFailed > 0, "the wrong-key plug failed to open them");
+      assert.ok(sa.counters.dropAuthFailed > 0, "A dropped and counted what outsiders sent");
+      assert.ok(sb.counters.dropAuthFailed > 0, "B dropped and counted what outsiders sent");
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
     }
-    const [sa, sb, so, sw] = await Promise.all([
-      vxStatus(a, "sa"),
-      vxStatus(b, "sb"),
-      vxStatus(open, "so"),
-      vxStatus(wrong, "sw"),
-    ]);
-    const macs = (status: PlugStatus) => status.learned.map((entry) => entry.mac).sort();
-    assert.deepEqual(macs(sa), ["02:00:00:00:00:02"], "A learned only B");
-    assert.deepEqual(macs(sb), ["02:00:00:00:00:01"], "B learned only A");
-    assert.deepEqual(macs(so), [], "the open plug learned nobody");
-    assert.deepEqual(macs(sw), [], "the wrong-key plug learned nobody");
-    assert.equal(so.counters.framesIn, 0, "nothing reached the open plug");
-    assert.equal(sw.counters.framesIn, 0, "nothing reached the wrong-key plug");
-    assert.ok(so.counters.dropWrongHeader > 0, "the open plug dropped sealed datagrams");
-    assert.ok(sw.counters.dropAuthFailed > 0, "the wrong-key plug failed to open them");
-    assert.ok(sa.counters.dropAuthFailed > 0, "A dropped and counted what outsiders sent");
-    assert.ok(sb.counters.dropAuthFailed > 0, "B dropped and counted what outsiders sent");
-  } finally {
-    Deno.removeSync(dir, { recursive: true });
-  }
-});
+  },
+);
 
-Deno.test("replayed sealed datagrams, to the group and to a plug's own port, are dropped and counted", async (t) => {
-  if (!(await prerequisites(t, ["ping"]))) return;
-  const { dir, paths: [key] } = makeKeys(1);
-  try {
-    await using lan = await Lan.create(3);
-    const [a, b, attacker] = lan.hosts;
-    const group = `vxvde://239.6.0.2/key='${key}'`;
-    await startPlug(a, "ra", group, 1);
-    await startPlug(b, "rb", group, 2);
-    assert.ok(await a.pingable("10.0.0.2"));
-    const unicastPort = JSON.parse(await a.sh([...VDENO, "status", "--json", "ra"])).plugs[1]
-      .unicastPort;
-    const recorder = attacker.spawn([
-      Deno.execPath(),
-      "run",
-      "-A",
-      "--quiet",
-      REPLAY,
-      "239.6.0.2",
-      "14789",
-      "6",
-      `${a.address}:${unicastPort}`,
-    ]);
-    await recorder.waitForOutput((text) => text.includes("listening"));
-    const before = await vxStatus(a, "ra");
-    // Broadcast pings travel to the group, where the attacker records them.
-    await b.run(["ping", "-b", "-c", "8", "-i", "0.2", "10.0.0.255"]);
-    assert.equal((await recorder.exited()).code, 0, recorder.stderr);
-    const report = JSON.parse(recorder.stdout);
-    assert.equal(report.recorded, 6);
-    assert.equal(report.sent, 12);
-    await a.run(["ping", "-c", "1", "10.0.0.2"]); // a frame after the replays, as a barrier
-    const after = await vxStatus(a, "ra");
-    assert.equal(
-      after.counters.dropReplay - before.counters.dropReplay,
-      12,
-      "each replay, to the group and to the unicast port, is counted once",
-    );
-    assert.equal(after.counters.dropAuthFailed - before.counters.dropAuthFailed, 0);
-    assert.ok(await a.pingable("10.0.0.2"), "the network still works");
-  } finally {
-    Deno.removeSync(dir, { recursive: true });
-  }
-});
+hostTest(
+  "replayed sealed datagrams, to the group and to a plug's own port, are dropped and counted",
+  ["ping"],
+  async () => {
+    const { dir, paths: [key] } = makeKeys(1);
+    try {
+      await using lan = await Lan.create(3);
+      const [a, b, attacker] = lan.hosts;
+      const group = `vxvde://239.6.0.2/key='${key}'`;
+      await startPlug(a, "ra", group, 1);
+      await startPlug(b, "rb", group, 2);
+      assert.ok(await a.pingable("10.0.0.2"));
+      const unicastPort = JSON.parse(await a.sh([...VDENO, "status", "--json", "ra"])).plugs[1]
+        .unicastPort;
+      const recorder = attacker.spawn([
+        Deno.execPath(),
+        "run",
+        "-A",
+        "--quiet",
+        REPLAY,
+        "239.6.0.2",
+        "14789",
+        "6",
+        `${a.address}:${unicastPort}`,
+      ]);
+      await recorder.waitForOutput((text) => text.includes("listening"));
+      const before = await vxStatus(a, "ra");
+      // Broadcast pings travel to the group, where the attacker records them.
+      await b.run(["ping", "-b", "-c", "8", "-i", "0.2", "10.0.0.255"]);
+      assert.equal((await recorder.exited()).code, 0, recorder.stderr);
+      const report = JSON.parse(recorder.stdout);
+      assert.equal(report.recorded, 6);
+      assert.equal(report.sent, 12);
+      await a.run(["ping", "-c", "1", "10.0.0.2"]); // a frame after the replays, as a barrier
+      const after = await vxStatus(a, "ra");
+      assert.equal(
+        after.counters.dropReplay - before.counters.dropReplay,
+        12,
+        "each replay, to the group and to the unicast port, is counted once",
+      );
+      assert.equal(after.counters.dropAuthFailed - before.counters.dropAuthFailed, 0);
+      assert.ok(await a.pingable("10.0.0.2"), "the network still works");
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+);
 
 const PATTERN = "7661646e6f2d706c61696e2d74657874"; // "vadno-plain-text", the ping payload
 
@@ -300,74 +306,82 @@ async function pingCaptureHex(vnl: string): Promise<string[]> {
   return packets;
 }
 
-Deno.test("a tcpdump capture of a keyed ping carries no plaintext of the frames (an open one does)", async (t) => {
-  if (!(await prerequisites(t, ["ping", "tcpdump"]))) return;
-  const { dir, paths: [key] } = makeKeys(1);
-  try {
-    const open = await pingCaptureHex("vxvde://239.6.0.3");
-    assert.ok(open.length >= 10, `captured ${open.length} datagrams`);
-    assert.ok(open.some((hex) => hex.includes(PATTERN)), "the control: an open network shows it");
-    const sealed = await pingCaptureHex(`vxvde://239.6.0.3/key='${key}'`);
-    assert.ok(sealed.length >= 10, `captured ${sealed.length} datagrams`);
-    const carrying = sealed.filter((hex) => hex.includes(PATTERN.slice(0, 16)));
-    assert.equal(carrying.length, 0, "no sealed datagram shows the ping payload");
-    // IP (20) + UDP (8) + sealed header: byte 3 of the vxvde header is the sealed mark.
-    assert.ok(sealed.every((hex) => hex.slice(56, 72).startsWith("0800005e")), sealed[0]);
-  } finally {
-    Deno.removeSync(dir, { recursive: true });
-  }
-});
+hostTest(
+  "a tcpdump capture of a keyed ping carries no plaintext of the frames (an open one does)",
+  ["ping", "tcpdump"],
+  async () => {
+    const { dir, paths: [key] } = makeKeys(1);
+    try {
+      const open = await pingCaptureHex("vxvde://239.6.0.3");
+      assert.ok(open.length >= 10, `captured ${open.length} datagrams`);
+      assert.ok(open.some((hex) => hex.includes(PATTERN)), "the control: an open network shows it");
+      const sealed = await pingCaptureHex(`vxvde://239.6.0.3/key='${key}'`);
+      assert.ok(sealed.length >= 10, `captured ${sealed.length} datagrams`);
+      const carrying = sealed.filter((hex) => hex.includes(PATTERN.slice(0, 16)));
+      assert.equal(carrying.length, 0, "no sealed datagram shows the ping payload");
+      // IP (20) + UDP (8) + sealed header: byte 3 of the vxvde header is the sealed mark.
+      assert.ok(sealed.every((hex) => hex.slice(56, 72).startsWith("0800005e")), sealed[0]);
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+);
 
-Deno.test("a vde_plug on the same group and VNI neither receives frames from a keyed network nor gets frames into it", async (t) => {
-  if (!(await prerequisites(t, ["ping", "vde_plug"]))) return;
-  const { dir, paths: [key] } = makeKeys(1);
-  try {
-    await using lan = await Lan.create(3);
-    const [a, b, c] = lan.hosts;
-    const group = "vxvde://239.6.0.4";
-    await startPlug(a, "va", `${group}/key='${key}'`, 1);
-    await startPlug(b, "vb", `${group}/key='${key}'`, 2);
-    c.spawn(["vde_plug", "tap://tap0", group]);
-    await c.waitForLink("tap0");
-    await c.configure("tap0", "10.0.0.3/24", "02:00:00:00:00:03");
-    assert.ok(await a.pingable("10.0.0.2"), "the keyed plugs talk");
-    const before = await vxStatus(a, "va");
-    const out = await c.run(["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.0.0.1"]);
-    assert.notEqual(out.code, 0, "vde_plug's host reached A");
-    const into = await a.run(["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.0.0.3"]);
-    assert.notEqual(into.code, 0, "A reached vde_plug's host");
-    await b.run(["ping", "-b", "-c", "3", "-i", "0.2", "10.0.0.255"]);
-    const stats = JSON.parse(await c.sh(["ip", "-s", "-j", "link", "show", "tap0"]))[0].stats64;
-    assert.equal(stats.rx.packets, 0, "vde_plug wrote no frame of the keyed network to its TAP");
-    const after = await vxStatus(a, "va");
-    assert.ok(
-      after.counters.dropAuthFailed > before.counters.dropAuthFailed,
-      "vde_plug's plaintext frames were dropped and counted",
-    );
-    assert.deepEqual(after.learned.map((entry) => entry.mac), ["02:00:00:00:00:02"]);
-  } finally {
-    Deno.removeSync(dir, { recursive: true });
-  }
-});
+hostTest(
+  "a vde_plug on the same group and VNI neither receives frames from a keyed network nor gets frames into it",
+  ["ping", "vde_plug"],
+  async () => {
+    const { dir, paths: [key] } = makeKeys(1);
+    try {
+      await using lan = await Lan.create(3);
+      const [a, b, c] = lan.hosts;
+      const group = "vxvde://239.6.0.4";
+      await startPlug(a, "va", `${group}/key='${key}'`, 1);
+      await startPlug(b, "vb", `${group}/key='${key}'`, 2);
+      c.spawn(["vde_plug", "tap://tap0", group]);
+      await c.waitForLink("tap0");
+      await c.configure("tap0", "10.0.0.3/24", "02:00:00:00:00:03");
+      assert.ok(await a.pingable("10.0.0.2"), "the keyed plugs talk");
+      const before = await vxStatus(a, "va");
+      const out = await c.run(["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.0.0.1"]);
+      assert.notEqual(out.code, 0, "vde_plug's host reached A");
+      const into = await a.run(["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.0.0.3"]);
+      assert.notEqual(into.code, 0, "A reached vde_plug's host");
+      await b.run(["ping", "-b", "-c", "3", "-i", "0.2", "10.0.0.255"]);
+      const stats = JSON.parse(await c.sh(["ip", "-s", "-j", "link", "show", "tap0"]))[0].stats64;
+      assert.equal(stats.rx.packets, 0, "vde_plug wrote no frame of the keyed network to its TAP");
+      const after = await vxStatus(a, "va");
+      assert.ok(
+        after.counters.dropAuthFailed > before.counters.dropAuthFailed,
+        "vde_plug's plaintext frames were dropped and counted",
+      );
+      assert.deepEqual(after.learned.map((entry) => entry.mac), ["02:00:00:00:00:02"]);
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+);
 
-Deno.test("goodbyes are sealed: a keyed plug forgets a peer that leaves, never on a forged or plaintext goodbye", async (t) => {
-  if (!(await prerequisites(t, ["ping"]))) return;
-  const { dir, paths: [key] } = makeKeys(1);
-  try {
-    await using lan = await Lan.create(3);
-    const [a, b, attacker] = lan.hosts;
-    const group = `vxvde://239.6.0.5/key='${key}'`;
-    await startPlug(a, "ga", group, 1);
-    await startPlug(b, "gb", group, 2);
-    assert.ok(await a.pingable("10.0.0.2"));
-    const before = await vxStatus(a, "ga");
-    assert.deepEqual(before.learned.map((entry) => entry.mac), ["02:00:00:00:00:02"]);
-    const unicastPort = JSON.parse(await a.sh([...VDENO, "status", "--json", "ga"])).plugs[1]
-      .unicastPort;
-    // Five bare plaintext headers of VNI 1, and five sealed-looking goodbyes with a made-up seal.
-    const net = new URL("../ffi/net.ts", import.meta.url).pathname;
-    const seal = new URL("../plugs/seal.ts", import.meta.url).pathname;
-    const script = `
+hostTest(
+  "goodbyes are sealed: a keyed plug forgets a peer that leaves, never on a forged or plaintext goodbye",
+  ["ping"],
+  async () => {
+    const { dir, paths: [key] } = makeKeys(1);
+    try {
+      await using lan = await Lan.create(3);
+      const [a, b, attacker] = lan.hosts;
+      const group = `vxvde://239.6.0.5/key='${key}'`;
+      await startPlug(a, "ga", group, 1);
+      await startPlug(b, "gb", group, 2);
+      assert.ok(await a.pingable("10.0.0.2"));
+      const before = await vxStatus(a, "ga");
+      assert.deepEqual(before.learned.map((entry) => entry.mac), ["02:00:00:00:00:02"]);
+      const unicastPort = JSON.parse(await a.sh([...VDENO, "status", "--json", "ga"])).plugs[1]
+        .unicastPort;
+      // Five bare plaintext headers of VNI 1, and five sealed-looking goodbyes with a made-up seal.
+      const net = new URL("../ffi/net.ts", import.meta.url).pathname;
+      const seal = new URL("../plugs/seal.ts", import.meta.url).pathname;
+      const script = `
       import { sendTo, SocketAddress, udpSocket } from "${net}";
       import { SEALED_PREFIX, sealedHeader } from "${seal}";
       const fd = udpSocket(2);
@@ -380,68 +394,72 @@ Deno.test("goodbyes are sealed: a keyed plug forgets a peer that leaves, never o
           sendTo(fd, forged, SEALED_PREFIX, to);
         }
       }`;
-    await attacker.sh([Deno.execPath(), "eval", script]);
-    await a.run(["ping", "-c", "1", "10.0.0.2"]); // a frame after the forgeries, as a barrier
-    const forgedAfter = await vxStatus(a, "ga");
-    assert.equal(forgedAfter.counters.goodbyesReceived, before.counters.goodbyesReceived);
-    assert.equal(forgedAfter.counters.dropAuthFailed - before.counters.dropAuthFailed, 20);
-    assert.deepEqual(forgedAfter.learned.map((entry) => entry.mac), ["02:00:00:00:00:02"]);
+      await attacker.sh([Deno.execPath(), "eval", script]);
+      await a.run(["ping", "-c", "1", "10.0.0.2"]); // a frame after the forgeries, as a barrier
+      const forgedAfter = await vxStatus(a, "ga");
+      assert.equal(forgedAfter.counters.goodbyesReceived, before.counters.goodbyesReceived);
+      assert.equal(forgedAfter.counters.dropAuthFailed - before.counters.dropAuthFailed, 20);
+      assert.deepEqual(forgedAfter.learned.map((entry) => entry.mac), ["02:00:00:00:00:02"]);
 
-    await b.processes[0].stop("SIGTERM");
-    let left = forgedAfter;
-    for (
-      let tries = 0;
-      tries < 50 && left.counters.goodbyesReceived === before.counters.goodbyesReceived;
-      tries++
-    ) {
-      await new Promise((resolve) => setTimeout(resolve, 100));
-      left = await vxStatus(a, "ga");
-    }
-    assert.equal(
-      left.counters.goodbyesReceived - before.counters.goodbyesReceived,
-      1,
-      "B's goodbye",
-    );
-    assert.deepEqual(left.learned, [], "A forgot B");
-  } finally {
-    Deno.removeSync(dir, { recursive: true });
-  }
-});
-
-Deno.test("key material: a = COMMAND child (also of a daemon) and a vdeno ns command see neither the key nor vdeno's own variables", async (t) => {
-  if (!(await prerequisites(t, ["unshare"]))) return;
-  const dir = Deno.makeTempDirSync();
-  try {
-    await using lan = await Lan.create(1);
-    const [host] = lan.hosts;
-    const hex = newKeyText().trim();
-    const env = { LAN_KEY: hex, OTHER_VARIABLE: "kept" };
-    const vnl = "vxvde://239.6.0.6/key=env:LAN_KEY";
-    const dump = (name: string) => ["sh", "-c", `env > ${dir}/${name}`];
-    const plain = host.vdeno(["plug", vnl, "=", ...dump("plug")], { env });
-    assert.equal((await plain.exited()).code, 0, plain.stderr);
-    const daemon = host.vdeno(["plug", "-d", vnl, "=", ...dump("daemon")], { env });
-    assert.equal((await daemon.exited()).code, 0, daemon.stderr);
-    const ns = host.vdeno(["ns", vnl, ...dump("ns")], { env });
-    assert.equal((await ns.exited()).code, 0, ns.stderr);
-    for (const name of ["plug", "daemon", "ns"]) {
-      let seen = "";
-      for (let tries = 0; tries < 100 && !seen.includes("OTHER_VARIABLE"); tries++) {
-        await new Promise((resolve) => setTimeout(resolve, 50));
-        try {
-          seen = Deno.readTextFileSync(`${dir}/${name}`);
-        } catch { /* not written yet */ }
+      await b.processes[0].stop("SIGTERM");
+      let left = forgedAfter;
+      for (
+        let tries = 0;
+        tries < 50 && left.counters.goodbyesReceived === before.counters.goodbyesReceived;
+        tries++
+      ) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        left = await vxStatus(a, "ga");
       }
-      assert.match(seen, /^OTHER_VARIABLE=kept$/m, `${name}: the child's environment`);
-      assert.ok(!seen.includes(hex), `${name}: the child saw the key`);
-      assert.doesNotMatch(seen, /^LAN_KEY=/m, name);
-      assert.doesNotMatch(seen, /^VDENO_DAEMON_CHILD=/m, name);
-      assert.doesNotMatch(seen, /invocation-count-for-turbofan/, `${name}: vdeno's V8 flags`);
+      assert.equal(
+        left.counters.goodbyesReceived - before.counters.goodbyesReceived,
+        1,
+        "B's goodbye",
+      );
+      assert.deepEqual(left.learned, [], "A forgot B");
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
     }
-  } finally {
-    Deno.removeSync(dir, { recursive: true });
-  }
-});
+  },
+);
+
+hostTest(
+  "key material: a = COMMAND child (also of a daemon) and a vdeno ns command see neither the key nor vdeno's own variables",
+  ["unshare"],
+  async () => {
+    const dir = Deno.makeTempDirSync();
+    try {
+      await using lan = await Lan.create(1);
+      const [host] = lan.hosts;
+      const hex = newKeyText().trim();
+      const env = { LAN_KEY: hex, OTHER_VARIABLE: "kept" };
+      const vnl = "vxvde://239.6.0.6/key=env:LAN_KEY";
+      const dump = (name: string) => ["sh", "-c", `env > ${dir}/${name}`];
+      const plain = host.vdeno(["plug", vnl, "=", ...dump("plug")], { env });
+      assert.equal((await plain.exited()).code, 0, plain.stderr);
+      const daemon = host.vdeno(["plug", "-d", vnl, "=", ...dump("daemon")], { env });
+      assert.equal((await daemon.exited()).code, 0, daemon.stderr);
+      const ns = host.vdeno(["ns", vnl, ...dump("ns")], { env });
+      assert.equal((await ns.exited()).code, 0, ns.stderr);
+      for (const name of ["plug", "daemon", "ns"]) {
+        let seen = "";
+        for (let tries = 0; tries < 100 && !seen.includes("OTHER_VARIABLE"); tries++) {
+          await new Promise((resolve) => setTimeout(resolve, 50));
+          try {
+            seen = Deno.readTextFileSync(`${dir}/${name}`);
+          } catch { /* not written yet */ }
+        }
+        assert.match(seen, /^OTHER_VARIABLE=kept$/m, `${name}: the child's environment`);
+        assert.ok(!seen.includes(hex), `${name}: the child saw the key`);
+        assert.doesNotMatch(seen, /^LAN_KEY=/m, name);
+        assert.doesNotMatch(seen, /^VDENO_DAEMON_CHILD=/m, name);
+        assert.doesNotMatch(seen, /invocation-count-for-turbofan/, `${name}: vdeno's V8 flags`);
+      }
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+);
 
 Deno.test("key files: one planted by another user (mode 0600, owner nobody) is refused, even by root, in one line", async (t) => {
   if (Deno.uid() !== 0) {
@@ -474,55 +492,58 @@ Deno.test("key files: one planted by another user (mode 0600, owner nobody) is r
   }
 });
 
-Deno.test("a key mismatch is warned about once per 10 seconds, not per datagram: open, keyed and wrong-key plugs on one group", async (t) => {
-  if (!(await prerequisites(t, ["ping"]))) return;
-  const { dir, paths: [key, otherKey] } = makeKeys(2);
-  try {
-    await using lan = await Lan.create(3);
-    const [keyed, open, wrong] = lan.hosts;
-    const group = "vxvde://239.6.0.7/vni=78";
-    const started = Date.now();
-    const plugs = [
-      await startPlug(keyed, "mk", `${group}/key='${key}'`, 1),
-      await startPlug(open, "mo", group, 2),
-      await startPlug(wrong, "mw", `${group}/key='${otherKey}'`, 3),
-    ];
-    // 150 broadcasts each from the keyed and the open host, all to the group.
-    await Promise.all(
-      [keyed, open].map((host) =>
-        host.run(["ping", "-b", "-c", "150", "-i", "0.01", "-W", "1", "10.0.0.255"])
-      ),
-    );
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    const elapsed = (Date.now() - started) / 1000;
-    const [mk, mo, mw] = await Promise.all([
-      vxStatus(keyed, "mk"),
-      vxStatus(open, "mo"),
-      vxStatus(wrong, "mw"),
-    ]);
-    const most = 1 + Math.floor(elapsed / MISMATCH_WARNING_SECONDS);
-    const expectations = [
-      [plugs[0], /a plug without a key is on this group/, mk.counters.dropAuthFailed],
-      [
-        plugs[1],
-        /a keyed plug is on this group and VNI; give this plug its key=/,
-        mo.counters.dropWrongHeader,
-      ],
-      [plugs[2], /fail authentication: a plug with another key/, mw.counters.dropAuthFailed],
-    ] as const;
-    for (const [plug, pattern, dropped] of expectations) {
-      const lines = plug.stderr.split("\n").filter((line) => pattern.test(line));
-      assert.ok(dropped >= 150, `${pattern}: ${dropped} dropped`);
-      assert.ok(
-        lines.length >= 1 && lines.length <= most,
-        `${pattern}: ${lines.length} warnings for ${dropped} drops in ${elapsed} s:\n${plug.stderr}`,
+hostTest(
+  "a key mismatch is warned about once per 10 seconds, not per datagram: open, keyed and wrong-key plugs on one group",
+  ["ping"],
+  async () => {
+    const { dir, paths: [key, otherKey] } = makeKeys(2);
+    try {
+      await using lan = await Lan.create(3);
+      const [keyed, open, wrong] = lan.hosts;
+      const group = "vxvde://239.6.0.7/vni=78";
+      const started = Date.now();
+      const plugs = [
+        await startPlug(keyed, "mk", `${group}/key='${key}'`, 1),
+        await startPlug(open, "mo", group, 2),
+        await startPlug(wrong, "mw", `${group}/key='${otherKey}'`, 3),
+      ];
+      // 150 broadcasts each from the keyed and the open host, all to the group.
+      await Promise.all(
+        [keyed, open].map((host) =>
+          host.run(["ping", "-b", "-c", "150", "-i", "0.01", "-W", "1", "10.0.0.255"])
+        ),
       );
-      assert.match(
-        lines[0],
-        / vdeno warn: vxvde:\/\/239\.6\.0\.7\/vni=78.*: .* from 10(\.\d+){3}:\d+/,
-      );
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const elapsed = (Date.now() - started) / 1000;
+      const [mk, mo, mw] = await Promise.all([
+        vxStatus(keyed, "mk"),
+        vxStatus(open, "mo"),
+        vxStatus(wrong, "mw"),
+      ]);
+      const most = 1 + Math.floor(elapsed / MISMATCH_WARNING_SECONDS);
+      const expectations = [
+        [plugs[0], /a plug without a key is on this group/, mk.counters.dropAuthFailed],
+        [
+          plugs[1],
+          /a keyed plug is on this group and VNI; give this plug its key=/,
+          mo.counters.dropWrongHeader,
+        ],
+        [plugs[2], /fail authentication: a plug with another key/, mw.counters.dropAuthFailed],
+      ] as const;
+      for (const [plug, pattern, dropped] of expectations) {
+        const lines = plug.stderr.split("\n").filter((line) => pattern.test(line));
+        assert.ok(dropped >= 150, `${pattern}: ${dropped} dropped`);
+        assert.ok(
+          lines.length >= 1 && lines.length <= most,
+          `${pattern}: ${lines.length} warnings for ${dropped} drops in ${elapsed} s:\n${plug.stderr}`,
+        );
+        assert.match(
+          lines[0],
+          / vdeno warn: vxvde:\/\/239\.6\.0\.7\/vni=78.*: .* from 10(\.\d+){3}:\d+/,
+        );
+      }
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
     }
-  } finally {
-    Deno.removeSync(dir, { recursive: true });
-  }
-});
+  },
+);

@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { Lan, prerequisites, VDENO } from "./_harness.ts";
+import { hostTest, Lan, requirements, VDENO } from "./_harness.ts";
 
 const CLOUD = "vxvde://234.0.0.1";
 const SERVICE_PORT = 7777;
@@ -43,41 +43,43 @@ function slirpInstalled(): boolean {
   }
 }
 
-Deno.test("slirp:// makes a member the cloud's gateway: DHCP lease, then the host's loopback through 10.0.2.2", async (t) => {
-  const ok = await prerequisites(t, ["busybox"], [
+hostTest(
+  "slirp:// makes a member the cloud's gateway: DHCP lease, then the host's loopback through 10.0.2.2",
+  requirements(["busybox"], [
     { ok: slirpInstalled(), why: "libvdeplug-slirp is not installed" },
-  ]);
-  if (!ok) return;
-  const directory = await Deno.makeTempDir({ prefix: "vdeno-slirp-" });
-  try {
-    const script = `${directory}/udhcpc.sh`;
-    await Deno.writeTextFile(script, UDHCPC_SCRIPT, { mode: 0o755 });
-    await Deno.chmod(directory, 0o755);
-    await using lan = await Lan.create(2);
-    const [gateway, member] = lan.hosts;
-    const service = gateway.spawn([Deno.execPath(), "eval", SERVICE]);
-    await service.waitForOutput((text) => text.includes("listening"));
-    const slirp = gateway.vdeno(["plug", "slirp://", CLOUD]);
-    const inside = [
-      "ip link set vde0 up",
-      `busybox udhcpc -i vde0 -n -q -t 20 -T 1 -s ${script}`,
-      "ip route",
-      `busybox nc 10.0.2.2 ${SERVICE_PORT} </dev/null`,
-    ].join(" && ");
-    const result = await member.run([...VDENO, "ns", CLOUD, "sh", "-c", inside], {
-      timeoutMs: 90_000,
-    });
-    const said =
-      `vdeno ns said:\n${result.stdout}${result.stderr}\nslirp plug said: ${slirp.stderr}`;
-    assert.equal(result.code, 0, said);
-    assert.match(
-      result.stdout,
-      /^lease 10\.0\.2\.\d+\/24 router 10\.0\.2\.2 dns 10\.0\.2\.3$/m,
-      said,
-    );
-    assert.match(result.stdout, /^default via 10\.0\.2\.2 dev vde0/m, said);
-    assert.match(result.stdout, new RegExp(`^${GREETING}$`, "m"), said);
-  } finally {
-    await Deno.remove(directory, { recursive: true });
-  }
-});
+  ]),
+  async () => {
+    const directory = await Deno.makeTempDir({ prefix: "vdeno-slirp-" });
+    try {
+      const script = `${directory}/udhcpc.sh`;
+      await Deno.writeTextFile(script, UDHCPC_SCRIPT, { mode: 0o755 });
+      await Deno.chmod(directory, 0o755);
+      await using lan = await Lan.create(2);
+      const [gateway, member] = lan.hosts;
+      const service = gateway.spawn([Deno.execPath(), "eval", SERVICE]);
+      await service.waitForOutput((text) => text.includes("listening"));
+      const slirp = gateway.vdeno(["plug", "slirp://", CLOUD]);
+      const inside = [
+        "ip link set vde0 up",
+        `busybox udhcpc -i vde0 -n -q -t 20 -T 1 -s ${script}`,
+        "ip route",
+        `busybox nc 10.0.2.2 ${SERVICE_PORT} </dev/null`,
+      ].join(" && ");
+      const result = await member.run([...VDENO, "ns", CLOUD, "sh", "-c", inside], {
+        timeoutMs: 90_000,
+      });
+      const said =
+        `vdeno ns said:\n${result.stdout}${result.stderr}\nslirp plug said: ${slirp.stderr}`;
+      assert.equal(result.code, 0, said);
+      assert.match(
+        result.stdout,
+        /^lease 10\.0\.2\.\d+\/24 router 10\.0\.2\.2 dns 10\.0\.2\.3$/m,
+        said,
+      );
+      assert.match(result.stdout, /^default via 10\.0\.2\.2 dev vde0/m, said);
+      assert.match(result.stdout, new RegExp(`^${GREETING}$`, "m"), said);
+    } finally {
+      await Deno.remove(directory, { recursive: true });
+    }
+  },
+);

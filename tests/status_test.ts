@@ -2,7 +2,7 @@
 
 import assert from "node:assert/strict";
 import { controlDirectory } from "../app/control.ts";
-import { Lan, prerequisites, run, sleep, VDENO } from "./_harness.ts";
+import { hostTest, Lan, run, sleep, VDENO } from "./_harness.ts";
 
 async function twoPlugs(lan: Lan, extra: string[] = []) {
   const [a, b] = lan.hosts;
@@ -16,8 +16,9 @@ async function twoPlugs(lan: Lan, extra: string[] = []) {
   return { a, b, left };
 }
 
-Deno.test("status --json shows counters moving and the peer's MAC learned from its address", async (t) => {
-  if (!(await prerequisites(t, ["ping"]))) return;
+hostTest("status --json shows counters moving and the peer's MAC learned from its address", [
+  "ping",
+], async () => {
   await using lan = await Lan.create(2);
   const { a, b } = await twoPlugs(lan);
   const status = async () => JSON.parse(await a.sh([...VDENO, "status", "--json", "left"]));
@@ -55,8 +56,7 @@ Deno.test("status --json shows counters moving and the peer's MAC learned from i
   assert.match(detail, /sentUnicast=\d+/);
 });
 
-Deno.test("status --watch prints rates per second", async (t) => {
-  if (!(await prerequisites(t, ["ping"]))) return;
+hostTest("status --watch prints rates per second", ["ping"], async () => {
   await using lan = await Lan.create(2);
   const { a } = await twoPlugs(lan);
   const watch = a.vdeno(["status", "--watch", "0.3", "left"]);
@@ -69,33 +69,38 @@ Deno.test("status --watch prints rates per second", async (t) => {
   assert.equal((await watch.stop("SIGINT")).code, 0);
 });
 
-Deno.test("the control socket is mode 0600 and another user cannot query it", async (t) => {
-  if (!(await prerequisites(t, ["setpriv"]))) return;
-  await using lan = await Lan.create(2);
-  const { a } = await twoPlugs(lan);
-  const socket = `${controlDirectory()}/left.sock`;
-  assert.equal((Deno.statSync(socket).mode ?? 0) & 0o777, 0o600);
-  const asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
-  const probe = await a.run([
-    ...asNobody,
-    "sh",
-    "-c",
-    `exec 3<>/dev/null; cat ${socket} 2>&1; ls ${socket} 2>&1; echo done`,
-  ]);
-  assert.match(probe.stdout, /Permission denied/);
-  const connect = await run([
-    ...asNobody,
-    "env",
-    `XDG_RUNTIME_DIR=${socket.replace(/\/vdeno\/left\.sock$/, "")}`,
-    ...VDENO,
-    "status",
-    "left",
-  ]);
-  assert.notEqual(connect.code, 0, "another user gets no status");
-});
+hostTest(
+  "the control socket is mode 0600 and another user cannot query it",
+  ["setpriv"],
+  async () => {
+    await using lan = await Lan.create(2);
+    const { a } = await twoPlugs(lan);
+    const socket = `${controlDirectory()}/left.sock`;
+    assert.equal((Deno.statSync(socket).mode ?? 0) & 0o777, 0o600);
+    const asNobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"];
+    const probe = await a.run([
+      ...asNobody,
+      "sh",
+      "-c",
+      `exec 3<>/dev/null; cat ${socket} 2>&1; ls ${socket} 2>&1; echo done`,
+    ]);
+    assert.match(probe.stdout, /Permission denied/);
+    const connect = await run([
+      ...asNobody,
+      "env",
+      `XDG_RUNTIME_DIR=${socket.replace(/\/vdeno\/left\.sock$/, "")}`,
+      ...VDENO,
+      "status",
+      "left",
+    ]);
+    assert.notEqual(connect.code, 0, "another user gets no status");
+  },
+);
 
-Deno.test("--capture writes a pcap that tcpdump reads, with the echo requests and replies", async (t) => {
-  if (!(await prerequisites(t, ["tcpdump", "ping"]))) return;
+hostTest("--capture writes a pcap that tcpdump reads, with the echo requests and replies", [
+  "tcpdump",
+  "ping",
+], async () => {
   const file = await Deno.makeTempFile({ suffix: ".pcap" });
   try {
     await using lan = await Lan.create(2);
@@ -118,38 +123,41 @@ Deno.test("--capture writes a pcap that tcpdump reads, with the echo requests an
   }
 });
 
-Deno.test("pcap://FILE as a cable end records what the cloud carries", async (t) => {
-  if (!(await prerequisites(t, ["tcpdump", "ping"]))) return;
-  const file = await Deno.makeTempFile({ suffix: ".pcap" });
-  try {
-    await using lan = await Lan.create(3);
-    const { a } = await twoPlugs(lan);
-    const recorder = lan.hosts[2].vdeno([
-      "plug",
-      "--name",
-      "recorder",
-      "vxvde://239.4.0.1",
-      `pcap://${file}`,
-    ]);
-    await recorder.waitForOutput(() => {
-      try {
-        return Deno.statSync(file).size >= 24;
-      } catch {
-        return false;
-      }
-    });
-    await sleep(300);
-    // Nobody owns 10.0.0.250: its ARP requests are broadcast to the whole cloud.
-    await a.run(["ping", "-c", "1", "-W", "1", "10.0.0.250"]);
-    assert.equal((await recorder.stop("SIGTERM")).code, 0);
-    const text = await run(["tcpdump", "-r", file, "-nn", "-e"]);
-    assert.equal(text.code, 0, text.stderr);
-    assert.match(
-      text.stdout, // -e prints the Ethernet header: the broadcast destination.
-      /ff:ff:ff:ff:ff:ff.*Request who-has 10\.0\.0\.250 tell 10\.0\.0\.1/,
-      "the broadcast ARP for an unknown host",
-    );
-  } finally {
-    await Deno.remove(file);
-  }
-});
+hostTest(
+  "pcap://FILE as a cable end records what the cloud carries",
+  ["tcpdump", "ping"],
+  async () => {
+    const file = await Deno.makeTempFile({ suffix: ".pcap" });
+    try {
+      await using lan = await Lan.create(3);
+      const { a } = await twoPlugs(lan);
+      const recorder = lan.hosts[2].vdeno([
+        "plug",
+        "--name",
+        "recorder",
+        "vxvde://239.4.0.1",
+        `pcap://${file}`,
+      ]);
+      await recorder.waitForOutput(() => {
+        try {
+          return Deno.statSync(file).size >= 24;
+        } catch {
+          return false;
+        }
+      });
+      await sleep(300);
+      // Nobody owns 10.0.0.250: its ARP requests are broadcast to the whole cloud.
+      await a.run(["ping", "-c", "1", "-W", "1", "10.0.0.250"]);
+      assert.equal((await recorder.stop("SIGTERM")).code, 0);
+      const text = await run(["tcpdump", "-r", file, "-nn", "-e"]);
+      assert.equal(text.code, 0, text.stderr);
+      assert.match(
+        text.stdout, // -e prints the Ethernet header: the broadcast destination.
+        /ff:ff:ff:ff:ff:ff.*Request who-has 10\.0\.0\.250 tell 10\.0\.0\.1/,
+        "the broadcast ARP for an unknown host",
+      );
+    } finally {
+      await Deno.remove(file);
+    }
+  },
+);

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { parseUdp } from "../plugs/udp.ts";
 import { VnlError } from "../core/vnl.ts";
-import { type Host, Lan, prerequisites } from "./_harness.ts";
+import { type Host, hostTest, Lan } from "./_harness.ts";
 
 Deno.test("udp:// VNLs are split as vdeplug4 splits them", () => {
   const portOnly = parseUdp("5001->127.0.0.1:5000");
@@ -55,19 +55,22 @@ function startPlug(host: Host, peer: Peer, vnl: string) {
 }
 
 for (const [first, second] of [["vdeno", "vde_plug"], ["vdeno", "vdeno"]] as const) {
-  Deno.test(`${first} and ${second} ping each other over a udp:// link`, async (t) => {
-    if (!(await prerequisites(t, ["vde_plug", "ping"]))) return;
-    await using lan = await Lan.create(2);
-    const [a, b] = lan.hosts;
-    startPlug(a, first, `udp://${a.address}:5000->${b.address}:6000`);
-    startPlug(b, second, `udp://6000->${a.address}:5000`);
-    await a.waitForLink("tap0");
-    await b.waitForLink("tap0");
-    await a.configure("tap0", "10.0.0.1/24");
-    await b.configure("tap0", "10.0.0.2/24");
-    assert.ok(await a.pingable("10.0.0.2"), `${first} cannot ping ${second}`);
-    assert.ok(await b.pingable("10.0.0.1"), `${second} cannot ping ${first}`);
-  });
+  hostTest(
+    `${first} and ${second} ping each other over a udp:// link`,
+    ["vde_plug", "ping"],
+    async () => {
+      await using lan = await Lan.create(2);
+      const [a, b] = lan.hosts;
+      startPlug(a, first, `udp://${a.address}:5000->${b.address}:6000`);
+      startPlug(b, second, `udp://6000->${a.address}:5000`);
+      await a.waitForLink("tap0");
+      await b.waitForLink("tap0");
+      await a.configure("tap0", "10.0.0.1/24");
+      await b.configure("tap0", "10.0.0.2/24");
+      assert.ok(await a.pingable("10.0.0.2"), `${first} cannot ping ${second}`);
+      assert.ok(await b.pingable("10.0.0.1"), `${second} cannot ping ${first}`);
+    },
+  );
 }
 
 // Sending points datagram i at the i-th frame to send, which is not slot i
@@ -103,14 +106,17 @@ a.close();
 b.close();
 `;
 
-Deno.test("udp:// receives into the right slots after sending a batch with dropped slots", async (t) => {
-  if (!(await prerequisites(t, []))) return;
-  await using lan = await Lan.create(1);
-  const [host] = lan.hosts;
-  const result = await host.run([Deno.execPath(), "eval", "--quiet", SLOT_CHECK]);
-  assert.equal(result.code, 0, result.stderr);
-  assert.deepEqual(JSON.parse(result.stdout), {
-    atA: [0x22, 0x22, 0x22, 0x22],
-    atB: [0x11, 0x11, 0x11, 0x11],
-  });
-});
+hostTest(
+  "udp:// receives into the right slots after sending a batch with dropped slots",
+  [],
+  async () => {
+    await using lan = await Lan.create(1);
+    const [host] = lan.hosts;
+    const result = await host.run([Deno.execPath(), "eval", "--quiet", SLOT_CHECK]);
+    assert.equal(result.code, 0, result.stderr);
+    assert.deepEqual(JSON.parse(result.stdout), {
+      atA: [0x22, 0x22, 0x22, 0x22],
+      atB: [0x11, 0x11, 0x11, 0x11],
+    });
+  },
+);

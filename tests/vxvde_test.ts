@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { addressOf, captureUdp } from "./_capture.ts";
-import { type Host, Lan, prerequisites, type Process, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, type Process, VDENO } from "./_harness.ts";
 
 type Peer = "vdeno" | "vde_plug";
 
@@ -35,8 +35,10 @@ for (
     "vdeno",
   ]] as const
 ) {
-  Deno.test(`after learning, ${sender} sends frames to ${receiver} by unicast, not to the group`, async (t) => {
-    if (!(await prerequisites(t, ["vde_plug", "tcpdump"]))) return;
+  hostTest(`after learning, ${sender} sends frames to ${receiver} by unicast, not to the group`, [
+    "vde_plug",
+    "tcpdump",
+  ], async () => {
     await using lan = await Lan.create(2);
     const [a, b] = lan.hosts;
     plug(a, sender, "vxvde://239.2.0.1");
@@ -63,8 +65,9 @@ for (
 }
 
 for (const option of ["vni", "port"] as const) {
-  Deno.test(`a different ${option} on the same group isolates, vdeno and vde_plug alike`, async (t) => {
-    if (!(await prerequisites(t, ["vde_plug"]))) return;
+  hostTest(`a different ${option} on the same group isolates, vdeno and vde_plug alike`, [
+    "vde_plug",
+  ], async () => {
     await using lan = await Lan.create(3);
     const [a, b, c] = lan.hosts;
     const value = option === "vni" ? ["7", "8"] : ["15000", "15001"];
@@ -89,8 +92,10 @@ for (const option of ["vni", "port"] as const) {
 }
 
 for (const [leaver, stayer] of [["vdeno", "vde_plug"], ["vde_plug", "vdeno"]] as const) {
-  Deno.test(`when ${leaver} says goodbye, ${stayer} sends frames for its MAC to the group again`, async (t) => {
-    if (!(await prerequisites(t, ["vde_plug", "tcpdump"]))) return;
+  hostTest(`when ${leaver} says goodbye, ${stayer} sends frames for its MAC to the group again`, [
+    "vde_plug",
+    "tcpdump",
+  ], async () => {
     await using lan = await Lan.create(2);
     const [a, b] = lan.hosts;
     plug(a, stayer, "vxvde://239.2.0.3");
@@ -125,21 +130,25 @@ for (const [leaver, stayer] of [["vdeno", "vde_plug"], ["vde_plug", "vdeno"]] as
   });
 }
 
-Deno.test("dpipe vde_plug tap = vdeno plug vxvde carries the stream format", async (t) => {
-  if (!(await prerequisites(t, ["vde_plug", "dpipe"]))) return;
-  await using lan = await Lan.create(2);
-  const [a, b] = lan.hosts;
-  a.spawn(["dpipe", "vde_plug", "tap://tap0", "=", ...VDENO, "plug", "vxvde://239.2.0.4"]);
-  plug(b, "vde_plug", "vxvde://239.2.0.4");
-  const [addressA, addressB] = await overlay([a, b]);
-  assert.ok(await a.pingable(addressB), "through the stream to vde_plug");
-  assert.ok(await b.pingable(addressA), "and back");
-  const big = await a.run(["ping", "-c", "3", "-s", "1400", addressB]);
-  assert.equal(big.code, 0, "full-size frames cross the stream");
-});
+hostTest(
+  "dpipe vde_plug tap = vdeno plug vxvde carries the stream format",
+  ["vde_plug", "dpipe"],
+  async () => {
+    await using lan = await Lan.create(2);
+    const [a, b] = lan.hosts;
+    a.spawn(["dpipe", "vde_plug", "tap://tap0", "=", ...VDENO, "plug", "vxvde://239.2.0.4"]);
+    plug(b, "vde_plug", "vxvde://239.2.0.4");
+    const [addressA, addressB] = await overlay([a, b]);
+    assert.ok(await a.pingable(addressB), "through the stream to vde_plug");
+    assert.ok(await b.pingable(addressA), "and back");
+    const big = await a.run(["ping", "-c", "3", "-s", "1400", addressB]);
+    assert.equal(big.code, 0, "full-size frames cross the stream");
+  },
+);
 
-Deno.test("vdeno plug VNL = COMMAND carries the stream on the command's stdin and stdout", async (t) => {
-  if (!(await prerequisites(t, ["vde_plug"]))) return;
+hostTest("vdeno plug VNL = COMMAND carries the stream on the command's stdin and stdout", [
+  "vde_plug",
+], async () => {
   await using lan = await Lan.create(2);
   const [a, b] = lan.hosts;
   a.vdeno(["plug", "vxvde://239.2.0.5", "=", "vde_plug", "tap://tap0"]);
@@ -149,8 +158,7 @@ Deno.test("vdeno plug VNL = COMMAND carries the stream on the command's stdin an
   assert.ok(await b.pingable(addressA));
 });
 
-Deno.test("if= sends and joins on the named interface only", async (t) => {
-  if (!(await prerequisites(t, ["vde_plug", "tcpdump"]))) return;
+hostTest("if= sends and joins on the named interface only", ["vde_plug", "tcpdump"], async () => {
   await using lan = await Lan.create(2, { links: 2 });
   const [a, b] = lan.hosts;
   plug(a, "vdeno", "vxvde://239.2.0.6/if=eth1");
@@ -166,8 +174,9 @@ Deno.test("if= sends and joins on the named interface only", async (t) => {
   assert.deepEqual(onEth0, [], "none on eth0");
 });
 
-Deno.test("a plug drops its own multicast echo but hears another plug on the same host", async (t) => {
-  if (!(await prerequisites(t, ["vde_plug"]))) return;
+hostTest("a plug drops its own multicast echo but hears another plug on the same host", [
+  "vde_plug",
+], async () => {
   await using lan = await Lan.create(1);
   const [a] = lan.hosts;
   a.vdeno(["plug", "--name", "echo-test", "tap://tapx", "vxvde://239.2.0.7"]);
