@@ -10,7 +10,7 @@
 
 import denoConfig from "./deno.json" with { type: "json" };
 import { UsageError } from "./app/cli/usage.ts";
-import { inWorker } from "./app/self.ts";
+import { buildCommit, inWorker } from "./app/self.ts";
 import { getEnv } from "./ffi/os.ts";
 
 const USAGE = `vdeno ${denoConfig.version}: VDE's Local Area Cloud (vxvde) on Deno
@@ -24,7 +24,7 @@ Commands:
   demo                            build a demo Local Area Cloud of namespaces
   randmac                         print a random locally administered MAC
   keygen FILE                     write a new key for a keyed network (key=FILE)
-  version                         print the version
+  version                         print the version, the commit and Deno's version
 
 Run 'vdeno COMMAND --help' for a command's options.`;
 
@@ -39,7 +39,7 @@ const commands: Record<string, Command> = {
   status: async (args) => (await import("./app/cli/status.ts")).statusCommand(args),
   keygen: async (args) => (await import("./app/cli/keygen.ts")).keygenCommand(args),
   version: () => {
-    console.log(`vdeno ${denoConfig.version}`);
+    console.log(`vdeno ${denoConfig.version} (commit ${buildCommit()}, deno ${Deno.version.deno})`);
     return 0;
   },
 };

@@ -9,6 +9,7 @@
  */
 
 import { environment, readTextFile } from "../ffi/os.ts";
+import { captureOutput } from "../ffi/spawn.ts";
 
 /** The argv prefix that runs vdeno again. */
 export function selfCommand(): string[] {
@@ -34,6 +35,44 @@ export function assertWorkersCanStart(what: string): void {
     `Needs --allow-read=${directory} to start ${what}, which Deno loads from ` +
       `vdeno's own files: run deno with --allow-read=${directory} (or -A)`,
   );
+}
+
+/** What tools/bundle.ts writes at the top of the bundled file. */
+interface BuildStamp {
+  commit: string;
+}
+
+/**
+ * The commit vdeno was built from: stamped into the bundled file when it was
+ * built, or asked of git in a checkout; "unknown" when neither says.
+ */
+export function buildCommit(): string {
+  const stamp = (globalThis as { VDENO_BUILD?: BuildStamp }).VDENO_BUILD;
+  if (stamp) return stamp.commit;
+  const main = new URL(Deno.mainModule);
+  if (main.protocol !== "file:") return "unknown";
+  return gitCommit(main.pathname.slice(0, main.pathname.lastIndexOf("/")) || "/") ?? "unknown";
+}
+
+/**
+ * The commit checked out in the git work tree at `directory` (12 hex digits,
+ * `-dirty` when tracked files differ from it), or undefined outside one.
+ */
+export function gitCommit(directory: string): string | undefined {
+  try {
+    const described = captureOutput([
+      "git",
+      "-C",
+      directory,
+      "describe",
+      "--always",
+      "--dirty",
+      "--abbrev=12",
+    ]);
+    return described.code === 0 && described.stdout.trim() ? described.stdout.trim() : undefined;
+  } catch {
+    return undefined; // no git
+  }
 }
 
 /** Whether this code runs inside a Worker. */

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { check, cString, Errno, errno, libc, strerror } from "./libc.ts";
+import { check, closeQuietly, cString, Errno, errno, libc, strerror } from "./libc.ts";
 import { environment } from "./os.ts";
 
 const O_CLOEXEC = 0o2000000;
@@ -128,6 +128,43 @@ export function waitBlocking(pid: number): ExitStatus {
 export function openDevNull(): number {
   const O_RDWR = 2;
   return check(libc.open(cString("/dev/null"), O_RDWR | O_CLOEXEC, 0), "open /dev/null");
+}
+
+/**
+ * Runs `argv` to its end and returns its exit status and standard output
+ * (stderr is discarded), for short commands such as `git rev-parse`.
+ */
+export function captureOutput(argv: string[]): ExitStatus & { stdout: string } {
+  const output = pipe();
+  const devNull = openDevNull();
+  let pid: number;
+  try {
+    pid = spawn(argv, { descriptors: { 0: devNull, 1: output.write, 2: devNull } });
+  } catch (error) {
+    closeQuietly(output.read);
+    throw error;
+  } finally {
+    closeQuietly(output.write);
+    closeQuietly(devNull);
+  }
+  const chunks: Uint8Array[] = [];
+  const chunk = new Uint8Array(4096);
+  for (;;) {
+    const count = libc.read(output.read, Deno.UnsafePointer.of(chunk), BigInt(chunk.length));
+    if (count < 0 && errno() === Errno.EINTR) continue;
+    if (count <= 0) break;
+    chunks.push(chunk.slice(0, count));
+  }
+  closeQuietly(output.read);
+  const stdout = new TextDecoder().decode(
+    chunks.reduce((all, part) => {
+      const joined = new Uint8Array(all.length + part.length);
+      joined.set(all);
+      joined.set(part, all.length);
+      return joined;
+    }, new Uint8Array(0)),
+  );
+  return { ...waitBlocking(pid), stdout };
 }
 
 /** Waits for the child to end, letting the event loop run meanwhile. */
