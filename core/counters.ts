@@ -31,6 +31,7 @@ export const COUNTER_NAMES = [
   "dropReplay",
   "superFramesIn",
   "superFramesOut",
+  "dropUnknownSender",
 ] as const;
 
 export type CounterName = typeof COUNTER_NAMES[number];

@@ -3,9 +3,12 @@
  * point link that carries one Ethernet frame per UDP datagram, with no header.
  *
  * The syntax is that of vdeplug4's udp module (libvdeplug_udp(1)): the plug
- * binds LOCAL_ADDRESS:LOCAL_PORT (the wildcard address when it is left out),
- * receives frames there from anyone and sends every frame to
- * REMOTE_ADDRESS:REMOTE_PORT. Quote the VNL in a shell because of `->`.
+ * binds LOCAL_ADDRESS:LOCAL_PORT (the wildcard address when it is left out)
+ * and sends every frame to REMOTE_ADDRESS:REMOTE_PORT. Unlike vdeplug4, it
+ * takes frames only from REMOTE_ADDRESS:REMOTE_PORT: a datagram from anyone
+ * else who can reach the port (another local user, a LAN host) is dropped and
+ * counted (`dropUnknownSender`), so it cannot inject into the network on the
+ * other side. Quote the VNL in a shell because of `->`.
  *
  * It is also what QEMU's own UDP backends speak, so a QEMU without VDE
  * support joins a Local Area Cloud through vdeno:
@@ -31,6 +34,7 @@ import {
   DatagramVector,
   numericAddress,
   setBufferSize,
+  SOCKADDR_SIZE,
   SocketAddress,
   udpSocket,
 } from "../ffi/net.ts";
@@ -38,6 +42,8 @@ import { Counter, newCounters } from "../core/counters.ts";
 import { ETH_HEADER, type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../core/frames.ts";
 import type { Plug } from "../core/plug.ts";
 import { VnlError } from "../core/vnl.ts";
+
+const WORDS_PER_NAME = SOCKADDR_SIZE / 4;
 
 /** Socket buffers large enough to ride out a burst while the loop is busy elsewhere. */
 const SOCKET_BUFFER = 4 * 1024 * 1024;
@@ -120,6 +126,9 @@ export class UdpPlug implements Plug {
   readonly config: UdpConfig;
   readonly #fd: number;
   readonly #remoteAddress: number;
+  /** The words of the remote's socket address that say who sent a datagram: family, port, IP. */
+  readonly #remoteWords: Uint32Array;
+  readonly #remoteWordIndexes: readonly number[];
   #vectors = new WeakMap<FrameBatch, DatagramVector>();
   #closed = false;
 
@@ -139,6 +148,18 @@ export class UdpPlug implements Plug {
     this.#fd = fd;
     this.fds = [fd];
     this.#remoteAddress = numericAddress(config.remote.bytes);
+    this.#remoteWords = new Uint32Array(config.remote.bytes.slice(0, SOCKADDR_SIZE).buffer);
+    // sockaddr_in: family and port, address. sockaddr_in6: family and port, flow info (not
+    // compared), address.
+    this.#remoteWordIndexes = config.remote.family === AF_INET6 ? [0, 2, 3, 4, 5] : [0, 1];
+  }
+
+  #fromRemote(names: Uint32Array, word: number): boolean {
+    const remote = this.#remoteWords, indexes = this.#remoteWordIndexes;
+    for (let k = 0; k < indexes.length; k++) {
+      if (names[word + indexes[k]] !== remote[indexes[k]]) return false;
+    }
+    return true;
   }
 
   // Frames go without a header, so datagrams start right at each slot's frame.
@@ -161,10 +182,12 @@ export class UdpPlug implements Plug {
       return true;
     }
     const counters = this.counters;
+    const names = vector.nameWords;
     for (let i = first; i < first + received; i++) {
       const length = vector.length(i);
       batch.lengths[i] = 0;
-      if (length < ETH_HEADER) counters[Counter.dropTooShort]++;
+      if (!this.#fromRemote(names, i * WORDS_PER_NAME)) counters[Counter.dropUnknownSender]++;
+      else if (length < ETH_HEADER) counters[Counter.dropTooShort]++;
       else if (length > MAX_FRAME || vector.truncated(i)) counters[Counter.dropTooLong]++;
       else {
         batch.lengths[i] = length;

@@ -418,3 +418,56 @@ hostTest(
     await feed.close();
   },
 );
+
+/** Sends COUNT frames of EtherType 0x88b5, one per datagram, from FROM (ADDRESS:PORT) to TO. */
+const INJECT = `
+import { bindSocket, SocketAddress, sendTo, udpSocket } from "${new URL(
+  "../ffi/net.ts",
+  import.meta.url,
+)}";
+const [from, to, count] = Deno.args;
+const parse = (text) => SocketAddress.parse(text.slice(0, text.lastIndexOf(":")), Number(text.slice(text.lastIndexOf(":") + 1)));
+const fd = udpSocket(2);
+bindSocket(fd, parse(from));
+const frame = new Uint8Array(60).fill(0xff, 0, 6);
+frame.set([0x02, 0, 0, 0, 0, 0x66, 0x88, 0xb5], 6);
+let sent = 0;
+for (let i = 0; i < Number(count); i++) if (sendTo(fd, frame, 60, parse(to)) === 60) sent++;
+console.log(sent);
+`;
+
+hostTest("udp:// takes frames only from its remote: injected datagrams are dropped and counted", [
+  "tcpdump",
+  "ping",
+], async () => {
+  await using lan = await Lan.create(2);
+  const [a, b] = lan.hosts;
+  await using runtime = await privateRuntime();
+  const env = { XDG_RUNTIME_DIR: runtime.path };
+  a.vdeno(["plug", "-n", "udpa", "tap://tap0", `udp://${a.address}:5000->${b.address}:6000`], {
+    env,
+  });
+  b.vdeno(["plug", "tap://tap0", `udp://6000->${a.address}:5000`]);
+  await a.waitForLink("tap0");
+  await b.waitForLink("tap0");
+  await a.configure("tap0", "10.9.2.1/24");
+  await b.configure("tap0", "10.9.2.2/24");
+  assert.ok(await a.pingable("10.9.2.2"));
+  const sniffer = a.spawn(["tcpdump", "-i", "tap0", "-nn", "-e", "-l", "ether", "proto", "0x88b5"]);
+  await sniffer.waitForOutput((text) => text.includes("listening on"));
+  const inject = (host: typeof a, from: string) =>
+    host.sh([Deno.execPath(), "eval", "--quiet", INJECT, from, `${a.address}:5000`, "100"]);
+  // Another user on the plug's own host, and the remote host from a port that is not the link's.
+  const sent = Number(await inject(a, `${a.address}:5999`)) +
+    Number(await inject(b, `${b.address}:6001`));
+  assert.equal(sent, 200);
+  const ping = await a.run(["ping", "-c", "3", "-i", "0.2", "10.9.2.2"]);
+  assert.equal(ping.code, 0, "the link itself still works");
+  await sleep(300);
+  await sniffer.stop("SIGINT");
+  assert.doesNotMatch(sniffer.stdout, /0x88b5/, "no injected frame reached the TAP");
+  const status = await run([...VDENO, "status", "--json", "udpa"], { env });
+  const [tap, udp] = JSON.parse(status.stdout).plugs;
+  assert.equal(udp.counters.dropUnknownSender, 200, "every injected datagram was counted");
+  assert.equal(tap.counters.framesOut, udp.counters.framesIn);
+});
