@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { controlDirectory } from "../app/control.ts";
 import { captureUdp } from "./_capture.ts";
-import { hostTest, Lan, sleep, VDENO } from "./_harness.ts";
+import { hostTest, Lan, sleep, VDENO, waitUntil } from "./_harness.ts";
 
 const controlSocket = (name: string) => `${controlDirectory()}/${name}.sock`;
 
@@ -26,7 +26,7 @@ for (const signal of ["SIGTERM", "SIGINT", "SIGHUP"] as const) {
     const name = `sig-${signal.toLowerCase()}`;
     const plug = a.vdeno(["plug", "-p", pidfile, "-n", name, "tap://tapq", "vxvde://239.7.0.1"]);
     await a.waitForLink("tapq");
-    while (!exists(controlSocket(name))) await sleep(50);
+    await waitUntil("the control socket", () => exists(controlSocket(name)));
     assert.equal(Number(Deno.readTextFileSync(pidfile)), plug.child.pid);
     let code = -1;
     const seen = await captureUdp(a, "eth0", async () => {
