@@ -144,23 +144,29 @@ hostTest(
   },
 );
 
-hostTest("vdeno status shows the kernel device's MAC learned at its address and port 4789", [
-  "ping",
-], async () => {
-  await using lan = await Lan.create(2);
-  const [a, b] = lan.hosts;
-  const name = plugName("status");
-  await vdenoMember(a, "vxlan://239.8.0.4/vni=7", "10.0.0.1/24", name);
-  await kernelVxlan(b, 7, "239.8.0.4", "10.0.0.2/24", "02:00:00:00:07:02");
-  assert.ok(await a.pingable("10.0.0.2"));
-  const [, vx] = (await plugStatus(a, name)).plugs;
-  assert.equal(vx.vnl, "vxlan://239.8.0.4/vni=7");
-  const learned = vx.learned.find((entry: { mac: string }) => entry.mac === "02:00:00:00:07:02");
-  assert.ok(learned, JSON.stringify(vx.learned));
-  assert.equal(learned.peer, `${b.address}:4789`);
-  assert.deepEqual(vx.peers, [`${b.address}:4789`]);
-  assert.ok(vx.counters.sentUnicast > 0, JSON.stringify(vx.counters));
-});
+hostTest(
+  "with if= and no multicast route, vdeno status shows the kernel device's MAC at its address and port 4789",
+  [
+    "ping",
+  ],
+  async () => {
+    await using lan = await Lan.create(2);
+    const [a, b] = lan.hosts;
+    const name = plugName("status");
+    // if=, as the kernel's dev: the interface to join and flood on, whatever the routes say.
+    await a.sh(["ip", "route", "del", "224.0.0.0/4", "dev", "eth0"]);
+    await vdenoMember(a, "vxlan://239.8.0.4/vni=7/if=eth0", "10.0.0.1/24", name);
+    await kernelVxlan(b, 7, "239.8.0.4", "10.0.0.2/24", "02:00:00:00:07:02");
+    assert.ok(await a.pingable("10.0.0.2"));
+    const [, vx] = (await plugStatus(a, name)).plugs;
+    assert.equal(vx.vnl, "vxlan://239.8.0.4/vni=7/if=eth0");
+    const learned = vx.learned.find((entry: { mac: string }) => entry.mac === "02:00:00:00:07:02");
+    assert.ok(learned, JSON.stringify(vx.learned));
+    assert.equal(learned.peer, `${b.address}:4789`);
+    assert.deepEqual(vx.peers, [`${b.address}:4789`]);
+    assert.ok(vx.counters.sentUnicast > 0, JSON.stringify(vx.counters));
+  },
+);
 
 hostTest(
   "vdeno vxlan:// and a kernel VXLAN device ping over an IPv6 underlay, by unicast once learned",
