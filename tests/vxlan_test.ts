@@ -252,6 +252,9 @@ hostTest(
     // Another port is another network, and opens.
     const other = a.vdeno(["plug", "tap://tap1", "vxlan://239.8.0.7/port=4790"]);
     await a.waitForLink("tap1", 30_000, other);
+    // An IPv6 network leaves port 4789 to IPv4 ones, as the kernel's VXLAN sockets do.
+    const overIPv6 = a.vdeno(["plug", "tap://tap2", "vxlan://ff05::8:7"]);
+    await a.waitForLink("tap2", 30_000, overIPv6);
   },
 );
 
