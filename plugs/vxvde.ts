@@ -299,7 +299,7 @@ export class VxvdePlug implements Plug {
         );
         if (listener.taken) {
           log(
-            "info",
+            "warn",
             `${vnl}: another plug listens on ${listener.taken}; this one reaches the members from ${listener.address} and cannot be a seed`,
           );
         }

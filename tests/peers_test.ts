@@ -20,7 +20,8 @@ import {
 } from "../plugs/_peers.ts";
 import { parseVxvde } from "../plugs/vxvde.ts";
 import { addressOf, captureUdp } from "./_capture.ts";
-import { type Host, hostTest, Lan, type Process } from "./_harness.ts";
+import { type Host, Lan, prerequisites, type Process, sleep, VDENO } from "./_harness.ts";
+import { newKeyText } from "../plugs/seal.ts";
 
 const v4 = (text: string) => {
   const [host, port] = text.split(":");
@@ -262,3 +263,183 @@ for (const family of ["IPv4", "IPv6"] as const) {
     },
   );
 }
+
+interface MemberStatus {
+  address: string;
+  source: string;
+  lastHeardSeconds: number | null;
+  viaGroup: boolean;
+}
+
+interface VxvdeStatus {
+  counters: Record<string, number>;
+  learned: { mac: string; peer: string }[];
+  members: MemberStatus[];
+  listener: string;
+}
+
+/** The status of the vxvde end of the plug named `name` on `host`. */
+async function vxStatus(host: Host, name: string): Promise<VxvdeStatus> {
+  const report = JSON.parse(await host.sh([...VDENO, "status", "--json", name]));
+  return report.plugs.find((plug: { vnl: string }) => plug.vnl.startsWith("vxvde://"));
+}
+
+/** Waits until `condition` holds, or fails with `what` after `timeoutMs`. */
+async function eventually(
+  what: string,
+  condition: () => Promise<boolean>,
+  timeoutMs: number,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`Not within ${timeoutMs} ms: ${what}`);
+    await sleep(200);
+  }
+}
+
+/** Whether `host`'s plug `name` has heard a member at `underlay` (any port, or `port`). */
+async function hears(host: Host, name: string, underlay: string, port?: number): Promise<boolean> {
+  const status = await vxStatus(host, name);
+  return status.members.some((member) => {
+    const at = member.address.lastIndexOf(":");
+    return ip(member.address.slice(0, at).replace(/^\[|\]$/g, "")) === ip(underlay) &&
+      (port === undefined || Number(member.address.slice(at + 1)) === port) &&
+      member.lastHeardSeconds !== null;
+  });
+}
+
+Deno.test("peers=: goodbye drops a member at once, death after the timeout; a restarted member is found again, on a new port too", async (t) => {
+  if (!(await prerequisites(t, ["bridge", "ping", "ss"]))) return;
+  await using lan = await Lan.create(3);
+  await dropMulticast(lan);
+  const [h1, h2, h3] = lan.hosts;
+  const timeout = 6;
+  const vnl = `vxvde://239.7.0.3/peers=${h1.address}/peertimeout=${timeout}`;
+  const names = lan.hosts.map((_, i) => `${lan.id}-p${i + 1}`);
+  const start = (i: number) => lan.hosts[i].vdeno(["plug", "-n", names[i], "tap://tap0", vnl]);
+  const plugs = [start(0), start(1), start(2)];
+  const addresses = await overlay(lan.hosts, plugs);
+  await pingAll(lan.hosts, addresses);
+  const othersHear = async (port?: number) =>
+    (await hears(h1, names[0], h3.address, port)) && (await hears(h2, names[1], h3.address, port));
+  const noneHears = async () =>
+    !(await hears(h1, names[0], h3.address)) && !(await hears(h2, names[1], h3.address));
+  await eventually("h1 and h2 hear h3", othersHear, 5000);
+
+  // Goodbye: gone well before the timeout could have dropped it.
+  assert.equal((await plugs[2].stop("SIGTERM")).code, 0);
+  await eventually("h1 and h2 drop h3 on its goodbye", noneHears, (timeout * 1000) / 3);
+
+  // Back on the same address and port: reachable again at once.
+  plugs[2] = start(2);
+  await h3.waitForLink("tap0", 30_000, plugs[2]);
+  await h3.configure("tap0", "10.0.0.3/24", "02:00:00:00:00:03");
+  assert.ok(await h2.pingable(addresses[2], 10_000), "h2 reaches the restarted h3");
+  await eventually("h1 and h2 hear h3 again", othersHear, 5000);
+
+  // Death: dropped after the timeout, with its MACs.
+  await plugs[2].stop("SIGKILL");
+  await eventually("h1 and h2 drop h3 after it died", noneHears, timeout * 1000 + 5000);
+  const learned = (await vxStatus(h2, names[1])).learned.map((entry) => entry.mac);
+  assert.ok(!learned.includes("02:00:00:00:00:03"), `h3's MAC forgotten: ${learned}`);
+
+  // Back while something else holds its address and port: it takes an ephemeral port, and the
+  // others find it there.
+  const holder = h3.vdeno([
+    "plug",
+    `udp://${h3.address}:14789->${h3.address}:9`,
+    "vxvde://239.9.9.9",
+  ]);
+  await eventually(
+    "the port is held",
+    async () => (await h3.sh(["ss", "-Hnul", "src", `${h3.address}:14789`])).trim() !== "",
+    10_000,
+  );
+  assert.equal(holder.stderr, "");
+  plugs[2] = start(2);
+  await plugs[2].waitForOutput((text) => text.includes("another plug listens on"), 20_000);
+  await h3.waitForLink("tap0", 30_000, plugs[2]);
+  await h3.configure("tap0", "10.0.0.3/24", "02:00:00:00:00:03");
+  assert.ok(await h2.pingable(addresses[2], 10_000), "h2 reaches h3 on its new port");
+  assert.ok(await h1.pingable(addresses[2], 10_000), "h1 reaches h3 on its new port");
+  assert.match((await vxStatus(h3, names[2])).listener, /^none/, "h3 is a seed for nobody now");
+  await eventually("h1 and h2 hear h3 on a port other than 14789", async () => {
+    const status = await vxStatus(h1, names[0]);
+    return status.members.some((member) =>
+      member.address.startsWith(`${h3.address}:`) && !member.address.endsWith(":14789") &&
+      member.lastHeardSeconds !== null
+    );
+  }, 5000);
+});
+
+function makeKeys(count: number): { dir: string; paths: string[] } {
+  const dir = Deno.makeTempDirSync({ prefix: "vdeno-peers-" });
+  const paths = [];
+  for (let i = 0; i < count; i++) {
+    const path = `${dir}/k${i}`;
+    Deno.writeTextFileSync(path, newKeyText(), { mode: 0o600 });
+    paths.push(path);
+  }
+  return { dir, paths };
+}
+
+Deno.test("a keyed cloud over peers=: keyless and wrong-key hosts get nothing, not even the member list", async (t) => {
+  if (!(await prerequisites(t, ["bridge", "ping", "tcpdump"]))) return;
+  const { dir, paths: [key, otherKey] } = makeKeys(2);
+  try {
+    await using lan = await Lan.create(4);
+    await dropMulticast(lan);
+    const [h1, h2, open, wrong] = lan.hosts;
+    const base = `vxvde://239.7.0.4/peers=${h1.address}/peertimeout=4`;
+    const names = lan.hosts.map((_, i) => `${lan.id}-k${i + 1}`);
+    const vnls = [
+      `${base}/key='${key}'`,
+      `${base}/key='${key}'`,
+      base,
+      `${base}/key='${otherKey}'`,
+    ];
+    const plugs = lan.hosts.map((host, i) =>
+      host.vdeno(["plug", "-n", names[i], "tap://tap0", vnls[i]])
+    );
+    const addresses = await overlay(lan.hosts, plugs);
+    assert.ok(await h2.pingable(addresses[0]), "keyed h2 pings keyed h1");
+    assert.ok(await h1.pingable(addresses[1]), "keyed h1 pings keyed h2");
+    // Floods from h1 and h2 (fresh ARP) while the outsiders try too: nothing reaches them.
+    for (const outsider of [open, wrong]) {
+      const seen = await captureUdp(outsider, "eth0", async () => {
+        await h1.sh(["ip", "neigh", "flush", "dev", "tap0"]);
+        await h2.sh(["ip", "neigh", "flush", "dev", "tap0"]);
+        await h1.run(["ping", "-c", "2", "-W", "1", addresses[1]]);
+        const out = await outsider.run(["ping", "-c", "2", "-W", "1", addresses[0]]);
+        assert.notEqual(out.code, 0, `${outsider.netns} reached h1`);
+        await sleep(1500); // a few rounds of hellos
+      });
+      const received = seen.filter((d) => ip(addressOf(d.destination)) === ip(outsider.address));
+      assert.deepEqual(received, [], `${outsider.netns} received nothing`);
+      assert.ok(
+        seen.some((d) => ip(addressOf(d.source)) === ip(outsider.address)),
+        `the capture saw ${outsider.netns}'s own datagrams: ${JSON.stringify(seen)}`,
+      );
+    }
+    for (const [i, outsider] of [[2, open], [3, wrong]] as const) {
+      const status = await vxStatus(outsider, names[i]);
+      assert.deepEqual(
+        status.members.map((member) => [member.address, member.lastHeardSeconds]),
+        [[`${h1.address}:14789`, null]],
+        `${outsider.netns} knows its seed only, never heard`,
+      );
+      assert.equal(status.counters.framesIn, 0);
+    }
+    for (const [i, host] of [[0, h1], [1, h2]] as const) {
+      const members = (await vxStatus(host, names[i])).members.map((member) => member.address);
+      assert.ok(
+        !members.some((m) => m.startsWith(`${open.address}:`) || m.startsWith(`${wrong.address}:`)),
+        `${host.netns} lists no outsider: ${members}`,
+      );
+    }
+    const h1Status = await vxStatus(h1, names[0]);
+    assert.ok(h1Status.counters.dropAuthFailed + h1Status.counters.dropWrongHeader > 0);
+  } finally {
+    Deno.removeSync(dir, { recursive: true });
+  }
+});
