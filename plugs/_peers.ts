@@ -364,6 +364,12 @@ export class Members {
     }));
   }
 
+  /** Whether the member at `address` was heard through the group within the timeout. */
+  hearsThroughGroup(address: SocketAddress, now: number): boolean {
+    const member = this.#members.get(address.toString());
+    return member !== undefined && this.#viaGroup(member, now);
+  }
+
   /** Packs the flood targets again (call when time may have moved a member's group status). */
   refresh(now: number): void {
     this.#pack(now);
@@ -521,11 +527,15 @@ export class PeerMesh {
       this.members.isSelf(sender, now);
       return true;
     }
+    const throughGroup = this.members.hearsThroughGroup(sender, now);
     const fresh = this.members.heard(sender, viaGroup, now);
     const added = this.members.told(hello.members, now);
     // Answered at once, so that a new member learns who is there, and those it was told of
     // hear from us, within a round trip rather than a hello interval.
     if (fresh && !viaGroup) this.#prompt(sender, now);
+    // A member we hear through the group that still writes to us by unicast has not heard our
+    // hellos on the group yet: one now lets it stop copying floods to us.
+    else if (!viaGroup && throughGroup) this.#prompt(undefined, now);
     for (const member of added) this.#prompt(member, now);
     return true;
   }
@@ -608,7 +618,7 @@ export class PeerMesh {
     return encodeHello({ instance: this.instance, members: this.members.sample(now) }, this.#body);
   }
 
-  #prompt(to: SocketAddress, now: number): void {
+  #prompt(to: SocketAddress | undefined, now: number): void {
     const second = Math.floor(now);
     if (second !== this.#promptSecond) [this.#promptSecond, this.#promptCount] = [second, 0];
     if (this.#promptCount++ >= PROMPT_HELLOS_PER_SECOND) return;

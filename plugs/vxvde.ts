@@ -36,6 +36,7 @@ import {
   sendTo,
   setBufferSize,
   setMulticastInterface,
+  setMulticastTtl,
   setReuseAddress,
   setTtl,
   SOCKADDR_SIZE,
@@ -275,7 +276,9 @@ export class VxvdePlug implements Plug {
       setBufferSize(unicastFd, "receive", config.receiveBuffer ?? DEFAULT_RECEIVE_BUFFER);
       setBufferSize(multicastFd, "receive", config.receiveBuffer ?? DEFAULT_RECEIVE_BUFFER);
       setBufferSize(unicastFd, "send", DEFAULT_SOCKET_BUFFER);
-      setTtl(unicastFd, family, config.ttl);
+      // With peers=, members may be routers away: ttl= bounds only what goes to the group.
+      if (config.peers) setMulticastTtl(unicastFd, family, config.ttl);
+      else setTtl(unicastFd, family, config.ttl);
       setReuseAddress(multicastFd);
       bindSocket(multicastFd, config.group);
       joinGroup(multicastFd, config.group, ifindex);

@@ -20,7 +20,7 @@ import {
 } from "../plugs/_peers.ts";
 import { parseVxvde } from "../plugs/vxvde.ts";
 import { addressOf, captureUdp } from "./_capture.ts";
-import { type Host, Lan, prerequisites, type Process, sleep, VDENO } from "./_harness.ts";
+import { type Host, Lan, prerequisites, type Process, sh, sleep, VDENO } from "./_harness.ts";
 import { newKeyText } from "../plugs/seal.ts";
 
 const v4 = (text: string) => {
@@ -442,4 +442,113 @@ Deno.test("a keyed cloud over peers=: keyless and wrong-key hosts get nothing, n
   } finally {
     Deno.removeSync(dir, { recursive: true });
   }
+});
+
+/**
+ * Two LANs joined by a router namespace that forwards unicast and routes no
+ * multicast. Returns the router's namespace (deleted by `dispose`).
+ */
+async function route(a: Lan, b: Lan): Promise<{ netns: string; dispose: () => Promise<void> }> {
+  const netns = `${a.id}-rt`;
+  const dispose = async () => {
+    await new Deno.Command("ip", { args: ["netns", "del", netns], stderr: "null" }).output();
+  };
+  try {
+    await sh(["ip", "netns", "add", netns]);
+    await sh(["ip", "-n", netns, "link", "set", "lo", "up"]);
+    await sh(["ip", "netns", "exec", netns, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"]);
+    for (const [i, lan] of [a, b].entries()) {
+      const subnet = lan.hosts[0].address.replace(/\.\d+$/, "");
+      const port = `rt${i}`;
+      await sh([
+        ...["ip", "link", "add", "vdnrt", "netns", netns, "type", "veth"],
+        ...["peer", "name", port, "netns", `${lan.id}-sw`],
+      ]);
+      await sh(["ip", "-n", `${lan.id}-sw`, "link", "set", port, "master", "br0", "up"]);
+      await sh(["ip", "-n", netns, "link", "set", "vdnrt", "name", `eth${i}`]);
+      await sh(["ip", "-n", netns, "addr", "add", `${subnet}.254/24`, "dev", `eth${i}`]);
+      await sh(["ip", "-n", netns, "link", "set", `eth${i}`, "up"]);
+      for (const host of lan.hosts) {
+        await host.sh(["ip", "route", "add", "default", "via", `${subnet}.254`]);
+      }
+    }
+  } catch (error) {
+    await dispose();
+    throw error;
+  }
+  return { netns, dispose };
+}
+
+Deno.test("peers= spans two subnets joined by a router with no multicast routing; inside a subnet the group still serves", async (t) => {
+  if (!(await prerequisites(t, ["ping", "sysctl"]))) return;
+  await using lanA = await Lan.create(1);
+  await using lanB = await Lan.create(2);
+  const router = await route(lanA, lanB);
+  try {
+    const [a1] = lanA.hosts, [b1, b2] = lanB.hosts;
+    const hosts = [a1, b1, b2];
+    assert.ok(await b1.pingable(a1.address), "the router forwards unicast");
+    const vnl = `vxvde://239.7.0.5/peers=${a1.address}`;
+    const names = hosts.map((_, i) => `${lanA.id}-r${i + 1}`);
+    const plugs = hosts.map((host, i) => host.vdeno(["plug", "-n", names[i], "tap://tap0", vnl]));
+    const addresses = await overlay(hosts, plugs);
+    await pingAll(hosts, addresses);
+    for (const [from, to] of [[b1, 0], [a1, 2], [b1, 2]] as const) {
+      const out = await from.sh(["ping", "-c", "3", "-i", "0.2", addresses[to]]);
+      assert.ok(!out.includes("DUP!"), `no duplicates: ${out}`);
+    }
+    let b1Members: MemberStatus[] = [];
+    await eventually("b1 hears b2 through the group", async () => {
+      b1Members = (await vxStatus(b1, names[1])).members;
+      return b1Members.some((member) =>
+        member.address.startsWith(`${b2.address}:`) && member.viaGroup
+      );
+    }, 5000);
+    const viaRouter = b1Members.find((member) => member.address.startsWith(`${a1.address}:`));
+    assert.ok(viaRouter && !viaRouter.viaGroup, "and a1 by unicast through the router");
+  } finally {
+    await router.dispose();
+  }
+});
+
+Deno.test("on a LAN where multicast works, peers= members, a second one on the same host and a vde_plug share one cloud", async (t) => {
+  if (!(await prerequisites(t, ["vde_plug", "ping"]))) return;
+  await using lan = await Lan.create(3);
+  const [h1, h2, h3] = lan.hosts;
+  const vnl = `vxvde://239.7.0.6/peers=${h1.address}`;
+  const plugs = [
+    h1.vdeno(["plug", "-n", `${lan.id}-m1`, "tap://tap0", vnl]),
+    h2.vdeno(["plug", "-n", `${lan.id}-m2`, "tap://tap0", vnl]),
+    h3.spawn(["vde_plug", "tap://tap0", "vxvde://239.7.0.6"]),
+  ];
+  const addresses = await overlay(lan.hosts, plugs);
+  await pingAll(lan.hosts, addresses);
+  // A second member on h2, in a namespace of its own: h2's listener port is taken.
+  const script = [
+    "ip addr add 10.0.0.9/24 dev vde0",
+    "ip link set vde0 address 02:00:00:00:00:09 up",
+    ...addresses.map((address) => `ping -c 3 -i 0.2 -w 10 ${address}`),
+  ].join(" && ");
+  const second = await h2.run([...VDENO, "ns", vnl, "--", "sh", "-c", script], {
+    timeoutMs: 60_000,
+  });
+  assert.equal(
+    second.code,
+    0,
+    `the second member on h2 pings everyone: ${second.stdout}${second.stderr}`,
+  );
+  assert.match(second.stderr, /another plug listens on/);
+  assert.ok(!second.stdout.includes("DUP!"), `no duplicates: ${second.stdout}`);
+  for (const [i, host] of [h1, h2].entries()) {
+    const out = await host.sh(["ping", "-c", "3", "-i", "0.2", addresses[2 - i]]);
+    assert.ok(!out.includes("DUP!"), `no duplicates: ${out}`);
+  }
+  await eventually(
+    "h1 hears h2 through the group",
+    async () =>
+      (await vxStatus(h1, `${lan.id}-m1`)).members.some((member) =>
+        member.address.startsWith(`${h2.address}:`) && member.viaGroup
+      ),
+    5000,
+  );
 });
