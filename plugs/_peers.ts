@@ -354,6 +354,13 @@ export class Members {
       .map((member) => member.address);
   }
 
+  /** Members that have not spoken yet (seeds, and those we were told of): they get hellos often. */
+  unheard(): SocketAddress[] {
+    return [...this.#members.values()]
+      .filter((member) => member.heardAt === 0)
+      .map((member) => member.address);
+  }
+
   /** The members, for display. */
   view(now: number): MemberView[] {
     return [...this.#members.values()].map((member) => ({
@@ -474,6 +481,9 @@ export class PeerMesh {
   #floodLengths = new Int32Array(64);
   #floods = 0;
   #promptSecond = 0;
+  /** Seconds between rounds of hellos to every member, and when the next one is due. */
+  readonly #interval: number;
+  #nextRound = 0;
   #promptCount = 0;
 
   constructor(
@@ -497,16 +507,27 @@ export class PeerMesh {
     this.#link = link;
     this.#nameLength = listener.address.length;
     this.#targetsAddress = numericAddress(this.members.targets);
-    // The first round goes at once, so that a new member is known before its first frame.
-    this.#ticker = new Ticker(Math.max(250, (timeoutSeconds * 1000) / 4), 0);
+    this.#interval = Math.max(0.25, timeoutSeconds / 4);
+    // The first round goes at once, so that a new member is known before its first frame; the
+    // timer runs every second at most, for members that have not answered yet.
+    this.#ticker = new Ticker(Math.min(1000, this.#interval * 1000), 0);
     this.timerFd = this.#ticker.fd;
   }
 
-  /** The timer fired: drops silent members, then says hello to the group and every member. */
+  /**
+   * The timer fired: drops silent members; says hello to the group and every
+   * member every quarter of the timeout, and to members that have not spoken
+   * yet (a seed that was not up when we started) every second.
+   */
   tick(): void {
     this.#ticker.acknowledge();
     const now = Date.now() / 1000;
     for (const silent of this.members.expire(now)) this.#link.forgetMacs(silent);
+    if (now < this.#nextRound) {
+      for (const member of this.members.unheard()) this.#prompt(member, now);
+      return;
+    }
+    this.#nextRound = now + this.#interval - 0.05;
     const length = this.#hello(now);
     this.#link.sendHello(this.#body, length);
     for (const member of this.members.unicastMembers(now)) {
