@@ -553,10 +553,13 @@ export class PeerMesh {
     const added = this.members.told(hello.members, now);
     // Answered at once, so that a new member learns who is there, and those it was told of
     // hear from us, within a round trip rather than a hello interval.
-    if (fresh && !viaGroup) this.#prompt(sender, now);
-    // A member we hear through the group that still writes to us by unicast has not heard our
-    // hellos on the group yet: one now lets it stop copying floods to us.
-    else if (!viaGroup && throughGroup) this.#prompt(undefined, now);
+    // One on the group too: where multicast works, the new member then hears us there and stops
+    // copying floods to us by unicast. Likewise for a member we hear through the group that
+    // still writes to us by unicast: it has not heard our hellos on the group yet.
+    if (fresh && !viaGroup) {
+      this.#prompt(sender, now);
+      this.#prompt(undefined, now);
+    } else if (!viaGroup && throughGroup) this.#prompt(undefined, now);
     for (const member of added) this.#prompt(member, now);
     return true;
   }
