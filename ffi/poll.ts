@@ -12,6 +12,8 @@ export const POLLOUT = 0x4;
 export const POLLERR = 0x8;
 export const POLLHUP = 0x10;
 export const POLLNVAL = 0x20;
+/** The peer closed its end (or shut down writing): for stream sockets. */
+export const POLLRDHUP = 0x2000;
 
 /** A fixed set of descriptors to wait on for input, with their last results. */
 export class PollSet {

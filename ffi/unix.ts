@@ -177,6 +177,32 @@ export function listenUnix(path: string, backlog = 16, mode = 0o600): number {
   return fd;
 }
 
+const SO_PEERCRED = 17;
+
+/** Who is at the other end of a connected Unix socket, as the kernel saw it connect. */
+export interface PeerCredentials {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+/** The peer's credentials (SO_PEERCRED) of a connected Unix socket. */
+export function peerCredentials(fd: number): PeerCredentials {
+  const ucred = new Int32Array(3); // struct ucred: pid, uid, gid
+  const length = new Uint32Array([12]);
+  check(
+    libc.getsockopt(
+      fd,
+      SOL_SOCKET,
+      SO_PEERCRED,
+      new Uint8Array(ucred.buffer),
+      new Uint8Array(length.buffer),
+    ),
+    "getsockopt(SO_PEERCRED)",
+  );
+  return { pid: ucred[0], uid: ucred[1] >>> 0, gid: ucred[2] >>> 0 };
+}
+
 /**
  * Connects to the Unix stream socket at `path` without waiting and returns
  * the non-blocking descriptor. Throws a {@linkcode SystemError}: ECONNREFUSED

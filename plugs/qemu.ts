@@ -7,33 +7,38 @@
  * is not ADDRESS:PORT) or on TCP (`qemu://127.0.0.1:5555`, `qemu://[::1]:5555`,
  * `qemu://:5555` for every address), and QEMU connects as the client:
  *
- *     vdeno plug vxvde://234.0.0.1 qemu:///tmp/vm0.sock
- *     qemu-system-x86_64 ... -netdev stream,id=net0,server=off,addr.type=unix,addr.path=/tmp/vm0.sock
+ *     vdeno plug vxvde://234.0.0.1 qemu://$XDG_RUNTIME_DIR/vm0.sock
+ *     qemu-system-x86_64 ... -netdev stream,id=net0,server=off,addr.type=unix,addr.path=$XDG_RUNTIME_DIR/vm0.sock
  *     (TCP: -netdev stream,id=net0,server=off,addr.type=inet,addr.host=127.0.0.1,addr.port=5555,
  *      or the older -netdev socket,id=net0,connect=127.0.0.1:5555)
  *
  * Start vdeno first: QEMU 7.2 does not retry a refused connection. The wire
  * format is QEMU's: each frame preceded by its length as 4 bytes big-endian.
  *
- * One VM at a time: a new connection replaces the current one, and when the
- * VM goes away the plug waits for the next instead of ending, so a VM can be
- * restarted without restarting vdeno. Frames for the VM while none is
- * connected, or while its socket is full, are dropped (counted), so a stuck
- * VM cannot stall the cloud.
+ * One VM at a time: while one is connected, another connection is closed at
+ * once (`refused` in `vdeno status`), so nobody can take the VM's traffic
+ * over; when the VM goes away the plug waits for the next instead of ending,
+ * so a VM can be restarted without restarting vdeno. On a Unix socket (made
+ * mode 0600) only a client of the same user or root is taken (SO_PEERCRED).
+ * A path that exists is used only if it is a socket of the same user that
+ * nobody listens on (left by a run that was killed): anything else there is
+ * an error, never deleted. Frames for the VM while none is connected, or
+ * while its socket is full, are dropped (counted), so a stuck VM cannot stall
+ * the cloud.
  *
  * @module
  */
 
-import { check, closeQuietly, Errno, errno, libc, setIovec } from "../ffi/libc.ts";
+import { check, closeQuietly, Errno, errno, libc, setIovec, SystemError } from "../ffi/libc.ts";
 import { AF_INET, numericAddress, setReuseAddress, SocketAddress } from "../ffi/net.ts";
-import { fileInfo, removeFile } from "../ffi/os.ts";
-import { Wakeup } from "../ffi/poll.ts";
+import { fileInfo, removeFile, userId } from "../ffi/os.ts";
+import { POLLERR, POLLHUP, POLLRDHUP, PollSet, Wakeup } from "../ffi/poll.ts";
+import { connectUnix, listenUnix, peerCredentials } from "../ffi/unix.ts";
 import { Counter, newCounters } from "../core/counters.ts";
 import { ETH_HEADER, type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../core/frames.ts";
 import type { Plug } from "../core/plug.ts";
 import { splitQuoted, VnlError } from "../core/vnl.ts";
 
-const AF_UNIX = 1;
 const SOCK_STREAM = 1;
 const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
@@ -56,7 +61,7 @@ export function parseQemu(rest: string): QemuListenAddress {
   if (text === "") {
     throw new VnlError(
       "Missing socket: use qemu://PATH (Unix socket) or qemu://ADDRESS:PORT (TCP), " +
-        "e.g. qemu:///tmp/vm0.sock",
+        "e.g. qemu://$XDG_RUNTIME_DIR/vm0.sock",
     );
   }
   const tcp = /^(\[[0-9a-fA-F:.]*\]|[0-9.]*):(\d+)$/.exec(text);
@@ -76,19 +81,38 @@ export function parseQemu(rest: string): QemuListenAddress {
   return { kind: "tcp", address };
 }
 
-function unixAddress(path: string): Uint8Array<ArrayBuffer> {
-  const bytes = new Uint8Array(2 + SUN_PATH_MAX + 1); // struct sockaddr_un
-  new DataView(bytes.buffer).setUint16(0, AF_UNIX, true);
-  bytes.set(new TextEncoder().encode(path), 2);
-  return bytes;
-}
-
-function isSocket(path: string): boolean {
+/** Whether `path` is a socket of this user's (not following a symbolic link). */
+function isOwnSocket(path: string): boolean {
   try {
-    return fileInfo(path, false)?.isSocket === true;
+    const info = fileInfo(path, false);
+    return info !== undefined && info.isSocket && info.uid === userId();
   } catch {
     return false;
   }
+}
+
+/**
+ * Makes way for a listening socket at `path`: a socket of this user's that
+ * nobody listens on (left by a run that was killed) is removed; anything
+ * else that exists there is an error, and is left alone.
+ */
+function clearUnixPath(path: string): void {
+  if (path.startsWith("@")) return; // An abstract name: no file.
+  if (fileInfo(path, false) === undefined) return;
+  if (!isOwnSocket(path)) {
+    throw new Error(
+      `${path} exists and is not a socket of this user's; remove it or choose another path`,
+    );
+  }
+  try {
+    closeQuietly(connectUnix(path));
+  } catch (error) {
+    if (error instanceof SystemError && error.code === Errno.ECONNREFUSED) {
+      removeFile(path);
+      return;
+    }
+  }
+  throw new Error(`${path} is in use by another process`);
 }
 
 /** A plug that QEMU's stream backend connects to. */
@@ -108,6 +132,10 @@ export class QemuStreamPlug implements Plug {
   readonly #idle: Wakeup;
   #connected = false;
   #connections = 0;
+  /** Connections closed at once: a second client, or a Unix client of another user. */
+  #refused = 0;
+  /** Polls the VM's connection for its end, to tell a restarted VM from a second client. */
+  readonly #hangUp = new PollSet([-1]);
   readonly #input = new Uint8Array(INPUT_SIZE);
   readonly #inputPointer = Deno.UnsafePointer.of(this.#input)!;
   #inputStart = 0;
@@ -132,15 +160,8 @@ export class QemuStreamPlug implements Plug {
     const placeholder = new Wakeup();
     try {
       if (listenAddress.kind === "unix") {
-        // A socket file left by an earlier run that was killed would make bind fail.
-        if (isSocket(listenAddress.path)) removeFile(listenAddress.path);
-        listenFd = check(
-          libc.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
-          "socket",
-        );
-        const name = unixAddress(listenAddress.path);
-        const length = 2 + new TextEncoder().encode(listenAddress.path).length + 1;
-        check(libc.bind(listenFd, name, length), `Cannot bind ${listenAddress.path}`);
+        clearUnixPath(listenAddress.path);
+        listenFd = listenUnix(listenAddress.path, 4, 0o600);
       } else {
         const address = listenAddress.address;
         listenFd = check(
@@ -149,8 +170,8 @@ export class QemuStreamPlug implements Plug {
         );
         setReuseAddress(listenFd);
         check(libc.bind(listenFd, address.bytes, address.length), `Cannot bind ${address}`);
+        check(libc.listen(listenFd, 4), "listen");
       }
-      check(libc.listen(listenFd, 4), "listen");
     } catch (error) {
       closeQuietly(listenFd);
       idle.close();
@@ -160,6 +181,21 @@ export class QemuStreamPlug implements Plug {
     this.#listenFd = listenFd;
     this.#connectionFd = placeholder.fd;
     this.fds = [listenFd, placeholder.fd];
+    this.outputFd = placeholder.fd;
+    this.#hangUp.setEntry(0, placeholder.fd, POLLRDHUP);
+  }
+
+  /** The VM's connection, which a send that did not fit waits on. */
+  readonly outputFd: number;
+
+  /** Part of a frame waits for the VM's socket to take it. */
+  get pendingOutput(): boolean {
+    return this.#pendingStart < this.#pendingEnd;
+  }
+
+  /** Writes what waits of a partly sent frame, as far as the socket takes it. */
+  flush(): void {
+    this.#flushPending();
   }
 
   /** Input read but not yet delivered because the batch was full. */
@@ -180,9 +216,21 @@ export class QemuStreamPlug implements Plug {
       0;
   }
 
+  /** Whether the VM's connection has ended (the VM went away), though not read to its end yet. */
+  #connectionEnded(): boolean {
+    this.#hangUp.wait(0);
+    return (this.#hangUp.events(0) & (POLLRDHUP | POLLHUP | POLLERR)) !== 0;
+  }
+
   #accept(): void {
     const fd = libc.accept4(this.#listenFd, null, null, SOCK_CLOEXEC | SOCK_NONBLOCK);
     if (fd < 0) return; // The client gave up already, or a signal: nothing to do.
+    if (this.#connected && this.#connectionEnded()) this.#disconnect();
+    if (this.#connected || !this.#mayConnect(fd)) {
+      libc.close(fd);
+      this.#refused++;
+      return;
+    }
     if (this.listenAddress.kind === "tcp") {
       const on = new Uint8Array([1, 0, 0, 0]);
       libc.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, on, 4);
@@ -192,6 +240,17 @@ export class QemuStreamPlug implements Plug {
     this.#reset();
     this.#connected = true;
     this.#connections++;
+  }
+
+  /** On a Unix socket, only the same user or root. */
+  #mayConnect(fd: number): boolean {
+    if (this.listenAddress.kind !== "unix") return true;
+    try {
+      const { uid } = peerCredentials(fd);
+      return uid === 0 || uid === userId();
+    } catch {
+      return false;
+    }
   }
 
   #disconnect(): void {
@@ -369,6 +428,7 @@ export class QemuStreamPlug implements Plug {
       listening: where.kind === "unix" ? where.path : where.address.toString(),
       vmConnected: this.#connected,
       connections: this.#connections,
+      refused: this.#refused,
     };
   }
 
@@ -378,7 +438,7 @@ export class QemuStreamPlug implements Plug {
     closeQuietly(this.#connectionFd);
     closeQuietly(this.#listenFd);
     this.#idle.close();
-    if (this.listenAddress.kind === "unix") {
+    if (this.listenAddress.kind === "unix" && isOwnSocket(this.listenAddress.path)) {
       try {
         removeFile(this.listenAddress.path);
       } catch {

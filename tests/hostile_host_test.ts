@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { hostTest, Lan, run, sleep, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, run, sleep, VDENO } from "./_harness.ts";
 
 /** The unprivileged user that plays the attacker. */
 const NOBODY = 65534;
@@ -471,3 +471,190 @@ hostTest("udp:// takes frames only from its remote: injected datagrams are dropp
   assert.equal(udp.counters.dropUnknownSender, 200, "every injected datagram was counted");
   assert.equal(tap.counters.framesOut, udp.counters.framesIn);
 });
+
+/**
+ * A QEMU stream client: `deno eval QEMU_CLIENT tcp|unix ADDRESS N SECONDS` connects, sends an ARP
+ * request for 10.0.0.1 from 02:00:00:00:00:N every 200 ms, prints "reply" for each ARP reply to
+ * it, and at the end (the time is up, or vdeno closed the connection) one JSON line.
+ */
+const QEMU_CLIENT = `
+const [kind, where, n, seconds] = Deno.args;
+const colon = where.lastIndexOf(":");
+const conn = kind === "tcp"
+  ? await Deno.connect({ hostname: where.slice(0, colon), port: Number(where.slice(colon + 1)) })
+  : await Deno.connect({ transport: "unix", path: where });
+const mac = [2, 0, 0, 0, 0, Number(n)];
+const request = new Uint8Array(4 + 42);
+new DataView(request.buffer).setUint32(0, 42);
+request.fill(0xff, 4, 10);
+request.set(mac, 10);
+request.set([0x08, 0x06, 0, 1, 0x08, 0x00, 6, 4, 0, 1, ...mac, 10, 0, 0, Number(n)], 16);
+request.set([10, 0, 0, 1], 42);
+let replies = 0;
+const end = (closed) => {
+  console.log(JSON.stringify({ closed, replies }));
+  Deno.exit(0);
+};
+setTimeout(() => end(false), Number(seconds) * 1000);
+setInterval(() => conn.write(request).catch(() => {}), 200);
+conn.write(request).catch(() => {});
+let buffered = new Uint8Array(0);
+const chunk = new Uint8Array(65536);
+for (;;) {
+  let count = null;
+  try {
+    count = await conn.read(chunk);
+  } catch {
+    // Reset by the other end: closed as well.
+  }
+  if (count === null) end(true);
+  const joined = new Uint8Array(buffered.length + count);
+  joined.set(buffered);
+  joined.set(chunk.subarray(0, count), buffered.length);
+  buffered = joined;
+  while (buffered.length >= 4) {
+    const length = new DataView(buffered.buffer, buffered.byteOffset).getUint32(0);
+    if (buffered.length < 4 + length) break;
+    const frame = buffered.subarray(4, 4 + length);
+    if (frame[12] === 8 && frame[13] === 6 && frame[21] === 2 && frame[5] === Number(n)) {
+      replies++;
+      console.log("reply");
+    }
+    buffered = buffered.slice(4 + length);
+  }
+}
+`;
+
+/** Starts a QEMU_CLIENT in `host` (as `as` wraps it, e.g. another user). */
+function qemuClient(
+  host: Host,
+  kind: "tcp" | "unix",
+  where: string,
+  n: number,
+  seconds: number,
+  as: (argv: string[]) => string[] = (argv) => argv,
+) {
+  return host.spawn(
+    as([Deno.execPath(), "eval", "--quiet", QEMU_CLIENT, kind, where, String(n), String(seconds)]),
+  );
+}
+
+const replies = (client: { stdout: string }) =>
+  client.stdout.split("\n").filter((l) => l === "reply").length;
+
+hostTest(
+  "qemu:// over TCP refuses a second client while the VM is connected; the VM keeps its traffic",
+  [],
+  async () => {
+    await using lan = await Lan.create(1);
+    const [host] = lan.hosts;
+    await using runtime = await privateRuntime();
+    const env = { XDG_RUNTIME_DIR: runtime.path };
+    const where = `${host.address}:5555`;
+    host.vdeno(["plug", "-n", "qtcp", "tap://tap0", `qemu://${where}`], { env });
+    await host.waitForLink("tap0");
+    await host.configure("tap0", "10.0.0.1/24");
+    const vm = qemuClient(host, "tcp", where, 2, 30);
+    await vm.waitForOutput((text) => text.includes("reply"), 20_000);
+    const intruder = qemuClient(host, "tcp", where, 3, 10);
+    const verdict = await intruder.exited();
+    assert.equal(verdict.code, 0, intruder.stderr);
+    assert.deepEqual(JSON.parse(intruder.stdout.trim().split("\n").at(-1)!), {
+      closed: true,
+      replies: 0,
+    });
+    const before = replies(vm);
+    await vm.waitForOutput(() => replies(vm) >= before + 3, 10_000);
+    const status = await run([...VDENO, "status", "--json", "qtcp"], { env });
+    const qemu = JSON.parse(status.stdout).plugs[1];
+    assert.equal(qemu.vmConnected, true);
+    assert.equal(qemu.connections, 1);
+    assert.equal(qemu.refused, 1);
+  },
+);
+
+hostTest(
+  "qemu:// on a Unix socket takes only clients of the same user or root",
+  ["setpriv"],
+  async () => {
+    await using lan = await Lan.create(1);
+    const [host] = lan.hosts;
+    await using runtime = await privateRuntime();
+    await using attacker = await userHome(NOBODY);
+    const env = { XDG_RUNTIME_DIR: runtime.path };
+    const directory = await Deno.makeTempDir({ prefix: "vdeno-vm-" });
+    try {
+      await Deno.chmod(directory, 0o755);
+      const path = `${directory}/vm.sock`;
+      host.vdeno(["plug", "-n", "qunix", "tap://tap0", `qemu://${path}`], { env });
+      await host.waitForLink("tap0");
+      await host.configure("tap0", "10.0.0.1/24");
+      await waitFor("the VM socket", () => exists(path));
+      assert.equal(Deno.lstatSync(path).mode! & 0o777, 0o600, "made mode 0600");
+      // Opened to all, as one might for a QEMU run as another user: the credentials still decide.
+      await Deno.chmod(path, 0o777);
+      const intruder = qemuClient(host, "unix", path, 3, 10, (argv) => attacker.as(argv));
+      await intruder.exited();
+      assert.deepEqual(JSON.parse(intruder.stdout.trim().split("\n").at(-1)!), {
+        closed: true,
+        replies: 0,
+      }, intruder.stderr);
+      const vm = qemuClient(host, "unix", path, 2, 30);
+      await vm.waitForOutput((text) => text.includes("reply"), 20_000);
+      const status = await run([...VDENO, "status", "--json", "qunix"], { env });
+      const qemu = JSON.parse(status.stdout).plugs[1];
+      assert.equal(qemu.refused, 1);
+      assert.equal(qemu.connections, 1);
+    } finally {
+      await Deno.remove(directory, { recursive: true });
+    }
+  },
+);
+
+hostTest(
+  "qemu:// never deletes what is at its path unless it is its own dead socket",
+  [],
+  async () => {
+    await using lan = await Lan.create(1);
+    const [host] = lan.hosts;
+    const directory = await Deno.makeTempDir({ prefix: "vdeno-vm-" });
+    try {
+      const path = `${directory}/vm.sock`;
+      const plug = () => host.run([...VDENO, "plug", "vxvde://239.8.0.7", `qemu://${path}`]);
+      const precious = `${directory}/precious`;
+      Deno.writeTextFileSync(precious, "keep me\n");
+      for (
+        const [what, make] of [
+          ["a file", () => Deno.writeTextFileSync(path, "keep me\n")],
+          ["a symbolic link", () => Deno.symlinkSync(precious, path)],
+        ] as const
+      ) {
+        make();
+        const result = await plug();
+        assert.equal(result.code, 1, what);
+        assert.equal(result.stderr.trim().split("\n").length, 1, result.stderr);
+        assert.match(result.stderr, /exists and is not a socket of this user's/);
+        assert.equal(Deno.readTextFileSync(path), "keep me\n", `${what} is left as it was`);
+        Deno.removeSync(path);
+      }
+      // A plug killed outright leaves its socket: the next one takes the path over.
+      const killed = host.spawn([...VDENO, "plug", "vxvde://239.8.0.7", `qemu://${path}`]);
+      await waitFor("the VM socket", () => exists(path));
+      await killed.stop("SIGKILL");
+      const next = host.spawn([...VDENO, "plug", "vxvde://239.8.0.7", `qemu://${path}`]);
+      // Connected and kept (not closed) until the client's time is up: the new plug listens there.
+      let verdict = "";
+      for (let attempt = 0; attempt < 40 && !verdict.includes("closed"); attempt++) {
+        await sleep(250);
+        const client = qemuClient(host, "unix", path, 2, 1);
+        await client.exited();
+        verdict = client.stdout.trim().split("\n").at(-1) ?? "";
+      }
+      assert.deepEqual(JSON.parse(verdict), { closed: false, replies: 0 }, next.stderr);
+      assert.equal((await next.stop("SIGTERM")).code, 0);
+      assert.ok(!exists(path), "its own socket is removed on exit");
+    } finally {
+      await Deno.remove(directory, { recursive: true });
+    }
+  },
+);
