@@ -1,0 +1,71 @@
+/**
+ * The README's MTU table (Troubleshooting): on a 1500-byte underlay, a TAP
+ * MTU of 1450 (IPv4), 1430 (IPv6), 1418 (IPv4, keyed) or 1398 (IPv6, keyed)
+ * is the largest whose full-size frames cross in one datagram; one byte more
+ * and they cross as IP fragments, and still arrive.
+ */
+
+import assert from "node:assert/strict";
+import { type Host, hostTest, Lan, sleep, VDENO } from "./_harness.ts";
+import { newKeyText } from "../plugs/seal.ts";
+
+const CASES = [
+  { underlay: "IPv4", keyed: false, mtu: 1450 },
+  { underlay: "IPv6", keyed: false, mtu: 1430 },
+  { underlay: "IPv4", keyed: true, mtu: 1418 },
+  { underlay: "IPv6", keyed: true, mtu: 1398 },
+];
+
+/** Runs `action` while tcpdump counts IP fragments arriving on `host`'s eth0. */
+async function countFragments(host: Host, v6: boolean, action: () => Promise<void>) {
+  const filter = v6 ? "ip6 and ip6[6] == 44" : "ip and (ip[6:2] & 0x3fff) != 0";
+  const tcpdump = host.spawn(["tcpdump", "-i", "eth0", "-nn", "-l", "-q", filter]);
+  await tcpdump.waitForOutput((text) => text.includes("listening on"));
+  await action();
+  await sleep(500);
+  await tcpdump.stop("SIGINT");
+  return tcpdump.stdout.split("\n").filter((line) => /\bIP6? /.test(line)).length;
+}
+
+hostTest(
+  "a TAP MTU from the README's table crosses in one datagram; one byte more fragments",
+  ["ping", "tcpdump"],
+  async () => {
+    const keyFile = await Deno.makeTempFile({ prefix: "vdeno-mtu-key-" });
+    try {
+      await Deno.writeTextFile(keyFile, newKeyText(), { mode: 0o600 });
+      await using lan = await Lan.create(2);
+      const [a, b] = lan.hosts;
+      for (const [index, { underlay, keyed, mtu }] of CASES.entries()) {
+        const v6 = underlay === "IPv6";
+        const group = v6 ? `ff05:56de::${index + 20}` : `239.8.2.${index + 1}`;
+        const vnl = `vxvde://${group}${keyed ? `/key='${keyFile}'` : ""}`;
+        const tap = `tap${index}`;
+        const what = `${underlay}${keyed ? ", keyed" : ""}`;
+        const plugs = [a, b].map((host) => host.vdeno(["plug", `tap://${tap}`, vnl]));
+        for (const [i, host] of [a, b].entries()) {
+          await host.waitForLink(tap, 30_000, plugs[i]);
+          await host.sh(["ip", "link", "set", tap, "mtu", String(mtu)]);
+          await host.configure(tap, `10.9.${index}.${i + 1}/24`);
+        }
+        const peer = `10.9.${index}.2`;
+        assert.ok(await a.pingable(peer), `${what}: the plugs do not carry small pings`);
+        // Don't fragment in the overlay: the ICMP packet is exactly the TAP's MTU.
+        const ping = (size: number) => async () => {
+          const result = await a.run(["ping", "-M", "do", "-c", "3", "-s", String(size), peer]);
+          assert.equal(result.code, 0, `${what}: ping -s ${size}: ${result.stdout}`);
+        };
+        const whole = await countFragments(b, v6, ping(mtu - 28));
+        assert.equal(whole, 0, `${what}: TAP MTU ${mtu}: full frames were fragmented`);
+        for (const host of [a, b]) {
+          await host.sh(["ip", "link", "set", tap, "mtu", String(mtu + 1)]);
+        }
+        const over = await countFragments(b, v6, ping(mtu + 1 - 28));
+        assert.ok(over >= 3, `${what}: TAP MTU ${mtu + 1}: ${over} fragments, expected some`);
+        for (const plug of plugs) await plug.stop();
+      }
+    } finally {
+      await Deno.remove(keyFile);
+    }
+  },
+);
