@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type Host, hostTest, Lan, sleep, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, sleep } from "./_harness.ts";
 import { newKeyText } from "../plugs/seal.ts";
 
 const CASES = [
