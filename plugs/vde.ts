@@ -21,6 +21,7 @@
 
 import { closeQuietly, Errno, SystemError } from "../ffi/libc.ts";
 import { DatagramVector } from "../ffi/net.ts";
+import { removeFile, userId } from "../ffi/os.ts";
 import {
   connectTo,
   connectUnix,
@@ -207,7 +208,7 @@ export class VdePlug implements Plug {
       const type = control.generic && config.port !== 0
         ? (config.port < 0 ? REQ_NEW_PORT0 : REQ_NEW_CONTROL + config.port * 256)
         : REQ_NEW_CONTROL;
-      const description = `vdeno user=${Deno.uid() ?? 0} pid=${Deno.pid}`;
+      const description = `vdeno user=${userId()} pid=${Deno.pid}`;
       if (!writeAll(control.fd, request(type, unixSocketAddress(data.path), description))) {
         throw new Error("the switch closed the control connection");
       }
@@ -308,9 +309,9 @@ export class VdePlug implements Plug {
 
 function removeQuietly(path: string): void {
   try {
-    Deno.removeSync(path);
+    removeFile(path);
   } catch {
-    // Already gone.
+    // Cleanup is best effort.
   }
 }
 

@@ -12,6 +12,7 @@
  */
 
 import { Errno, errno, strerror } from "../ffi/libc.ts";
+import { getEnv, listDirectory } from "../ffi/os.ts";
 import { POLLHUP, POLLIN, PollSet } from "../ffi/poll.ts";
 import { EPROTONOSUPPORT, loadVdeplug, VdeConnection, VdeOpenError } from "../ffi/vdeplug.ts";
 import { Counter, newCounters } from "../core/counters.ts";
@@ -45,7 +46,7 @@ export const PLUGIN_PACKAGES: Readonly<Record<string, string>> = {
 
 /** Where libvdeplug looks for plugins: $VDEPLUGIN_PATH alone when set, else the system's. */
 function pluginDirectories(): string[] {
-  const fromEnvironment = Deno.env.get("VDEPLUGIN_PATH");
+  const fromEnvironment = getEnv("VDEPLUGIN_PATH");
   if (fromEnvironment !== undefined) return fromEnvironment.split(":").filter(Boolean);
   return [
     "/usr/lib/x86_64-linux-gnu/vdeplug",
@@ -61,8 +62,8 @@ export function installedPluginSchemes(): string[] {
   const found = new Set<string>();
   for (const directory of pluginDirectories()) {
     try {
-      for (const entry of Deno.readDirSync(directory)) {
-        const match = /^libvdeplug_(.+)\.so$/.exec(entry.name);
+      for (const entry of listDirectory(directory)) {
+        const match = /^libvdeplug_(.+)\.so$/.exec(entry);
         if (match) found.add(match[1]);
       }
     } catch {
