@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { parseVde } from "../plugs/vde.ts";
 import { VnlError } from "../core/vnl.ts";
-import { run, VDENO } from "./_harness.ts";
+import { Lan, prerequisites, run, sleep, VDENO } from "./_harness.ts";
 
 Deno.test("vde:// takes a switch directory, then a port or group and options in brackets", () => {
   assert.deepEqual(parseVde(""), { path: "", port: 0, mode: 0o700 });
@@ -37,3 +37,39 @@ Deno.test("vde:// with no switch there says so in one line", async () => {
     await Deno.remove(directory, { recursive: true });
   }
 });
+
+for (const [how, vnl] of [["native", "vde://"], ["libvdeplug", "vdeplug://vde://"]] as const) {
+  Deno.test(`vde:// (${how}) ends when the switch goes away`, async (t) => {
+    if (!(await prerequisites(t, ["vde_switch"]))) return;
+    const directory = await Deno.makeTempDir({ prefix: "vdeno-switch-" });
+    try {
+      await using lan = await Lan.create(1);
+      const [host] = lan.hosts;
+      await host.sh(["vde_switch", "-s", `${directory}/sw`, "-d", "-p", `${directory}/pid`]);
+      await waitUntil(() => exists(`${directory}/sw/ctl`));
+      const plug = host.vdeno(["plug", `${vnl}${directory}/sw`, "null://"]);
+      // The switch binds a data socket per port once the plug is on.
+      await waitUntil(async () =>
+        [...Deno.readDirSync(`${directory}/sw`)].some((entry) => /^\d+\.\d+$/.test(entry.name))
+      );
+      await host.sh(["kill", (await Deno.readTextFile(`${directory}/pid`)).trim()]);
+      const status = await Promise.race([plug.exited(), sleep(15_000).then(() => undefined)]);
+      assert.ok(status, `vdeno plug ${vnl} still runs after its switch ended`);
+      assert.equal(status.code, 0, plug.stderr);
+    } finally {
+      await Deno.remove(directory, { recursive: true });
+    }
+  });
+}
+
+function exists(path: string): Promise<boolean> {
+  return Deno.stat(path).then(() => true, () => false);
+}
+
+async function waitUntil(probe: () => boolean | Promise<boolean>, timeoutMs = 15_000) {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await probe())) {
+    if (Date.now() > deadline) throw new Error("Timed out");
+    await sleep(100);
+  }
+}
