@@ -49,7 +49,7 @@ for (const [how, vnl] of [["native", "vde://"], ["libvdeplug", "vdeplug://vde://
       await waitUntil(() => exists(`${directory}/sw/ctl`));
       const plug = host.vdeno(["plug", `${vnl}${directory}/sw`, "null://"]);
       // The switch binds a data socket per port once the plug is on.
-      await waitUntil(async () =>
+      await waitUntil(() =>
         [...Deno.readDirSync(`${directory}/sw`)].some((entry) => /^\d+\.\d+$/.test(entry.name))
       );
       await host.sh(["kill", (await Deno.readTextFile(`${directory}/pid`)).trim()]);
