@@ -323,12 +323,14 @@ export class Members {
     const limit = now - this.timeoutSeconds;
     for (const [key, member] of this.#members) {
       if (member.heardAt !== 0 ? member.heardAt >= limit : member.addedAt >= limit) continue;
-      if (member.heardAt !== 0) silent.push(member.address);
+      const wasHeard = member.heardAt !== 0;
       if (member.source === "seed") {
+        if (!wasHeard) continue;
         member.heardAt = 0;
         member.groupAt = 0;
         member.addedAt = now;
       } else this.#members.delete(key);
+      if (wasHeard) silent.push(member.address);
     }
     for (const [key, at] of this.#gone) if (at < limit) this.#gone.delete(key);
     this.#pack(now);
@@ -354,10 +356,14 @@ export class Members {
       .map((member) => member.address);
   }
 
-  /** Members that have not spoken yet (seeds, and those we were told of): they get hellos often. */
-  unheard(): SocketAddress[] {
+  /**
+   * Members that have not spoken since they were added or fell silent, for
+   * up to a timeout: they get hellos often. (A seed that never speaks, such
+   * as a kernel VXLAN device, is then greeted only with the others.)
+   */
+  unheard(now: number): SocketAddress[] {
     return [...this.#members.values()]
-      .filter((member) => member.heardAt === 0)
+      .filter((member) => member.heardAt === 0 && member.addedAt >= now - this.timeoutSeconds)
       .map((member) => member.address);
   }
 
@@ -524,7 +530,7 @@ export class PeerMesh {
     const now = Date.now() / 1000;
     for (const silent of this.members.expire(now)) this.#link.forgetMacs(silent);
     if (now < this.#nextRound) {
-      for (const member of this.members.unheard()) this.#prompt(member, now);
+      for (const member of this.members.unheard(now)) this.#prompt(member, now);
       return;
     }
     this.#nextRound = now + this.#interval - 0.05;
@@ -540,6 +546,12 @@ export class PeerMesh {
    * through the group or not. Returns false when it is malformed.
    */
   receiveHello(name: Uint8Array, body: Uint8Array, viaGroup: boolean): boolean {
+    // An empty hello is a goodbye, for networks whose own goodbye some members refuse (vxlan).
+    if (body.length === 0) {
+      this.#link.forgetMacs(new SocketAddress(name.slice(0, SOCKADDR_SIZE)));
+      this.receiveGoodbye(name);
+      return true;
+    }
     const hello = decodeHello(body);
     if (hello === undefined) return false;
     const now = Date.now() / 1000;

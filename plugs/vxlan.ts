@@ -14,6 +14,11 @@
  * member that comes back has the same address anyway, its host's at the
  * network's port.
  *
+ * `peers=` adds members reached by unicast, as the kernel's static flood
+ * list does (see plugs/_peers.ts): a kernel VXLAN device is named as a seed;
+ * vdeno members also find each other through hellos, which the kernel drops,
+ * and say goodbye to each other with an empty hello.
+ *
  * @module
  */
 
@@ -27,6 +32,7 @@ import {
   joinGroup,
   numericAddress,
   routeMtu,
+  sendTo,
   setBufferSize,
   setIPv6Only,
   setMulticastInterface,
@@ -51,6 +57,14 @@ import type { Plug } from "../core/plug.ts";
 import { parseInteger, parseOptions, parseSize, VnlError } from "../core/vnl.ts";
 import { MacTable } from "./_mactable.ts";
 import { MessagePlanner } from "./_runs.ts";
+import {
+  DEFAULT_PEER_TIMEOUT,
+  helloHeader,
+  MAX_HELLO,
+  parsePeers,
+  PeerMesh,
+  peersFamily,
+} from "./_peers.ts";
 import { DEFAULT_GROUP_V4, DEFAULT_GROUP_V6, HEADER_SIZE, vxvdeHeader } from "./vxvde.ts";
 
 /** The IANA port of VXLAN, the kernel's default too (`dstport 4789`). */
@@ -70,6 +84,8 @@ const OPTION_NAMES = [
   "hashsize",
   "expiretime",
   "if",
+  "peers",
+  "peertimeout",
 ] as const;
 
 /** The settings of a vxlan plug, as parsed from its VNL. */
@@ -83,13 +99,21 @@ export interface VxlanConfig {
   hashSize: number;
   expireSeconds: number;
   interfaceName?: string;
+  /** `peers=`: members reached by unicast too (see plugs/_peers.ts). */
+  peers?: SocketAddress[];
+  /** `peertimeout=`: seconds after which a silent member is dropped. */
+  peerTimeout: number;
 }
 
 /** Parses the part of a vxlan VNL after `vxlan://`. */
 export function parseVxlan(rest: string): VxlanConfig {
   const { address, options } = parseOptions("vxlan", rest, OPTION_NAMES);
   const wantV6 = options.v6 !== undefined, wantV4 = options.v4 !== undefined;
-  const family = wantV6 === wantV4 ? undefined : wantV6 ? AF_INET6 : AF_INET;
+  const family = wantV6 === wantV4
+    ? (address === "" && options.peers ? peersFamily(options.peers) : undefined)
+    : wantV6
+    ? AF_INET6
+    : AF_INET;
   const port = parseInteger(options.port ?? String(VXLAN_PORT), "port", 1, 65535);
   const host = address === ""
     ? (family === AF_INET6 ? DEFAULT_GROUP_V6 : DEFAULT_GROUP_V4)
@@ -121,6 +145,10 @@ export function parseVxlan(rest: string): VxlanConfig {
       : parseInteger(options.hashsize, "hashsize", 1, 1 << 24),
     expireSeconds: expire > 0 ? expire : 128,
     interfaceName: options.if,
+    peers: options.peers === undefined ? undefined : parsePeers(options.peers, port, group.family),
+    peerTimeout: options.peertimeout === undefined
+      ? DEFAULT_PEER_TIMEOUT
+      : parseInteger(options.peertimeout, "peertimeout", 1, 86400),
   };
 }
 
@@ -145,6 +173,11 @@ export class VxlanPlug implements Plug {
   #lastBatch?: FrameBatch;
   #lastVector?: DatagramVector;
   #closed = false;
+  /** With `peers=`: the members reached by unicast, and their hellos. */
+  readonly #mesh?: PeerMesh;
+  readonly #helloHigh: number;
+  /** A hello (or goodbye) to members: the hello header, then the body. */
+  readonly #control = new Uint8Array(HEADER_SIZE + MAX_HELLO);
 
   constructor(vnl: string, rest: string) {
     this.vnl = vnl;
@@ -176,7 +209,25 @@ export class VxlanPlug implements Plug {
       throw new Error(`Cannot open ${vnl}: ${(error as Error).message}`);
     }
     this.#fd = fd;
-    this.fds = [fd];
+    const hello = helloHeader(vxvdeHeader(config.vni));
+    this.#helloHigh = new DataView(hello.buffer).getUint32(0, true);
+    this.#control.set(hello);
+    if (config.peers) {
+      const listener = {
+        address: SocketAddress.any(family).withPort(config.group.port),
+        listening: true,
+      };
+      this.#mesh = new PeerMesh(config.peers, listener, config.peerTimeout, {
+        sendHello: (body, length, to) => {
+          this.#control.set(body.subarray(0, length), HEADER_SIZE);
+          sendTo(fd, this.#control, HEADER_SIZE + length, to ?? config.group);
+        },
+        // The kernel drops a bare header; vdeno members take an empty hello as a goodbye.
+        sendGoodbye: (to) => sendTo(fd, this.#control, HEADER_SIZE, to),
+        forgetMacs: (address) => this.table.forget(new Uint32Array(address.bytes.buffer), 0),
+      });
+    }
+    this.fds = this.#mesh ? [fd, this.#mesh.timerFd] : [fd];
     const mtu = routeMtu(config.group, ifindex);
     const ipHeader = family === AF_INET ? 20 : 40, udpHeader = 8;
     if (mtu) this.largestWholeFrame = mtu - ipHeader - udpHeader - HEADER_SIZE;
@@ -205,6 +256,7 @@ export class VxlanPlug implements Plug {
   }
 
   receive(batch: FrameBatch, readyMask: number): boolean {
+    if (readyMask & 2) this.#mesh?.tick();
     if (!(readyMask & 1)) return true;
     const first = batch.count;
     if (first >= batch.capacity) return true;
@@ -234,6 +286,17 @@ export class VxlanPlug implements Plug {
       }
       // The whole header, as the kernel checks it: other flags or non-zero reserved bytes drop.
       if (words[headerWord] !== this.#headerHigh || words[headerWord + 1] !== this.#headerLow) {
+        if (
+          this.#mesh && words[headerWord] === this.#helloHigh &&
+          words[headerWord + 1] === this.#headerLow && frameLength <= MAX_HELLO &&
+          !vector.truncated(i)
+        ) {
+          const name = names.subarray(i * SOCKADDR_SIZE, (i + 1) * SOCKADDR_SIZE);
+          const at = i * SLOT_SIZE + HEADROOM;
+          const body = batch.bytes.subarray(at, at + frameLength);
+          if (!this.#mesh.receiveHello(name, body, false)) counters[Counter.dropMalformed]++;
+          continue;
+        }
         counters[Counter.dropWrongHeader]++;
         continue;
       }
@@ -286,7 +349,8 @@ export class VxlanPlug implements Plug {
       const slot = this.table.lookup(bytes, frameOffset, now);
       const datagram = length + HEADER_SIZE;
       if (slot < 0) {
-        planner.single(i, datagram, this.#groupAddress);
+        const flood = planner.single(i, datagram, this.#groupAddress);
+        this.#mesh?.noteFlood(flood, datagram);
         counters[Counter.sentMulticast]++;
       } else {
         planner.toPeer(i, datagram, this.#tableAddress + slot * SOCKADDR_SIZE, length);
@@ -307,6 +371,7 @@ export class VxlanPlug implements Plug {
     }
     counters[Counter.dropSendError] += failed;
     counters[Counter.framesOut] -= failed;
+    this.#mesh?.replicate(vector, this.#fd, counters);
   }
 
   describe(): Record<string, unknown> {
@@ -324,12 +389,14 @@ export class VxlanPlug implements Plug {
       tableSize: this.table.size,
       learned,
       peers: [...new Set(learned.map((entry) => entry.peer))],
+      ...this.#mesh?.describe(),
     };
   }
 
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#mesh?.close();
     closeQuietly(this.#fd);
   }
 }

@@ -19,6 +19,7 @@ import {
   peersFamily,
 } from "../plugs/_peers.ts";
 import { parseVxvde } from "../plugs/vxvde.ts";
+import { parseVxlan } from "../plugs/vxlan.ts";
 import { addressOf, captureUdp } from "./_capture.ts";
 import { type Host, hostTest, Lan, type Process, sh, sleep, VDENO } from "./_harness.ts";
 import { newKeyText } from "../plugs/seal.ts";
@@ -108,6 +109,9 @@ Deno.test("peers= parses addresses, ports and names, and says what is wrong", ()
   assert.equal(config.peerTimeout, 5);
   assert.equal(parseVxvde("239.1.1.1/p=4000/pe=10.0.0.1").peers![0].toString(), "10.0.0.1:4000");
   assert.throws(() => parseVxvde("/peertimeout=0/peers=10.0.0.1"), /peertimeout/);
+  const vxlan = parseVxlan("/vni=43/peers=10.0.0.1,10.0.0.2:5000");
+  assert.deepEqual(vxlan.peers!.map(String), ["10.0.0.1:4789", "10.0.0.2:5000"]);
+  assert.equal(parseVxlan("/peers=[fd00::1]").group.toString(), "[ff05:56de::1]:4789");
 });
 
 Deno.test("the member list: seeds stay, told members must speak, goodbyes and silence drop", () => {
@@ -567,3 +571,53 @@ hostTest(
     );
   },
 );
+
+hostTest(
+  "vxlan://.../peers=: a kernel VXLAN device with a static flood list and vdeno ping each other, multicast dropped",
+  ["bridge", "ping"],
+  async () => {
+    await using lan = await Lan.create(3);
+    await dropMulticast(lan);
+    const [kernel, h2, h3] = lan.hosts;
+    await kernel.sh([
+      ...["ip", "link", "add", "vx1", "type", "vxlan", "id", "43", "dstport", "4789"],
+      ...["dev", "eth0", "local", kernel.address],
+    ]);
+    for (const other of [h2, h3]) {
+      await kernel.sh([
+        ...["bridge", "fdb", "append", "00:00:00:00:00:00", "dev", "vx1", "dst", other.address],
+      ]);
+    }
+    await kernel.configure("vx1", "10.0.0.1/24", "02:00:00:00:00:01");
+    // h3 names only the kernel, which says no hello: it learns of h2 from h2's hellos to it.
+    const vnls = [`peers=${kernel.address},${h3.address}`, `peers=${kernel.address}`].map((peers) =>
+      `vxlan:///vni=43/${peers}`
+    );
+    const names = [h2, h3].map((_, i) => `${lan.id}-x${i + 2}`);
+    const plugs = [h2, h3].map((host, i) =>
+      host.vdeno(["plug", "-n", names[i], "tap://tap0", vnls[i]])
+    );
+    for (const [i, host] of [h2, h3].entries()) {
+      await host.waitForLink("tap0", 30_000, plugs[i]);
+      await host.configure("tap0", `10.0.0.${i + 2}/24`, `02:00:00:00:00:0${i + 2}`);
+    }
+    for (const [from, to] of [[kernel, "10.0.0.2"], [h2, "10.0.0.1"], [h3, "10.0.0.1"]] as const) {
+      assert.ok(await from.pingable(to, 15_000), `${from.netns} pings ${to}`);
+    }
+    assert.ok(await h3.pingable("10.0.0.2", 15_000), "the vdeno members reach each other");
+    const status = await vxlanStatus(h3, names[1]);
+    assert.ok(
+      status.members.some((member) =>
+        member.address === `${h2.address}:4789` && member.lastHeardSeconds !== null
+      ),
+      `h3 heard h2: ${JSON.stringify(status.members)}`,
+    );
+    const kernelSeed = status.members.find((member) => member.address === `${kernel.address}:4789`);
+    assert.equal(kernelSeed?.lastHeardSeconds, null, "the kernel says no hello");
+  },
+);
+
+async function vxlanStatus(host: Host, name: string): Promise<VxvdeStatus> {
+  const report = JSON.parse(await host.sh([...VDENO, "status", "--json", name]));
+  return report.plugs.find((plug: { vnl: string }) => plug.vnl.startsWith("vxlan://"));
+}
