@@ -217,7 +217,7 @@ async function pingAll(hosts: Host[], addresses: string[]): Promise<void> {
   for (const [i, host] of hosts.entries()) {
     for (const [j, address] of addresses.entries()) {
       if (i === j) continue;
-      assert.ok(await host.pingable(address, 15_000), `h${i + 1} pings h${j + 1} (${address})`);
+      assert.ok(await host.pingable(address, 30_000), `h${i + 1} pings h${j + 1} (${address})`);
     }
   }
 }
