@@ -1,7 +1,9 @@
 /**
  * Frames on a byte stream, as `vde_plug` writes them to stdout and `dpipe`
  * carries them: a 2-byte big-endian length, then the frame. A length of 0 is
- * skipped; a length above 9216 + 16 is a framing error.
+ * skipped; a length above vdeplug4's limit (its largest frame + 2) is a
+ * framing error; a frame within that limit but longer than vdeno's largest is
+ * dropped and counted, and the frames after it are kept.
  *
  * Unlike vdeplug4's reader, a length header split across two reads is kept,
  * not lost.
@@ -24,8 +26,8 @@ import { Counter, newCounters } from "../core/counters.ts";
 import { type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../core/frames.ts";
 import { type Plug, PlugEnded } from "../core/plug.ts";
 
-/** The largest length a stream may announce. */
-export const MAX_STREAM_FRAME = 9216 + 16;
+/** The largest length a stream may announce: vdeplug4's MAXPACKET (VDE_ETHBUFSIZE + 2). */
+export const MAX_STREAM_FRAME = MAX_FRAME + 2;
 const READ_BUFFER = 1 << 16;
 
 /** Splits a byte stream into frames, keeping partial frames between reads. */
