@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { parseVde } from "../plugs/vde.ts";
 import { VnlError } from "../core/vnl.ts";
-import { Lan, prerequisites, run, sleep, VDENO } from "./_harness.ts";
+import { hostTest, Lan, run, sleep, VDENO } from "./_harness.ts";
 
 Deno.test("vde:// takes a switch directory, then a port or group and options in brackets", () => {
   assert.deepEqual(parseVde(""), { path: "", port: 0, mode: 0o700 });
@@ -39,8 +39,7 @@ Deno.test("vde:// with no switch there says so in one line", async () => {
 });
 
 for (const [how, vnl] of [["native", "vde://"], ["libvdeplug", "vdeplug://vde://"]] as const) {
-  Deno.test(`vde:// (${how}) ends when the switch goes away`, async (t) => {
-    if (!(await prerequisites(t, ["vde_switch"]))) return;
+  hostTest(`vde:// (${how}) ends when the switch goes away`, ["vde_switch"], async () => {
     const directory = await Deno.makeTempDir({ prefix: "vdeno-switch-" });
     try {
       await using lan = await Lan.create(1);
