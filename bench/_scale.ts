@@ -182,7 +182,8 @@ export async function addMacsBehindTaps(cloud: ScaleCloud, count: number): Promi
         `link add mv${m} link tap0 address 02:01:${hex(h >> 8)}:${hex(h & 0xff)}:${hex(m >> 8)}:${
           hex(m & 0xff)
         } type macvlan mode bridge`,
-        `link set mv${m} up`,
+        // No ARP: the host's own address must be answered by tap0 alone, not by 100 MACs.
+        `link set mv${m} arp off up`,
       );
     }
     const result = await member.host.run(["ip", "-batch", "-"], {
@@ -201,4 +202,170 @@ export async function until(condition: () => Promise<boolean>, timeoutMs: number
     await sleep(500);
   }
   return false;
+}
+
+/** Sizes and durations of the scale workload. */
+export interface ScaleOptions {
+  hosts: number;
+  /** Every Nth host runs vde_plug instead of vdeno (0: none). */
+  vdePlugEvery: number;
+  macsPerHost: number;
+  idleSeconds: number;
+  /** hashsize= values for the runs with MACs behind the TAPs. */
+  hashSizes: number[];
+}
+
+/** The figures of one scale run, by name; see bench/README.md. */
+export type ScaleFigures = Record<string, number>;
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted.length === 0 ? NaN : sorted[Math.floor(sorted.length / 2)];
+}
+
+function percentOfCore(before: number[], after: number[], seconds: number): number[] {
+  return after.map((value, i) => (100 * (value - before[i])) / seconds);
+}
+
+let trace: (line: string) => void = () => {};
+
+/** Sets where each step of the scale workload is described. */
+export function setScaleTrace(writer: (line: string) => void): void {
+  trace = writer;
+}
+
+/**
+ * `idle` vdeno plugs in one host (one namespace), each on a TAP of its own on
+ * one group, doing nothing: their CPU over `seconds`, in % of one core, all
+ * together.
+ */
+export async function idleCost(lan: Lan, plugs: number, seconds: number): Promise<number> {
+  const [host] = lan.hosts;
+  const processes = [];
+  try {
+    for (let i = 0; i < plugs; i++) {
+      processes.push(host.vdeno([
+        "plug",
+        "--name",
+        `idle-${Deno.pid}-${i}`,
+        `tap://idle${i}`,
+        "vxvde://239.4.14.2",
+      ]));
+    }
+    for (let i = 0; i < plugs; i++) await host.waitForLink(`idle${i}`, 60_000, processes[i]);
+    await sleep(5000); // past start-up: the restart with signals blocked, the first compilations
+    const pids = processes.map((p) => p.child.pid);
+    const before = pids.map(cpuSeconds);
+    const started = performance.now();
+    await sleep(seconds * 1000);
+    const elapsed = (performance.now() - started) / 1000;
+    return percentOfCore(before, pids.map(cpuSeconds), elapsed).reduce((a, b) => a + b, 0);
+  } finally {
+    for (const process of processes) await process.stop("SIGTERM");
+  }
+}
+
+/** Runs the whole scale workload on `lan` (one host per member); returns its figures. */
+export async function scaleWorkload(lan: Lan, options: ScaleOptions): Promise<ScaleFigures> {
+  const figures: ScaleFigures = {};
+  const kinds: MemberKind[] = lan.hosts.map((_, i) =>
+    options.vdePlugEvery > 0 && i % options.vdePlugEvery === options.vdePlugEvery - 1
+      ? "vde_plug"
+      : "vdeno"
+  );
+  figures.hosts = kinds.length;
+  figures.vdeno_members = kinds.filter((k) => k === "vdeno").length;
+  figures.vde_plug_members = kinds.length - figures.vdeno_members;
+
+  trace(`idle cost of ${options.hosts} vdeno plugs in one host, ${options.idleSeconds} s`);
+  figures.idle_32_plugs_one_host_cpu_pct = await idleCost(lan, options.hosts, options.idleSeconds);
+
+  for (const [run, hashSize] of [1024, ...options.hashSizes].entries()) {
+    const withMacs = run > 0;
+    const prefix = withMacs ? `macs_h${hashSize}_` : "";
+    const vnl = `vxvde://239.4.14.1/hashsize=${hashSize}`;
+    trace(`${kinds.length} hosts on ${vnl}`);
+    const cloud = await startCloud(lan, kinds, vnl);
+    try {
+      if (!withMacs) {
+        await sleep(3000);
+        const idleBefore = { vdeno: cpuOf(cloud, "vdeno"), vde_plug: cpuOf(cloud, "vde_plug") };
+        let started = performance.now();
+        await sleep(options.idleSeconds * 1000);
+        let elapsed = (performance.now() - started) / 1000;
+        for (const kind of ["vdeno", "vde_plug"] as const) {
+          const pct = percentOfCore(idleBefore[kind], cpuOf(cloud, kind), elapsed);
+          figures[`idle_${kind}_cloud_cpu_pct_total`] = pct.reduce((a, b) => a + b, 0);
+        }
+        trace("all-pairs ping");
+        const statesBefore = await vxvdeStates(cloud);
+        const cpuBefore = { vdeno: cpuOf(cloud, "vdeno"), vde_plug: cpuOf(cloud, "vde_plug") };
+        started = performance.now();
+        const mesh = await allPairsPing(cloud);
+        elapsed = (performance.now() - started) / 1000;
+        for (const kind of ["vdeno", "vde_plug"] as const) {
+          const pct = percentOfCore(cpuBefore[kind], cpuOf(cloud, kind), elapsed);
+          figures[`mesh_${kind}_cpu_pct_median`] = median(pct);
+          figures[`mesh_${kind}_cpu_pct_max`] = Math.max(...pct);
+        }
+        const statesAfter = await vxvdeStates(cloud);
+        figures.mesh_seconds = mesh.seconds;
+        figures.mesh_missing_pairs = mesh.missingPairs;
+        figures.mesh_sent_to_group = total(statesAfter, "sentMulticast") -
+          total(statesBefore, "sentMulticast");
+        figures.mesh_sent_unicast = total(statesAfter, "sentUnicast") -
+          total(statesBefore, "sentUnicast");
+        for (const kind of ["vdeno", "vde_plug"] as const) {
+          const peaks = peakMemoryOf(cloud, kind);
+          figures[`peak_rss_${kind}_mb_median`] = median(peaks);
+          figures[`peak_rss_${kind}_mb_max`] = Math.max(...peaks);
+        }
+        continue;
+      }
+      trace(`${options.macsPerHost} MACs behind each TAP, hashsize=${hashSize}`);
+      const expected = kinds.length * (options.macsPerHost + 1);
+      const started = performance.now();
+      await addMacsBehindTaps(cloud, options.macsPerHost);
+      // Until the counts stop moving: every MAC's start-up frames have gone by.
+      let previous = -1, states = await vxvdeStates(cloud);
+      for (let i = 0; i < 60; i++) {
+        await sleep(2000);
+        states = await vxvdeStates(cloud);
+        const learned = total(states, "learned");
+        if (learned === previous) break;
+        previous = learned;
+      }
+      figures[`${prefix}settle_seconds`] = (performance.now() - started) / 1000;
+      const live = [...states.values()].map((s) => s.liveEntries);
+      figures[`${prefix}macs_on_cloud`] = expected;
+      figures[`${prefix}table_slots`] = [...states.values()][0]?.tableSize ?? 0;
+      figures[`${prefix}live_entries_median`] = median(live);
+      figures[`${prefix}live_entries_min`] = Math.min(...live);
+      figures[`${prefix}evictions_per_plug_median`] = median(
+        [...states.values()].map((s) => s.counters.tableEvictions),
+      );
+      trace("all-pairs ping with the tables full");
+      const mesh = await allPairsPing(cloud);
+      const after = await vxvdeStates(cloud);
+      figures[`${prefix}mesh_seconds`] = mesh.seconds;
+      figures[`${prefix}mesh_missing_pairs`] = mesh.missingPairs;
+      figures[`${prefix}mesh_sent_to_group`] = total(after, "sentMulticast") -
+        total(states, "sentMulticast");
+      figures[`${prefix}mesh_sent_unicast`] = total(after, "sentUnicast") -
+        total(states, "sentUnicast");
+      const peaks = peakMemoryOf(cloud, "vdeno");
+      figures[`${prefix}peak_rss_vdeno_mb_max`] = Math.max(...peaks);
+    } finally {
+      await cloud.stop();
+      // The TAPs (and the macvlans on them) go with their plugs.
+      for (const member of cloud.members) {
+        const deadline = Date.now() + 15_000;
+        while ((await member.host.run(["ip", "link", "show", "tap0"])).code === 0) {
+          if (Date.now() > deadline) break;
+          await sleep(100);
+        }
+      }
+    }
+  }
+  return figures;
 }

@@ -6,6 +6,7 @@
  * temporary directory unless --out names one). See bench/README.md.
  *
  * Usage: deno run -A bench/run.ts [--rounds N] [--quick] [--only vdeno,vde_plug]
+ *        deno run -A bench/run.ts --scale [--hosts N]   (the scale workload only, bench/_scale.ts)
  *
  * @module
  */
@@ -18,6 +19,7 @@ import {
   startContender,
   SWITCH_CONTENDERS,
 } from "./_contenders.ts";
+import { type ScaleFigures, scaleWorkload, setScaleTrace } from "./_scale.ts";
 import { FIGURES, type Report, type RoundFigures, summarize, svgChart, table } from "./_report.ts";
 import {
   allowBigSocketBuffers,
@@ -33,7 +35,8 @@ import {
 } from "./_workloads.ts";
 
 const USAGE =
-  "Usage: deno task bench [--rounds N] [--quick] [--only vdeno,vdeno-sealed,vde_plug,kernel,vdeno-vde,vde_plug-vde] [--out DIR] [--verbose]";
+  "Usage: deno task bench [--rounds N] [--quick] [--only vdeno,vdeno-sealed,vde_plug,kernel,vdeno-vde,vde_plug-vde] [--out DIR] [--verbose]\n" +
+  "       deno task bench --scale [--hosts N] [--quick] [--out DIR] [--verbose]";
 
 const FULL: Durations = {
   tcpSeconds: 5,
@@ -62,6 +65,8 @@ interface Options {
   /** Directory for latest.json and latest.svg. */
   out: string;
   verbose: boolean;
+  /** Run the scale workload (bench/_scale.ts) instead, on this many hosts. */
+  scaleHosts?: number;
 }
 
 function parseOptions(args: string[]): Options {
@@ -73,6 +78,8 @@ function parseOptions(args: string[]): Options {
       only: { type: "string" },
       out: { type: "string" },
       verbose: { type: "boolean", short: "v" },
+      scale: { type: "boolean" },
+      hosts: { type: "string" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -95,7 +102,12 @@ function parseOptions(args: string[]): Options {
       throw new RangeError(`--only: unknown contender ${name} (known: ${known.join(", ")})`);
     }
   }
+  const hosts = values.hosts === undefined ? 32 : Number(values.hosts);
+  if (!Number.isInteger(hosts) || hosts < 2) {
+    throw new RangeError(`--hosts wants a whole number of at least 2, not ${values.hosts}`);
+  }
   return {
+    scaleHosts: values.scale ? hosts : undefined,
     rounds,
     quick,
     contenders: contenders as ContenderName[],
@@ -190,6 +202,7 @@ async function main(): Promise<number> {
     console.error(`bench: ${(error as Error).message}\n${USAGE}`);
     return 2;
   }
+  if (options.scaleHosts !== undefined) return await runScale(options, options.scaleHosts);
   const durations = options.quick ? QUICK : FULL;
   if (options.verbose) setTrace((line) => console.error(`    ${line}`));
   const about = machine();
@@ -273,6 +286,63 @@ async function main(): Promise<number> {
     );
   }
   console.log(`Results written to ${options.out}`);
+  return 0;
+}
+
+/** `--scale`: the scale workload alone; prints its figures and writes scale.json. */
+async function runScale(options: Options, hosts: number): Promise<number> {
+  for (const program of ["ping", "vde_plug"]) {
+    if (!(await have(program))) {
+      console.error(`bench: the scale workload needs ${program}: it is not installed`);
+      return 2;
+    }
+  }
+  if (options.verbose) setScaleTrace((line) => console.error(`    ${line}`));
+  const about = machine();
+  const started = new Date();
+  let lan: Lan;
+  try {
+    lan = await Lan.create(hosts);
+  } catch (error) {
+    console.error(`bench: cannot build the namespace LAN: ${(error as Error).message}`);
+    return 1;
+  }
+  const onInterrupt = async () => {
+    console.error("\nbench: interrupted, removing the namespaces");
+    await lan.dispose();
+    Deno.exit(130);
+  };
+  Deno.addSignalListener("SIGINT", onInterrupt);
+  let figures: ScaleFigures;
+  try {
+    figures = await scaleWorkload(lan, {
+      hosts,
+      vdePlugEvery: 4,
+      macsPerHost: 100,
+      idleSeconds: options.quick ? 10 : 60,
+      hashSizes: [1024, 8192],
+    });
+  } catch (error) {
+    console.error(`bench: ${(error as Error).message}`);
+    return 1;
+  } finally {
+    Deno.removeSignalListener("SIGINT", onInterrupt);
+    await lan.dispose();
+  }
+  about.loadavgAfter = Deno.loadavg();
+  const report = { date: started.toISOString(), machine: about, figures };
+  await Deno.mkdir(options.out, { recursive: true });
+  const file = `${options.out}/scale.json`;
+  await Deno.writeTextFile(file, JSON.stringify(report, null, 2) + "\n");
+  await new Deno.Command(Deno.execPath(), { args: ["fmt", "--quiet", file] }).output();
+  console.log(
+    `${report.date}, ${about.cpus} CPUs (${about.model}), load ${
+      about.loadavgBefore.map((l) => l.toFixed(2)).join(" ")
+    } -> ${about.loadavgAfter.map((l) => l.toFixed(2)).join(" ")}`,
+  );
+  for (const [name, value] of Object.entries(figures)) {
+    console.log(`${name.padEnd(44)} ${Number.isInteger(value) ? value : value.toFixed(3)}`);
+  }
   return 0;
 }
 
