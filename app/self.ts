@@ -20,6 +20,34 @@ export function selfCommand(): string[] {
   return prefix;
 }
 
+/** The directory of vdeno's own files (the checkout, or the bundle's), or undefined. */
+function ownDirectory(): string | undefined {
+  const main = new URL(Deno.mainModule);
+  if (main.protocol !== "file:") return undefined;
+  return main.pathname.slice(0, main.pathname.lastIndexOf("/")) || "/";
+}
+
+function mayReadOwnFiles(directory: string): boolean {
+  return Deno.permissions.querySync({ name: "read", path: directory }).state === "granted";
+}
+
+/**
+ * The command line that starts this process again able to start Workers,
+ * or undefined when it can already (or was not started by `deno run`).
+ * Deno loads a Worker's modules, vdeno's own files, only with read
+ * permission for them, which the main thread's start did not need: the
+ * command line gains `--allow-read=DIR` for their directory alone. (With
+ * `--allow-ffi` a process can read anything through libc; the flag
+ * narrows nothing that was not open already.)
+ */
+export function withWorkerPermission(): string[] | undefined {
+  const directory = ownDirectory();
+  if (directory === undefined || mayReadOwnFiles(directory)) return undefined;
+  const argv = readTextFile("/proc/self/cmdline").split("\0").slice(0, -1);
+  if (argv[1] !== "run") return undefined;
+  return [argv[0], "run", `--allow-read=${directory}`, ...argv.slice(2)];
+}
+
 /**
  * Throws one line when Deno would refuse to start a Worker running vdeno
  * (`what`, e.g. "its data-plane threads"): Deno loads a Worker's modules,
@@ -27,10 +55,8 @@ export function selfCommand(): string[] {
  * thread's start did not need.
  */
 export function assertWorkersCanStart(what: string): void {
-  const main = new URL(Deno.mainModule);
-  if (main.protocol !== "file:") return;
-  const directory = main.pathname.slice(0, main.pathname.lastIndexOf("/")) || "/";
-  if (Deno.permissions.querySync({ name: "read", path: directory }).state === "granted") return;
+  const directory = ownDirectory();
+  if (directory === undefined || mayReadOwnFiles(directory)) return;
   throw new Error(
     `Needs --allow-read=${directory} to start ${what}, which Deno loads from ` +
       `vdeno's own files: run deno with --allow-read=${directory} (or -A)`,

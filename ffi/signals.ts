@@ -11,9 +11,9 @@
  * @module
  */
 
-import { check, cString, Errno, errno, libc, SystemError } from "./libc.ts";
+import { check, Errno, errno, libc, SystemError } from "./libc.ts";
 import { environment, readTextFile } from "./os.ts";
-import { cStringArray, environmentLines } from "./spawn.ts";
+import { replaceProcess } from "./spawn.ts";
 
 export const SIGHUP = 1;
 export const SIGINT = 2;
@@ -41,21 +41,17 @@ export function blocksAll(signals: readonly number[]): boolean {
 
 /**
  * Blocks `signals` and replaces the process with a fresh copy of itself (same
- * pid, arguments and descriptors) plus `extraEnv`, so that every thread of
- * the new image blocks them. Returns only by throwing.
+ * pid, arguments and descriptors, or the command line `argv`) plus
+ * `extraEnv`, so that every thread of the new image blocks them. Returns
+ * only by throwing.
  */
 export function restartWithSignalsBlocked(
   signals: readonly number[],
   extraEnv: Record<string, string>,
+  argv: string[] = readTextFile("/proc/self/cmdline").split("\0").slice(0, -1),
 ): never {
   check(libc.pthread_sigmask(SIG_BLOCK, signalSet(signals), null), "pthread_sigmask");
-  const args = cStringArray(
-    readTextFile("/proc/self/cmdline").split("\0").slice(0, -1),
-  );
-  const env = cStringArray(environmentLines({ ...environment(), ...extraEnv }));
-  // The executable by its own name, so that ps and /proc/PID/comm still say deno or vdeno.
-  libc.execve(cString(Deno.execPath()), args.pointers, env.pointers);
-  throw new SystemError("Cannot restart vdeno with its signals blocked: execve", errno());
+  replaceProcess(argv, { ...environment(), ...extraEnv });
 }
 
 /** A signalfd for signals the whole process blocks. */

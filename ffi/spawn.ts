@@ -6,7 +6,7 @@
  * @module
  */
 
-import { check, closeQuietly, cString, Errno, errno, libc, strerror } from "./libc.ts";
+import { check, closeQuietly, cString, Errno, errno, libc, strerror, SystemError } from "./libc.ts";
 import { environment } from "./os.ts";
 
 const O_CLOEXEC = 0o2000000;
@@ -112,6 +112,18 @@ export function reap(pid: number): ExitStatus | undefined {
   const raw = status[0];
   const signal = raw & 0x7f;
   return signal === 0 ? { code: (raw >> 8) & 0xff } : { code: 128 + signal, signal };
+}
+
+/**
+ * Replaces this process with `argv` (same pid and descriptors; the
+ * executable is the running one, so that ps still says deno or vdeno), in
+ * environment `env`. Returns only by throwing.
+ */
+export function replaceProcess(argv: string[], env: Record<string, string>): never {
+  const args = cStringArray(argv);
+  const environ = cStringArray(environmentLines(env));
+  libc.execve(cString(Deno.execPath()), args.pointers, environ.pointers);
+  throw new SystemError("Cannot restart vdeno: execve", errno());
 }
 
 /** Waits for the child to end, blocking the thread: for children that end at once. */

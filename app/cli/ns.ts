@@ -57,6 +57,7 @@ import {
 } from "../../ffi/namespace.ts";
 import {
   changeMode,
+  environment,
   fileInfo,
   getEnv,
   readTextFile,
@@ -65,7 +66,7 @@ import {
   writeTextFile,
 } from "../../ffi/os.ts";
 import { PollSet } from "../../ffi/poll.ts";
-import { signalProcess, spawn, waitFor } from "../../ffi/spawn.ts";
+import { replaceProcess, signalProcess, spawn, waitFor } from "../../ffi/spawn.ts";
 import { openTap } from "../../ffi/tap.ts";
 import { receiveMessage, sendMessage, setCloseOnExec, socketPair } from "../../ffi/unix.ts";
 import { DataPlane } from "../dataplane.ts";
@@ -73,7 +74,12 @@ import { MetricsServer } from "../metrics.ts";
 import { notifyServiceManager } from "../notify.ts";
 import { log, setLogLevel } from "../../core/log.ts";
 import { keyVariables } from "../../plugs/seal.ts";
-import { assertWorkersCanStart, childEnvironment, selfCommand } from "../self.ts";
+import {
+  assertWorkersCanStart,
+  childEnvironment,
+  selfCommand,
+  withWorkerPermission,
+} from "../self.ts";
 import { UsageError } from "./usage.ts";
 
 export const NS_USAGE = `Usage:
@@ -276,7 +282,12 @@ export async function nsCommand(args: string[]): Promise<number> {
     console.log(NS_USAGE);
     return 0;
   }
-  if (request.vnls.length > 0) assertWorkersCanStart("its data-plane threads");
+  if (request.vnls.length > 0 || request.metrics) {
+    // The data planes (and --metrics) are Workers, which need to read vdeno's files.
+    const argv = withWorkerPermission();
+    if (argv) replaceProcess(argv, environment());
+    assertWorkersCanStart("its data-plane threads");
+  }
   const unshare = findProgram("unshare");
   if (!unshare) {
     throw new Error("unshare is not on PATH: install util-linux, which vdeno ns needs");

@@ -34,7 +34,13 @@ import { PcapWriter } from "../../core/pcap.ts";
 import type { Plug } from "../../core/plug.ts";
 import { enableSyslog, logEvent, setLogLevel } from "../../core/log.ts";
 import { keyVariables } from "../../plugs/seal.ts";
-import { childEnvironment, DAEMON_CHILD_VARIABLE, selfCommand, V8_TUNING } from "../self.ts";
+import {
+  childEnvironment,
+  DAEMON_CHILD_VARIABLE,
+  selfCommand,
+  V8_TUNING,
+  withWorkerPermission,
+} from "../self.ts";
 import { UsageError } from "./usage.ts";
 
 export const PLUG_USAGE = `Usage:
@@ -96,7 +102,9 @@ export async function plugCommand(args: string[]): Promise<number> {
   // signalfd, which needs them blocked in every thread: start afresh so.
   if (!blocksAll(STOP_SIGNALS)) {
     const flags = [getEnv("DENO_V8_FLAGS"), V8_TUNING].filter(Boolean).join(",");
-    restartWithSignalsBlocked(STOP_SIGNALS, { DENO_V8_FLAGS: flags });
+    // --metrics answers from a Worker, which needs to read vdeno's files.
+    const argv = values.metrics ? withWorkerPermission() : undefined;
+    restartWithSignalsBlocked(STOP_SIGNALS, { DENO_V8_FLAGS: flags }, argv);
   }
   const signals = new SignalDescriptor(STOP_SIGNALS);
   const ends: EndSpec[] = [{ vnl: positionals[0] }];
