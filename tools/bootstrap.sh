@@ -11,6 +11,7 @@ packages=(
   linux-image-cloud-amd64
   iproute2 iputils-ping iperf3 tcpdump tshark ethtool  # hosts, traffic and captures
   procps psmisc util-linux bsdutils curl socat         # curl scrapes metrics, socat hears sd_notify
+  git                                                  # vdeno --version names the commit
 )
 
 if [ "$(id -u)" -ne 0 ]; then
