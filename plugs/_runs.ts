@@ -10,12 +10,15 @@
 import { type DatagramVector, MAX_SEGMENTS } from "../ffi/net.ts";
 
 /** Bytes of datagrams in one UDP GSO message: a margin below the 64 KB an IP packet can hold. */
-const MAX_SEGMENTED_BYTES = 65000;
+export const MAX_SEGMENTED_BYTES = 65000;
+
+/** What a plan is written into: a {@linkcode DatagramVector}, or a recorder in tests. */
+export type MessageSink = Pick<DatagramVector, "aimDatagram" | "prepareMessage">;
 
 /** Plans the entries of a {@linkcode DatagramVector} for one send, datagram by datagram. */
 export class MessagePlanner {
   readonly #nameLength: number;
-  #vector?: DatagramVector;
+  #vector?: MessageSink;
   /** Frames up to this length may share a GSO message: each datagram fits the route's MTU. */
   #segmentable = 0;
   #prepared = 0;
@@ -33,7 +36,7 @@ export class MessagePlanner {
   }
 
   /** Starts a plan in `vector`; frames up to `segmentable` bytes may share a message (0: none). */
-  start(vector: DatagramVector, segmentable: number): void {
+  start(vector: MessageSink, segmentable: number): void {
     this.#vector = vector;
     this.#segmentable = segmentable;
     this.#prepared = 0;

@@ -1,0 +1,157 @@
+/** plugs/_runs.ts: which datagrams of a send share a UDP GSO message, as a table. */
+
+import assert from "node:assert/strict";
+import { MAX_SEGMENTS } from "../ffi/net.ts";
+import { MAX_SEGMENTED_BYTES, MessagePlanner, type MessageSink } from "../plugs/_runs.ts";
+
+/** One datagram of a send: to the group (a message of its own), or to a peer. */
+type Datagram = { group: true; bytes: number } | { peer: number; bytes: number; frame?: number };
+
+/** A message as the plan prepared it: its datagrams (by index), their segment size, the address. */
+interface Message {
+  datagrams: number[];
+  segment: number;
+  name: number;
+}
+
+const GROUP = 999;
+const HEADER = 8;
+
+/** Plans `datagrams` and returns the messages, checking each datagram is aimed at its own slot. */
+function plan(datagrams: Datagram[], segmentable: number): Message[] {
+  const aimed: [number, number][] = [];
+  const messages: Message[] = [];
+  const sink: MessageSink = {
+    aimDatagram(j, slot, length) {
+      aimed[j] = [slot, length];
+    },
+    prepareMessage(i, first, count, segment, name, nameLength) {
+      assert.equal(i, messages.length, "messages are prepared in order");
+      assert.equal(nameLength, 16);
+      messages.push({
+        datagrams: Array.from({ length: count }, (_, k) => first + k),
+        segment,
+        name,
+      });
+    },
+  };
+  const planner = new MessagePlanner(16);
+  planner.start(sink, segmentable);
+  datagrams.forEach((datagram, slot) => {
+    if ("group" in datagram) planner.single(slot, datagram.bytes, GROUP);
+    else {
+      const frame = datagram.frame ?? datagram.bytes - HEADER;
+      planner.toPeer(slot, datagram.bytes, datagram.peer, frame);
+    }
+  });
+  assert.equal(planner.finish(), messages.length);
+  // Every datagram is aimed once, at its own slot with its own length, in order.
+  assert.deepEqual(aimed, datagrams.map((datagram, slot) => [slot, datagram.bytes]));
+  return messages;
+}
+
+const toPeer = (peer: number, bytes: number, count = 1): Datagram[] =>
+  Array.from({ length: count }, () => ({ peer, bytes }));
+
+const cases: { name: string; datagrams: Datagram[]; segmentable?: number; messages: Message[] }[] =
+  [
+    {
+      name: "equal datagrams to one peer share one message",
+      datagrams: toPeer(1, 1408, 3),
+      messages: [{ datagrams: [0, 1, 2], segment: 1408, name: 1 }],
+    },
+    {
+      name: "a shorter datagram ends the run it joins",
+      datagrams: [...toPeer(1, 1408, 2), ...toPeer(1, 100), ...toPeer(1, 1408)],
+      messages: [
+        { datagrams: [0, 1, 2], segment: 1408, name: 1 },
+        { datagrams: [3], segment: 1408, name: 1 },
+      ],
+    },
+    {
+      name: "a longer datagram starts a message of its own",
+      datagrams: [...toPeer(1, 100), ...toPeer(1, 1408, 2)],
+      messages: [
+        { datagrams: [0], segment: 100, name: 1 },
+        { datagrams: [1, 2], segment: 1408, name: 1 },
+      ],
+    },
+    {
+      name: "another peer ends the run, and runs do not resume after it",
+      datagrams: [...toPeer(1, 1408), ...toPeer(2, 1408, 2), ...toPeer(1, 1408)],
+      messages: [
+        { datagrams: [0], segment: 1408, name: 1 },
+        { datagrams: [1, 2], segment: 1408, name: 2 },
+        { datagrams: [3], segment: 1408, name: 1 },
+      ],
+    },
+    {
+      name: "a datagram for the group is a message of its own and ends the run",
+      datagrams: [...toPeer(1, 1408), { group: true, bytes: 60 }, ...toPeer(1, 1408)],
+      messages: [
+        { datagrams: [0], segment: 1408, name: 1 },
+        { datagrams: [1], segment: 60, name: GROUP },
+        { datagrams: [2], segment: 1408, name: 1 },
+      ],
+    },
+    {
+      name: "with no segmentation every datagram is a message",
+      datagrams: toPeer(1, 1408, 2),
+      segmentable: 0,
+      messages: [
+        { datagrams: [0], segment: 1408, name: 1 },
+        { datagrams: [1], segment: 1408, name: 1 },
+      ],
+    },
+    {
+      name: "a frame longer than the route carries whole goes alone",
+      datagrams: [...toPeer(1, 1408), { peer: 1, bytes: 1408, frame: 1401 }, ...toPeer(1, 1408)],
+      segmentable: 1400,
+      messages: [
+        { datagrams: [0], segment: 1408, name: 1 },
+        { datagrams: [1], segment: 1408, name: 1 },
+        { datagrams: [2], segment: 1408, name: 1 },
+      ],
+    },
+    {
+      name: `a message holds at most ${MAX_SEGMENTS} datagrams`,
+      datagrams: toPeer(1, 200, MAX_SEGMENTS + 1),
+      messages: [
+        { datagrams: Array.from({ length: MAX_SEGMENTS }, (_, i) => i), segment: 200, name: 1 },
+        { datagrams: [MAX_SEGMENTS], segment: 200, name: 1 },
+      ],
+    },
+    {
+      name: `a message holds at most ${MAX_SEGMENTED_BYTES} bytes`,
+      datagrams: toPeer(1, 1408, 47),
+      messages: [
+        { datagrams: Array.from({ length: 46 }, (_, i) => i), segment: 1408, name: 1 },
+        { datagrams: [46], segment: 1408, name: 1 },
+      ],
+    },
+  ];
+
+for (const { name, datagrams, segmentable, messages } of cases) {
+  Deno.test(`send plan: ${name}`, () => {
+    assert.deepEqual(plan(datagrams, segmentable ?? 1500), messages);
+  });
+}
+
+Deno.test("send plan: a planner starts afresh on each send", () => {
+  const planner = new MessagePlanner(16);
+  const prepared: number[] = [];
+  const sink: MessageSink = {
+    aimDatagram() {},
+    prepareMessage(_i, _first, count) {
+      prepared.push(count);
+    },
+  };
+  planner.start(sink, 1500);
+  planner.toPeer(0, 1408, 1, 1400);
+  planner.toPeer(1, 1408, 1, 1400);
+  assert.equal(planner.finish(), 1);
+  planner.start(sink, 1500);
+  planner.toPeer(0, 1408, 1, 1400);
+  assert.equal(planner.finish(), 1);
+  assert.deepEqual(prepared, [2, 1]);
+});
