@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { hostTest, Lan, requirements, run, VDENO } from "./_harness.ts";
+import { hostTest, Lan, run, VDENO } from "./_harness.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname;
 const BUNDLE_TS = `${ROOT}tools/bundle.ts`;
@@ -43,20 +43,23 @@ hostTest(
   },
 );
 
-const needsGit = requirements(["git"], [], { root: false });
-const INSTALL_TEST =
-  "deno task install puts a vdeno on PATH that says its commit anywhere; uninstall removes it";
-if (needsGit.ignore) console.error(`!!! IGNORED ${INSTALL_TEST}: ${needsGit.missing.join("; ")}`);
-Deno.test({ name: INSTALL_TEST, ignore: needsGit.ignore }, async () => {
-  needsGit.check(INSTALL_TEST);
+Deno.test("deno task install puts a vdeno on PATH that says its commit anywhere; uninstall removes it", async () => {
   const prefix = await Deno.makeTempDir({ prefix: "vdeno-install-" });
   // Another directory than the checkout: the installed vdeno needs nothing from it.
   const elsewhere = await Deno.makeTempDir({ prefix: "vdeno-elsewhere-" });
   try {
-    const commit =
-      (await run(["git", "-C", ROOT, "describe", "--always", "--dirty", "--abbrev=12"]))
-        .stdout.trim();
-    assert.match(commit, /^[0-9a-f]{12}/);
+    // The commit git names for this checkout; "unknown" outside a git checkout, as vdeno says.
+    const described = await run([
+      "git",
+      "-C",
+      ROOT,
+      "describe",
+      "--always",
+      "--dirty",
+      "--abbrev=12",
+    ])
+      .catch(() => ({ code: 127, stdout: "" }));
+    const commit = described.code === 0 ? described.stdout.trim() : "unknown";
 
     const installed = await run([Deno.execPath(), "run", "-A", INSTALL_TS, "--prefix", prefix], {
       timeoutMs: 300_000,

@@ -100,7 +100,7 @@ function outputPattern(expected: string): RegExp {
 
 hostTest(
   "the README's tutorial, keyed network, library and error examples do what the text says",
-  requirements(["ping", "unshare", "setpriv", "git"]),
+  requirements(["ping", "unshare", "setpriv"]),
   async () => {
     const blocks = readmeBlocks(README);
     const work = await Deno.makeTempDir({ prefix: "vdeno-readme-" });
