@@ -7,6 +7,11 @@
  * beyond its size, whatever a hostile sender claims. The hash is keyed with a
  * random seed so that nobody can aim collisions at a known victim.
  *
+ * Each peer's slots are chained in a list of their own, so a goodbye costs
+ * the MACs it forgets, not a scan of the table: at hashsize=1048576 a scan
+ * took milliseconds, and a stream of spoofed goodbyes would have stalled the
+ * data path (bench/README.md).
+ *
  * @module
  */
 
@@ -50,6 +55,19 @@ export class MacTable {
   #debugLines = 0;
   #debugSuppressed = 0;
   expireSeconds: number;
+  /** Per slot, the id of the peer whose list holds it, or -1. */
+  readonly #owner: Int32Array;
+  /** Per slot, the next and previous slot of its peer's list, or -1. */
+  readonly #next: Int32Array;
+  readonly #previous: Int32Array;
+  /** Peer ids by socket address (as `keyOf` writes it); a peer exists while it holds a slot. */
+  readonly #peerIds = new Map<string, number>();
+  readonly #peerKeys: string[] = [];
+  readonly #peerHeads: number[] = [];
+  readonly #peerSlots: number[] = [];
+  readonly #freePeerIds: number[] = [];
+  /** Slots that goodbyes looked at, in all: what forgetting has cost. */
+  forgetVisits = 0;
 
   constructor(
     requestedSize: number,
@@ -69,6 +87,54 @@ export class MacTable {
     this.expireSeconds = expireSeconds;
     this.#counters = counters;
     this.#name = name;
+    this.#owner = new Int32Array(size).fill(-1);
+    this.#next = new Int32Array(size).fill(-1);
+    this.#previous = new Int32Array(size).fill(-1);
+  }
+
+  /** The number of peers that hold slots. */
+  get peerCount(): number {
+    return this.#peerIds.size;
+  }
+
+  #peerId(names: Uint32Array, nameWord: number): number {
+    const key = keyOf(names, nameWord);
+    let id = this.#peerIds.get(key);
+    if (id === undefined) {
+      id = this.#freePeerIds.pop() ?? this.#peerKeys.length;
+      this.#peerKeys[id] = key;
+      this.#peerHeads[id] = -1;
+      this.#peerSlots[id] = 0;
+      this.#peerIds.set(key, id);
+    }
+    return id;
+  }
+
+  #link(slot: number, id: number): void {
+    const head = this.#peerHeads[id];
+    this.#owner[slot] = id;
+    this.#previous[slot] = -1;
+    this.#next[slot] = head;
+    if (head >= 0) this.#previous[head] = slot;
+    this.#peerHeads[id] = slot;
+    this.#peerSlots[id]++;
+  }
+
+  #unlink(slot: number): void {
+    const id = this.#owner[slot];
+    if (id < 0) return;
+    const previous = this.#previous[slot], next = this.#next[slot];
+    if (previous >= 0) this.#next[previous] = next;
+    else this.#peerHeads[id] = next;
+    if (next >= 0) this.#previous[next] = previous;
+    this.#owner[slot] = -1;
+    if (--this.#peerSlots[id] === 0) this.#releasePeer(id);
+  }
+
+  #releasePeer(id: number): void {
+    this.#peerIds.delete(this.#peerKeys[id]);
+    this.#peerKeys[id] = "";
+    this.#freePeerIds.push(id);
   }
 
   /** The peer address in `slot`, as address:port. */
@@ -141,6 +207,9 @@ export class MacTable {
     const seen = this.#lastSeen[slot];
     const words = this.#addressWords;
     const base = slot * WORDS_PER_ADDRESS;
+    // The slot's address words are its owner's address: the same words, the same peer.
+    let sameSender = this.#owner[slot] >= 0;
+    for (let w = 0; w < 7 && sameSender; w++) sameSender = words[base + w] === names[nameWord + w];
     if (seen === 0 || this.#macs[slot] !== mac || seen < now - this.expireSeconds) {
       const evicted = seen !== 0 && this.#macs[slot] !== mac && seen >= now - this.expireSeconds;
       if (evicted) this.#counters[Counter.tableEvictions]++;
@@ -156,33 +225,34 @@ export class MacTable {
       if (logs("debug")) {
         this.#debug(now, `learned ${formatMac(mac)} at ${senderOf(names, nameWord)}`);
       }
-    } else if (logs("debug")) {
-      let moved = false;
-      for (let w = 0; w < 7 && !moved; w++) moved = words[base + w] !== names[nameWord + w];
-      if (moved) {
-        this.#debug(
-          now,
-          `${formatMac(mac)} moved from ${this.peerOf(slot)} to ${senderOf(names, nameWord)}`,
-        );
-      }
+    } else if (!sameSender && logs("debug")) {
+      this.#debug(
+        now,
+        `${formatMac(mac)} moved from ${this.peerOf(slot)} to ${senderOf(names, nameWord)}`,
+      );
     }
     this.#lastSeen[slot] = now;
-    for (let w = 0; w < 7; w++) words[base + w] = names[nameWord + w];
+    if (!sameSender) {
+      this.#unlink(slot);
+      this.#link(slot, this.#peerId(names, nameWord));
+      for (let w = 0; w < 7; w++) words[base + w] = names[nameWord + w];
+    }
   }
 
   /** Forgets every MAC learned from the sender address at `nameWord` of `names` (its goodbye). */
   forget(names: Uint32Array, nameWord: number, now = Date.now() / 1000): number {
     let forgotten = 0;
-    const words = this.#addressWords;
-    for (let slot = 0; slot < this.size; slot++) {
-      if (this.#lastSeen[slot] === 0) continue;
-      const base = slot * WORDS_PER_ADDRESS;
-      let same = true;
-      for (let w = 0; w < 7 && same; w++) same = words[base + w] === names[nameWord + w];
-      if (same) {
+    const id = this.#peerIds.get(keyOf(names, nameWord));
+    if (id !== undefined) {
+      for (let slot = this.#peerHeads[id]; slot >= 0;) {
+        const next = this.#next[slot];
+        this.forgetVisits++;
+        if (this.#lastSeen[slot] !== 0) forgotten++;
         this.#lastSeen[slot] = 0;
-        forgotten++;
+        this.#owner[slot] = -1;
+        slot = next;
       }
+      this.#releasePeer(id);
     }
     if (logs("debug")) {
       this.#debug(
@@ -205,6 +275,13 @@ export class MacTable {
     }
     return live;
   }
+}
+
+/** A sender's socket address (the 7 words a slot keeps) as a Map key. */
+function keyOf(names: Uint32Array, nameWord: number): string {
+  let key = String(names[nameWord]);
+  for (let w = 1; w < 7; w++) key += "," + names[nameWord + w];
+  return key;
 }
 
 /** The sender address at word `nameWord` of `names`, as address:port. */
