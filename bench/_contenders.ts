@@ -12,7 +12,7 @@
  * @module
  */
 
-import { type Host, type Process, sleep } from "../tests/_harness.ts";
+import { type Host, type Process, sleep } from "../app/lab.ts";
 
 /** Names of the contenders, in the order they are listed. */
 export const CONTENDERS = ["vdeno", "vdeno-sealed", "vde_plug", "kernel"] as const;

@@ -7,8 +7,8 @@
  * @module
  */
 
-import type { Host } from "../tests/_harness.ts";
-import { sleep } from "../tests/_harness.ts";
+import type { Host } from "../app/lab.ts";
+import { sleep } from "../app/lab.ts";
 
 /** Durations and sample counts of one run of the workloads. */
 export interface Durations {

@@ -12,7 +12,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { have, Lan } from "../tests/_harness.ts";
+import { have, Lan } from "../app/lab.ts";
 import {
   type ContenderName,
   CONTENDERS,

@@ -4,7 +4,7 @@
  * long-lived plugs. Fails (exit 1) if either keeps growing, if a long-lived
  * plug dies, or if traffic stops. Not a test: it takes minutes (10 by default).
  *
- * Three namespace hosts (tests/_harness.ts) on vxvde://239.10.0.1: plugs A
+ * Three namespace hosts (app/lab.ts) on vxvde://239.10.0.1: plugs A
  * and B live for the whole run; A sends B alternating iperf3 TCP and UDP and
  * pings B and C; B pings C; C's plug is stopped every --churn seconds
  * (SIGTERM and SIGKILL in turn, so with and without a goodbye) and started
@@ -19,7 +19,7 @@
  */
 
 import { parseArgs } from "node:util";
-import { have, type Host, Lan, type Process, sleep } from "../tests/_harness.ts";
+import { have, type Host, Lan, type Process, sleep } from "../app/lab.ts";
 
 const USAGE = `Usage: deno task soak [--minutes N] [--sample SECONDS] [--churn SECONDS]
 

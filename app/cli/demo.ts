@@ -15,6 +15,7 @@
 
 import { parseArgs } from "node:util";
 import { installedPluginSchemes } from "../../plugs/vdeplug.ts";
+import { Lan } from "../lab.ts";
 import { selfCommand } from "../self.ts";
 import { installedCloudKernel, RESULT_PREFIX, vmImage } from "../vm/image.ts";
 import { qemuCommand } from "../vm/qemu.ts";
@@ -100,8 +101,7 @@ export async function demoCommand(args: string[]): Promise<number> {
   }
   const group = values.group!;
   const prefix = `vdeno-demo-${Deno.pid}`;
-  const lanNs = `${prefix}-lan`;
-  const namespaces: string[] = [];
+  let lan: Lan | undefined;
   const members: Member[] = [];
   let scriptDirectory: string | undefined;
   let interrupted = false;
@@ -112,35 +112,8 @@ export async function demoCommand(args: string[]): Promise<number> {
   };
   for (const signal of ["SIGINT", "SIGTERM"] as const) Deno.addSignalListener(signal, onSignal);
   try {
-    await run(["ip", "netns", "add", lanNs]);
-    await run(["ip", "-n", lanNs, "link", "add", "br0", "type", "bridge"]);
-    await run(["ip", "-n", lanNs, "link", "set", "br0", "up"]);
-    const addHost = async (index: number, role: string) => {
-      const netns = `${prefix}-${role}`;
-      namespaces.push(netns);
-      await run(["ip", "netns", "add", netns]);
-      await run([
-        "ip",
-        "link",
-        "add",
-        "eth0",
-        "netns",
-        netns,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        `p${index}`,
-        "netns",
-        lanNs,
-      ]);
-      await run(["ip", "-n", lanNs, "link", "set", `p${index}`, "master", "br0", "up"]);
-      await run(["ip", "-n", netns, "addr", "add", `172.30.0.${index}/24`, "dev", "eth0"]);
-      await run(["ip", "-n", netns, "link", "set", "eth0", "up"]);
-      await run(["ip", "-n", netns, "link", "set", "lo", "up"]);
-      await run(["ip", "-n", netns, "route", "add", "224.0.0.0/4", "dev", "eth0"]);
-      return netns;
-    };
+    lan = await Lan.create(0, { id: prefix, subnet: "172.30.0" });
+    const addHost = async (index: number, role: string) => (await lan!.addHost(index, role)).netns;
     console.log(`Building a Local Area Cloud on ${group}, hosts on the underlay 172.30.0.0/24:`);
     let dhcpScript: string | undefined;
     if (!values["no-gateway"] && await gatewayAvailable()) {
@@ -203,9 +176,9 @@ export async function demoCommand(args: string[]): Promise<number> {
     );
     if (values.keep && !interrupted) {
       console.log(
-        `\nThe cloud stays up until Ctrl-C. Try:\n  sudo ip netns exec ${namespaces[0]} ping ${
-          members[1].address
-        }\n  sudo ${selfCommand().join(" ")} status`,
+        `\nThe cloud stays up until Ctrl-C. Try:\n  sudo ip netns exec ${
+          lan!.hosts[0].netns
+        } ping ${members[1].address}\n  sudo ${selfCommand().join(" ")} status`,
       );
       await new Promise<void>((resolve) => wakeKeep = resolve);
     }
@@ -222,7 +195,7 @@ export async function demoCommand(args: string[]): Promise<number> {
       }
       await member.process.status;
     }
-    for (const netns of [...namespaces, lanNs]) await run(["ip", "netns", "del", netns], false);
+    await lan?.dispose();
     if (scriptDirectory) await Deno.remove(scriptDirectory, { recursive: true }).catch(() => {});
     console.log("Removed every namespace, interface and process the demo created.");
   }
