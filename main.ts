@@ -10,8 +10,6 @@
 
 import denoConfig from "./deno.json" with { type: "json" };
 import { UsageError } from "./app/cli/usage.ts";
-import { buildCommit, inWorker } from "./app/self.ts";
-import { getEnv } from "./ffi/os.ts";
 
 const USAGE = `vdeno ${denoConfig.version}: VDE's Local Area Cloud (vxvde) on Deno
 
@@ -38,7 +36,8 @@ const commands: Record<string, Command> = {
   randmac: async (args) => (await import("./app/cli/randmac.ts")).randmacCommand(args),
   status: async (args) => (await import("./app/cli/status.ts")).statusCommand(args),
   keygen: async (args) => (await import("./app/cli/keygen.ts")).keygenCommand(args),
-  version: () => {
+  version: async () => {
+    const { buildCommit } = await import("./app/self.ts");
     console.log(`vdeno ${denoConfig.version} (commit ${buildCommit()}, deno ${Deno.version.deno})`);
     return 0;
   },
@@ -76,7 +75,8 @@ export async function main(args: string[]): Promise<number> {
       return 2;
     }
     console.error(`vdeno ${name}: ${message}`);
-    if (getEnv("VDENO_DEBUG")) console.error(error);
+    const os = await import("./ffi/os.ts").catch(() => undefined);
+    if (os?.getEnv("VDENO_DEBUG")) console.error(error);
     return 1;
   }
 }
@@ -125,6 +125,16 @@ function missingPermission(message: string): string | undefined {
 function isParseArgsError(error: unknown): boolean {
   return error instanceof Error && "code" in error &&
     String((error as { code: unknown }).code).startsWith("ERR_PARSE_ARGS");
+}
+
+/**
+ * Whether this code runs inside a Worker. (Here rather than in app/, whose
+ * modules load libc on import: without --allow-ffi that must fail inside
+ * main()'s error handling, as one line.)
+ */
+function inWorker(): boolean {
+  const scope = (globalThis as { WorkerGlobalScope?: new () => unknown }).WorkerGlobalScope;
+  return scope !== undefined && self instanceof scope;
 }
 
 if (inWorker()) {

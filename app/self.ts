@@ -101,12 +101,6 @@ export function gitCommit(directory: string): string | undefined {
   }
 }
 
-/** Whether this code runs inside a Worker. */
-export function inWorker(): boolean {
-  const scope = (globalThis as { WorkerGlobalScope?: new () => unknown }).WorkerGlobalScope;
-  return scope !== undefined && self instanceof scope;
-}
-
 /**
  * V8 flags a plug restarts with (app/cli/plug.ts): optimize the few hot
  * functions of the data path after a hundred calls instead of thousands,

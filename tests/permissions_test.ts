@@ -40,7 +40,7 @@ hostTest(
       b.vdeno(["plug", "tap://tap0", "vxvde://239.7.0.1"]);
       await b.waitForLink("tap0");
       await b.configure("tap0", "10.0.0.2/24");
-      assert.ok(await a.pingable("10.0.0.2"));
+      assert.ok(await a.pingable("10.0.0.2", 30_000)); // generous: a loaded machine starts plugs slowly
 
       const status = await a.run([...env, ...TWO_FLAGS, "status", "--json", "twoflags"]);
       assert.equal(status.code, 0, status.stderr);
@@ -92,6 +92,21 @@ Deno.test("a permission Deno refuses is one line naming the flag, not a stack tr
   assert.match(
     result.stderr,
     /^vdeno demo: Needs --allow-\w+ to .+: run deno with --allow-\w+ \(or -A\)\n$/,
+  );
+  // Without --allow-ffi nothing of vdeno runs, and it says so in one line too.
+  const none = await run([
+    Deno.execPath(),
+    "run",
+    "--quiet",
+    MAIN,
+    "plug",
+    "tap://tap0",
+    "null://",
+  ]);
+  assert.equal(none.code, 1);
+  assert.match(
+    none.stderr,
+    /^vdeno plug: Needs --allow-ffi to load \S+: run deno with --allow-ffi \(or -A\)\n$/,
   );
   // The same command with every permission gets past that point.
   const help = await run([...VDENO, "demo", "--help"]);
