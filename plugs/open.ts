@@ -17,6 +17,7 @@ import { TapPlug } from "./tap.ts";
 import { UdpPlug } from "./udp.ts";
 import { VdePlug } from "./vde.ts";
 import { VdeplugPlug } from "./vdeplug.ts";
+import { VlanPlug } from "./vlan.ts";
 import { VxlanPlug } from "./vxlan.ts";
 import { VxvdePlug } from "./vxvde.ts";
 
@@ -37,6 +38,7 @@ const schemes: Record<string, SchemeOpener> = {
   vde: (vnl, rest) => new VdePlug(vnl, rest),
   cmd: (vnl, rest) => new CmdPlug(vnl, rest),
   null: (vnl, rest) => new NullPlug(vnl, rest),
+  vlan: (vnl, rest, open) => new VlanPlug(vnl, rest, open),
   vdeplug: (vnl, rest) => new VdeplugPlug(vnl, rest, schemeNames()),
 };
 

@@ -1,6 +1,6 @@
 /**
  * The rest of the VDE family, each against the C tool, from `vdeno plug` and
- * from `vdeno ns -m`: `vlan://` (libvdeplug-vlan; the tag on the wire is
+ * from `vdeno ns -m`: `vlan://` (vdeno's own, against libvdeplug-vlan; the tag on the wire is
  * checked in vdeplug_test.ts), `cmd://` (native) carrying a vde_plug, `hub://` and
  * `switch://` (libvdeplug's plugins) that vde_plug joins with vde://, and
  * `null://` (native) standing a switch up on its own.
@@ -91,7 +91,7 @@ for (const how of ["plug", "ns"] as const) {
     );
   });
 
-  hostTest(`vlan:// from vdeno ${how} (libvdeplug-vlan): a vde_plug on the same VLAN answers`, [
+  hostTest(`vlan:// from vdeno ${how}: a vde_plug (libvdeplug-vlan) on the same VLAN answers`, [
     "vde_plug",
     "ping",
   ], async () => {
