@@ -92,7 +92,7 @@ hostTest(
     const echoes = datagrams.filter((d) => d.length === 106);
     const fromA = echoes.filter((d) => d.source.startsWith(`${a.address}.`));
     const fromB = echoes.filter((d) => d.source.startsWith(`${b.address}.`));
-    assert.ok(fromA.length >= 10 && fromB.length >= 10, JSON.stringify(datagrams));
+    assert.ok(fromA.length >= 5 && fromB.length >= 5, JSON.stringify(datagrams));
     // Once learned, each side sends to the other's address at the network's port, never the group.
     for (const d of fromA) assert.equal(d.destination, `${b.address}.4789`, JSON.stringify(d));
     for (const d of fromB) assert.equal(d.destination, `${a.address}.4789`, JSON.stringify(d));
@@ -187,7 +187,7 @@ hostTest(
     const echoes = datagrams.filter((d) => d.length === 106);
     const fromA = echoes.filter((d) => d.source.startsWith(`${addressA.slice(1, -1)}.`));
     const fromB = echoes.filter((d) => d.source.startsWith(`${addressB.slice(1, -1)}.`));
-    assert.ok(fromA.length >= 10 && fromB.length >= 10, JSON.stringify(datagrams));
+    assert.ok(fromA.length >= 5 && fromB.length >= 5, JSON.stringify(datagrams));
     for (const d of fromA) assert.equal(d.destination, `${addressB.slice(1, -1)}.4789`);
     for (const d of fromB) assert.equal(d.destination, `${addressA.slice(1, -1)}.4789`);
   },
@@ -298,7 +298,7 @@ hostTest(
     const [a, b] = lan.hosts;
     await kernelVxlan(b, 5, "239.8.0.11", "10.0.0.2/24");
     const script = "ip addr add 10.0.0.1/24 dev vde0 && ip link set vde0 up && " +
-      "for i in 1 2 3 4 5; do ping -c 1 -W 1 10.0.0.2 >/dev/null && exit 0; done; exit 1";
+      "for i in $(seq 30); do ping -c 1 -W 1 10.0.0.2 >/dev/null && exit 0; done; exit 1";
     const result = await a.run(
       [...VDENO, "ns", "vxlan://239.8.0.11/vni=5", "--", "sh", "-c", script],
       {
