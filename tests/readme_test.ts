@@ -92,6 +92,26 @@ Deno.test("every README block's marker is one the test knows, and the tutorial i
   }
 });
 
+Deno.test("deno task passes its -- on, and vdeno accepts it: deno task demo -- --keep works", async () => {
+  for (const args of [["demo", "--", "--help"], ["vdeno", "--", "randmac", "--"]]) {
+    const result = await new Deno.Command(Deno.execPath(), {
+      args: ["task", "--quiet", ...args],
+      cwd: ROOT,
+      stdin: "null",
+    }).output();
+    const output = new TextDecoder().decode(result.stdout);
+    assert.equal(
+      result.code,
+      0,
+      `deno task ${args.join(" ")}: ${new TextDecoder().decode(result.stderr)}`,
+    );
+    assert.match(
+      output,
+      args[0] === "demo" ? /^Usage: vdeno demo/ : /^[0-9a-f]{2}(:[0-9a-f]{2}){5}\n$/,
+    );
+  }
+});
+
 /** The expected output of a transcript line as a pattern: `...` matches anything. */
 function outputPattern(expected: string): RegExp {
   const parts = expected.split("...").map((part) => part.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"));
