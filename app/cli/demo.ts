@@ -175,10 +175,13 @@ export async function demoCommand(args: string[]): Promise<number> {
       failures === 0 ? "\nEvery member reaches every other." : `\n${failures} pairs failed.`,
     );
     if (values.keep && !interrupted) {
+      // From the first TAP host to the next member that has an interface of its own.
+      const from = members.find((member) => member.inside?.[0] === "ip")!;
+      const to = members.find((member) => member !== from && !member.gateway)!;
       console.log(
-        `\nThe cloud stays up until Ctrl-C. Try:\n  sudo ip netns exec ${
-          lan!.hosts[0].netns
-        } ping ${members[1].address}\n  sudo ${selfCommand().join(" ")} status`,
+        `\nThe cloud stays up until Ctrl-C. Try:\n  sudo ${
+          from.inside!.join(" ")
+        } ping ${to.address}\n  sudo ${selfCommand().join(" ")} status`,
       );
       await new Promise<void>((resolve) => wakeKeep = resolve);
     }
