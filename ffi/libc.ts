@@ -8,6 +8,8 @@
  * @module
  */
 
+import { F_GETFL, F_SETFL, O_NONBLOCK } from "./abi.ts";
+
 const symbols = {
   // int socket(int domain, int type, int protocol)
   socket: { parameters: ["i32", "i32", "i32"], result: "i32" },
@@ -278,8 +280,6 @@ export const Errno = {
 export function closeQuietly(fd: number): void {
   if (fd >= 0) libc.close(fd);
 }
-
-const F_GETFL = 3, F_SETFL = 4, O_NONBLOCK = 0o4000;
 
 /** Sets O_NONBLOCK on a descriptor; returns its file status flags from before. */
 export function setNonBlocking(fd: number): number {

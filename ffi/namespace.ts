@@ -6,12 +6,10 @@
  * @module
  */
 
+import { AF_INET, SOCK_CLOEXEC, SOCK_DGRAM } from "./abi.ts";
 import { check, closeQuietly, cString, libc } from "./libc.ts";
 
 const MS_BIND = 0x1000n;
-const AF_INET = 2;
-const SOCK_DGRAM = 2;
-const SOCK_CLOEXEC = 0o2000000;
 const SIOCGIFFLAGS = 0x8913n;
 const SIOCSIFFLAGS = 0x8914n;
 const IFF_UP = 0x1;

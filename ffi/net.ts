@@ -9,6 +9,16 @@
  */
 
 import {
+  AF_INET,
+  AF_INET6,
+  SOCK_CLOEXEC,
+  SOCK_DGRAM,
+  SOCK_NONBLOCK,
+  SOCK_STREAM,
+  SOL_SOCKET,
+} from "./abi.ts";
+export { AF_INET, AF_INET6 } from "./abi.ts";
+import {
   addressOf,
   check,
   closeQuietly,
@@ -22,12 +32,7 @@ import {
 } from "./libc.ts";
 import { interfaceAddresses } from "./os.ts";
 
-export const AF_INET = 2;
-export const AF_INET6 = 10;
-const SOCK_DGRAM = 2;
-const SOCK_CLOEXEC = 0o2000000;
 const IPPROTO_UDP = 17;
-const SOL_SOCKET = 1;
 const SO_REUSEADDR = 2;
 const SO_SNDBUF = 7;
 const SO_RCVBUF = 8;
@@ -207,6 +212,34 @@ export function localAddress(fd: number): SocketAddress {
 
 export function setReuseAddress(fd: number): void {
   setOption(fd, SOL_SOCKET, SO_REUSEADDR, int32(1), "SO_REUSEADDR");
+}
+
+/** A listening TCP socket on `address`, non-blocking, with SO_REUSEADDR. */
+export function listenTcp(address: SocketAddress, backlog: number): number {
+  const fd = check(
+    libc.socket(address.family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
+    "socket",
+  );
+  try {
+    setReuseAddress(fd);
+    check(libc.bind(fd, address.bytes, address.length), `Cannot bind ${address}`);
+    check(libc.listen(fd, backlog), "listen");
+  } catch (error) {
+    libc.close(fd);
+    throw error;
+  }
+  return fd;
+}
+
+/** Accepts a waiting connection of a listening socket, non-blocking; -1 when none waits. */
+export function acceptStream(listenFd: number): number {
+  return libc.accept4(listenFd, null, null, SOCK_CLOEXEC | SOCK_NONBLOCK);
+}
+
+/** Sends small TCP segments at once (TCP_NODELAY): a frame must not wait for the next. */
+export function setNoDelay(fd: number): void {
+  const IPPROTO_TCP = 6, TCP_NODELAY = 1;
+  libc.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, int32(1), 4);
 }
 
 /**

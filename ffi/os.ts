@@ -10,6 +10,7 @@
  * @module
  */
 
+import { AF_INET, AF_INET6, O_CLOEXEC } from "./abi.ts";
 import { check, cString, Errno, errno, libc, SystemError } from "./libc.ts";
 
 const O_RDONLY = 0;
@@ -17,7 +18,6 @@ const O_WRONLY = 1;
 const O_CREAT = 0o100;
 const O_EXCL = 0o200;
 const O_TRUNC = 0o1000;
-const O_CLOEXEC = 0o2000000;
 const O_NOCTTY = 0o400;
 const O_NOFOLLOW = 0o400000;
 const S_IFMT = 0o170000;
@@ -32,8 +32,6 @@ const DIRENT_NAME = 19;
 /** struct ifaddrs: ifa_next at 0, ifa_name at 8, ifa_addr at 24. */
 const IFADDRS_NAME = 8;
 const IFADDRS_ADDR = 24;
-const AF_INET = 2;
-const AF_INET6 = 10;
 
 /** The value of the environment variable `name`, or undefined when it is not set. */
 export function getEnv(name: string): string | undefined {

@@ -11,13 +11,10 @@
  * @module
  */
 
+export { SIGHUP, SIGINT, SIGTERM } from "./abi.ts";
 import { check, Errno, errno, libc, SystemError } from "./libc.ts";
 import { environment, readTextFile } from "./os.ts";
 import { replaceProcess } from "./spawn.ts";
-
-export const SIGHUP = 1;
-export const SIGINT = 2;
-export const SIGTERM = 15;
 
 const SIG_BLOCK = 0;
 const SIGSET_SIZE = 128;

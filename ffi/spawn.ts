@@ -6,10 +6,10 @@
  * @module
  */
 
+import { O_CLOEXEC } from "./abi.ts";
 import { check, closeQuietly, cString, Errno, errno, libc, strerror, SystemError } from "./libc.ts";
 import { environment } from "./os.ts";
 
-const O_CLOEXEC = 0o2000000;
 const POSIX_SPAWN_SETSIGDEF = 0x04;
 const POSIX_SPAWN_SETSIGMASK = 0x08;
 const POSIX_SPAWN_SETSID = 0x80;

@@ -4,12 +4,11 @@
  * @module
  */
 
+import { O_CLOEXEC, O_NONBLOCK } from "./abi.ts";
 import { closeQuietly, cString, Errno, errno, libc, strerror } from "./libc.ts";
 import { fileInfo, getEnv } from "./os.ts";
 
 const O_RDWR = 0o2;
-const O_NONBLOCK = 0o4000;
-const O_CLOEXEC = 0o2000000;
 const TUNSETIFF = 0x400454can;
 const TUNGETIFF = 0x800454d2n;
 const TUNSETOFFLOAD = 0x400454d0n;

@@ -8,17 +8,22 @@
  * @module
  */
 
+import {
+  AF_UNIX,
+  F_SETFD,
+  FD_CLOEXEC,
+  SOCK_CLOEXEC,
+  SOCK_DGRAM,
+  SOCK_NONBLOCK,
+  SOCK_SEQPACKET,
+  SOCK_STREAM,
+  SOL_SOCKET,
+} from "./abi.ts";
 import { addressOf, check, Errno, errno, libc, SystemError } from "./libc.ts";
 import { POLLERR, POLLHUP, POLLIN, PollSet } from "./poll.ts";
 
-const AF_UNIX = 1;
-const SOCK_SEQPACKET = 5;
-const SOCK_CLOEXEC = 0o2000000;
-const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
 const MSG_CMSG_CLOEXEC = 0x40000000;
-const F_SETFD = 2;
-const FD_CLOEXEC = 1;
 
 // struct msghdr on 64-bit Linux: name, namelen(+pad), iov, iovlen, control, controllen, flags(+pad)
 const MSGHDR_SIZE = 56;
@@ -125,8 +130,6 @@ export function receiveMessage(fd: number, maxBytes = 4096): UnixMessage | undef
   return { data: data.slice(0, length), descriptors };
 }
 
-const SOCK_STREAM = 1;
-const SOCK_NONBLOCK = 0o4000;
 const SO_SNDTIMEO = 21;
 /** A peer that closed early gets EPIPE instead of SIGPIPE. */
 const MSG_NOSIGNAL = 0x4000;
@@ -302,8 +305,6 @@ export function writeAll(fd: number, bytes: Uint8Array<ArrayBuffer>): boolean {
   }
   return true;
 }
-
-const SOCK_DGRAM = 2;
 
 /** Sends `bytes` as one datagram to the Unix datagram socket at `path` ('@' for abstract). */
 export function sendUnixDatagram(path: string, bytes: Uint8Array<ArrayBuffer>): void {

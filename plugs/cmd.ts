@@ -11,12 +11,11 @@
  * @module
  */
 
+import { SIGTERM } from "../ffi/abi.ts";
 import { closeQuietly } from "../ffi/libc.ts";
 import { pipe, reap, signalProcess, spawn } from "../ffi/spawn.ts";
 import { VnlError } from "../core/vnl.ts";
 import { StreamPlug } from "./stream.ts";
-
-const SIGTERM = 15;
 
 /** Splits a command line into words as a POSIX shell does for quotes and backslashes. */
 export function splitCommandLine(line: string): string[] {

@@ -29,8 +29,16 @@
  * @module
  */
 
-import { check, closeQuietly, Errno, errno, libc, setIovec, SystemError } from "../ffi/libc.ts";
-import { AF_INET, numericAddress, setReuseAddress, SocketAddress } from "../ffi/net.ts";
+import { closeQuietly, Errno, errno, setIovec, SystemError } from "../ffi/libc.ts";
+import { duplicateOnto, readInto, writeFrom, writeVector } from "../ffi/io.ts";
+import {
+  acceptStream,
+  AF_INET,
+  listenTcp,
+  numericAddress,
+  setNoDelay,
+  SocketAddress,
+} from "../ffi/net.ts";
 import { fileInfo, removeFile, userId } from "../ffi/os.ts";
 import { POLLERR, POLLHUP, POLLRDHUP, PollSet, Wakeup } from "../ffi/poll.ts";
 import { connectUnix, listenUnix, peerCredentials } from "../ffi/unix.ts";
@@ -39,11 +47,6 @@ import { ETH_HEADER, type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../
 import type { Plug } from "../core/plug.ts";
 import { splitQuoted, VnlError } from "../core/vnl.ts";
 
-const SOCK_STREAM = 1;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-const IPPROTO_TCP = 6;
-const TCP_NODELAY = 1;
 const SUN_PATH_MAX = 107;
 /** QEMU's largest packet (NET_BUFSIZE): a longer length means the stream is out of step. */
 const QEMU_MAX_PACKET = 4096 + 65536;
@@ -163,14 +166,7 @@ export class QemuStreamPlug implements Plug {
         clearUnixPath(listenAddress.path);
         listenFd = listenUnix(listenAddress.path, 4, 0o600);
       } else {
-        const address = listenAddress.address;
-        listenFd = check(
-          libc.socket(address.family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
-          "socket",
-        );
-        setReuseAddress(listenFd);
-        check(libc.bind(listenFd, address.bytes, address.length), `Cannot bind ${address}`);
-        check(libc.listen(listenFd, 4), "listen");
+        listenFd = listenTcp(listenAddress.address, 4);
       }
     } catch (error) {
       closeQuietly(listenFd);
@@ -223,20 +219,17 @@ export class QemuStreamPlug implements Plug {
   }
 
   #accept(): void {
-    const fd = libc.accept4(this.#listenFd, null, null, SOCK_CLOEXEC | SOCK_NONBLOCK);
+    const fd = acceptStream(this.#listenFd);
     if (fd < 0) return; // The client gave up already, or a signal: nothing to do.
     if (this.#connected && this.#connectionEnded()) this.#disconnect();
     if (this.#connected || !this.#mayConnect(fd)) {
-      libc.close(fd);
+      closeQuietly(fd);
       this.#refused++;
       return;
     }
-    if (this.listenAddress.kind === "tcp") {
-      const on = new Uint8Array([1, 0, 0, 0]);
-      libc.setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, on, 4);
-    }
-    libc.dup2(fd, this.#connectionFd);
-    libc.close(fd);
+    if (this.listenAddress.kind === "tcp") setNoDelay(fd);
+    duplicateOnto(fd, this.#connectionFd);
+    closeQuietly(fd);
     this.#reset();
     this.#connected = true;
     this.#connections++;
@@ -254,7 +247,7 @@ export class QemuStreamPlug implements Plug {
   }
 
   #disconnect(): void {
-    libc.dup2(this.#idle.fd, this.#connectionFd);
+    duplicateOnto(this.#idle.fd, this.#connectionFd);
     this.#connected = false;
     this.#reset();
   }
@@ -278,7 +271,7 @@ export class QemuStreamPlug implements Plug {
     }
     const room = INPUT_SIZE - this.#inputEnd;
     const length = Number(
-      libc.read(
+      readInto(
         this.#connectionFd,
         Deno.UnsafePointer.offset(this.#inputPointer, this.#inputEnd),
         BigInt(room),
@@ -344,7 +337,7 @@ export class QemuStreamPlug implements Plug {
   #flushPending(): boolean {
     while (this.#pendingStart < this.#pendingEnd) {
       const written = Number(
-        libc.write(
+        writeFrom(
           this.#connectionFd,
           Deno.UnsafePointer.offset(Deno.UnsafePointer.of(this.#pending)!, this.#pendingStart),
           BigInt(this.#pendingEnd - this.#pendingStart),
@@ -393,7 +386,7 @@ export class QemuStreamPlug implements Plug {
     }
     let written: number;
     do {
-      written = Number(libc.writev(this.#connectionFd, Deno.UnsafePointer.of(this.#iovecs), count));
+      written = Number(writeVector(this.#connectionFd, Deno.UnsafePointer.of(this.#iovecs), count));
     } while (written < 0 && errno() === Errno.EINTR);
     if (written < 0) {
       if (errno() !== Errno.EAGAIN) this.#disconnect();

@@ -15,12 +15,12 @@ import {
   closeQuietly,
   Errno,
   errno,
-  libc,
   restoreStatusFlags,
   setIovec,
   setNonBlocking,
   strerror,
 } from "../ffi/libc.ts";
+import { readInto, writeFrom, writeVector } from "../ffi/io.ts";
 import { numericAddress } from "../ffi/net.ts";
 import { Counter, newCounters } from "../core/counters.ts";
 import { type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../core/frames.ts";
@@ -159,7 +159,7 @@ export class StreamPlug implements Plug {
     if (this.#ended) return false;
     if (this.#inputStart >= this.#inputEnd && !this.#decoder.ready) {
       if (!(readyMask & 1)) return true;
-      const length = Number(libc.read(this.#readFd, this.#inputPointer, BigInt(READ_BUFFER)));
+      const length = Number(readInto(this.#readFd, this.#inputPointer, BigInt(READ_BUFFER)));
       if (length < 0) {
         const code = errno();
         if (code === Errno.EAGAIN || code === Errno.EINTR) return true;
@@ -198,7 +198,7 @@ export class StreamPlug implements Plug {
   /** Writes what is left of a partly written frame; true when nothing is left. */
   flush(): boolean {
     while (this.#pendingStart < this.#pendingEnd) {
-      const written = libc.write(
+      const written = writeFrom(
         this.#writeFd,
         Deno.UnsafePointer.offset(this.#pendingPointer!, this.#pendingStart),
         BigInt(this.#pendingEnd - this.#pendingStart),
@@ -244,7 +244,7 @@ export class StreamPlug implements Plug {
     if (count === 0) return;
     let written: number;
     do {
-      written = libc.writev(this.#writeFd, Deno.UnsafePointer.of(this.#iovecs), count);
+      written = writeVector(this.#writeFd, Deno.UnsafePointer.of(this.#iovecs), count);
     } while (written < 0 && errno() === Errno.EINTR);
     if (written < 0) {
       const code = errno();

@@ -9,7 +9,8 @@
  * @module
  */
 
-import { closeQuietly, Errno, errno, libc, setIovec, strerror } from "../ffi/libc.ts";
+import { closeQuietly, Errno, errno, setIovec, strerror } from "../ffi/libc.ts";
+import { readInto, readVector, writeFrom, writeVector } from "../ffi/io.ts";
 import { openTap, setTapOffloads, tapHasVnetHeader } from "../ffi/tap.ts";
 import { numericAddress } from "../ffi/net.ts";
 import { Counter, newCounters } from "../core/counters.ts";
@@ -101,7 +102,7 @@ export class TapPlug implements Plug {
     const counters = this.counters;
     while (batch.count < batch.capacity) {
       const i = batch.count;
-      const length = libc.read(this.#fd, batch.framePointers[i], READ_SIZE);
+      const length = readInto(this.#fd, batch.framePointers[i], READ_SIZE);
       if (length < 0) {
         const code = errno();
         if (code === Errno.EAGAIN || code === Errno.EINTR) return true;
@@ -135,7 +136,7 @@ export class TapPlug implements Plug {
       }
       if (light && reads > 0) return true;
       reads++;
-      const length = libc.readv(this.#fd, this.#readVectors[i], 2) - VNET_HEADER;
+      const length = readVector(this.#fd, this.#readVectors[i], 2) - VNET_HEADER;
       if (length < 0) {
         if (length === -VNET_HEADER) return false;
         const code = errno();
@@ -235,7 +236,7 @@ export class TapPlug implements Plug {
     for (let i = 0; i < batch.count; i++) {
       const length = batch.lengths[i];
       if (length === 0) continue;
-      const written = libc.write(this.#fd, batch.framePointers[i], BigInt(length));
+      const written = writeFrom(this.#fd, batch.framePointers[i], BigInt(length));
       this.#count(written < 0, 1, length);
     }
   }
@@ -270,7 +271,7 @@ export class TapPlug implements Plug {
         setIovec(vector, k, start, batch.lengths[i + k] - headerLength);
         total += batch.lengths[i + k];
       }
-      const written = libc.writev(this.#fd, this.#writeVectorPointer, merged);
+      const written = writeVector(this.#fd, this.#writeVectorPointer, merged);
       if (written >= 0 && merged > 1) this.counters[Counter.superFramesOut]++;
       this.#count(written < 0, merged, total);
       i += merged;

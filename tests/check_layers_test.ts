@@ -1,5 +1,11 @@
 import { deepStrictEqual as assertEquals, match as assertMatch } from "node:assert/strict";
-import { importsOf, layerProblems, readGraph, resolve } from "../tools/check_layers.ts";
+import {
+  importsOf,
+  layerProblems,
+  libcCallsOutsideFfi,
+  readGraph,
+  resolve,
+} from "../tools/check_layers.ts";
 
 const graph = (edges: Record<string, string[]>) => new Map(Object.entries(edges));
 
@@ -44,4 +50,13 @@ Deno.test("imports are read from code, not from doc comments", () => {
     `import type { B } from "../b.ts";\nconst c = await import("./c.ts");\n// import "./d.ts";\n`;
   assertEquals(importsOf(source), ["./core/a.ts", "../b.ts", "./c.ts"]);
   assertEquals(resolve("app/cli/plug.ts", "../../core/cable.ts"), "core/cable.ts");
+});
+
+Deno.test("a libc call outside ffi/ is found, one inside ffi/ or in a comment is not", () => {
+  const source = "const n = libc.read(fd, p, 4n);\n// libc.write(fd) in a comment\n";
+  assertEquals(libcCallsOutsideFfi("plugs/tap.ts", source), [
+    "plugs/tap.ts:1 calls libc.read; wrap it in ffi/",
+  ]);
+  assertEquals(libcCallsOutsideFfi("ffi/io.ts", source), []);
+  assertEquals(libcCallsOutsideFfi("tests/x_test.ts", source), []);
 });

@@ -1,6 +1,7 @@
 /**
  * Fails when an import goes up the layers, reaches into another folder's
- * private `_name.ts` module, or closes a cycle. The layers, lowest first:
+ * private `_name.ts` module, or closes a cycle, and when a module outside
+ * `ffi/` calls a libc symbol itself. The layers, lowest first:
  * `ffi/` (the libc boundary), `core/` (frames, the plug interface, the
  * cable), `plugs/` (one module per VNL scheme), `app/` (commands, control
  * socket, data-plane threads), then `main.ts` and `mod.ts`. A module may
@@ -85,6 +86,17 @@ export function layerProblems(graph: Map<string, string[]>): string[] {
   return problems;
 }
 
+/** Lines of a module outside ffi/ that call a libc symbol directly, as "path:line: call". */
+export function libcCallsOutsideFfi(path: string, source: string): string[] {
+  if (path.startsWith("ffi/") || layerOf(path) === undefined) return [];
+  const found: string[] = [];
+  source.split("\n").forEach((line, i) => {
+    const call = /\blibc\.([a-z_0-9]+)\s*\(/.exec(line.replace(/\/\/.*$/, ""));
+    if (call) found.push(`${path}:${i + 1} calls libc.${call[1]}; wrap it in ffi/`);
+  });
+  return found;
+}
+
 function walk(folder: string, into: string[]): void {
   for (const entry of Deno.readDirSync(folder)) {
     const path = `${folder}/${entry.name}`;
@@ -108,8 +120,14 @@ export function readGraph(root: string): Map<string, string[]> {
 
 if (import.meta.main) {
   const root = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
-  const problems = layerProblems(readGraph(root));
+  const graph = readGraph(root);
+  const problems = layerProblems(graph);
+  for (const path of graph.keys()) {
+    problems.push(...libcCallsOutsideFfi(path, Deno.readTextFileSync(`${root}/${path}`)));
+  }
   for (const problem of problems) console.error(`check_layers: ${problem}`);
   if (problems.length > 0) Deno.exit(1);
-  console.log("check_layers: imports go one way (app -> plugs -> core -> ffi), no cycles");
+  console.log(
+    "check_layers: imports go one way (app -> plugs -> core -> ffi), no cycles, libc only in ffi/",
+  );
 }

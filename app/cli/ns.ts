@@ -45,6 +45,7 @@
  * @module
  */
 
+import { SIGHUP, SIGTERM } from "../../ffi/abi.ts";
 import { parseArgs } from "node:util";
 import { closeQuietly } from "../../ffi/libc.ts";
 import {
@@ -113,7 +114,6 @@ distributions ship it.`;
 export const NS_HELPER = "ns-helper";
 /** The descriptor on which the helper finds its end of the socket pair. */
 const CHANNEL_FD = 3;
-const SIGHUP = 1, SIGTERM = 15;
 const VALUED_SHORT = new Set(["i", "r", "R", "H"]);
 const VALUED_LONG = new Set([
   "iface",

@@ -7,7 +7,8 @@
  */
 
 import { parseArgs } from "node:util";
-import { closeQuietly, cString, libc } from "../../ffi/libc.ts";
+import { closeQuietly } from "../../ffi/libc.ts";
+import { readInto, silence } from "../../ffi/io.ts";
 import {
   blocksAll,
   restartWithSignalsBlocked,
@@ -264,7 +265,7 @@ function daemonize(args: string[]): number {
     const chunk = new Uint8Array(4096);
     const decoder = new TextDecoder();
     while (!text.includes("\n")) {
-      const count = libc.read(stderr.read, Deno.UnsafePointer.of(chunk), BigInt(chunk.length));
+      const count = readInto(stderr.read, Deno.UnsafePointer.of(chunk), BigInt(chunk.length));
       if (count <= 0) break;
       text += decoder.decode(chunk.subarray(0, count), { stream: true });
     }
@@ -280,10 +281,5 @@ function daemonize(args: string[]): number {
 /** In the daemon: tell the parent all is well, then let go of its stderr. */
 function detachFromParent(): void {
   console.error("vdeno-daemon-ready");
-  const O_RDWR = 2;
-  const devNull = libc.open(cString("/dev/null"), O_RDWR, 0);
-  if (devNull >= 0) {
-    libc.dup2(devNull, 2);
-    closeQuietly(devNull);
-  }
+  silence(2);
 }
