@@ -83,6 +83,54 @@ import {
 } from "../self.ts";
 import { UsageError } from "./usage.ts";
 
+/**
+ * Every option of `vdeno ns`, once: the parser, the split between options and
+ * the command (which must know the options that take a value) and the help
+ * are all made from this table. An option with `value` takes one.
+ */
+const NS_OPTIONS: Record<string, { short?: string; value?: string; help: string }> = {
+  multi: { short: "m", help: "one interface per VNL" },
+  iface: { short: "i", value: "PREFIX", help: "interface name prefix (default vde)" },
+  resolvaddr: {
+    short: "R",
+    value: "ADDRS",
+    help: "nameservers for /etc/resolv.conf inside, comma separated\n(default $VDE_RESOLVADDR)",
+  },
+  resolvconf: {
+    short: "r",
+    value: "FILE",
+    help: "a file to use as /etc/resolv.conf inside\n(default $VDE_RESOLVCONF; -R wins over it)",
+  },
+  hostname: { short: "H", value: "NAME", help: "the hostname inside" },
+  sysadm: {
+    short: "s",
+    help: "let the command keep CAP_SYS_ADMIN (mount, hostname),\nin a mount namespace of its own",
+  },
+  "log-level": { value: "LEVEL", help: "error, warn, info or debug (default warn)" },
+  metrics: {
+    value: "ADDR:PORT",
+    help:
+      "serve the plugs' counters for Prometheus at\nhttp://ADDR:PORT/metrics (in the caller's network)",
+  },
+  help: { short: "h", help: "show this help" },
+};
+
+/** The help's column where descriptions start. */
+const HELP_COLUMN = 27;
+
+function optionLines(): string {
+  return Object.entries(NS_OPTIONS).map(([name, option]) => {
+    const flags = `  ${option.short ? `-${option.short}, ` : "    "}--${name}` +
+      (option.value ? ` ${option.value}` : "");
+    const [first, ...more] = option.help.split("\n");
+    return [
+      flags.padEnd(HELP_COLUMN) + first,
+      ...more.map((line) => " ".repeat(HELP_COLUMN) + line),
+    ]
+      .join("\n");
+  }).join("\n");
+}
+
 export const NS_USAGE = `Usage:
   vdeno ns [OPTIONS] [VNL [COMMAND [ARGS...]]]
   vdeno ns -m [OPTIONS] VNL [VNL...] [-- COMMAND [ARGS...]]
@@ -92,19 +140,7 @@ inside, with interface vde0 on the network VNL (vde0, vde1... with -m). Without
 a VNL, or with - or no, the namespace has loopback only. Works without root.
 
 Options:
-  -m, --multi              one interface per VNL
-  -i, --iface PREFIX       interface name prefix (default vde)
-  -R, --resolvaddr ADDRS   nameservers for /etc/resolv.conf inside, comma separated
-                           (default $VDE_RESOLVADDR)
-  -r, --resolvconf FILE    a file to use as /etc/resolv.conf inside
-                           (default $VDE_RESOLVCONF; -R wins over it)
-  -H, --hostname NAME      the hostname inside
-  -s, --sysadm             let the command keep CAP_SYS_ADMIN (mount, hostname),
-                           in a mount namespace of its own
-      --log-level LEVEL    error, warn, info or debug (default warn)
-      --metrics ADDR:PORT  serve the plugs' counters for Prometheus at
-                           http://ADDR:PORT/metrics (in the caller's network)
-  -h, --help               show this help
+${optionLines()}
 
 The exit status is the command's (128+N if signal N killed it). Without root,
 creating the interfaces needs /dev/net/tun to be mode 0666, as most
@@ -114,15 +150,9 @@ distributions ship it.`;
 export const NS_HELPER = "ns-helper";
 /** The descriptor on which the helper finds its end of the socket pair. */
 const CHANNEL_FD = 3;
-const VALUED_SHORT = new Set(["i", "r", "R", "H"]);
-const VALUED_LONG = new Set([
-  "iface",
-  "resolvconf",
-  "resolvaddr",
-  "hostname",
-  "metrics",
-  "log-level",
-]);
+const VALUED = Object.entries(NS_OPTIONS).filter(([, option]) => option.value);
+const VALUED_SHORT = new Set(VALUED.map(([, option]) => option.short).filter(Boolean));
+const VALUED_LONG = new Set(VALUED.map(([name]) => name));
 
 /** Messages on the socket pair, as JSON. */
 type HelperMessage =
@@ -168,23 +198,20 @@ function splitOptions(args: string[]): { options: string[]; rest: string[] } {
 
 function parseRequest(args: string[]): NsRequest | undefined {
   const { options, rest } = splitOptions(args);
-  const { values } = parseArgs({
+  const { values: parsed } = parseArgs({
     args: options,
-    options: {
-      multi: { type: "boolean", short: "m" },
-      iface: { type: "string", short: "i" },
-      resolvaddr: { type: "string", short: "R" },
-      resolvconf: { type: "string", short: "r" },
-      hostname: { type: "string", short: "H" },
-      sysadm: { type: "boolean", short: "s" },
-      metrics: { type: "string" },
-      "log-level": { type: "string" },
-      help: { type: "boolean", short: "h" },
-    },
+    options: Object.fromEntries(
+      Object.entries(NS_OPTIONS).map(([name, option]) => [
+        name,
+        { type: option.value ? "string" : "boolean", ...(option.short && { short: option.short }) },
+      ]),
+    ) as Record<string, { type: "string" | "boolean"; short?: string }>,
     strict: true,
   });
+  const values = parsed as Record<string, string | boolean | undefined>;
+  const text = (name: string) => values[name] as string | undefined;
   if (values.help) return undefined;
-  if (values["log-level"]) setLogLevel(values["log-level"]);
+  if (text("log-level")) setLogLevel(text("log-level")!);
   let vnls: string[], command: string[];
   if (values.multi) {
     const separator = rest.indexOf("--");
@@ -201,7 +228,7 @@ function parseRequest(args: string[]): NsRequest | undefined {
     if (!shell) throw new UsageError("SHELL is not set: name the command to run", NS_USAGE);
     command = [shell];
   }
-  const ifacePrefix = values.iface ?? "vde";
+  const ifacePrefix = text("iface") ?? "vde";
   const longest = `${ifacePrefix}${Math.max(vnls.length - 1, 0)}`;
   if (new TextEncoder().encode(longest).length > 15) {
     throw new UsageError(`interface name ${longest} is longer than 15 bytes`, NS_USAGE);
@@ -210,11 +237,11 @@ function parseRequest(args: string[]): NsRequest | undefined {
     vnls,
     command,
     ifacePrefix,
-    hostname: values.hostname,
-    resolvaddr: values.resolvaddr ?? getEnv("VDE_RESOLVADDR"),
-    resolvconf: values.resolvconf ?? getEnv("VDE_RESOLVCONF"),
-    sysadm: values.sysadm ?? false,
-    metrics: values.metrics,
+    hostname: text("hostname"),
+    resolvaddr: text("resolvaddr") ?? getEnv("VDE_RESOLVADDR"),
+    resolvconf: text("resolvconf") ?? getEnv("VDE_RESOLVCONF"),
+    sysadm: values.sysadm === true,
+    metrics: text("metrics"),
   };
 }
 
