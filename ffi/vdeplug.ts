@@ -10,7 +10,7 @@
  * @module
  */
 
-import { cString, errno, strerror } from "./libc.ts";
+import { closeQuietly, cString, errno, libc, strerror } from "./libc.ts";
 
 const symbols = {
   // VDECONN *vde_open_real(char *vnl, char *descr, int interface_version,
@@ -82,11 +82,61 @@ export function loadVdeplug(): { symbols: Symbols } | { error: string } {
 /** A failed vde_open: its errno and the library's text for it. */
 export class VdeOpenError extends Error {
   readonly code: number;
-  constructor(vnl: string, code: number) {
-    super(`Cannot open ${vnl} through libvdeplug: ${strerror(code)}`);
+  /** What the plugin printed while it failed, on one line. */
+  readonly said: string;
+  constructor(vnl: string, code: number, said: string) {
+    super(
+      `Cannot open ${vnl} through libvdeplug: ${strerror(code)}${
+        said ? ` (the plugin said: ${said})` : ""
+      }`,
+    );
     this.name = "VdeOpenError";
     this.code = code;
+    this.said = said;
   }
+}
+
+const F_DUPFD_CLOEXEC = 1030;
+const O_RDONLY = 0, O_WRONLY = 1, O_APPEND = 0o2000, O_CLOEXEC = 0o2000000;
+const SAID_LIMIT = 4096;
+
+/**
+ * Runs `body` with the process's stderr going to a file, and returns what
+ * was written there: plugins print their complaints (an unknown option) to
+ * stderr before they fail, and vdeno's error is one line. A file, not a
+ * pipe: a command the plugin starts may keep the descriptor and write to it
+ * later, which a pipe nobody reads would answer with SIGPIPE.
+ */
+function capturingStderr<T>(body: () => T): { value: T; said: string } {
+  let path: string;
+  try {
+    path = Deno.makeTempFileSync({ prefix: "vdeno-plugin-" });
+  } catch {
+    return { value: body(), said: "" };
+  }
+  const writeFd = libc.open(cString(path), O_WRONLY | O_APPEND | O_CLOEXEC, 0);
+  const readFd = libc.open(cString(path), O_RDONLY | O_CLOEXEC, 0);
+  Deno.removeSync(path);
+  const saved = writeFd < 0 || readFd < 0 ? -1 : libc.fcntl(2, F_DUPFD_CLOEXEC, 3);
+  if (saved < 0) {
+    closeQuietly(writeFd);
+    closeQuietly(readFd);
+    return { value: body(), said: "" };
+  }
+  libc.dup2(writeFd, 2);
+  let value: T;
+  try {
+    value = body();
+  } finally {
+    libc.dup2(saved, 2);
+    libc.close(saved);
+    libc.close(writeFd);
+  }
+  const buffer = new Uint8Array(SAID_LIMIT);
+  const count = libc.read(readFd, Deno.UnsafePointer.of(buffer), BigInt(SAID_LIMIT));
+  libc.close(readFd);
+  const said = count > 0 ? new TextDecoder().decode(buffer.subarray(0, count)) : "";
+  return { value, said };
 }
 
 /** One connection opened by libvdeplug. */
@@ -116,8 +166,14 @@ export class VdeConnection {
    */
   static open(lib: Symbols, vnl: string, description: string): VdeConnection {
     const args = [cString(vnl), cString(description)];
-    const conn = lib.vde_open_real(args[0], args[1], LIBVDEPLUG_INTERFACE_VERSION, null);
-    if (conn === null) throw new VdeOpenError(vnl, errno());
+    const { value: [conn, code], said } = capturingStderr(() => {
+      const conn = lib.vde_open_real(args[0], args[1], LIBVDEPLUG_INTERFACE_VERSION, null);
+      return [conn, conn === null ? errno() : 0] as const;
+    });
+    const text = said.trim();
+    if (conn === null) throw new VdeOpenError(vnl, code, text.split("\n").join("; "));
+    // An open that succeeded may have something to say (slirp:///verbose prints its settings).
+    if (text) console.error(text);
     return new VdeConnection(lib, conn, args);
   }
 

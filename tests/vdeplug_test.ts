@@ -80,25 +80,38 @@ for (const { name, vdeno: vdenoVnl, peer, other: otherVnl, tag } of VLAN_CASES) 
   );
 }
 
-Deno.test("a scheme no plugin knows: one line naming the package, or the schemes known", async () => {
-  const missing = await run([...VDENO, "plug", "slirp://", "null://"], {
-    env: { VDEPLUGIN_PATH: "/nonexistent" },
-  });
-  assert.equal(missing.code, 1);
-  assert.equal(
-    missing.stderr.trim(),
-    "vdeno plug: No libvdeplug plugin for slirp:// is installed: install Debian package libvdeplug-slirp",
-  );
-  const unknown = await run([...VDENO, "plug", "nosuchscheme://x", "null://"]);
-  assert.equal(unknown.code, 1);
-  const lists =
-    /^vdeno plug: Unknown VNL scheme nosuchscheme:\/\/; vdeno knows (.*); libvdeplug plugins installed: (.*)\n$/
-      .exec(unknown.stderr);
-  assert.ok(lists, unknown.stderr);
-  for (const scheme of ["vxvde", "tap", "vde", "cmd", "null", "vlan", "vdeplug"]) {
-    assert.ok(lists[1].split(", ").includes(`${scheme}://`), `vdeno's list lacks ${scheme}://`);
-  }
-  for (const scheme of ["slirp", "hub", "switch"]) {
-    assert.ok(lists[2].split(", ").includes(`${scheme}://`), `plugins list lacks ${scheme}://`);
-  }
-});
+hostTest(
+  "a scheme no plugin knows, or a plugin that refuses: one line, naming the package or the schemes known",
+  requirements([], [{ ok: hasPlugin("slirp"), why: "libvdeplug-slirp is not installed" }], {
+    root: false,
+  }),
+  async () => {
+    const missing = await run([...VDENO, "plug", "slirp://", "null://"], {
+      env: { VDEPLUGIN_PATH: "/nonexistent" },
+    });
+    assert.equal(missing.code, 1);
+    assert.equal(
+      missing.stderr.trim(),
+      "vdeno plug: No libvdeplug plugin for slirp:// is installed: install Debian package libvdeplug-slirp",
+    );
+    const unknown = await run([...VDENO, "plug", "nosuchscheme://x", "null://"]);
+    assert.equal(unknown.code, 1);
+    const lists =
+      /^vdeno plug: Unknown VNL scheme nosuchscheme:\/\/; vdeno knows (.*); libvdeplug plugins installed: (.*)\n$/
+        .exec(unknown.stderr);
+    assert.ok(lists, unknown.stderr);
+    for (const scheme of ["vxvde", "tap", "vde", "cmd", "null", "vlan", "vdeplug"]) {
+      assert.ok(lists[1].split(", ").includes(`${scheme}://`), `vdeno's list lacks ${scheme}://`);
+    }
+    for (const scheme of ["slirp", "hub", "switch"]) {
+      assert.ok(lists[2].split(", ").includes(`${scheme}://`), `plugins list lacks ${scheme}://`);
+    }
+    // A plugin's own complaint joins vdeno's line instead of a line of its own.
+    const refused = await run([...VDENO, "plug", "slirp:///colour=red", "null://"]);
+    assert.equal(refused.code, 1);
+    assert.match(
+      refused.stderr,
+      /^vdeno plug: Cannot open slirp:\/\/\/colour=red through libvdeplug: Invalid argument \(the plugin said: .*colour\)\n$/,
+    );
+  },
+);
