@@ -6,7 +6,7 @@
  * words (quotes and backslashes; no variables, globs or pipes).
  *
  * The plug ends when the command closes its output; closing the plug sends
- * the command SIGTERM.
+ * the command SIGTERM and reaps it.
  *
  * @module
  */
@@ -16,6 +16,9 @@ import { closeQuietly } from "../ffi/libc.ts";
 import { pipe, reap, signalProcess, spawn } from "../ffi/spawn.ts";
 import { VnlError } from "../core/vnl.ts";
 import { StreamPlug } from "./stream.ts";
+
+/** How long closing waits for the command to exit after SIGTERM. */
+const REAP_WAIT_MS = 500;
 
 /** Splits a command line into words as a POSIX shell does for quotes and backslashes. */
 export function splitCommandLine(line: string): string[] {
@@ -91,8 +94,13 @@ export class CmdPlug extends StreamPlug {
     super.close();
     if (this.#ended) return;
     this.#ended = true;
-    if (!reap(this.#pid)) signalProcess(this.#pid, SIGTERM);
-    // Reaped later if it takes its time: a plug closing must not wait for it.
-    reap(this.#pid);
+    if (reap(this.#pid)) return;
+    signalProcess(this.#pid, SIGTERM);
+    // A short wait, so that no zombie is left behind; a command slower than that to exit stays
+    // one until vdeno exits, rather than hold up the close.
+    const pause = new Int32Array(new SharedArrayBuffer(4));
+    for (let waited = 0; waited < REAP_WAIT_MS && !reap(this.#pid); waited += 10) {
+      Atomics.wait(pause, 0, 0, 10);
+    }
   }
 }
