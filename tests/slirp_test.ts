@@ -2,12 +2,13 @@
  * `slirp://` (Debian's libvdeplug-slirp, through libvdeplug) makes one member
  * of a cloud its NAT gateway: a `vdeno ns` member gets a DHCP lease from it
  * with busybox udhcpc and reaches, through the gateway 10.0.2.2, a TCP service
- * on the loopback of the host where the slirp plug runs. Nothing leaves the
- * test's namespaces.
+ * on the loopback of the host where the slirp plug runs; and `vdeno ns
+ * slirp://` does the same for the namespace alone, as `vdens slirp://` does.
+ * Nothing leaves the test's namespaces.
  */
 
 import assert from "node:assert/strict";
-import { hostTest, Lan, requirements, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, type Process, requirements, VDENO } from "./_harness.ts";
 
 const CLOUD = "vxvde://234.0.0.1";
 const SERVICE_PORT = 7777;
@@ -43,43 +44,64 @@ function slirpInstalled(): boolean {
   }
 }
 
+/**
+ * Runs udhcpc and then the TCP client in a `vdeno ns` on `vnl`, in `member`, with the service on
+ * `gateway`'s loopback (the same host when the namespace itself is on slirp://).
+ */
+async function leaseAndReach(gateway: Host, member: Host, vnl: string, slirp?: Process) {
+  const directory = await Deno.makeTempDir({ prefix: "vdeno-slirp-" });
+  try {
+    const script = `${directory}/udhcpc.sh`;
+    await Deno.writeTextFile(script, UDHCPC_SCRIPT, { mode: 0o755 });
+    await Deno.chmod(directory, 0o755);
+    const service = gateway.spawn([Deno.execPath(), "eval", SERVICE]);
+    await service.waitForOutput((text) => text.includes("listening"));
+    const inside = [
+      "ip link set vde0 up",
+      `busybox udhcpc -i vde0 -n -q -t 20 -T 1 -s ${script}`,
+      "ip route",
+      `busybox nc 10.0.2.2 ${SERVICE_PORT} </dev/null`,
+    ].join(" && ");
+    const result = await member.run([...VDENO, "ns", vnl, "sh", "-c", inside], {
+      timeoutMs: 90_000,
+    });
+    const said = `vdeno ns said:\n${result.stdout}${result.stderr}\nslirp plug said: ${
+      slirp?.stderr ?? "-"
+    }`;
+    assert.equal(result.code, 0, said);
+    assert.match(
+      result.stdout,
+      /^lease 10\.0\.2\.\d+\/24 router 10\.0\.2\.2 dns 10\.0\.2\.3$/m,
+      said,
+    );
+    assert.match(result.stdout, /^default via 10\.0\.2\.2 dev vde0/m, said);
+    assert.match(result.stdout, new RegExp(`^${GREETING}$`, "m"), said);
+  } finally {
+    await Deno.remove(directory, { recursive: true });
+  }
+}
+
+const NEEDS = requirements(["busybox"], [
+  { ok: slirpInstalled(), why: "libvdeplug-slirp is not installed" },
+]);
+
 hostTest(
   "slirp:// makes a member the cloud's gateway: DHCP lease, then the host's loopback through 10.0.2.2",
-  requirements(["busybox"], [
-    { ok: slirpInstalled(), why: "libvdeplug-slirp is not installed" },
-  ]),
+  NEEDS,
   async () => {
-    const directory = await Deno.makeTempDir({ prefix: "vdeno-slirp-" });
-    try {
-      const script = `${directory}/udhcpc.sh`;
-      await Deno.writeTextFile(script, UDHCPC_SCRIPT, { mode: 0o755 });
-      await Deno.chmod(directory, 0o755);
-      await using lan = await Lan.create(2);
-      const [gateway, member] = lan.hosts;
-      const service = gateway.spawn([Deno.execPath(), "eval", SERVICE]);
-      await service.waitForOutput((text) => text.includes("listening"));
-      const slirp = gateway.vdeno(["plug", "slirp://", CLOUD]);
-      const inside = [
-        "ip link set vde0 up",
-        `busybox udhcpc -i vde0 -n -q -t 20 -T 1 -s ${script}`,
-        "ip route",
-        `busybox nc 10.0.2.2 ${SERVICE_PORT} </dev/null`,
-      ].join(" && ");
-      const result = await member.run([...VDENO, "ns", CLOUD, "sh", "-c", inside], {
-        timeoutMs: 90_000,
-      });
-      const said =
-        `vdeno ns said:\n${result.stdout}${result.stderr}\nslirp plug said: ${slirp.stderr}`;
-      assert.equal(result.code, 0, said);
-      assert.match(
-        result.stdout,
-        /^lease 10\.0\.2\.\d+\/24 router 10\.0\.2\.2 dns 10\.0\.2\.3$/m,
-        said,
-      );
-      assert.match(result.stdout, /^default via 10\.0\.2\.2 dev vde0/m, said);
-      assert.match(result.stdout, new RegExp(`^${GREETING}$`, "m"), said);
-    } finally {
-      await Deno.remove(directory, { recursive: true });
-    }
+    await using lan = await Lan.create(2);
+    const [gateway, member] = lan.hosts;
+    const slirp = gateway.vdeno(["plug", "slirp://", CLOUD]);
+    await leaseAndReach(gateway, member, CLOUD, slirp);
+  },
+);
+
+hostTest(
+  "vdeno ns slirp://, as vdens slirp://: the namespace gets a lease and the host's loopback",
+  NEEDS,
+  async () => {
+    await using lan = await Lan.create(1);
+    const [host] = lan.hosts;
+    await leaseAndReach(host, host, "slirp://");
   },
 );
