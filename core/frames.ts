@@ -78,6 +78,35 @@ export class FrameBatch {
   }
 }
 
+/**
+ * What a plug builds once for each batch it meets (a datagram vector, pointers
+ * into the slots) and finds again cheaply: the batch it met last without a
+ * lookup, any other in a WeakMap, so a batch that goes away takes it along.
+ */
+export class PerBatch<T> {
+  readonly #make: (batch: FrameBatch) => T;
+  readonly #made = new WeakMap<FrameBatch, T>();
+  #lastBatch?: FrameBatch;
+  #last?: T;
+
+  constructor(make: (batch: FrameBatch) => T) {
+    this.#make = make;
+  }
+
+  /** What was made for `batch`, made now if it is new. */
+  of(batch: FrameBatch): T {
+    if (batch === this.#lastBatch) return this.#last!;
+    let made = this.#made.get(batch);
+    if (made === undefined) {
+      made = this.#make(batch);
+      this.#made.set(batch, made);
+    }
+    this.#lastBatch = batch;
+    this.#last = made;
+    return made;
+  }
+}
+
 /** The destination MAC of the frame at `offset` has the group bit (broadcast or multicast). */
 export function isGroupAddress(bytes: Uint8Array, offset: number): boolean {
   return (bytes[offset] & 1) === 1;

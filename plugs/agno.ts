@@ -28,7 +28,7 @@
 import { Aes128, AES_BLOCK, randomBytes, slotPointers } from "../ffi/crypto.ts";
 import { getEnv, readFileWithInfo, readTextFile, userId } from "../ffi/os.ts";
 import { Counter } from "../core/counters.ts";
-import { ETH_HEADER, type FrameBatch, HEADROOM, SLOT_SIZE } from "../core/frames.ts";
+import { ETH_HEADER, type FrameBatch, HEADROOM, PerBatch, SLOT_SIZE } from "../core/frames.ts";
 import type { Plug } from "../core/plug.ts";
 import { parseOptions, splitNested, splitQuoted, VnlError } from "../core/vnl.ts";
 
@@ -191,7 +191,13 @@ export class AgnoPlug implements Plug {
   readonly counters: Float64Array;
   readonly #encrypt: Direction;
   readonly #decrypt: Direction;
-  readonly #parts = new WeakMap<FrameBatch, SlotParts>();
+  readonly #parts = new PerBatch((batch): SlotParts => {
+    const [header, payload] = slotPointers(batch.bytes, SLOT_SIZE, batch.capacity, [
+      HEADROOM + ETH_HEADER,
+      HEADROOM + ETH_HEADER + AGNO_HEADER,
+    ]);
+    return { header, payload };
+  });
   #random = new Uint8Array(0);
 
   /** `openInner` opens the nested VNL: the registry's opener, passed in so agno need not import it. */
@@ -219,24 +225,11 @@ export class AgnoPlug implements Plug {
     return this.inner.backlog ?? false;
   }
 
-  #partsOf(batch: FrameBatch): SlotParts {
-    let parts = this.#parts.get(batch);
-    if (!parts) {
-      const [header, payload] = slotPointers(batch.bytes, SLOT_SIZE, batch.capacity, [
-        HEADROOM + ETH_HEADER,
-        HEADROOM + ETH_HEADER + AGNO_HEADER,
-      ]);
-      parts = { header, payload };
-      this.#parts.set(batch, parts);
-    }
-    return parts;
-  }
-
   receive(batch: FrameBatch, readyMask: number): boolean {
     const first = batch.count;
     const open = this.inner.receive(batch, readyMask);
     if (batch.count === first) return open;
-    const parts = this.#partsOf(batch);
+    const parts = this.#parts.of(batch);
     const bytes = batch.bytes, counters = this.counters;
     const now = Math.floor(Date.now() / 1000);
     for (let i = first; i < batch.count; i++) {
@@ -280,7 +273,7 @@ export class AgnoPlug implements Plug {
   }
 
   send(batch: FrameBatch): void {
-    const parts = this.#partsOf(batch);
+    const parts = this.#parts.of(batch);
     const bytes = batch.bytes;
     if (this.#random.length < batch.capacity * 6) this.#random = new Uint8Array(batch.capacity * 6);
     const random = randomBytes(this.#random);

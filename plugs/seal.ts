@@ -32,7 +32,7 @@
 
 import { Gcm, GCM_TAG_SIZE, hkdfSha256, randomBytes, slotPointers } from "../ffi/crypto.ts";
 import { type FileInfo, getEnv, readFileWithInfo, userId } from "../ffi/os.ts";
-import { type FrameBatch, HEADROOM, SLOT_SIZE } from "../core/frames.ts";
+import { type FrameBatch, HEADROOM, PerBatch, SLOT_SIZE } from "../core/frames.ts";
 
 /** Bytes of the vxvde header. */
 const HEADER_SIZE = 8;
@@ -137,9 +137,16 @@ export class Sealer {
   readonly #sealing: Gcm;
   readonly #opening: Gcm;
   readonly #senders = new Map<number, ReplayWindow>();
-  readonly #parts = new WeakMap<FrameBatch, SlotParts>();
-  #lastBatch?: FrameBatch;
-  #lastParts?: SlotParts;
+  readonly #parts = new PerBatch((batch): SlotParts => {
+    const start = HEADROOM - SEALED_PREFIX;
+    const [aad, nonce, tag, frame] = slotPointers(batch.bytes, SLOT_SIZE, batch.capacity, [
+      start,
+      start + SENDER_AT,
+      start + TAG_AT,
+      HEADROOM,
+    ]);
+    return { aad, nonce, tag, frame };
+  });
   #sequenceHigh: number;
   #sequenceLow = 0;
 
@@ -153,32 +160,12 @@ export class Sealer {
     this.#sequenceHigh = Math.floor(Date.now() / 1000) >>> 0;
   }
 
-  #partsOf(batch: FrameBatch): SlotParts {
-    // The same batch comes back frame after frame: skip the WeakMap lookup then.
-    if (batch === this.#lastBatch) return this.#lastParts!;
-    let parts = this.#parts.get(batch);
-    if (!parts) {
-      const start = HEADROOM - SEALED_PREFIX;
-      const [aad, nonce, tag, frame] = slotPointers(batch.bytes, SLOT_SIZE, batch.capacity, [
-        start,
-        start + SENDER_AT,
-        start + TAG_AT,
-        HEADROOM,
-      ]);
-      parts = { aad, nonce, tag, frame };
-      this.#parts.set(batch, parts);
-    }
-    this.#lastBatch = batch;
-    this.#lastParts = parts;
-    return parts;
-  }
-
   /**
    * Seals frame i of `batch` (`length` bytes, 0 for a goodbye) in place; the
    * header must already be in place. `now` is the time in seconds.
    */
   seal(batch: FrameBatch, i: number, length: number, now: number): boolean {
-    const parts = this.#partsOf(batch);
+    const parts = this.#parts.of(batch);
     const words = batch.bytes;
     const at = i * SLOT_SIZE + HEADROOM - SEALED_PREFIX;
     writeUint32(words, at + TIME_AT, now >>> 0);
@@ -214,7 +201,7 @@ export class Sealer {
     if (window === undefined) {
       if (Math.abs(now - readUint32(bytes, at + TIME_AT)) > FRESH_SECONDS) return Verdict.replayed;
     } else if (!window.fresh(high, low)) return Verdict.replayed;
-    const parts = this.#partsOf(batch);
+    const parts = this.#parts.of(batch);
     const authentic = this.#opening.open(
       parts.nonce[i],
       parts.aad[i],

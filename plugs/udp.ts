@@ -39,7 +39,14 @@ import {
   udpSocket,
 } from "../ffi/net.ts";
 import { Counter, newCounters } from "../core/counters.ts";
-import { ETH_HEADER, type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../core/frames.ts";
+import {
+  ETH_HEADER,
+  type FrameBatch,
+  HEADROOM,
+  MAX_FRAME,
+  PerBatch,
+  SLOT_SIZE,
+} from "../core/frames.ts";
 import type { Plug } from "../core/plug.ts";
 import { VnlError } from "../core/vnl.ts";
 
@@ -129,7 +136,9 @@ export class UdpPlug implements Plug {
   /** The words of the remote's socket address that say who sent a datagram: family, port, IP. */
   readonly #remoteWords: Uint32Array;
   readonly #remoteWordIndexes: readonly number[];
-  #vectors = new WeakMap<FrameBatch, DatagramVector>();
+  readonly #vectors = new PerBatch((batch) =>
+    new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM, batch.capacity)
+  );
   #closed = false;
 
   constructor(vnl: string, rest: string) {
@@ -163,19 +172,10 @@ export class UdpPlug implements Plug {
   }
 
   // Frames go without a header, so datagrams start right at each slot's frame.
-  #vectorFor(batch: FrameBatch): DatagramVector {
-    let vector = this.#vectors.get(batch);
-    if (!vector) {
-      vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM, batch.capacity);
-      this.#vectors.set(batch, vector);
-    }
-    return vector;
-  }
-
   receive(batch: FrameBatch, readyMask: number): boolean {
     const first = batch.count;
     if (!(readyMask & 1) || first >= batch.capacity) return true;
-    const vector = this.#vectorFor(batch);
+    const vector = this.#vectors.of(batch);
     const received = vector.receiveInto(this.#fd, first, batch.capacity - first, MAX_FRAME + 1);
     if (received <= 0) {
       if (received < 0) this.counters[Counter.dropMalformed]++;
@@ -200,7 +200,7 @@ export class UdpPlug implements Plug {
   }
 
   send(batch: FrameBatch): void {
-    const vector = this.#vectorFor(batch);
+    const vector = this.#vectors.of(batch);
     const counters = this.counters;
     const nameLength = this.config.remote.length;
     let prepared = 0;

@@ -33,7 +33,14 @@ import {
   writeAll,
 } from "../ffi/unix.ts";
 import { Counter, newCounters } from "../core/counters.ts";
-import { ETH_HEADER, type FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE } from "../core/frames.ts";
+import {
+  ETH_HEADER,
+  type FrameBatch,
+  HEADROOM,
+  MAX_FRAME,
+  PerBatch,
+  SLOT_SIZE,
+} from "../core/frames.ts";
 import type { Plug } from "../core/plug.ts";
 import { groupId, splitQuoted, VnlError } from "../core/vnl.ts";
 
@@ -179,7 +186,9 @@ export class VdePlug implements Plug {
   readonly directory: string;
   readonly #dataFd: number;
   readonly #controlFd: number;
-  #vectors = new WeakMap<FrameBatch, DatagramVector>();
+  readonly #vectors = new PerBatch((batch) =>
+    new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM, batch.capacity)
+  );
   #closed = false;
 
   constructor(vnl: string, rest: string) {
@@ -237,21 +246,12 @@ export class VdePlug implements Plug {
   }
 
   // Frames go one per datagram with no header: datagrams start at each slot's frame.
-  #vectorFor(batch: FrameBatch): DatagramVector {
-    let vector = this.#vectors.get(batch);
-    if (!vector) {
-      vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM, batch.capacity);
-      this.#vectors.set(batch, vector);
-    }
-    return vector;
-  }
-
   receive(batch: FrameBatch, readyMask: number): boolean {
     // The switch never speaks on the control connection after the handshake: input there is its end.
     if (readyMask & 2) return false;
     const first = batch.count;
     if (!(readyMask & 1) || first >= batch.capacity) return true;
-    const vector = this.#vectorFor(batch);
+    const vector = this.#vectors.of(batch);
     const received = vector.receiveInto(this.#dataFd, first, batch.capacity - first, MAX_FRAME + 1);
     if (received <= 0) {
       if (received < 0) this.counters[Counter.dropMalformed]++;
@@ -274,7 +274,7 @@ export class VdePlug implements Plug {
   }
 
   send(batch: FrameBatch): void {
-    const vector = this.#vectorFor(batch);
+    const vector = this.#vectors.of(batch);
     const counters = this.counters;
     let prepared = 0;
     for (let i = 0; i < batch.count; i++) {

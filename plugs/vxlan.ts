@@ -50,6 +50,7 @@ import {
   type FrameBatch,
   HEADROOM,
   MAX_FRAME,
+  PerBatch,
   SLOT_SIZE,
 } from "../core/frames.ts";
 import { log } from "../core/log.ts";
@@ -169,9 +170,9 @@ export class VxlanPlug implements Plug {
   readonly #groupAddress: number;
   readonly #tableAddress: number;
   readonly #planner: MessagePlanner;
-  #vectors = new WeakMap<FrameBatch, DatagramVector>();
-  #lastBatch?: FrameBatch;
-  #lastVector?: DatagramVector;
+  readonly #vectors = new PerBatch((batch) =>
+    new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - HEADER_SIZE, batch.capacity)
+  );
   #closed = false;
   /** With `peers=`: the members reached by unicast, and their hellos. */
   readonly #mesh?: PeerMesh;
@@ -243,24 +244,12 @@ export class VxlanPlug implements Plug {
   }
 
   /** One vector per batch serves both ways: every receive re-aims its entries at their slots. */
-  #vectorFor(batch: FrameBatch): DatagramVector {
-    if (batch === this.#lastBatch) return this.#lastVector!;
-    let vector = this.#vectors.get(batch);
-    if (!vector) {
-      vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - HEADER_SIZE, batch.capacity);
-      this.#vectors.set(batch, vector);
-    }
-    this.#lastBatch = batch;
-    this.#lastVector = vector;
-    return vector;
-  }
-
   receive(batch: FrameBatch, readyMask: number): boolean {
     if (readyMask & 2) this.#mesh?.tick();
     if (!(readyMask & 1)) return true;
     const first = batch.count;
     if (first >= batch.capacity) return true;
-    const vector = this.#vectorFor(batch);
+    const vector = this.#vectors.of(batch);
     const received = vector.receiveInto(
       this.#fd,
       first,
@@ -328,7 +317,7 @@ export class VxlanPlug implements Plug {
   }
 
   send(batch: FrameBatch): void {
-    const vector = this.#vectorFor(batch);
+    const vector = this.#vectors.of(batch);
     const bytes = batch.bytes;
     const words = batch.words;
     const counters = this.counters;

@@ -51,6 +51,7 @@ import {
   FrameBatch,
   HEADROOM,
   MAX_FRAME,
+  PerBatch,
   SLOT_SIZE,
 } from "../core/frames.ts";
 import { log } from "../core/log.ts";
@@ -244,9 +245,9 @@ export class VxvdePlug implements Plug {
   /** First header word of a keyed network on our VNI (the second is the same as ours). */
   readonly #sealedHigh: number;
   readonly #mismatch: MismatchWarnings;
-  #vectors = new WeakMap<FrameBatch, DatagramVector>();
-  #lastBatch?: FrameBatch;
-  #lastVector?: DatagramVector;
+  readonly #vectors = new PerBatch((batch) =>
+    new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - this.#prefix, batch.capacity)
+  );
   readonly #planner: MessagePlanner;
   #closed = false;
   /** With `peers=`: the members reached by unicast, and their hellos. */
@@ -350,18 +351,6 @@ export class VxvdePlug implements Plug {
   }
 
   /** One vector per batch serves both ways: every receive re-aims its entries at their slots. */
-  #vectorFor(batch: FrameBatch): DatagramVector {
-    if (batch === this.#lastBatch) return this.#lastVector!;
-    let vector = this.#vectors.get(batch);
-    if (!vector) {
-      vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - this.#prefix, batch.capacity);
-      this.#vectors.set(batch, vector);
-    }
-    this.#lastBatch = batch;
-    this.#lastVector = vector;
-    return vector;
-  }
-
   /**
    * The time in seconds for `batch`'s frames: the batch's clock, which lags by up to
    * {@linkcode CLOCK_LAG_MS}; `latest` allows for that lag, so that no address is used past its
@@ -383,7 +372,7 @@ export class VxvdePlug implements Plug {
   #receiveFrom(batch: FrameBatch, fd: number, fromGroup: boolean): void {
     const first = batch.count;
     if (first >= batch.capacity) return;
-    const vector = this.#vectorFor(batch);
+    const vector = this.#vectors.of(batch);
     const received = vector.receiveInto(
       fd,
       first,
@@ -484,7 +473,7 @@ export class VxvdePlug implements Plug {
   }
 
   send(batch: FrameBatch): void {
-    const vector = this.#vectorFor(batch);
+    const vector = this.#vectors.of(batch);
     const bytes = batch.bytes;
     const counters = this.counters;
     const now = this.#seconds(batch, true);
