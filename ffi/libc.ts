@@ -160,6 +160,10 @@ const symbols = {
   rename: { parameters: ["buffer", "buffer"], result: "i32" },
   // ssize_t readlink(const char *path, char *buf, size_t size)
   readlink: { parameters: ["buffer", "buffer", "usize"], result: "isize" },
+  // char *realpath(const char *path, char *resolved)
+  realpath: { parameters: ["buffer", "buffer"], result: "pointer" },
+  // int chown(const char *path, uid_t owner, gid_t group)
+  chown: { parameters: ["buffer", "u32", "u32"], result: "i32" },
   // DIR *opendir(const char *path)
   opendir: { parameters: ["buffer"], result: "pointer" },
   // struct dirent *readdir(DIR *dir)

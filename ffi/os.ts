@@ -275,6 +275,18 @@ export function listDirectory(path: string): string[] {
   }
 }
 
+/** The absolute path `path` names, with every symbolic link, `.` and `..` resolved. */
+export function realPath(path: string): string {
+  const resolved = new Uint8Array(4096); // PATH_MAX
+  if (libc.realpath(cString(path), resolved) === null) throw new SystemError(path, errno());
+  return new TextDecoder().decode(resolved.subarray(0, resolved.indexOf(0)));
+}
+
+/** Gives the file at `path` to group `gid`, its owner unchanged. */
+export function changeGroup(path: string, gid: number): void {
+  check(libc.chown(cString(path), 0xffffffff, gid), path);
+}
+
 /** The target of the symbolic link at `path`. */
 export function readLink(path: string): string {
   const buffer = new Uint8Array(4096);

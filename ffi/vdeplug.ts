@@ -10,7 +10,9 @@
  * @module
  */
 
+import { O_CLOEXEC } from "./abi.ts";
 import { closeQuietly, cString, errno, libc, strerror } from "./libc.ts";
+import { createPrivateFile, getEnv, removeFile } from "./os.ts";
 
 const symbols = {
   // VDECONN *vde_open_real(char *vnl, char *descr, int interface_version,
@@ -97,7 +99,7 @@ export class VdeOpenError extends Error {
 }
 
 const F_DUPFD_CLOEXEC = 1030;
-const O_RDONLY = 0, O_WRONLY = 1, O_APPEND = 0o2000, O_CLOEXEC = 0o2000000;
+const O_RDONLY = 0;
 const SAID_LIMIT = 4096;
 
 /**
@@ -108,15 +110,16 @@ const SAID_LIMIT = 4096;
  * later, which a pipe nobody reads would answer with SIGPIPE.
  */
 function capturingStderr<T>(body: () => T): { value: T; said: string } {
-  let path: string;
+  const random = crypto.getRandomValues(new Uint32Array(1))[0].toString(36);
+  const path = `${getEnv("TMPDIR") || "/tmp"}/vdeno-plugin-${Deno.pid}-${random}`;
+  let writeFd: number;
   try {
-    path = Deno.makeTempFileSync({ prefix: "vdeno-plugin-" });
+    writeFd = createPrivateFile(path);
   } catch {
     return { value: body(), said: "" };
   }
-  const writeFd = libc.open(cString(path), O_WRONLY | O_APPEND | O_CLOEXEC, 0);
   const readFd = libc.open(cString(path), O_RDONLY | O_CLOEXEC, 0);
-  Deno.removeSync(path);
+  removeFile(path);
   const saved = writeFd < 0 || readFd < 0 ? -1 : libc.fcntl(2, F_DUPFD_CLOEXEC, 3);
   if (saved < 0) {
     closeQuietly(writeFd);

@@ -21,7 +21,7 @@
 
 import { closeQuietly, Errno, SystemError } from "../ffi/libc.ts";
 import { DatagramVector } from "../ffi/net.ts";
-import { removeFile, userId } from "../ffi/os.ts";
+import { changeGroup, realPath, removeFile, userId } from "../ffi/os.ts";
 import {
   connectTo,
   connectUnix,
@@ -199,21 +199,21 @@ export class VdePlug implements Plug {
     const tried: string[] = [];
     for (const candidate of config.path === "" ? DEFAULT_SWITCHES : [config.path]) {
       try {
-        directory = Deno.realPathSync(candidate);
+        directory = realPath(candidate);
         control = connectControl(directory, config);
         break;
       } catch (error) {
-        tried.push(`${candidate}: ${describe(error)}`);
+        tried.push((error as Error).message);
       }
     }
     if (!control) {
-      throw new Error(`Cannot open ${vnl}: no vde_switch answers at ${tried.join("; ")}`);
+      throw new Error(`Cannot open ${vnl}: no vde_switch answers: ${tried.join("; ")}`);
     }
     this.directory = directory;
     let data: { fd: number; path: string } | undefined;
     try {
       data = bindDataSocket(directory, config.mode);
-      if (config.group !== undefined) Deno.chownSync(data.path, null, config.group);
+      if (config.group !== undefined) changeGroup(data.path, config.group);
       const type = control.generic && config.port !== 0
         ? (config.port < 0 ? REQ_NEW_PORT0 : REQ_NEW_CONTROL + config.port * 256)
         : REQ_NEW_CONTROL;
@@ -235,7 +235,7 @@ export class VdePlug implements Plug {
     } catch (error) {
       if (data) closeQuietly(data.fd);
       closeQuietly(control.fd);
-      throw new Error(`Cannot open ${vnl}: ${describe(error)}`);
+      throw new Error(`Cannot open ${vnl}: ${(error as Error).message}`);
     } finally {
       // Once connected the switch needs the name no more; the socket stays ours.
       if (data) removeQuietly(data.path);
@@ -313,9 +313,4 @@ function removeQuietly(path: string): void {
   } catch {
     // Cleanup is best effort.
   }
-}
-
-function describe(error: unknown): string {
-  const message = (error as Error).message;
-  return error instanceof Deno.errors.NotFound ? "no such file or directory" : message;
 }

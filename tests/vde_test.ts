@@ -31,22 +31,37 @@ Deno.test("vde:// with no switch there says so in one line", async () => {
   try {
     const result = await run([...VDENO, "plug", `vde://${directory}`, "vxvde://239.0.0.1"]);
     assert.equal(result.code, 1, result.stderr);
-    assert.match(result.stderr, /^vdeno plug: Cannot open vde:\/\/.*: no vde_switch answers at /);
+    assert.match(
+      result.stderr,
+      /^vdeno plug: Cannot open vde:\/\/.*: no vde_switch answers: .*No such file or directory\n$/,
+    );
     assert.equal(result.stderr.trim().split("\n").length, 1, result.stderr);
   } finally {
     await Deno.remove(directory, { recursive: true });
   }
 });
 
+/** vdeno with only the permissions of its design. */
+const TWO_FLAGS = [
+  Deno.execPath(),
+  "run",
+  "--allow-net",
+  "--allow-ffi",
+  "--quiet",
+  new URL("../main.ts", import.meta.url).pathname,
+];
+
 for (const [how, vnl] of [["native", "vde://"], ["libvdeplug", "vdeplug://vde://"]] as const) {
-  hostTest(`vde:// (${how}) ends when the switch goes away`, ["vde_switch"], async () => {
+  hostTest(`vde:// (${how}), with only --allow-net --allow-ffi, ends when the switch goes away`, [
+    "vde_switch",
+  ], async () => {
     const directory = await Deno.makeTempDir({ prefix: "vdeno-switch-" });
     try {
       await using lan = await Lan.create(1);
       const [host] = lan.hosts;
       await host.sh(["vde_switch", "-s", `${directory}/sw`, "-d", "-p", `${directory}/pid`]);
       await waitUntil(() => exists(`${directory}/sw/ctl`));
-      const plug = host.vdeno(["plug", `${vnl}${directory}/sw`, "null://"]);
+      const plug = host.spawn([...TWO_FLAGS, "plug", `${vnl}${directory}/sw`, "null://"]);
       // The switch binds a data socket per port once the plug is on.
       await waitUntil(() =>
         [...Deno.readDirSync(`${directory}/sw`)].some((entry) => /^\d+\.\d+$/.test(entry.name))
