@@ -26,10 +26,10 @@ async function memberPings(
     const plug = host.vdeno(["plug", "tap://tap0", vnl]);
     await host.waitForLink("tap0", 30_000, plug);
     await host.configure("tap0", `${A}/24`);
-    return await host.pingable(peer, 20_000);
+    return await host.pingable(peer, 40_000);
   }
   const script = `ip addr add ${A}/24 dev vde0 && ip link set vde0 up && ` +
-    `for i in $(seq 20); do ping -c 1 -W 1 ${peer} >/dev/null && exit 0; done; exit 1`;
+    `for i in $(seq 40); do ping -c 1 -W 1 ${peer} >/dev/null && exit 0; done; exit 1`;
   const result = await host.run(
     [...VDENO, "ns", "-m", vnl, "--", "sh", "-c", script],
     { timeoutMs: 60_000 },
@@ -138,7 +138,7 @@ for (const how of ["plug", "ns"] as const) {
       a.spawn(["vde_plug", "tap://tap0", `vde://${path}`]);
       await a.waitForLink("tap0");
       await a.configure("tap0", `${A}/24`);
-      assert.ok(await a.pingable(B, 20_000), "the vde_plugs on the switch cannot ping");
+      assert.ok(await a.pingable(B, 40_000), "the vde_plugs on the switch cannot ping");
     });
   });
 }
