@@ -32,7 +32,7 @@ async function memberPings(
     `for i in $(seq 40); do ping -c 1 -W 1 ${peer} >/dev/null && exit 0; done; exit 1`;
   const result = await host.run(
     [...VDENO, "ns", "-m", vnl, "--", "sh", "-c", script],
-    { timeoutMs: 60_000 },
+    { timeoutMs: 90_000 },
   );
   if (result.code !== 0) console.error(`vdeno ns -m ${vnl}: ${result.stdout}${result.stderr}`);
   return result.code === 0;
