@@ -278,7 +278,7 @@ export async function scaleWorkload(lan: Lan, options: ScaleOptions): Promise<Sc
   figures.vde_plug_members = kinds.length - figures.vdeno_members;
 
   trace(`idle cost of ${options.hosts} vdeno plugs in one host, ${options.idleSeconds} s`);
-  figures.idle_32_plugs_one_host_cpu_pct = await idleCost(lan, options.hosts, options.idleSeconds);
+  figures.idle_plugs_one_host_cpu_pct = await idleCost(lan, options.hosts, options.idleSeconds);
 
   for (const [run, hashSize] of [1024, ...options.hashSizes].entries()) {
     const withMacs = run > 0;
@@ -366,6 +366,16 @@ export async function scaleWorkload(lan: Lan, options: ScaleOptions): Promise<Sc
         }
       }
     }
+  }
+  trace(`${kinds.length} hosts, every one vde_plug: the same all-pairs ping, for the ratio`);
+  const reference = await startCloud(lan, kinds.map(() => "vde_plug"), "vxvde://239.4.14.3");
+  try {
+    await sleep(3000);
+    const mesh = await allPairsPing(reference);
+    figures.mesh_all_vde_plug_seconds = mesh.seconds;
+    figures.mesh_all_vde_plug_missing_pairs = mesh.missingPairs;
+  } finally {
+    await reference.stop();
   }
   return figures;
 }
