@@ -242,3 +242,60 @@ export function peakResidentMb(pid: number): number {
   if (!match) throw new Error(`No VmHWM for process ${pid}`);
   return Number(match[1]) / 1024;
 }
+
+/** What a cloud's broadcasts cost the sender's plug, and how many arrived. */
+export interface BroadcastResult {
+  /** Broadcast frames the sending host sent. */
+  frames: number;
+  /** Datagrams that left the sender's underlay interface per broadcast frame. */
+  datagramsPerFrame: number;
+  /** Of the frames times the receivers, the share that came out of the receivers' TAPs. */
+  delivered: number;
+  /** CPU milliseconds of the sender's plug per 1000 broadcast frames. */
+  cpuMsPerThousand: number;
+}
+
+/** Packets a host's interface has sent and received so far. */
+async function packets(host: Host, iface: string): Promise<{ tx: number; rx: number }> {
+  const [link] = JSON.parse(await host.sh(["ip", "-s", "-j", "link", "show", iface]));
+  return { tx: link.stats64.tx.packets, rx: link.stats64.rx.packets };
+}
+
+/**
+ * `sender` pings the overlay's broadcast address `count` times, 500 a second,
+ * with `bytes` of payload; nobody answers (hosts ignore broadcast pings by
+ * default), so every frame is a one-way broadcast. Counts the datagrams on
+ * the sender's eth0, the frames out of each receiver's tap0, and the sender
+ * plug's CPU time (process `pid`).
+ */
+export async function broadcastCost(
+  sender: Host,
+  pid: number,
+  receivers: Host[],
+  broadcast: string,
+  count: number,
+  bytes = 200,
+): Promise<BroadcastResult> {
+  const sentBefore = await packets(sender, "eth0");
+  const receivedBefore = await Promise.all(receivers.map((host) => packets(host, "tap0")));
+  const cpuBefore = cpuSeconds(pid);
+  await sender.sh(
+    ["ping", "-n", "-q", "-b", "-c", String(count), "-i", "0.002", "-s", String(bytes), broadcast],
+    count * 2 + 30_000,
+  ).catch(() => {}); // ping exits 1 when no reply came, which is the point
+  await sleep(500);
+  const cpu = cpuSeconds(pid) - cpuBefore;
+  const sent = (await packets(sender, "eth0")).tx - sentBefore.tx;
+  const receivedAfter = await Promise.all(receivers.map((host) => packets(host, "tap0")));
+  const received = receivedAfter.reduce(
+    (sum, after, i) => sum + after.rx - receivedBefore[i].rx,
+    0,
+  );
+  trace(`broadcast: ${count} frames, ${sent} datagrams out, ${received} frames delivered`);
+  return {
+    frames: count,
+    datagramsPerFrame: sent / count,
+    delivered: received / (count * receivers.length),
+    cpuMsPerThousand: (cpu * 1000) / (count / 1000),
+  };
+}

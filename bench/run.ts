@@ -8,6 +8,9 @@
  * Usage: deno run -A bench/run.ts [--rounds N] [--quick] [--only vdeno,vde_plug]
  *        deno run -A bench/run.ts --scale [--hosts N]   (the scale workload only, bench/_scale.ts)
  *
+ * `--broadcast` runs the broadcast workload instead (bench/_broadcast.ts): 8
+ * members, on the group and over `peers=`; it prints its table only.
+ *
  * @module
  */
 
@@ -20,6 +23,13 @@ import {
   SWITCH_CONTENDERS,
 } from "./_contenders.ts";
 import { type ScaleFigures, scaleWorkload, setScaleTrace } from "./_scale.ts";
+import {
+  BROADCAST_SETUPS,
+  type BroadcastSetup,
+  broadcastTable,
+  measureBroadcast,
+} from "./_broadcast.ts";
+import type { BroadcastResult } from "./_workloads.ts";
 import { FIGURES, type Report, type RoundFigures, summarize, svgChart, table } from "./_report.ts";
 import {
   allowBigSocketBuffers,
@@ -36,7 +46,8 @@ import {
 
 const USAGE =
   "Usage: deno task bench [--rounds N] [--quick] [--only vdeno,vdeno-sealed,vde_plug,kernel,vdeno-vde,vde_plug-vde] [--out DIR] [--verbose]\n" +
-  "       deno task bench --scale [--hosts N] [--quick] [--out DIR] [--verbose]";
+  "       deno task bench --scale [--hosts N] [--quick] [--out DIR] [--verbose]\n" +
+  "       deno task bench --broadcast [--quick] [--verbose]";
 
 const FULL: Durations = {
   tcpSeconds: 5,
@@ -67,6 +78,8 @@ interface Options {
   verbose: boolean;
   /** Run the scale workload (bench/_scale.ts) instead, on this many hosts. */
   scaleHosts?: number;
+  /** Run the broadcast workload only. */
+  broadcast: boolean;
 }
 
 function parseOptions(args: string[]): Options {
@@ -80,6 +93,7 @@ function parseOptions(args: string[]): Options {
       verbose: { type: "boolean", short: "v" },
       scale: { type: "boolean" },
       hosts: { type: "string" },
+      broadcast: { type: "boolean" },
       help: { type: "boolean", short: "h" },
     },
     strict: true,
@@ -115,6 +129,7 @@ function parseOptions(args: string[]): Options {
     out: values.out ??
       (quick ? Deno.makeTempDirSync({ prefix: "vdeno-bench-quick-" }) : RESULTS_DIR),
     verbose: values.verbose ?? false,
+    broadcast: values.broadcast ?? false,
   };
 }
 
@@ -205,6 +220,7 @@ async function main(): Promise<number> {
   if (options.scaleHosts !== undefined) return await runScale(options, options.scaleHosts);
   const durations = options.quick ? QUICK : FULL;
   if (options.verbose) setTrace((line) => console.error(`    ${line}`));
+  if (options.broadcast) return await broadcastMain(options);
   const about = machine();
   const started = new Date();
   let lan: Lan;
@@ -343,6 +359,41 @@ async function runScale(options: Options, hosts: number): Promise<number> {
   for (const [name, value] of Object.entries(figures)) {
     console.log(`${name.padEnd(44)} ${Number.isInteger(value) ? value : value.toFixed(3)}`);
   }
+  return 0;
+}
+
+/** `--broadcast`: each setup in turn, `rounds` times, medians of each figure. */
+async function broadcastMain(options: Options): Promise<number> {
+  const count = options.quick ? 1000 : 5000;
+  const results = new Map<BroadcastSetup, BroadcastResult>();
+  try {
+    for (const setup of BROADCAST_SETUPS) {
+      const rounds: BroadcastResult[] = [];
+      for (let round = 0; round < options.rounds; round++) {
+        console.error(`round ${round + 1}/${options.rounds}: ${setup}...`);
+        rounds.push(await measureBroadcast(setup, count));
+      }
+      const median = (pick: (r: BroadcastResult) => number) =>
+        rounds.map(pick).sort((a, b) => a - b)[Math.floor(rounds.length / 2)];
+      results.set(setup, {
+        frames: count,
+        datagramsPerFrame: median((r) => r.datagramsPerFrame),
+        delivered: median((r) => r.delivered),
+        cpuMsPerThousand: median((r) => r.cpuMsPerThousand),
+      });
+    }
+  } catch (error) {
+    console.error(`bench: ${(error as Error).message}`);
+    return 1;
+  }
+  console.log(
+    `${
+      new Date().toISOString()
+    }, ${count} broadcasts of 242 bytes at 500/s, ${options.rounds} round(s)`,
+  );
+  const rows = broadcastTable(results);
+  const widths = rows[0].map((_, c) => Math.max(...rows.map((row) => row[c].length)));
+  for (const row of rows) console.log(row.map((cell, c) => cell.padEnd(widths[c])).join("  "));
   return 0;
 }
 

@@ -25,10 +25,13 @@
  * network the plug seals hellos like frames, so a host without the key
  * learns nothing, not even who the members are.
  *
- * A member whose hellos arrive through the group is reached through the
- * group: floods skip its unicast copy, so a LAN where multicast works sees
- * no duplicates (this assumes that multicast reaches both ways on a segment,
- * as it does with IGMP snooping).
+ * Where multicast works, members that hear each other through the group say
+ * so: each listed member carries a flag "I hear it through the group". A
+ * member that says it hears us through the group gets no unicast copy of
+ * floods (nobody sees a frame twice) and no unicast hellos while we hear it
+ * there too. Multicast that works one way only (IGMP snooping that lost a
+ * port) is caught within a timeout: the member stops hearing our group
+ * hellos, writes to us by unicast again, and says so.
  *
  * @module
  */
@@ -66,11 +69,20 @@ export const MAX_HELLO = HELLO_FIXED + MAX_TOLD * 19;
 /** Hellos sent at once (to new members) per second at most; the rest wait for the next round. */
 const PROMPT_HELLOS_PER_SECOND = 32;
 
+/** A member named in a hello, and whether the sender hears it through the group. */
+export interface ToldMember {
+  address: SocketAddress;
+  throughGroup: boolean;
+}
+
 /** A hello: who sends it (a random id per plug) and members the sender has heard from. */
 export interface Hello {
   instance: number;
-  members: SocketAddress[];
+  members: ToldMember[];
 }
+
+/** Flag on a member's family byte: the sender hears that member through the group. */
+const THROUGH_GROUP = 0x80;
 
 /** The header of a hello on a network whose frames carry `header`. */
 export function helloHeader(header: Uint8Array): Uint8Array<ArrayBuffer> {
@@ -82,7 +94,8 @@ export function helloHeader(header: Uint8Array): Uint8Array<ArrayBuffer> {
 /**
  * Writes a hello body into `into` (at least {@linkcode MAX_HELLO} bytes):
  * version 1, the count, the sender's id (32 bits), then per member its
- * family (4 or 6), port (16 bits) and address. Returns its length.
+ * family (4 or 6, plus 0x80 when heard through the group), port (16 bits)
+ * and address. Returns its length.
  */
 export function encodeHello(hello: Hello, into: Uint8Array): number {
   const members = hello.members.slice(0, MAX_TOLD);
@@ -90,11 +103,11 @@ export function encodeHello(hello: Hello, into: Uint8Array): number {
   into[1] = members.length;
   new DataView(into.buffer, into.byteOffset).setUint32(2, hello.instance >>> 0);
   let at = HELLO_FIXED;
-  for (const member of members) {
-    const ip = member.ip;
-    into[at] = member.family === AF_INET ? 4 : 6;
-    into[at + 1] = member.port >> 8;
-    into[at + 2] = member.port & 0xff;
+  for (const { address, throughGroup } of members) {
+    const ip = address.ip;
+    into[at] = (address.family === AF_INET ? 4 : 6) | (throughGroup ? THROUGH_GROUP : 0);
+    into[at + 1] = address.port >> 8;
+    into[at + 2] = address.port & 0xff;
     into.set(ip, at + 3);
     at += 3 + ip.length;
   }
@@ -107,16 +120,17 @@ export function decodeHello(bytes: Uint8Array): Hello | undefined {
   const count = bytes[1];
   if (count > MAX_TOLD) return undefined;
   const instance = new DataView(bytes.buffer, bytes.byteOffset).getUint32(2);
-  const members: SocketAddress[] = [];
+  const members: ToldMember[] = [];
   let at = HELLO_FIXED;
   for (let i = 0; i < count; i++) {
-    const size = bytes[at] === 4 ? 4 : bytes[at] === 6 ? 16 : 0;
+    const family = bytes[at] & ~THROUGH_GROUP;
+    const size = family === 4 ? 4 : family === 6 ? 16 : 0;
     if (size === 0 || at + 3 + size > bytes.length) return undefined;
     const port = (bytes[at + 1] << 8) | bytes[at + 2];
     if (port === 0) return undefined;
     const address = SocketAddress.any(size === 4 ? AF_INET : AF_INET6).withPort(port);
     address.ip.set(bytes.subarray(at + 3, at + 3 + size));
-    members.push(address);
+    members.push({ address, throughGroup: (bytes[at] & THROUGH_GROUP) !== 0 });
     at += 3 + size;
   }
   return at === bytes.length ? { instance, members } : undefined;
@@ -189,8 +203,10 @@ export interface MemberView {
   source: MemberSource;
   /** Seconds since its last hello, or null when it has not spoken yet. */
   lastHeardSeconds: number | null;
-  /** Whether its hellos come through the multicast group (floods then skip its unicast copy). */
+  /** Whether it says it hears us through the group: floods then skip its unicast copy. */
   viaGroup: boolean;
+  /** Whether we hear its hellos through the group. */
+  heardThroughGroup: boolean;
 }
 
 interface Member {
@@ -198,7 +214,12 @@ interface Member {
   source: MemberSource;
   addedAt: number;
   heardAt: number;
+  /** When we last heard its hello through the group. */
   groupAt: number;
+  /** Whether its last word on it was that it hears us through the group. */
+  hearsUs: boolean;
+  /** When we last answered one of its hellos out of turn. */
+  answeredAt: number;
 }
 
 /**
@@ -236,6 +257,8 @@ export class Members {
         addedAt: now,
         heardAt: 0,
         groupAt: 0,
+        hearsUs: false,
+        answeredAt: 0,
       });
     }
     this.#pack(now);
@@ -273,14 +296,40 @@ export class Members {
         addedAt: now,
         heardAt: 0,
         groupAt: 0,
+        hearsUs: false,
+        answeredAt: 0,
       };
       this.#members.set(key, member);
     }
     member.heardAt = now;
-    const wasViaGroup = this.#viaGroup(member, now);
     if (viaGroup) member.groupAt = now;
-    if (fresh || wasViaGroup !== this.#viaGroup(member, now)) this.#pack(now);
+    if (fresh) this.#pack(now);
     return fresh;
+  }
+
+  /** Whether `address` is ours as others see it (our listener, or an echo of our own hello). */
+  isOwn(address: SocketAddress): boolean {
+    return this.#self.has(address.toString());
+  }
+
+  /**
+   * Whether to answer a hello from the member at `address` out of turn: once
+   * per quarter of the timeout at most, so that two members never keep
+   * answering each other.
+   */
+  mayAnswer(address: SocketAddress, now: number): boolean {
+    const member = this.#members.get(address.toString());
+    if (member === undefined || member.answeredAt > now - this.timeoutSeconds / 4) return false;
+    member.answeredAt = now;
+    return true;
+  }
+
+  /** The member at `address` says whether it hears us through the group. */
+  hearsUs(address: SocketAddress, hearsUs: boolean, now: number): void {
+    const member = this.#members.get(address.toString());
+    if (member === undefined || member.hearsUs === hearsUs) return;
+    member.hearsUs = hearsUs;
+    this.#pack(now);
   }
 
   /** Adds the members a hello named that are new to us; returns those added. */
@@ -292,7 +341,15 @@ export class Members {
       const goneAt = this.#gone.get(key);
       if (goneAt !== undefined && goneAt >= now - this.timeoutSeconds) continue;
       if (!this.#makeRoom()) break;
-      this.#members.set(key, { address, source: "hello", addedAt: now, heardAt: 0, groupAt: 0 });
+      this.#members.set(key, {
+        address,
+        source: "hello",
+        addedAt: now,
+        heardAt: 0,
+        groupAt: 0,
+        hearsUs: false,
+        answeredAt: 0,
+      });
       added.push(address);
     }
     if (added.length > 0) this.#pack(now);
@@ -308,6 +365,7 @@ export class Members {
     if (member.source === "seed") {
       member.heardAt = 0;
       member.groupAt = 0;
+      member.hearsUs = false;
     } else this.#members.delete(key);
     this.#pack(now);
     return true;
@@ -328,6 +386,7 @@ export class Members {
         if (!wasHeard) continue;
         member.heardAt = 0;
         member.groupAt = 0;
+        member.hearsUs = false;
         member.addedAt = now;
       } else this.#members.delete(key);
       if (wasHeard) silent.push(member.address);
@@ -337,22 +396,35 @@ export class Members {
     return silent;
   }
 
-  /** Up to `max` members heard within the timeout, picked at random: what a hello lists. */
-  sample(now: number, max = MAX_TOLD): SocketAddress[] {
-    const heard = [...this.#members.values()]
-      .filter((member) => member.heardAt !== 0 && member.heardAt >= now - this.timeoutSeconds)
-      .map((member) => member.address);
+  /**
+   * What a hello lists: up to `max` members heard within the timeout, picked
+   * at random, each with whether we hear it through the group; a hello to one
+   * member (`to`) names that member first, so that it learns whether we hear
+   * it there.
+   */
+  sample(now: number, max = MAX_TOLD, to?: SocketAddress): ToldMember[] {
+    const first = to === undefined ? undefined : this.#members.get(to.toString());
+    const heard = [...this.#members.values()].filter((member) =>
+      member !== first && member.heardAt !== 0 && member.heardAt >= now - this.timeoutSeconds
+    );
     for (let i = heard.length - 1; i > 0; i--) {
       const j = Math.floor(Math.random() * (i + 1));
       [heard[i], heard[j]] = [heard[j], heard[i]];
     }
-    return heard.slice(0, max);
+    if (first) heard.unshift(first);
+    return heard.slice(0, max).map((member) => ({
+      address: member.address,
+      throughGroup: this.#heardThroughGroup(member, now),
+    }));
   }
 
-  /** Every member, for hellos by unicast: all but those that hear us through the group. */
+  /**
+   * The members to greet by unicast: all but those that hear us through the
+   * group while we hear them there (the group's hellos then carry all news).
+   */
   unicastMembers(now: number): SocketAddress[] {
     return [...this.#members.values()]
-      .filter((member) => !this.#viaGroup(member, now))
+      .filter((member) => !(member.hearsUs && this.#heardThroughGroup(member, now)))
       .map((member) => member.address);
   }
 
@@ -373,14 +445,15 @@ export class Members {
       address: member.address.toString(),
       source: member.source,
       lastHeardSeconds: member.heardAt === 0 ? null : Math.round((now - member.heardAt) * 10) / 10,
-      viaGroup: this.#viaGroup(member, now),
+      viaGroup: member.hearsUs,
+      heardThroughGroup: this.#heardThroughGroup(member, now),
     }));
   }
 
   /** Whether the member at `address` was heard through the group within the timeout. */
   hearsThroughGroup(address: SocketAddress, now: number): boolean {
     const member = this.#members.get(address.toString());
-    return member !== undefined && this.#viaGroup(member, now);
+    return member !== undefined && this.#heardThroughGroup(member, now);
   }
 
   /** Packs the flood targets again (call when time may have moved a member's group status). */
@@ -388,7 +461,7 @@ export class Members {
     this.#pack(now);
   }
 
-  #viaGroup(member: Member, now: number): boolean {
+  #heardThroughGroup(member: Member, now: number): boolean {
     return member.groupAt !== 0 && member.groupAt >= now - this.timeoutSeconds;
   }
 
@@ -415,7 +488,7 @@ export class Members {
   #pack(now: number): void {
     let count = 0;
     for (const member of this.#members.values()) {
-      if (this.#viaGroup(member, now)) continue;
+      if (member.hearsUs) continue;
       this.targets.set(member.address.bytes, count++ * SOCKADDR_SIZE);
     }
     this.targetCount = count;
@@ -506,7 +579,7 @@ export class PeerMesh {
     );
     this.members = new Members(
       others,
-      listener.listening ? listener.address : undefined,
+      listener.address.ip.some((byte) => byte !== 0) ? listener.address : undefined,
       timeoutSeconds,
       Date.now() / 1000,
     );
@@ -534,10 +607,9 @@ export class PeerMesh {
       return;
     }
     this.#nextRound = now + this.#interval - 0.05;
-    const length = this.#hello(now);
-    this.#link.sendHello(this.#body, length);
+    this.#link.sendHello(this.#body, this.#hello(now));
     for (const member of this.members.unicastMembers(now)) {
-      this.#link.sendHello(this.#body, length, member);
+      this.#link.sendHello(this.#body, this.#hello(now, member), member);
     }
   }
 
@@ -562,16 +634,19 @@ export class PeerMesh {
     }
     const throughGroup = this.members.hearsThroughGroup(sender, now);
     const fresh = this.members.heard(sender, viaGroup, now);
-    const added = this.members.told(hello.members, now);
+    const added = this.members.told(hello.members.map((member) => member.address), now);
+    const us = hello.members.find((member) => this.members.isOwn(member.address));
+    if (us) this.members.hearsUs(sender, us.throughGroup, now);
     // Answered at once, so that a new member learns who is there, and those it was told of
     // hear from us, within a round trip rather than a hello interval.
     // One on the group too: where multicast works, the new member then hears us there and stops
-    // copying floods to us by unicast. Likewise for a member we hear through the group that
-    // still writes to us by unicast: it has not heard our hellos on the group yet.
-    if (fresh && !viaGroup) {
+    // copying floods to us by unicast. Likewise, at most once a round, for a member we hear
+    // through the group that still writes to us by unicast: it has not heard from us that we
+    // hear it there, or not heard our hellos on the group.
+    if (!viaGroup && (fresh || (throughGroup && this.members.mayAnswer(sender, now)))) {
       this.#prompt(sender, now);
       this.#prompt(undefined, now);
-    } else if (!viaGroup && throughGroup) this.#prompt(undefined, now);
+    }
     for (const member of added) this.#prompt(member, now);
     return true;
   }
@@ -650,14 +725,15 @@ export class PeerMesh {
     this.#ticker.close();
   }
 
-  #hello(now: number): number {
-    return encodeHello({ instance: this.instance, members: this.members.sample(now) }, this.#body);
+  #hello(now: number, to?: SocketAddress): number {
+    const members = this.members.sample(now, MAX_TOLD, to);
+    return encodeHello({ instance: this.instance, members }, this.#body);
   }
 
   #prompt(to: SocketAddress | undefined, now: number): void {
     const second = Math.floor(now);
     if (second !== this.#promptSecond) [this.#promptSecond, this.#promptCount] = [second, 0];
     if (this.#promptCount++ >= PROMPT_HELLOS_PER_SECOND) return;
-    this.#link.sendHello(this.#body, this.#hello(now), to);
+    this.#link.sendHello(this.#body, this.#hello(now, to), to);
   }
 }

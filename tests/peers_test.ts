@@ -17,6 +17,7 @@ import {
   Members,
   parsePeers,
   peersFamily,
+  type ToldMember,
 } from "../plugs/_peers.ts";
 import { parseVxvde } from "../plugs/vxvde.ts";
 import { parseVxlan } from "../plugs/vxlan.ts";
@@ -31,12 +32,16 @@ const v4 = (text: string) => {
 const v6 = (host: string, port: number) => SocketAddress.parse(host, port, AF_INET6)!;
 
 Deno.test("hellos encode and decode, and malformed ones are refused", () => {
-  const cases: { members: SocketAddress[] }[] = [
+  const told = (address: SocketAddress, throughGroup = false) => ({ address, throughGroup });
+  const cases: { members: ToldMember[] }[] = [
     { members: [] },
-    { members: [v4("10.1.2.3:14789")] },
-    { members: [v6("fd00::1", 4789), v4("192.0.2.9:1")] },
+    { members: [told(v4("10.1.2.3:14789"))] },
+    { members: [told(v6("fd00::1", 4789), true), told(v4("192.0.2.9:1"))] },
     {
-      members: Array.from({ length: MAX_TOLD }, (_, i) => v6(`fd00::${i + 1}`, 65535 - i)),
+      members: Array.from(
+        { length: MAX_TOLD },
+        (_, i) => told(v6(`fd00::${i + 1}`, 65535 - i), i % 2 === 0),
+      ),
     },
   ];
   for (const { members } of cases) {
@@ -45,10 +50,11 @@ Deno.test("hellos encode and decode, and malformed ones are refused", () => {
     const hello = decodeHello(bytes.subarray(0, length));
     assert.ok(hello, `decodes ${members.length} members`);
     assert.equal(hello.instance, 0xdeadbeef);
-    assert.deepEqual(hello.members.map(String), members.map(String));
+    const text = (list: ToldMember[]) => list.map((m) => `${m.address} ${m.throughGroup}`);
+    assert.deepEqual(text(hello.members), text(members));
   }
   const good = new Uint8Array(MAX_HELLO);
-  const length = encodeHello({ instance: 1, members: [v4("10.0.0.1:5")] }, good);
+  const length = encodeHello({ instance: 1, members: [told(v4("10.0.0.1:5"))] }, good);
   const malformed: [string, Uint8Array][] = [
     ["empty", new Uint8Array(0)],
     ["too short", good.slice(0, 5)],
@@ -62,7 +68,7 @@ Deno.test("hellos encode and decode, and malformed ones are refused", () => {
   for (const [what, bytes] of malformed) assert.equal(decodeHello(bytes), undefined, what);
   const more = encodeHello({
     instance: 1,
-    members: Array.from({ length: MAX_TOLD + 5 }, (_, i) => v4(`10.0.0.${i + 1}:1`)),
+    members: Array.from({ length: MAX_TOLD + 5 }, (_, i) => told(v4(`10.0.0.${i + 1}:1`))),
   }, good);
   assert.equal(decodeHello(good.subarray(0, more))!.members.length, MAX_TOLD, "at most 20 told");
 });
@@ -125,19 +131,35 @@ Deno.test("the member list: seeds stay, told members must speak, goodbyes and si
   assert.deepEqual(members.told([v4("10.0.0.3:14789")], 1001), [], "told twice, added once");
   assert.equal(members.heard(seed, false, 1001), true, "first hello from the seed");
   assert.equal(members.heard(seed, false, 1002), false, "then it is known");
-  assert.deepEqual(members.sample(1002).map(String), [seed.toString()], "only heard members told");
+  assert.deepEqual(
+    members.sample(1002).map((m) => `${m.address} ${m.throughGroup}`),
+    [`${seed} false`],
+    "only heard members told",
+  );
   // The told member never speaks: gone after the timeout. The seed fell silent: kept, not heard.
   assert.deepEqual(members.expire(1013).map(String), [seed.toString()]);
   assert.deepEqual(members.view(1013).map((m) => [m.address, m.source, m.lastHeardSeconds]), [
     [seed.toString(), "seed", null],
   ]);
-  // A member heard through the group gets no unicast copy of floods.
+  // A member heard through the group still gets unicast copies of floods until it says that it
+  // hears us there too (multicast may work one way only).
   const local = v4("10.0.0.4:14789");
   assert.equal(members.heard(local, true, 1014), true);
+  assert.equal(members.targetCount, 2);
+  assert.deepEqual(members.view(1014).find((m) => m.address === local.toString())?.source, "group");
+  assert.deepEqual(
+    members.sample(1014, MAX_TOLD, local).map((m) => `${m.address} ${m.throughGroup}`)[0],
+    `${local} true`,
+    "a hello to it names it first, as heard through the group",
+  );
+  assert.equal(members.isOwn(self), true);
+  members.hearsUs(local, true, 1014);
   assert.equal(members.targetCount, 1);
   const packed = new SocketAddress(members.targets.slice(0, SOCKADDR_SIZE));
   assert.equal(packed.toString(), seed.toString());
-  assert.deepEqual(members.view(1014).find((m) => m.address === local.toString())?.source, "group");
+  assert.deepEqual(members.unicastMembers(1014).map(String), [seed.toString()]);
+  members.hearsUs(local, false, 1015);
+  assert.equal(members.targetCount, 2, "it no longer hears us there: copies again");
   // Goodbye: dropped at once, and not taken back from a hello that still lists it...
   const other = v4("10.0.0.5:14789");
   members.heard(other, false, 1015);
@@ -367,7 +389,12 @@ hostTest(
     await plugs[2].waitForOutput((text) => text.includes("another plug listens on"), 20_000);
     await h3.waitForLink("tap0", 30_000, plugs[2]);
     await h3.configure("tap0", "10.0.0.3/24", "02:00:00:00:00:03");
-    assert.ok(await h2.pingable(addresses[2], 10_000), "h2 reaches h3 on its new port");
+    assert.ok(
+      await h2.pingable(addresses[2], 10_000),
+      `h2 reaches h3 on its new port: ${JSON.stringify(await vxStatus(h2, names[1]))} ${
+        JSON.stringify(await vxStatus(h3, names[2]))
+      }`,
+    );
     assert.ok(await h1.pingable(addresses[2], 10_000), "h1 reaches h3 on its new port");
     assert.match((await vxStatus(h3, names[2])).listener, /^none/, "h3 is a seed for nobody now");
     await eventually("h1 and h2 hear h3 on a port other than 14789", async () => {
