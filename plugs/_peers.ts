@@ -261,7 +261,7 @@ export class Members {
         answeredAt: 0,
       });
     }
-    this.#pack(now);
+    this.#pack();
   }
 
   /** How many members are known. */
@@ -275,10 +275,10 @@ export class Members {
   }
 
   /** Marks `address` as one of ours (a hello with our own id came from it). */
-  isSelf(address: SocketAddress, now: number): void {
+  isSelf(address: SocketAddress): void {
     const key = address.toString();
     this.#self.add(key);
-    if (this.#members.delete(key)) this.#pack(now);
+    if (this.#members.delete(key)) this.#pack();
   }
 
   /** Records a hello from `address`; returns true when the member is new (or newly heard). */
@@ -303,7 +303,7 @@ export class Members {
     }
     member.heardAt = now;
     if (viaGroup) member.groupAt = now;
-    if (fresh) this.#pack(now);
+    if (fresh) this.#pack();
     return fresh;
   }
 
@@ -325,11 +325,11 @@ export class Members {
   }
 
   /** The member at `address` says whether it hears us through the group. */
-  hearsUs(address: SocketAddress, hearsUs: boolean, now: number): void {
+  hearsUs(address: SocketAddress, hearsUs: boolean): void {
     const member = this.#members.get(address.toString());
     if (member === undefined || member.hearsUs === hearsUs) return;
     member.hearsUs = hearsUs;
-    this.#pack(now);
+    this.#pack();
   }
 
   /** Adds the members a hello named that are new to us; returns those added. */
@@ -352,7 +352,7 @@ export class Members {
       });
       added.push(address);
     }
-    if (added.length > 0) this.#pack(now);
+    if (added.length > 0) this.#pack();
     return added;
   }
 
@@ -367,7 +367,7 @@ export class Members {
       member.groupAt = 0;
       member.hearsUs = false;
     } else this.#members.delete(key);
-    this.#pack(now);
+    this.#pack();
     return true;
   }
 
@@ -392,7 +392,7 @@ export class Members {
       if (wasHeard) silent.push(member.address);
     }
     for (const [key, at] of this.#gone) if (at < limit) this.#gone.delete(key);
-    this.#pack(now);
+    this.#pack();
     return silent;
   }
 
@@ -456,11 +456,6 @@ export class Members {
     return member !== undefined && this.#heardThroughGroup(member, now);
   }
 
-  /** Packs the flood targets again (call when time may have moved a member's group status). */
-  refresh(now: number): void {
-    this.#pack(now);
-  }
-
   #heardThroughGroup(member: Member, now: number): boolean {
     return member.groupAt !== 0 && member.groupAt >= now - this.timeoutSeconds;
   }
@@ -485,7 +480,7 @@ export class Members {
     return false;
   }
 
-  #pack(now: number): void {
+  #pack(): void {
     let count = 0;
     for (const member of this.#members.values()) {
       if (member.hearsUs) continue;
@@ -629,14 +624,14 @@ export class PeerMesh {
     const now = Date.now() / 1000;
     const sender = new SocketAddress(name.slice(0, SOCKADDR_SIZE));
     if (hello.instance === this.instance) {
-      this.members.isSelf(sender, now);
+      this.members.isSelf(sender);
       return true;
     }
     const throughGroup = this.members.hearsThroughGroup(sender, now);
     const fresh = this.members.heard(sender, viaGroup, now);
     const added = this.members.told(hello.members.map((member) => member.address), now);
     const us = hello.members.find((member) => this.members.isOwn(member.address));
-    if (us) this.members.hearsUs(sender, us.throughGroup, now);
+    if (us) this.members.hearsUs(sender, us.throughGroup);
     // Answered at once, so that a new member learns who is there, and those it was told of
     // hear from us, within a round trip rather than a hello interval.
     // One on the group too: where multicast works, the new member then hears us there and stops

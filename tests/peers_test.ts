@@ -153,12 +153,12 @@ Deno.test("the member list: seeds stay, told members must speak, goodbyes and si
     "a hello to it names it first, as heard through the group",
   );
   assert.equal(members.isOwn(self), true);
-  members.hearsUs(local, true, 1014);
+  members.hearsUs(local, true);
   assert.equal(members.targetCount, 1);
   const packed = new SocketAddress(members.targets.slice(0, SOCKADDR_SIZE));
   assert.equal(packed.toString(), seed.toString());
   assert.deepEqual(members.unicastMembers(1014).map(String), [seed.toString()]);
-  members.hearsUs(local, false, 1015);
+  members.hearsUs(local, false);
   assert.equal(members.targetCount, 2, "it no longer hears us there: copies again");
   // Goodbye: dropped at once, and not taken back from a hello that still lists it...
   const other = v4("10.0.0.5:14789");
@@ -170,7 +170,7 @@ Deno.test("the member list: seeds stay, told members must speak, goodbyes and si
   assert.equal(members.heard(other, false, 1017), true);
   assert.equal(members.has(other), true);
   // A hello that echoes our own id marks the address as ours.
-  members.isSelf(other, 1018);
+  members.isSelf(other);
   assert.equal(members.has(other), false);
   assert.deepEqual(members.told([other], 1018), []);
 });
