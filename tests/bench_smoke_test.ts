@@ -1,7 +1,8 @@
 /**
  * The benchmark runs end to end: `bench/run.ts --quick --rounds 1` builds its
  * LAN, measures every contender and writes a JSON report holding every figure
- * for every contender. Only that values are plausible is checked, never how
+ * for every contender, in a temporary directory (a quick run never replaces
+ * the committed results). Only that values are plausible is checked, never how
  * fast anything is.
  */
 
@@ -10,6 +11,8 @@ import type { Report } from "../bench/_report.ts";
 import { hostTest, run } from "./_harness.ts";
 
 const RUN_TS = new URL("../bench/run.ts", import.meta.url).pathname;
+const RESULTS = new URL("../bench/results", import.meta.url).pathname;
+const COMMITTED = `${RESULTS}/latest.json`;
 
 /** Figures that may legitimately be zero (a run without retransmissions). */
 const MAY_BE_ZERO = new Set(["tcp1_retransmits", "tcp4_retransmits"]);
@@ -19,14 +22,24 @@ hostTest("deno task bench --quick measures every figure of every contender", [
   "iperf3",
   "ping",
 ], async () => {
-  const out = await Deno.makeTempDir({ prefix: "vdeno-bench-" });
+  const committed = await Deno.readTextFile(COMMITTED);
+  let out: string | undefined;
   try {
+    // No --out: a quick run writes to a temporary directory of its own and says which.
     const result = await run(
-      [Deno.execPath(), "run", "--allow-all", RUN_TS, "--quick", "--rounds", "1", "--out", out],
+      [Deno.execPath(), "run", "--allow-all", RUN_TS, "--quick", "--rounds", "1"],
       { timeoutMs: 240_000 },
     );
+    out = /^Results written to (\S+)$/m.exec(result.stdout)?.[1];
     assert.equal(result.code, 0, `bench/run.ts failed:\n${result.stderr}`);
     assert.match(result.stdout, /vdeno \/ vde_plug/, "the table has the ratio column");
+    assert.match(result.stdout, /^Quick figures are rough/m);
+    assert.ok(out && !out.startsWith(RESULTS), `a quick run wrote to ${out}`);
+    assert.equal(
+      await Deno.readTextFile(COMMITTED),
+      committed,
+      "the committed results are untouched",
+    );
 
     const report: Report = JSON.parse(await Deno.readTextFile(`${out}/latest.json`));
     assert.deepEqual(report.options.contenders, ["vdeno", "vdeno-sealed", "vde_plug", "kernel"]);
@@ -54,6 +67,6 @@ hostTest("deno task bench --quick measures every figure of every contender", [
     assert.match(svg, /^<svg [^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);
     assert.equal((svg.match(/<rect /g) ?? []).length > report.figures.length, true);
   } finally {
-    await Deno.remove(out, { recursive: true });
+    if (out && !out.startsWith(RESULTS)) await Deno.remove(out, { recursive: true });
   }
 });
