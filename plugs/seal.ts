@@ -33,13 +33,12 @@
 import { Gcm, GCM_TAG_SIZE, hkdfSha256, randomBytes, slotPointers } from "../ffi/crypto.ts";
 import { type FileInfo, getEnv, readFileWithInfo, userId } from "../ffi/os.ts";
 import { type FrameBatch, HEADROOM, PerBatch, SLOT_SIZE } from "../core/frames.ts";
+import { HEADER_SIZE, SEALED_MARK, vxvdeHeader } from "./_vxheader.ts";
 
-/** Bytes of the vxvde header. */
-const HEADER_SIZE = 8;
+export { SEALED_MARK };
+
 /** Bytes before the frame in a sealed datagram. */
 export const SEALED_PREFIX = HEADER_SIZE + 4 + 4 + 8 + GCM_TAG_SIZE;
-/** The value of header byte 3 that marks a sealed datagram. */
-export const SEALED_MARK = 0x5e;
 /** A sender seen for the first time must have a clock within this of ours. */
 export const FRESH_SECONDS = 120;
 /** Bytes of secret in a key. */
@@ -59,16 +58,7 @@ const TWO_32 = 2 ** 32;
 
 /** The 8 header bytes of a sealed network on `vni`. */
 export function sealedHeader(vni: number): Uint8Array<ArrayBuffer> {
-  return new Uint8Array([
-    0x08,
-    0,
-    0,
-    SEALED_MARK,
-    (vni >> 16) & 0xff,
-    (vni >> 8) & 0xff,
-    vni & 0xff,
-    0,
-  ]);
+  return vxvdeHeader(vni, SEALED_MARK);
 }
 
 /** The AES-256-GCM key of a network: HKDF of the shared secret, bound to the VNI. */

@@ -68,12 +68,13 @@ import {
 } from "./_peers.ts";
 import { loadKey, SEALED_PREFIX, sealedHeader, Sealer, Verdict } from "./seal.ts";
 import { groupId, parseInteger, parseOptions, parseSize, VnlError } from "../core/vnl.ts";
+import { HEADER_SIZE, vxvdeHeader } from "./_vxheader.ts";
+
+export { HEADER_SIZE, vxvdeHeader };
 
 export const DEFAULT_GROUP_V4 = "239.0.0.1";
 export const DEFAULT_GROUP_V6 = "ff05:56de::1";
 export const DEFAULT_PORT = 14789;
-export const HEADER_SIZE = 8;
-const HEADER_FLAGS = 0x08;
 /** Socket buffers large enough to ride out a burst while the loop is busy elsewhere. */
 const DEFAULT_SOCKET_BUFFER = 4 * 1024 * 1024;
 /**
@@ -182,20 +183,6 @@ export function parseVxvde(rest: string): VxvdeConfig {
       ? DEFAULT_PEER_TIMEOUT
       : parseInteger(options.peertimeout, "peertimeout", 1, 86400),
   };
-}
-
-/** The 8 header bytes of a vxvde network: flags 0x08, the VNI in bytes 4-6. */
-export function vxvdeHeader(vni: number): Uint8Array<ArrayBuffer> {
-  return new Uint8Array([
-    HEADER_FLAGS,
-    0,
-    0,
-    0,
-    (vni >> 16) & 0xff,
-    (vni >> 8) & 0xff,
-    vni & 0xff,
-    0,
-  ]);
 }
 
 /** Addresses of this host, refreshed on demand, to recognise our own multicast echo. */

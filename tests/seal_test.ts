@@ -381,13 +381,15 @@ hostTest(
       // Five bare plaintext headers of VNI 1, and five sealed-looking goodbyes with a made-up seal.
       const net = new URL("../ffi/net.ts", import.meta.url).pathname;
       const seal = new URL("../plugs/seal.ts", import.meta.url).pathname;
+      const vxvde = new URL("../plugs/vxvde.ts", import.meta.url).pathname;
       const script = `
       import { sendTo, SocketAddress, udpSocket } from "${net}";
       import { SEALED_PREFIX, sealedHeader } from "${seal}";
+      import { vxvdeHeader } from "${vxvde}";
       const fd = udpSocket(2);
       for (const to of [SocketAddress.parse("239.6.0.5", 14789), SocketAddress.parse("${a.address}", ${unicastPort})]) {
         for (let i = 0; i < 5; i++) {
-          sendTo(fd, new Uint8Array([8, 0, 0, 0, 0, 0, 1, 0]), 8, to);
+          sendTo(fd, vxvdeHeader(1), 8, to);
           const forged = crypto.getRandomValues(new Uint8Array(SEALED_PREFIX));
           forged.set(sealedHeader(1));
           new DataView(forged.buffer).setUint32(8, Math.floor(Date.now() / 1000));
