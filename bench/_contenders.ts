@@ -7,7 +7,9 @@
  * workloads do not know which one carries them.
  *
  * Asked for by name only (`--only vdeno-vde,vde_plug-vde`): vdeno's native
- * `vde://` and vde_plug each plug both hosts' `tap0` into one `vde_switch`.
+ * `vde://` and vde_plug each plug both hosts' `tap0` into one `vde_switch`;
+ * `vdeno-vlan` and `vde_plug-vlan` put both on VLAN 5 of the cloud
+ * (`vlan://5{vxvde://...}`: vdeno's own vlan://, and libvdeplug-vlan).
  *
  * @module
  */
@@ -18,7 +20,12 @@ import { type Host, type Process, sleep } from "../app/lab.ts";
 export const CONTENDERS = ["vdeno", "vdeno-sealed", "vde_plug", "kernel"] as const;
 
 /** Contenders run only when `--only` names them: both hosts on one vde_switch. */
-export const SWITCH_CONTENDERS = ["vdeno-vde", "vde_plug-vde"] as const;
+export const SWITCH_CONTENDERS = [
+  "vdeno-vde",
+  "vde_plug-vde",
+  "vdeno-vlan",
+  "vde_plug-vlan",
+] as const;
 
 /** One contender's name. */
 export type ContenderName = typeof CONTENDERS[number] | typeof SWITCH_CONTENDERS[number];
@@ -67,6 +74,7 @@ async function startPlugs(
   const vdeno = [Deno.execPath(), "run", "-A", "--quiet", MAIN_TS];
   let keyDirectory: string | undefined;
   let network = `vxvde://${GROUP}`;
+  if (name === "vdeno-vlan" || name === "vde_plug-vlan") network = `vlan://5{${network}}`;
   if (name === "vdeno-vde" || name === "vde_plug-vde") {
     keyDirectory = await Deno.makeTempDir({ prefix: "vdeno-bench-switch-" });
     const switchDir = `${keyDirectory}/sw`;

@@ -147,6 +147,8 @@ const COLORS: Record<string, string> = {
   kernel: "#8a8a8a",
   "vdeno-vde": "#2a7ab0",
   "vde_plug-vde": "#d9822b",
+  "vdeno-vlan": "#2a7ab0",
+  "vde_plug-vlan": "#d9822b",
 };
 
 function escapeXml(text: string): string {

@@ -45,7 +45,7 @@ import {
 } from "./_workloads.ts";
 
 const USAGE =
-  "Usage: deno task bench [--rounds N] [--quick] [--only vdeno,vdeno-sealed,vde_plug,kernel,vdeno-vde,vde_plug-vde] [--out DIR] [--verbose]\n" +
+  "Usage: deno task bench [--rounds N] [--quick] [--only vdeno,vdeno-sealed,vde_plug,kernel,vdeno-vde,vde_plug-vde,vdeno-vlan,vde_plug-vlan] [--out DIR] [--verbose]\n" +
   "       deno task bench --scale [--hosts N] [--quick] [--out DIR] [--verbose]\n" +
   "       deno task bench --broadcast [--quick] [--verbose]";
 
