@@ -22,6 +22,7 @@ import {
   NEEDS_CSUM,
   TcpSegmenter,
   VNET_HEADER,
+  VnetHeader,
 } from "./_offload.ts";
 import { type Plug, PlugEnded } from "../core/plug.ts";
 import { splitQuoted, VnlError } from "../core/vnl.ts";
@@ -50,6 +51,8 @@ export class TapPlug implements Plug {
   readonly #segmenter?: TcpSegmenter;
   /** The batch the vectors and pointers below were made for. */
   #preparedFor?: FrameBatch;
+  /** The virtio-net header of the frame at hand, decoded. */
+  readonly #vnet = new VnetHeader();
   #batchView?: DataView;
   /** Per slot, a readv vector: the slot (header and frame), then the segmenter's overflow. */
   #readVectors: Deno.PointerObject[] = [];
@@ -122,6 +125,7 @@ export class TapPlug implements Plug {
     const counters = this.counters;
     const view = this.#viewOf(batch);
     const bytes = batch.bytes;
+    const vnet = this.#vnet;
     // Traffic this light has one frame per wake-up: reading on only to hear EAGAIN would cost a
     // system call per frame, and the poll says soon enough if there is more.
     if (batch.timeMs !== this.#judgedAt) this.#judgeTraffic(batch.timeMs);
@@ -143,17 +147,15 @@ export class TapPlug implements Plug {
         if (code === Errno.EAGAIN || code === Errno.EINTR) return true;
         throw this.#failure(code);
       }
-      const header = frameStart - VNET_HEADER;
-      const gsoType = bytes[header + 1];
-      const csumStart = view.getUint16(header + 6, true);
-      if (gsoType !== GSO_NONE) {
+      const header = vnet.decode(view, frameStart - VNET_HEADER);
+      if (header.gsoType !== GSO_NONE) {
         if (length > segmenter.bytes.length) {
           counters[Counter.dropTooLong]++;
           continue;
         }
         // The head of the super-frame is in the slot, the rest already where it belongs.
         segmenter.bytes.set(bytes.subarray(frameStart, frameStart + Math.min(length, MAX_FRAME)));
-        if (!segmenter.load(length, gsoType, view.getUint16(header + 4, true), csumStart)) {
+        if (!segmenter.load(length, header.gsoType, header.gsoSize, header.csumStart)) {
           counters[Counter.dropMalformed]++;
         } else counters[Counter.superFramesIn]++;
         continue;
@@ -162,8 +164,8 @@ export class TapPlug implements Plug {
         counters[Counter.dropTooLong]++;
         continue;
       }
-      if ((bytes[header] & NEEDS_CSUM) !== 0) {
-        const csumOffset = view.getUint16(header + 8, true);
+      if ((header.flags & NEEDS_CSUM) !== 0) {
+        const { csumStart, csumOffset } = header;
         if (segmenter.tooLargeToFit(length, csumOffset)) {
           segmenter.bytes.set(bytes.subarray(frameStart, frameStart + length));
           if (!segmenter.loadSegment(length, csumStart)) counters[Counter.dropMalformed]++;
@@ -258,13 +260,9 @@ export class TapPlug implements Plug {
       // A frame with none after it has nothing to merge with; not calling coalesceTcp at all
       // then matters at light traffic, where entering its cold code cost ~5 µs per frame.
       const merged = i + 1 < batch.count ? coalesceTcp(batch, view, i) : 1;
-      if (merged === 1) {
-        view.setUint32(header, 0);
-        view.setUint32(header + 4, 0);
-        view.setUint16(header + 8, 0);
-      }
+      if (merged === 1) VnetHeader.clear(view, header);
       setIovec(vector, 0, this.#batchAddress + header, VNET_HEADER + length);
-      const headerLength = view.getUint16(header + 2, true);
+      const headerLength = merged === 1 ? 0 : this.#vnet.decode(view, header).headerLength;
       let total = length;
       for (let k = 1; k < merged; k++) {
         const start = this.#batchAddress + batch.offset(i + k) + headerLength;

@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { completeChecksum, TcpSegmenter } from "../plugs/_offload.ts";
+import { completeChecksum, TcpSegmenter, VNET_HEADER, VnetHeader } from "../plugs/_offload.ts";
 import { MAX_FRAME } from "../core/frames.ts";
 
 const GSO_TCPV4 = 1;
@@ -450,4 +450,26 @@ Deno.test("completeChecksum refuses offsets past the frame and leaves it as it w
   assert.equal(completeChecksum(view, frameStart, 30, l4, 6), false);
   assert.deepEqual(buffer, before);
   assert.ok(completeChecksum(view, frameStart, length, l4, length - l4 - 2), "the last two bytes");
+});
+
+Deno.test("VnetHeader writes struct virtio_net_hdr's layout and reads it back", () => {
+  const view = new DataView(new ArrayBuffer(12));
+  const header = new VnetHeader();
+  Object.assign(header, {
+    flags: 1,
+    gsoType: 4,
+    headerLength: 86,
+    gsoSize: 1448,
+    csumStart: 54,
+    csumOffset: 16,
+  });
+  header.encode(view, 2);
+  // flags, gso_type, then hdr_len, gso_size, csum_start, csum_offset little-endian.
+  assert.deepEqual(
+    [...new Uint8Array(view.buffer, 2, VNET_HEADER)],
+    [1, 4, 86, 0, 0xa8, 0x05, 54, 0, 16, 0],
+  );
+  assert.deepEqual({ ...new VnetHeader().decode(view, 2) }, { ...header });
+  VnetHeader.clear(view, 2);
+  assert.deepEqual({ ...new VnetHeader().decode(view, 2) }, { ...new VnetHeader() });
 });
