@@ -24,7 +24,7 @@ import { UsageError } from "./usage.ts";
 export const STATUS_USAGE = `Usage:
   vdeno status [OPTIONS]            list the running plugs
   vdeno status [OPTIONS] NAME|PID   details of one plug
-  vdeno status --cloud [NAME|PID]   the members each vxvde plug has heard on its network
+  vdeno status --cloud [NAME|PID]   the members each plug has heard on its network
 
 Options:
   -c, --cloud           per network: each member heard (underlay address), its MACs,
@@ -292,7 +292,8 @@ interface Cloud {
   name: string;
   pid: number;
   vnl: string;
-  unicastPort: number;
+  /** The port its datagrams leave from, when the scheme has one of its own (vxvde). */
+  unicastPort?: number;
   members: Member[];
 }
 
@@ -314,14 +315,14 @@ function cloudView(reports: StatusReport[], everyLocal: StatusReport[]): Cloud[]
   const clouds: Cloud[] = [];
   for (const report of reports) {
     for (const plug of report.plugs) {
-      if (!Array.isArray(plug.learned) || typeof plug.unicastPort !== "number") continue;
+      if (!Array.isArray(plug.learned)) continue;
       const byAddress = new Map<string, Member>();
       for (const entry of plug.learned as LearnedEntry[]) {
         let member = byAddress.get(entry.peer);
         if (!member) {
           const port = Number(/:(\d+)$/.exec(entry.peer)?.[1]);
           // A plug on this host, with that unicast port, on one of this host's addresses.
-          const local = everyLocal.some((other) =>
+          const local = typeof plug.unicastPort === "number" && everyLocal.some((other) =>
             other.plugs.some((p) =>
               p.unicastPort === port && p.unicastPort !== plug.unicastPort
             )
@@ -346,7 +347,7 @@ function cloudView(reports: StatusReport[], everyLocal: StatusReport[]): Cloud[]
         name: report.name,
         pid: report.pid,
         vnl: plug.vnl,
-        unicastPort: plug.unicastPort,
+        unicastPort: typeof plug.unicastPort === "number" ? plug.unicastPort : undefined,
         members,
       });
     }
@@ -367,11 +368,15 @@ function isLocalPeer(peer: string): boolean {
 const MACS_SHOWN = 4;
 
 function renderClouds(clouds: Cloud[]): string {
-  if (clouds.length === 0) return `No running vxvde plugs (looked in ${controlDirectory()})`;
+  if (clouds.length === 0) {
+    return `No running plugs that learn MACs (looked in ${controlDirectory()})`;
+  }
   const parts: string[] = [];
   for (const cloud of clouds) {
     const lines = [
-      `${cloud.vnl} as heard by ${cloud.name} (pid ${cloud.pid}, unicast port ${cloud.unicastPort}):` +
+      `${cloud.vnl} as heard by ${cloud.name} (pid ${cloud.pid}${
+        cloud.unicastPort === undefined ? "" : `, unicast port ${cloud.unicastPort}`
+      }):` +
       ` ${cloud.members.length} member${cloud.members.length === 1 ? "" : "s"}`,
     ];
     if (cloud.members.length > 0) {
