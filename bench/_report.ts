@@ -228,3 +228,71 @@ export function svgChart(report: Report): string {
   parts.push("</svg>");
   return parts.join("\n") + "\n";
 }
+
+/** The README's benchmark table sits between these two lines; `deno task bench` rewrites it. */
+export const README_TABLE_BEGIN = "<!-- bench table: made by bench/_report.ts from latest.json -->";
+export const README_TABLE_END = "<!-- end of bench table -->";
+
+/** The README's table: vdeno, vde_plug and the kernel, with paired figures in one cell. */
+export function readmeTable(report: Report): string {
+  const names = ["vdeno", "vde_plug", "kernel"];
+  const median = (name: string, key: string) => report.results[name]?.[key]?.median ?? null;
+  const ms = (value: number | null) => value == null ? "-" : value.toFixed(2);
+  const ratio = (key: string) => {
+    const value = report.ratioVdenoToVdePlug[key];
+    return value == null || !Number.isFinite(value) ? "-" : value.toPrecision(3);
+  };
+  const rows: { label: string; cell: (name: string) => string; ratio: string }[] = [
+    ...(["tcp1", "tcp4"] as const).map((test) => ({
+      label: `TCP ${test === "tcp1" ? "1 stream" : "4 streams"}, Mbit/s (retrans.)`,
+      cell: (name: string) =>
+        `${formatValue(median(name, `${test}_mbps`))} (${
+          formatValue(median(name, `${test}_retransmits`))
+        })`,
+      ratio: ratio(`${test}_mbps`),
+    })),
+    ...(["64", "1400"] as const).map((size) => ({
+      label: `UDP capacity at ${size} B, frames/s`,
+      cell: (name: string) => formatValue(median(name, `udp${size}_fps`)),
+      ratio: ratio(`udp${size}_fps`),
+    })),
+    ...([["idle", " at no load"], ["fresh", ", fresh plug"]] as const).map(([when, label]) => ({
+      label: `RTT p50 / p99${label}, ms`,
+      cell: (name: string) =>
+        `${ms(median(name, `rtt_${when}_p50`))} / ${ms(median(name, `rtt_${when}_p99`))}`,
+      ratio: `${ratio(`rtt_${when}_p50`)} / ${ratio(`rtt_${when}_p99`)}`,
+    })),
+    {
+      label: "CPU per GB carried, s",
+      cell: (name) => formatValue(median(name, "cpu_s_per_gb")),
+      ratio: ratio("cpu_s_per_gb"),
+    },
+    {
+      label: "peak resident memory, MB",
+      cell: (name) => formatValue(median(name, "rss_peak_mb")),
+      ratio: "",
+    },
+  ];
+  const header = ["figure", "vdeno", "vde_plug", "kernel VXLAN", "vdeno / vde_plug"];
+  const cells = rows.map((row) => [row.label, ...names.map(row.cell), row.ratio]);
+  const widths = header.map((h, i) => Math.max(h.length, ...cells.map((row) => row[i].length)));
+  const line = (row: string[]) =>
+    `| ${
+      row.map((cell, i) => i === 0 ? cell.padEnd(widths[i]) : cell.padStart(widths[i])).join(" | ")
+    } |`;
+  const rule = `| ${
+    widths.map((w, i) => i === 0 ? "-".repeat(w) : "-".repeat(w - 1) + ":").join(" | ")
+  } |`;
+  return [line(header), rule, ...cells.map(line)].join("\n");
+}
+
+/** `readme` with the text between the table's markers replaced by {@linkcode readmeTable}. */
+export function withReadmeTable(readme: string, report: Report): string {
+  const begin = readme.indexOf(README_TABLE_BEGIN);
+  const end = readme.indexOf(README_TABLE_END);
+  if (begin < 0 || end < begin) {
+    throw new Error(`README.md has no benchmark table markers (${README_TABLE_BEGIN})`);
+  }
+  return readme.slice(0, begin + README_TABLE_BEGIN.length) + "\n\n" + readmeTable(report) +
+    "\n\n" + readme.slice(end);
+}

@@ -30,7 +30,15 @@ import {
   measureBroadcast,
 } from "./_broadcast.ts";
 import type { BroadcastResult } from "./_workloads.ts";
-import { FIGURES, type Report, type RoundFigures, summarize, svgChart, table } from "./_report.ts";
+import {
+  FIGURES,
+  type Report,
+  type RoundFigures,
+  summarize,
+  svgChart,
+  table,
+  withReadmeTable,
+} from "./_report.ts";
 import {
   allowBigSocketBuffers,
   cpuSeconds,
@@ -280,8 +288,14 @@ async function main(): Promise<number> {
     await Deno.mkdir(options.out, { recursive: true });
     await Deno.writeTextFile(`${options.out}/latest.json`, JSON.stringify(report, null, 2) + "\n");
     await Deno.writeTextFile(`${options.out}/latest.svg`, svgChart(report));
-    // Committed results must pass `deno task check`: let deno fmt lay them out.
     const files = [`${options.out}/latest.json`, `${options.out}/latest.svg`];
+    if (options.out === RESULTS_DIR) {
+      // The README's table shows the committed results: it is rewritten with them.
+      const readme = new URL("../README.md", import.meta.url).pathname;
+      await Deno.writeTextFile(readme, withReadmeTable(await Deno.readTextFile(readme), report));
+      files.push(readme);
+    }
+    // Committed results must pass `deno task check`: let deno fmt lay them out.
     await new Deno.Command(Deno.execPath(), { args: ["fmt", "--quiet", ...files] }).output();
   } catch (error) {
     console.error(`bench: cannot write the results to ${options.out}: ${(error as Error).message}`);
