@@ -2,6 +2,8 @@
 
 import assert from "node:assert/strict";
 import { type Host, hostTest, Lan, sleep, VDENO } from "./_harness.ts";
+import { parseMetricsAddress, renderMetrics } from "../app/metrics.ts";
+import { Counter, COUNTER_NAMES, newCounters } from "../core/counters.ts";
 
 /** Samples of a Prometheus text exposition, by `metric{labels}`. */
 type Samples = Map<string, number>;
@@ -143,4 +145,40 @@ hostTest("--log-level info states starts and stops; debug each member learned an
   assert.match(info.stderr, /Z vdeno info: plug started: /);
   assert.match(info.stderr, /Z vdeno info: plug stopped: on a signal\n/);
   assert.doesNotMatch(info.stderr, /debug/, "no debug lines at info");
+});
+
+Deno.test("the exposition: HELP and TYPE before each family, labels escaped, every counter once per plug", () => {
+  const counters = newCounters();
+  counters[Counter.framesIn] = 7;
+  counters[Counter.dropAuthFailed] = 3;
+  const text = renderMetrics([{ name: "left", vnl: 'stream://a"b\\c\nd', counters }], 0);
+  const { samples, types } = parseExposition(text);
+  const vnl = 'vnl="stream://a\\"b\\\\c\\nd"';
+  assert.equal(samples.get(`vdeno_received_frames_total{name="left",${vnl}}`), 7);
+  assert.equal(
+    samples.get(`vdeno_dropped_frames_total{name="left",${vnl},reason="auth_failed"}`),
+    3,
+  );
+  const drops = [...samples.keys()].filter((key) => key.startsWith("vdeno_dropped_frames_total"));
+  assert.equal(drops.length, COUNTER_NAMES.filter((name) => name.startsWith("drop")).length);
+  for (const key of samples.keys()) {
+    const metric = key.replace(/\{.*$/, "");
+    assert.ok(types.has(metric), `a TYPE line for ${metric}`);
+    if (types.get(metric) === "counter") assert.match(metric, /_total$/);
+  }
+  const lines = text.split("\n");
+  for (const [metric] of types) {
+    const help = lines.findIndex((line) => line.startsWith(`# HELP ${metric} `));
+    const first = lines.findIndex((line) => line.startsWith(metric));
+    assert.ok(help >= 0 && help < first, `# HELP before the samples of ${metric}`);
+  }
+});
+
+Deno.test("--metrics addresses: ADDR:PORT and [IPv6]:PORT, anything else one clear error", () => {
+  assert.deepEqual(parseMetricsAddress("127.0.0.1:9578"), { hostname: "127.0.0.1", port: 9578 });
+  assert.deepEqual(parseMetricsAddress("[::1]:9578"), { hostname: "::1", port: 9578 });
+  assert.deepEqual(parseMetricsAddress("localhost:80"), { hostname: "localhost", port: 80 });
+  for (const bad of ["9578", "::1:9578", "host:0", "host:65536", "host:", "[::1]"]) {
+    assert.throws(() => parseMetricsAddress(bad), /^Error: Bad --metrics address: .*ADDR:PORT/);
+  }
 });
