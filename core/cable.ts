@@ -44,9 +44,8 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
   if (a.largestWholeFrame) b.fitSegmentsTo?.(a.largestWholeFrame);
   const firstFd = [0, a.fds.length];
   const watched = options.watch?.fds ?? [];
-  // The clock is read on a tick of its own, never on a wake-up that carries frames: right after a
-  // sleep a read costs microseconds, which the frame would wait for (bench/README.md). The first
-  // tick comes at once, so that V8 has seen its branch before it optimizes `serve`.
+  // The clock is read on a tick of its own, never on a wake-up that carries frames (its cost right
+  // after a sleep: bench/README.md); the first tick comes at once, so V8 sees its branch early.
   const ticker = new Ticker(CLOCK_LAG_MS, 0);
   // Plugs with output that may wait (streams) get an entry each, polled for writability only
   // while a remainder waits: a reader that stops reading must never stop the cable.
@@ -58,11 +57,8 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
   const tickerIndex = watchIndex + watched.length;
   const writerIndex = tickerIndex + 1;
   const batch = new FrameBatch();
-  // The wake-ups run in a function that this one's loop calls, a few hundred per call: V8
-  // optimizes it again soon after a deoptimization (a branch taken for the first time, as on a
-  // status query), while a loop here, compiled in place (OSR), stayed interpreted for good, where
-  // an FFI call after a sleep costs ~9 µs instead of ~1; and returning to the interpreter after
-  // every wake-up cost ~3 µs of it (bench/README.md).
+  // The wake-ups run in a function this loop calls, so that V8 optimizes it again after a
+  // deoptimization; a loop here would stay interpreted (bench/README.md).
   const serve = (): CableEnd | undefined => {
     for (let wakeUps = 0; wakeUps < WAKE_UPS_PER_CALL; wakeUps++) {
       for (let w = 0; w < writers.length; w++) {

@@ -44,7 +44,6 @@ const IP_MULTICAST_IF = 32;
 const IP_MULTICAST_TTL = 33;
 const IP_MULTICAST_LOOP = 34;
 const IP_ADD_MEMBERSHIP = 35;
-const IP_PKTINFO = 8;
 const IP_MTU = 14;
 const IPPROTO_IPV6 = 41;
 const IPV6_UNICAST_HOPS = 16;
@@ -54,7 +53,6 @@ const IPV6_MULTICAST_LOOP = 19;
 const IPV6_JOIN_GROUP = 20;
 const IPV6_MTU = 24;
 const IPV6_V6ONLY = 26;
-const IPV6_RECVPKTINFO = 49;
 export const MSG_DONTWAIT = 0x40;
 
 /** Bytes reserved for one socket address (sockaddr_in6 is 28). */
@@ -287,12 +285,6 @@ export function setMulticastLoop(fd: number, family: number, on: boolean): void 
 /** Keeps an IPv6 socket to IPv6 alone, so that it does not also take the port for IPv4. */
 export function setIPv6Only(fd: number): void {
   setOption(fd, IPPROTO_IPV6, IPV6_V6ONLY, int32(1), "IPV6_V6ONLY");
-}
-
-/** Asks for the local destination address of each datagram (IP_PKTINFO), as the reference does. */
-export function setPacketInfo(fd: number, family: number): void {
-  if (family === AF_INET) setOption(fd, IPPROTO_IP, IP_PKTINFO, int32(1), "IP_PKTINFO");
-  else setOption(fd, IPPROTO_IPV6, IPV6_RECVPKTINFO, int32(1), "IPV6_RECVPKTINFO");
 }
 
 const NO_MULTICAST_ROUTE =

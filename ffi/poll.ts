@@ -11,7 +11,6 @@ export const POLLIN = 0x1;
 export const POLLOUT = 0x4;
 export const POLLERR = 0x8;
 export const POLLHUP = 0x10;
-export const POLLNVAL = 0x20;
 /** The peer closed its end (or shut down writing): for stream sockets. */
 export const POLLRDHUP = 0x2000;
 

@@ -17,6 +17,7 @@
 
 import { SOCKADDR_SIZE, SocketAddress } from "../ffi/net.ts";
 import { Counter } from "../core/counters.ts";
+import { isGroupAddress } from "../core/frames.ts";
 import { log, logs } from "../core/log.ts";
 
 const WORDS_PER_ADDRESS = SOCKADDR_SIZE / 4;
@@ -171,7 +172,7 @@ export class MacTable {
    * it is a group address, unknown or expired.
    */
   lookup(bytes: Uint8Array, offset: number, now: number): number {
-    if (bytes[offset] & 1) return -1;
+    if (isGroupAddress(bytes, offset)) return -1;
     const high = (bytes[offset] << 8) | bytes[offset + 1];
     const low = ((bytes[offset + 2] << 24) | (bytes[offset + 3] << 16) |
       (bytes[offset + 4] << 8) | bytes[offset + 5]) >>> 0;
@@ -198,7 +199,7 @@ export class MacTable {
    * address at `nameOffset` of `names` (a SOCKADDR_SIZE-aligned buffer).
    */
   learn(bytes: Uint8Array, offset: number, names: Uint32Array, nameWord: number, now: number) {
-    if (bytes[offset] & 1) return;
+    if (isGroupAddress(bytes, offset)) return;
     const high = (bytes[offset] << 8) | bytes[offset + 1];
     const low = ((bytes[offset + 2] << 24) | (bytes[offset + 3] << 16) |
       (bytes[offset + 4] << 8) | bytes[offset + 5]) >>> 0;

@@ -223,11 +223,6 @@ export class Sealer {
     this.#senders.set(sender, window);
   }
 
-  /** How many senders have a replay window. */
-  get knownSenders(): number {
-    return this.#senders.size;
-  }
-
   /** Frees the cipher contexts. */
   close(): void {
     this.#sealing.close();

@@ -257,8 +257,8 @@ export class TapPlug implements Plug {
         continue;
       }
       const header = batch.offset(i) - VNET_HEADER;
-      // A frame with none after it has nothing to merge with; not calling coalesceTcp at all
-      // then matters at light traffic, where entering its cold code cost ~5 µs per frame.
+      // A frame with none after it has nothing to merge with: at light traffic, entering
+      // coalesceTcp's cold code would cost more than the frame (bench/README.md).
       const merged = i + 1 < batch.count ? coalesceTcp(batch, view, i) : 1;
       if (merged === 1) VnetHeader.clear(view, header);
       setIovec(vector, 0, this.#batchAddress + header, VNET_HEADER + length);

@@ -78,10 +78,8 @@ export const DEFAULT_PORT = 14789;
 /** Socket buffers large enough to ride out a burst while the loop is busy elsewhere. */
 const DEFAULT_SOCKET_BUFFER = 4 * 1024 * 1024;
 /**
- * A peer's GSO runs arrive in bursts of up to 64 datagrams per message: with
- * 4 MB, four TCP streams overflowed the receive buffer (thousands of
- * retransmissions a run); with 16 MB, none. The kernel charges it only while
- * datagrams wait in it.
+ * Room for a peer's GSO bursts (up to 64 datagrams per message) while the
+ * loop is busy; the kernel charges it only while datagrams wait in it.
  */
 const DEFAULT_RECEIVE_BUFFER = 16 * 1024 * 1024;
 

@@ -94,7 +94,7 @@ export async function demoCommand(args: string[]): Promise<number> {
   }
   const count = Number(values.hosts);
   if (!Number.isInteger(count) || count < 2 || count > 9) {
-    throw new UsageError(`Bad --hosts: ${values.hosts}; use 2 to 9`, DEMO_USAGE);
+    throw new UsageError(`Bad --hosts: ${values.hosts}; use 2 to 9`);
   }
   if (Deno.uid() !== 0) {
     throw new Error("The demo builds network namespaces and needs root: run it with sudo");

@@ -44,7 +44,7 @@ export function keygenCommand(args: string[]): number {
     console.log(KEYGEN_USAGE);
     return 0;
   }
-  if (positionals.length !== 1) throw new UsageError("keygen takes one FILE", KEYGEN_USAGE);
+  if (positionals.length !== 1) throw new UsageError("keygen takes one FILE");
   const path = positionals[0];
   if (!values.force && fileInfo(path, false)) {
     throw new Error(`${path} exists; use --force to replace it`);

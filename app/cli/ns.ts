@@ -2,45 +2,11 @@
  * `vdeno ns`: a command in network namespaces of its own whose interfaces
  * (`vde0`, `vde1`...) sit on VDE networks, for an ordinary user, like vdens.
  *
- * Design. vdens forks, unshares a user namespace in the child and carries on
- * there. Deno cannot: it is multithreaded, and unshare(CLONE_NEWUSER) refuses
- * a multithreaded caller; setns() into a namespace made by a child needs
- * capabilities an ordinary user lacks. So the work is split in two processes:
- *
- * - This process (the parent) stays in the caller's network namespace, where
- *   the LAN is: it opens the VNLs there and runs one data plane (a Worker, see
- *   app/dataplane.ts) per VNL, cabling the VNL to one TAP.
- * - A helper, vdeno itself started as `unshare --user --map-root-user --net
- *   --uts [--mount] -- vdeno ns-helper ...`, is root in a new user namespace
- *   and owns the new network, UTS (and, for -r/-R/-s, mount) namespaces. It
- *   brings `lo` up, sets the hostname, binds resolv.conf, creates the TAPs
- *   (which needs CAP_NET_ADMIN in the namespace's owner: it has it), and hands
- *   their descriptors to the parent with SCM_RIGHTS over a socket pair
- *   inherited as descriptor 3 (ffi/unix.ts). A TAP stays in the namespace it
- *   was created in, whoever holds its descriptor: the parent moves frames
- *   between the LAN and the interface without ever entering the namespace.
- * - Once the data planes run, the parent says "go"; the helper starts the
- *   command (posix_spawn with default signal dispositions), waits for it and
- *   exits with its status. The parent waits for the helper, stops the data
- *   planes (the vxvde plug says goodbye) and exits with that status: a command
- *   killed by signal N gives 128+N, as in a shell.
- *
- * Nothing is left behind: the socket pair has no name in the file system, the
- * TAPs are deleted with the namespace when its last process exits, the helper
- * gets SIGTERM (PR_SET_PDEATHSIG) if the parent dies, and forwards it.
- *
- * Signals. The parent, the helper and the command stay in the caller's
- * process group, which the caller's shell made the terminal's foreground
- * group: the command reads the terminal, and Ctrl-C (SIGINT, SIGQUIT) reaches
- * it directly from the terminal. The parent and the helper ignore those two,
- * so an interactive shell inside survives Ctrl-C and a command that handles it
- * (ping printing its statistics) ends as it chooses; `unshare --fork` and
- * `sudo` behave alike. SIGTERM and SIGHUP sent to the parent are passed on to
- * the command through the helper.
- *
- * Capabilities. Inside, the user is root with the namespace's capabilities,
- * except CAP_SYS_ADMIN (mount, hostname), which the command keeps only with
- * -s, as vdens grants it only with -s.
+ * Two processes, because Deno is multithreaded and unshare(CLONE_NEWUSER)
+ * refuses a multithreaded caller: this one opens the VNLs in the caller's
+ * network, a helper (`vdeno ns-helper` under `unshare --user --net`) creates
+ * the TAPs inside and hands their descriptors back. ARCHITECTURE.md tells the
+ * whole design: processes, signals, capabilities and clean-up.
  *
  * @module
  */
@@ -217,7 +183,7 @@ function parseRequest(args: string[]): NsRequest | undefined {
     const separator = rest.indexOf("--");
     vnls = separator < 0 ? rest : rest.slice(0, separator);
     command = separator < 0 ? [] : rest.slice(separator + 1);
-    if (vnls.length === 0) throw new UsageError("-m needs at least one VNL", NS_USAGE);
+    if (vnls.length === 0) throw new UsageError("-m needs at least one VNL");
   } else {
     const [vnl, ...tail] = rest;
     vnls = vnl === undefined || vnl === "" || vnl === "-" || vnl === "no" ? [] : [vnl];
@@ -225,13 +191,13 @@ function parseRequest(args: string[]): NsRequest | undefined {
   }
   if (command.length === 0) {
     const shell = getEnv("SHELL");
-    if (!shell) throw new UsageError("SHELL is not set: name the command to run", NS_USAGE);
+    if (!shell) throw new UsageError("SHELL is not set: name the command to run");
     command = [shell];
   }
   const ifacePrefix = text("iface") ?? "vde";
   const longest = `${ifacePrefix}${Math.max(vnls.length - 1, 0)}`;
   if (new TextEncoder().encode(longest).length > 15) {
-    throw new UsageError(`interface name ${longest} is longer than 15 bytes`, NS_USAGE);
+    throw new UsageError(`interface name ${longest} is longer than 15 bytes`);
   }
   return {
     vnls,

@@ -92,10 +92,10 @@ export async function plugCommand(args: string[]): Promise<number> {
   if (values["log-level"]) setLogLevel(values["log-level"]);
   if (values.log) enableSyslog();
   if (positionals.length === 0 || positionals.length > 2) {
-    throw new UsageError("plug takes one or two VNLs", PLUG_USAGE);
+    throw new UsageError("plug takes one or two VNLs");
   }
   if (command !== undefined && (positionals.length !== 1 || command.length === 0)) {
-    throw new UsageError("use: vdeno plug VNL = COMMAND [ARGS...]", PLUG_USAGE);
+    throw new UsageError("use: vdeno plug VNL = COMMAND [ARGS...]");
   }
   if (values.daemon && getEnv(DAEMON_CHILD_VARIABLE) !== "1") return daemonize(args);
 

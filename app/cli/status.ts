@@ -60,11 +60,11 @@ export async function statusCommand(args: string[]): Promise<number> {
     targets = targets.slice(1);
   }
   if (targets.length > 1) {
-    throw new UsageError("status takes at most one plug name or pid", STATUS_USAGE);
+    throw new UsageError("status takes at most one plug name or pid");
   }
   const target = targets[0];
   if (values.cloud) {
-    if (values.watch) throw new UsageError("--cloud and --watch do not go together", STATUS_USAGE);
+    if (values.watch) throw new UsageError("--cloud and --watch do not go together");
     const chosen = await collect(target);
     const clouds = cloudView(chosen, target === undefined ? chosen : await collect(undefined));
     console.log(values.json ? JSON.stringify(clouds, null, 2) : renderClouds(clouds));

@@ -6,10 +6,8 @@
 
 /** A command line that cannot be run as given. */
 export class UsageError extends Error {
-  readonly usage?: string;
-  constructor(message: string, usage?: string) {
+  constructor(message: string) {
     super(message);
     this.name = "UsageError";
-    this.usage = usage;
   }
 }
