@@ -12,7 +12,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type Host, hostTest, Lan, requirements, run, sleep, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, requirements, run, VDENO, waitUntil } from "./_harness.ts";
 import { installedCloudKernel, type VmImage, vmImage } from "../app/vm/image.ts";
 import { TestVm } from "./vm/qemu.ts";
 
@@ -74,15 +74,6 @@ async function startNamespaceMember(host: Host, command: string[]): Promise<Memb
       return answer.exec(shell.stdout)![1] === "ok";
     },
   };
-}
-
-/** Waits until `probe` succeeds in `host` (a socket is listening, a file exists). */
-async function waitFor(what: string, probe: () => Promise<boolean>, timeoutMs = 15_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await probe())) {
-    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await sleep(100);
-  }
 }
 
 /** How host C connects its VM: the QEMU `-netdev` and whatever must run before QEMU starts. */
@@ -172,7 +163,7 @@ hostTest(
         ",remote.type=inet,remote.host=127.0.0.1,remote.port=" + vdenoPort,
       async prepare(host) {
         host.vdeno(["plug", GROUP, `udp://127.0.0.1:${vdenoPort}->127.0.0.1:${qemuPort}`]);
-        await waitFor(`vdeno plug on UDP port ${vdenoPort}`, async () => {
+        await waitUntil(`vdeno plug on UDP port ${vdenoPort}`, async () => {
           const listing = await host.run(["ss", "-Hlun", `sport = :${vdenoPort}`]);
           return listing.stdout.includes(`:${vdenoPort}`);
         });
@@ -192,7 +183,7 @@ hostTest(
         netdev: `stream,id=net0,server=off,addr.type=unix,addr.path=${path}`,
         async prepare(host) {
           host.vdeno(["plug", GROUP, `qemu://${path}`]);
-          await waitFor(`vdeno plug listening on ${path}`, async () => {
+          await waitUntil(`vdeno plug listening on ${path}`, async () => {
             const listing = await host.run(["ss", "-Hlx", `src = ${path}`]);
             return listing.stdout.includes(path);
           });
@@ -213,7 +204,7 @@ hostTest(
         netdev: "socket,id=net0,udp=127.0.0.1:5001,localaddr=127.0.0.1:5000",
         async prepare(host) {
           host.vdeno(["plug", GROUP, "udp://127.0.0.1:5001->127.0.0.1:5000"]);
-          await waitFor("vdeno plug on UDP port 5001", async () => {
+          await waitUntil("vdeno plug on UDP port 5001", async () => {
             const listing = await host.run(["ss", "-Hlun", "sport = :5001"]);
             return listing.stdout.includes(":5001");
           });
@@ -225,7 +216,7 @@ hostTest(
         netdev: "socket,id=net0,connect=127.0.0.1:5555",
         async prepare(host) {
           host.vdeno(["plug", GROUP, "qemu://127.0.0.1:5555"]);
-          await waitFor("vdeno plug listening on TCP port 5555", async () => {
+          await waitUntil("vdeno plug listening on TCP port 5555", async () => {
             const listing = await host.run(["ss", "-Hltn", "sport = :5555"]);
             return listing.stdout.includes(":5555");
           });
@@ -244,10 +235,10 @@ async function cloudWithSwitch(plugVnl: (switchDir: string) => string) {
       netdev: `vde,id=net0,sock=${switchDir}`,
       async prepare(host) {
         await host.sh(["vde_switch", "-s", switchDir, "-d", "-p", `${directory}/pid`]);
-        await waitFor(`vde_switch at ${switchDir}`, () => exists(`${switchDir}/ctl`));
+        await waitUntil(`vde_switch at ${switchDir}`, () => exists(`${switchDir}/ctl`));
         const plug = host.vdeno(["plug", plugVnl(switchDir), GROUP]);
         // The switch shows a port for the plug once it is on.
-        await waitFor(`vdeno plug on ${switchDir}`, async () => {
+        await waitUntil(`vdeno plug on ${switchDir}`, async () => {
           const listing = await host.run(["ss", "-Hx", `src = ${switchDir}/ctl`]);
           return listing.stdout.trim() !== "" || plug.stderr !== "";
         });

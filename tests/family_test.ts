@@ -8,7 +8,7 @@
 
 import assert from "node:assert/strict";
 import { splitCommandLine } from "../plugs/cmd.ts";
-import { type Host, hostTest, Lan, sleep, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, VDENO, waitUntil } from "./_harness.ts";
 
 const A = "10.0.0.1", B = "10.0.0.2";
 
@@ -43,14 +43,6 @@ async function vdePlugPeer(host: Host, vnl: string): Promise<void> {
   host.spawn(["vde_plug", "tap://tap0", vnl]);
   await host.waitForLink("tap0");
   await host.configure("tap0", `${B}/24`);
-}
-
-async function waitForFile(path: string, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await Deno.stat(path).then(() => true, () => false))) {
-    if (Date.now() > deadline) throw new Error(`${path} did not appear`);
-    await sleep(100);
-  }
 }
 
 async function withDirectory(body: (directory: string) => Promise<void>): Promise<void> {
@@ -111,7 +103,10 @@ for (const how of ["plug", "ns"] as const) {
           const [a, b] = lan.hosts;
           const path = `${directory}/${scheme}`;
           const pinged = memberPings(a, how, `${scheme}://${path}`, B);
-          await waitForFile(`${path}/ctl`);
+          await waitUntil(
+            `${path}/ctl`,
+            () => Deno.stat(`${path}/ctl`).then(() => true, () => false),
+          );
           await vdePlugPeer(b, `vde://${path}`);
           assert.ok(await pinged, `no reply through ${scheme}://`);
         });
@@ -133,7 +128,7 @@ for (const how of ["plug", "ns"] as const) {
         // The namespace's vde0 sits on nothing; the switch is the second interface's network.
         a.vdeno(["ns", "-m", "null://", `switch://${path}`, "--", "sleep", "600"]);
       }
-      await waitForFile(`${path}/ctl`);
+      await waitUntil(`${path}/ctl`, () => Deno.stat(`${path}/ctl`).then(() => true, () => false));
       await vdePlugPeer(b, `vde://${path}`);
       a.spawn(["vde_plug", "tap://tap0", `vde://${path}`]);
       await a.waitForLink("tap0");

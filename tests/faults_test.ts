@@ -7,7 +7,7 @@
 
 import assert from "node:assert/strict";
 import { addressOf, captureUdp, type Datagram } from "./_capture.ts";
-import { type Host, hostTest, Lan, type Process, sleep, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, type Process, sleep, VDENO, waitUntil } from "./_harness.ts";
 
 /** ICMP echo of 56 data bytes: 84 IP + 14 Ethernet + 8 vxvde. */
 const PING_DATAGRAM = 106;
@@ -56,19 +56,6 @@ async function tapPlug(
   return plug;
 }
 
-/** Waits until `condition` holds, polling; fails with `what` after `timeoutMs`. */
-async function until(
-  condition: () => Promise<boolean>,
-  what: string,
-  timeoutMs = 20_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await condition())) {
-    if (Date.now() > deadline) throw new Error(`Timed out waiting until ${what}`);
-    await sleep(200);
-  }
-}
-
 const MAC_B = "02:00:00:00:0b:0b";
 
 hostTest(
@@ -100,9 +87,9 @@ hostTest(
 
     first.child.kill("SIGKILL");
     await first.exited();
-    await until(
-      async () => !(await vxvdeStatus(a, "stayer")).learned.some((e) => e.mac === MAC_B),
+    await waitUntil(
       "the entry for MAC_B expires",
+      async () => !(await vxvdeStatus(a, "stayer")).learned.some((e) => e.mac === MAC_B),
     );
     const whileGone = await captureUdp(
       a,
@@ -116,9 +103,9 @@ hostTest(
       `after expiry a frame for MAC_B goes to the group only: ${JSON.stringify(whileGone)}`,
     );
 
-    await until(
-      async () => (await b.run(["ip", "link", "show", "tap0"])).code !== 0,
+    await waitUntil(
       "the killed plug's TAP disappears",
+      async () => (await b.run(["ip", "link", "show", "tap0"])).code !== 0,
     );
     await tapPlug(b, "victim2", vnl, "10.0.0.2/24", MAC_B);
     const newPort = (await vxvdeStatus(b, "victim2")).unicastPort;

@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type Host, hostTest, Lan, run, sleep, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, run, sleep, VDENO, waitUntil } from "./_harness.ts";
 
 /** The unprivileged user that plays the attacker. */
 const NOBODY = 65534;
@@ -19,14 +19,6 @@ function exists(path: string): boolean {
     return true;
   } catch {
     return false;
-  }
-}
-
-async function waitFor(what: string, condition: () => boolean, timeoutMs = 20_000) {
-  const deadline = Date.now() + timeoutMs;
-  while (!condition()) {
-    if (Date.now() > deadline) throw new Error(`Timed out waiting for ${what}`);
-    await sleep(50);
   }
 }
 
@@ -119,7 +111,7 @@ hostTest(
       const good = host.spawn(victim.as([...VDENO, "plug", "-n", "victim", "vxvde://239.8.0.1"]), {
         stdin: "piped",
       });
-      await waitFor("the victim's control socket", () => exists(`${directory}/victim.sock`));
+      await waitUntil("the victim's control socket", () => exists(`${directory}/victim.sock`));
       const info = Deno.lstatSync(directory);
       assert.ok(info.isDirectory);
       assert.equal(info.uid, VICTIM);
@@ -145,7 +137,7 @@ hostTest("root's control directory is /run/vdeno when XDG_RUNTIME_DIR is unset",
   const plug = host.spawn([...unset, ...VDENO, "plug", "-n", name, "vxvde://239.8.0.2"], {
     stdin: "piped",
   });
-  await waitFor("the control socket", () => exists(`/run/vdeno/${name}.sock`));
+  await waitUntil("the control socket", () => exists(`/run/vdeno/${name}.sock`));
   const info = Deno.lstatSync("/run/vdeno");
   assert.equal(info.uid, 0);
   assert.equal((info.mode ?? 0) & 0o7777, 0o700);
@@ -169,8 +161,8 @@ hostTest(
     plug("real");
     const doomed = plug("doomed");
     const directory = `${runtime.path}/vdeno`;
-    await waitFor("the plugs' sockets", () => exists(`${directory}/real.sock`));
-    await waitFor("the plugs' sockets", () => exists(`${directory}/doomed.sock`));
+    await waitUntil("the plugs' sockets", () => exists(`${directory}/real.sock`));
+    await waitUntil("the plugs' sockets", () => exists(`${directory}/doomed.sock`));
     // A plug killed outright leaves its socket behind.
     await doomed.stop("SIGKILL");
     assert.ok(exists(`${directory}/doomed.sock`));
@@ -308,7 +300,7 @@ hostTest(
       "vxvde://239.8.0.4",
       `pcap://${paths.pcap}`,
     ]);
-    await waitFor("the pidfile", () => {
+    await waitUntil("the pidfile", () => {
       try {
         return Deno.readTextFileSync(paths.pidfile).trim() !== "";
       } catch {
@@ -386,7 +378,10 @@ hostTest(
     ];
     for (const [name, start] of cases) {
       const plug = start() as Awaited<ReturnType<typeof a.spawn>>;
-      await waitFor(`${name}'s control socket`, () => exists(`${runtime.path}/vdeno/${name}.sock`));
+      await waitUntil(
+        `${name}'s control socket`,
+        () => exists(`${runtime.path}/vdeno/${name}.sock`),
+      );
       // 420 KB of broadcasts: more than six times what a pipe holds.
       await broadcast();
       const counters = async () => {
@@ -589,7 +584,7 @@ hostTest(
       host.vdeno(["plug", "-n", "qunix", "tap://tap0", `qemu://${path}`], { env });
       await host.waitForLink("tap0");
       await host.configure("tap0", "10.0.0.1/24");
-      await waitFor("the VM socket", () => exists(path));
+      await waitUntil("the VM socket", () => exists(path));
       assert.equal(Deno.lstatSync(path).mode! & 0o777, 0o600, "made mode 0600");
       // Opened to all, as one might for a QEMU run as another user: the credentials still decide.
       await Deno.chmod(path, 0o777);
@@ -639,7 +634,7 @@ hostTest(
       }
       // A plug killed outright leaves its socket: the next one takes the path over.
       const killed = host.spawn([...VDENO, "plug", "vxvde://239.8.0.7", `qemu://${path}`]);
-      await waitFor("the VM socket", () => exists(path));
+      await waitUntil("the VM socket", () => exists(path));
       await killed.stop("SIGKILL");
       const next = host.spawn([...VDENO, "plug", "vxvde://239.8.0.7", `qemu://${path}`]);
       // Connected and kept (not closed) until the client's time is up: the new plug listens there.
