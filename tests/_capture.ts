@@ -1,6 +1,11 @@
 /** Watching the underlay with tcpdump: which vxvde datagrams went where. */
 
 import { type Host, sleep } from "./_harness.ts";
+import { ETH_HEADER } from "../core/frames.ts";
+import { HEADER_SIZE } from "../plugs/vxvde.ts";
+
+/** A vxvde datagram carrying an ICMP echo of 56 data bytes: 84 bytes of IPv4 in a frame. */
+export const PING_DATAGRAM = HEADER_SIZE + ETH_HEADER + 84;
 
 /** One UDP datagram seen on the wire. */
 export interface Datagram {

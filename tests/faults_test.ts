@@ -6,11 +6,8 @@
  */
 
 import assert from "node:assert/strict";
-import { addressOf, captureUdp, type Datagram } from "./_capture.ts";
+import { addressOf, captureUdp, type Datagram, PING_DATAGRAM } from "./_capture.ts";
 import { type Host, hostTest, Lan, type Process, sleep, VDENO, waitUntil } from "./_harness.ts";
-
-/** ICMP echo of 56 data bytes: 84 IP + 14 Ethernet + 8 vxvde. */
-const PING_DATAGRAM = 106;
 
 /** Everything `a` sees on its underlay while it pings 10.0.0.2 three times, and its echo requests. */
 async function echoRequestsFrom(a: Host): Promise<{ seen: Datagram[]; requests: Datagram[] }> {

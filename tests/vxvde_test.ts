@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { addressOf, captureUdp } from "./_capture.ts";
+import { addressOf, captureUdp, PING_DATAGRAM } from "./_capture.ts";
 import { type Host, hostTest, Lan, type Process, VDENO } from "./_harness.ts";
 
 type Peer = "vdeno" | "vde_plug";
@@ -25,9 +25,6 @@ async function overlay(hosts: Host[]): Promise<string[]> {
   }
   return addresses;
 }
-
-/** ICMP echo of 56 data bytes: 84 IP + 14 Ethernet + 8 vxvde. */
-const PING_DATAGRAM = 106;
 
 for (
   const [sender, receiver] of [["vdeno", "vde_plug"], ["vde_plug", "vdeno"], [
