@@ -19,6 +19,7 @@ Commands:
   plug VNL [VNL | = COMMAND...]   plug networks together (like vde_plug)
   ns [VNL [COMMAND [ARGS...]]]    a command in a namespace on a network (like vdens)
   status [NAME|PID]               running plugs, counters, learned MACs
+  reload NAME|PID                 make a running plug re-read its key= (key rotation)
   demo                            build a demo Local Area Cloud of namespaces
   randmac                         print a random locally administered MAC
   keygen FILE                     write a new key for a keyed network (key=FILE)
@@ -35,6 +36,7 @@ const commands: Record<string, Command> = {
   demo: async (args) => (await import("./app/cli/demo.ts")).demoCommand(args),
   randmac: async (args) => (await import("./app/cli/randmac.ts")).randmacCommand(args),
   status: async (args) => (await import("./app/cli/status.ts")).statusCommand(args),
+  reload: async (args) => (await import("./app/cli/reload.ts")).reloadCommand(args),
   keygen: async (args) => (await import("./app/cli/keygen.ts")).keygenCommand(args),
   version: async () => {
     const { buildCommit } = await import("./app/self.ts");

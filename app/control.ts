@@ -20,7 +20,14 @@ import {
   renameFile,
   userId,
 } from "../ffi/os.ts";
-import { acceptConnection, connectUnix, listenUnix, readToEnd, writeAll } from "../ffi/unix.ts";
+import {
+  acceptConnection,
+  connectUnix,
+  listenUnix,
+  readToEnd,
+  readWithin,
+  writeAll,
+} from "../ffi/unix.ts";
 import { type CounterName, countersObject } from "../core/counters.ts";
 import type { Plug } from "../core/plug.ts";
 
@@ -132,6 +139,33 @@ export function cableReport(
 
 /** The longest a client that stops reading may hold up the plug's loop. */
 const ANSWER_TIMEOUT_MS = 500;
+/**
+ * How long the plug waits for a client's request line: clients of this
+ * module send it as they connect; one that sends none gets the status report.
+ */
+const REQUEST_WAIT_MS = 50;
+
+/** What `vdeno reload` gets back: per plug of the cable, what its reload did. */
+export interface ReloadReport {
+  name: string;
+  pid: number;
+  plugs: { vnl: string; result?: string; error?: string }[];
+}
+
+/** Reloads every plug of a cable that can (a keyed vxvde plug re-reads its key). */
+export function reloadPlugs(name: string, plugs: readonly Plug[]): ReloadReport {
+  return {
+    name,
+    pid: Deno.pid,
+    plugs: plugs.filter((plug) => plug.reload !== undefined).map((plug) => {
+      try {
+        return { vnl: plug.vnl, result: plug.reload!() };
+      } catch (error) {
+        return { vnl: plug.vnl, error: (error as Error).message };
+      }
+    }),
+  };
+}
 
 /**
  * A listening control socket. It is a plain descriptor for the plug's own
@@ -143,19 +177,30 @@ export class ControlServer {
   /** The listening socket, to poll for readability. */
   readonly fd: number;
   readonly #report: () => StatusReport;
+  readonly #reload?: () => ReloadReport;
   #closed = false;
 
-  private constructor(path: string, fd: number, report: () => StatusReport) {
+  private constructor(
+    path: string,
+    fd: number,
+    report: () => StatusReport,
+    reload?: () => ReloadReport,
+  ) {
     this.path = path;
     this.fd = fd;
     this.#report = report;
+    this.#reload = reload;
   }
 
   /**
    * Listens at `<controlDirectory()>/<name>.sock`. A live plug of the same
    * name is an error; a socket left by a dead one is replaced.
    */
-  static start(name: string, report: () => StatusReport): ControlServer {
+  static start(
+    name: string,
+    report: () => StatusReport,
+    reload?: () => ReloadReport,
+  ): ControlServer {
     if (!/^[A-Za-z0-9_.-]+$/.test(name)) {
       throw new Error(
         `Bad plug name: ${JSON.stringify(name)}; use letters, digits, '.', '_' or '-'`,
@@ -175,16 +220,25 @@ export class ControlServer {
       closeQuietly(fd);
       throw error;
     }
-    return new ControlServer(path, fd, report);
+    return new ControlServer(path, fd, report, reload);
   }
 
-  /** Answers every client waiting on the socket with one report each. */
+  /**
+   * Answers every client waiting on the socket: `reload` reloads the plugs
+   * (`vdeno reload`), anything else gets the status report.
+   */
   serve(): void {
     for (;;) {
       const connection = acceptConnection(this.fd, ANSWER_TIMEOUT_MS);
       if (connection < 0) return;
       try {
-        writeAll(connection, encoder.encode(JSON.stringify(this.#report()) + "\n"));
+        const request = readWithin(connection, 64, REQUEST_WAIT_MS);
+        const reload = request !== undefined &&
+          new TextDecoder().decode(request).trim() === "reload";
+        const answer = !reload
+          ? this.#report()
+          : this.#reload?.() ?? { error: "this plug has nothing to reload" };
+        writeAll(connection, encoder.encode(JSON.stringify(answer) + "\n"));
       } finally {
         closeQuietly(connection);
       }
@@ -249,6 +303,7 @@ export async function queryStatus(
     throw new NoAnswer(stale ? "nobody listens" : (error as Error).message, stale);
   }
   try {
+    writeAll(fd, encoder.encode("status\n"));
     const { bytes, ended } = await readToEnd(fd, maxBytes, timeoutMs);
     if (ended === "timeout") throw new NoAnswer(`no answer within ${timeoutMs / 1000} s`);
     if (ended === "too long") throw new NoAnswer(`answer longer than ${maxBytes} bytes`);
@@ -261,6 +316,33 @@ export async function queryStatus(
     }
     if (!isStatusReport(report)) throw new NoAnswer("the answer is not a status report");
     return report;
+  } finally {
+    closeQuietly(fd);
+  }
+}
+
+/**
+ * Asks the plug at `path` to reload (re-read its keys); resolves to its
+ * answer. Throws {@linkcode NoAnswer} when it gives none.
+ */
+export async function requestReload(path: string, timeoutMs = QUERY_TIMEOUT_MS): Promise<
+  ReloadReport | { error: string }
+> {
+  let fd: number;
+  try {
+    fd = connectUnix(path);
+  } catch (error) {
+    throw new NoAnswer((error as Error).message);
+  }
+  try {
+    writeAll(fd, encoder.encode("reload\n"));
+    const { bytes, ended } = await readToEnd(fd, 1 << 20, timeoutMs);
+    if (ended !== "end") throw new NoAnswer(`no complete answer within ${timeoutMs / 1000} s`);
+    try {
+      return JSON.parse(new TextDecoder().decode(bytes));
+    } catch {
+      throw new NoAnswer("the answer is not JSON");
+    }
   } finally {
     closeQuietly(fd);
   }

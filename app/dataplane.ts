@@ -19,7 +19,7 @@ import { type EndSpec, openEnd } from "../plugs/open.ts";
 import { type CableEnd, runCable } from "../core/cable.ts";
 import type { Plug } from "../core/plug.ts";
 import { type LogLevel, logLevel, setLogLevel } from "../core/log.ts";
-import { cableReport, ControlServer, type NamespaceInfo } from "./control.ts";
+import { cableReport, ControlServer, type NamespaceInfo, reloadPlugs } from "./control.ts";
 
 /** A plug of the data plane as the main thread sees it: its counters are shared, not copied. */
 export interface PlaneCounters {
@@ -120,6 +120,7 @@ export function runDataPlaneWorker(): void {
         control = ControlServer.start(
           controlAs.name,
           () => cableReport(controlAs.name, startedAt, plugs, controlAs.namespace),
+          () => reloadPlugs(controlAs.name, plugs),
         );
       }
     } catch (error) {

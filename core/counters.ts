@@ -32,6 +32,7 @@ export const COUNTER_NAMES = [
   "superFramesIn",
   "superFramesOut",
   "dropUnknownSender",
+  "dropUnproven",
 ] as const;
 
 export type CounterName = typeof COUNTER_NAMES[number];

@@ -53,6 +53,11 @@ export interface Plug {
   flush?(): void;
   /** Details for `vdeno status`: learned addresses, peers, anything the scheme knows. */
   describe?(): Record<string, unknown>;
+  /**
+   * Re-reads what the plug read when it opened and may change while it runs
+   * (a vxvde plug's `key=`), for `vdeno reload`; returns what happened, in words.
+   */
+  reload?(): string;
   /** Releases everything; a vxvde plug says goodbye first. */
   close(): void;
 }

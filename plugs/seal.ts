@@ -1,28 +1,50 @@
 /**
  * Sealed vxvde datagrams: what `key=` does to a vxvde network.
  *
- * Every datagram is encrypted and authenticated with AES-256-GCM under a key
- * derived (HKDF-SHA-256) from the network's shared secret and its VNI, so the
- * same secret gives unrelated keys on different VNIs. A sealed datagram is:
+ * Every datagram is encrypted and authenticated with AES-256-GCM under a
+ * traffic key derived (HKDF-SHA-256) from the network's shared secret, its
+ * VNI, its group and its port: the same secret gives unrelated keys on other
+ * VNIs, groups or ports, so datagrams cannot cross between two clouds. A
+ * sealed datagram is:
  *
- *     header 8 | time 4 | sender 4 | sequence 8 | tag 16 | encrypted frame
+ *     header 8 | kind 1 | key id 3 | to 4 | sender 4 | sequence 8 | tag 16 | payload
  *
  * - header: the vxvde header with byte 3 (reserved in vxvde) set to 0x5e, so
  *   a vdeplug4 plug, which compares all 8 header bytes, drops it, and a sealed
  *   plug drops every plaintext datagram;
- * - time: the sender's clock in seconds, checked only the first time a sender
- *   is seen (see below);
+ * - kind: a frame (an empty one is a goodbye), or one of the messages below;
+ * - key id: which traffic key sealed it (24 bits derived with the key), so a
+ *   plug can hold several keys while the network changes its secret;
+ * - to: a 32-bit tag of where the datagram was sent, the group or the
+ *   receiver's unicast address and port: a receiver drops a datagram whose tag
+ *   is not its own, so a datagram for one member replayed to another is
+ *   refused;
  * - sender and sequence form the 96-bit GCM nonce. The sender id is random,
  *   chosen at open; the sequence starts at (open time in seconds) * 2^32 and
  *   counts up, so a nonce repeats only if two plugs pick the same 32-bit id
- *   in the same second;
- * - everything before the tag is authenticated along with the frame.
+ *   in the same second. A plug drops datagrams that carry its own id;
+ * - everything before the tag is authenticated along with the payload.
  *
- * Each receiver keeps a replay window per sender (1024 sequence numbers,
- * RFC 6479 style). A sender it has no window for (new, restarted, or idle
- * for a while) is accepted only if its time is within FRESH_SECONDS of ours:
- * this stops old recordings from being replayed to a plug that restarted,
- * and it is why keyed hosts need clocks that agree within that much.
+ * Freshness. Each receiver keeps, per sender id, a replay window (1024
+ * sequence numbers, RFC 6479 style) and the address the sender was proven
+ * at. A sender is proven by a challenge: a `hello` carrying a random nonce,
+ * answered by a `proof` echoing it, sealed with the sender's current
+ * sequence; the window starts there, with everything before it counted as
+ * seen. Until then, and when a known sender id speaks from another address,
+ * its datagrams are dropped and a hello goes to that address. So a plug,
+ * fresh or not, accepts nothing sent before it heard the sender answer it:
+ * a recording of any age, replayed from anywhere, is refused, and no clock
+ * has to agree with any other. A plug sends a hello to the group when it
+ * opens, and every member answers it and challenges it back, so a new member
+ * is proven both ways within a round trip or two, before its first frame.
+ *
+ * Key rotation. {@linkcode Sealer.reload} takes a new secret: its key is
+ * accepted for opening at once and announced (a `have` sealed with it, to the
+ * group, once a second). The plug keeps sealing with the current key until
+ * every member heard from in the last {@linkcode ACTIVE_SECONDS} has shown the
+ * new one (a datagram or a `have` under it), or {@linkcode SWITCH_SECONDS}
+ * passed, then switches. The old key still opens datagrams until none came
+ * under it for {@linkcode RETIRE_SECONDS}.
  *
  * Goodbyes are sealed datagrams with an empty frame, so nobody without the
  * key can make a plug forget its peers.
@@ -31,47 +53,137 @@
  */
 
 import { Gcm, GCM_TAG_SIZE, hkdfSha256, randomBytes, slotPointers } from "../ffi/crypto.ts";
-import { type FileInfo, getEnv, readFileWithInfo, userId } from "../ffi/os.ts";
-import { type FrameBatch, HEADROOM, PerBatch, SLOT_SIZE } from "../core/frames.ts";
+import { type FileInfo, getEnv, interfaceAddresses, readFileWithInfo, userId } from "../ffi/os.ts";
+import { FrameBatch, HEADROOM, PerBatch, SLOT_SIZE } from "../core/frames.ts";
 import { HEADER_SIZE, SEALED_MARK, vxvdeHeader } from "./_vxheader.ts";
 
 export { SEALED_MARK };
 
 /** Bytes before the frame in a sealed datagram. */
-export const SEALED_PREFIX = HEADER_SIZE + 4 + 4 + 8 + GCM_TAG_SIZE;
-/** A sender seen for the first time must have a clock within this of ours. */
-export const FRESH_SECONDS = 120;
+export const SEALED_PREFIX = HEADER_SIZE + 4 + 4 + 4 + 8 + GCM_TAG_SIZE;
 /** Bytes of secret in a key. */
 export const KEY_SIZE = 32;
+/** A new key is used for sealing at the latest this long after it was loaded. */
+export const SWITCH_SECONDS = 30;
+/** Members heard from within this long must show a new key before it is used early. */
+export const ACTIVE_SECONDS = 30;
+/** The previous key opens datagrams until none came under it for this long. */
+export const RETIRE_SECONDS = 30;
 
-const AAD_SIZE = HEADER_SIZE + 4 + 4 + 8;
-const TIME_AT = HEADER_SIZE;
-const SENDER_AT = HEADER_SIZE + 4;
-const SEQUENCE_AT = HEADER_SIZE + 8;
+const KIND_AT = HEADER_SIZE;
+const TO_AT = HEADER_SIZE + 4;
+const SENDER_AT = HEADER_SIZE + 8;
+const SEQUENCE_AT = HEADER_SIZE + 12;
+const AAD_SIZE = HEADER_SIZE + 20;
 const TAG_AT = AAD_SIZE;
+const NONCE_SIZE = 16;
 const WINDOW_WORDS = 32;
 /** Sequence numbers a window remembers below the highest one seen. */
 export const WINDOW_SIZE = (WINDOW_WORDS - 1) * 32;
 /** Senders remembered at most; beyond it the longest idle are forgotten. */
 const MAX_SENDERS = 4096;
+/** Answers to the group hello a plug sends at open are taken this long. */
+export const GREETING_SECONDS = 5;
+/** Least seconds between two hellos to one sender. */
+const CHALLENGE_INTERVAL = 0.2;
+/** Least seconds between two answers to one sender's hellos. */
+const ANSWER_INTERVAL = 0.05;
+/** How long a hello's nonce may be answered. */
+const NONCE_SECONDS = 2;
 const TWO_32 = 2 ** 32;
+const AF_INET = 2;
+
+/** What a sealed datagram carries. */
+export const Kind = { frame: 0, hello: 1, proof: 2, have: 3 } as const;
 
 /** The 8 header bytes of a sealed network on `vni`. */
 export function sealedHeader(vni: number): Uint8Array<ArrayBuffer> {
   return vxvdeHeader(vni, SEALED_MARK);
 }
 
-/** The AES-256-GCM key of a network: HKDF of the shared secret, bound to the VNI. */
-export function networkKey(secret: Uint8Array<ArrayBuffer>, vni: number): Uint8Array<ArrayBuffer> {
-  const info = new TextEncoder().encode("vdeno vxvde sealed v1 vni ");
-  const bound = new Uint8Array(info.length + 3);
-  bound.set(info);
-  bound.set([(vni >> 16) & 0xff, (vni >> 8) & 0xff, vni & 0xff], info.length);
-  return hkdfSha256(secret, new TextEncoder().encode("vdeno-vxvde-key"), bound);
+/** Where a network is: what its traffic keys are bound to besides the secret. */
+export interface NetworkPlace {
+  vni: number;
+  /** The group's socket address (struct sockaddr bytes, as `SocketAddress.bytes`). */
+  group?: Uint8Array;
+}
+
+/**
+ * The AES-256-GCM key of a network and its 24-bit id: HKDF of the shared
+ * secret, bound to the VNI, the group and its port.
+ */
+export function networkKey(
+  secret: Uint8Array<ArrayBuffer>,
+  place: NetworkPlace,
+): { key: Uint8Array<ArrayBuffer>; id: number } {
+  const encoder = new TextEncoder();
+  const salt = encoder.encode("vdeno-vxvde-key");
+  const label = encoder.encode("vdeno vxvde sealed v2 ");
+  const group = place.group ? sockaddrKey(place.group, 0) : new Uint8Array(0);
+  const info = (what: string) => {
+    const tail = encoder.encode(what);
+    const bound = new Uint8Array(label.length + 3 + group.length + tail.length);
+    bound.set(label);
+    bound.set(
+      [(place.vni >> 16) & 0xff, (place.vni >> 8) & 0xff, place.vni & 0xff],
+      label.length,
+    );
+    bound.set(group, label.length + 3);
+    bound.set(tail, label.length + 3 + group.length);
+    return bound;
+  };
+  const key = hkdfSha256(secret, salt, info("key"));
+  const idBytes = hkdfSha256(secret, salt, info("id"));
+  const id = (idBytes[0] << 16) | (idBytes[1] << 8) | idBytes[2];
+  idBytes.fill(0);
+  return { key, id };
+}
+
+/** Family (1 byte), port and IP of the sockaddr at `offset`: what identifies an address. */
+function sockaddrKey(bytes: Uint8Array, offset: number): Uint8Array {
+  const v4 = (bytes[offset] | (bytes[offset + 1] << 8)) === AF_INET;
+  const key = new Uint8Array(v4 ? 7 : 19);
+  key[0] = v4 ? 4 : 6;
+  key[1] = bytes[offset + 2];
+  key[2] = bytes[offset + 3];
+  key.set(bytes.subarray(offset + (v4 ? 4 : 8), offset + (v4 ? 8 : 24)), 3);
+  return key;
+}
+
+/**
+ * The 32-bit tag of the socket address at `offset` of `bytes` (a struct
+ * sockaddr): FNV-1a over its family, port and IP. It names where a datagram
+ * was sent; the GCM tag authenticates it.
+ */
+export function destinationTag(bytes: Uint8Array, offset: number): number {
+  const v4 = (bytes[offset] | (bytes[offset + 1] << 8)) === AF_INET;
+  let hash = Math.imul(0x811c9dc5 ^ (v4 ? 4 : 6), 0x01000193);
+  hash = Math.imul(hash ^ bytes[offset + 2], 0x01000193);
+  hash = Math.imul(hash ^ bytes[offset + 3], 0x01000193);
+  const ip = offset + (v4 ? 4 : 8), end = ip + (v4 ? 4 : 16);
+  for (let at = ip; at < end; at++) hash = Math.imul(hash ^ bytes[at], 0x01000193);
+  return hash >>> 0;
 }
 
 /** What became of a datagram that was opened. */
-export const Verdict = { ok: 0, forged: 1, replayed: 2 } as const;
+export const Verdict = {
+  /** Authentic and fresh: deliver it (an empty frame is a goodbye). */
+  ok: 0,
+  /** Altered, or sealed with a key this plug does not hold. */
+  forged: 1,
+  /** Seen before, or older than its sender's proof. */
+  replayed: 2,
+  /** Sent to another member or group. */
+  misdirected: 3,
+  /** Our own datagram, come back. */
+  own: 4,
+  /** Authentic, but its sender is not proven at its address yet: a hello went there. */
+  unproven: 5,
+  /** A message for the sealer itself (hello, proof, have): nothing to deliver. */
+  control: 6,
+  /** Sealed with a key id this plug does not hold (another key, or a rotation under way). */
+  unknownKey: 7,
+} as const;
 
 /**
  * The replay window of one sender: the highest sequence number seen (split in
@@ -106,6 +218,57 @@ export class ReplayWindow {
     }
     this.#bits[(low >>> 5) % WINDOW_WORDS] |= 1 << (low & 31);
   }
+
+  /** Starts the window at (high, low), counting it and everything before it as seen. */
+  startAt(high: number, low: number, now: number): void {
+    this.lastSeen = now;
+    this.high = high;
+    this.top = low;
+    this.#bits.fill(0xffffffff);
+    const shift = (low & 31) + 1;
+    this.#bits[(low >>> 5) % WINDOW_WORDS] = shift === 32 ? 0xffffffff : (1 << shift) - 1;
+  }
+}
+
+/** What a receiver knows of one sender id. */
+class Sender {
+  readonly window = new ReplayWindow();
+  /** The address it was proven at: sockaddr bytes. */
+  readonly address = new Uint8Array(24);
+  proven = false;
+  /** The nonce of the hello it must answer, while one is out, and where that hello went. */
+  nonce?: Uint8Array<ArrayBuffer>;
+  readonly challenged = new Uint8Array(24);
+  nonceAt = -Infinity;
+  challengedAt = -Infinity;
+  answeredAt = -Infinity;
+  /** Whether it showed our next key since that key was loaded. */
+  hasNext = false;
+}
+
+/** One traffic key, both ways. */
+class TrafficKey {
+  readonly id: number;
+  readonly sealing: Gcm;
+  readonly opening: Gcm;
+  lastOpened: number;
+
+  constructor(secret: Uint8Array<ArrayBuffer>, place: NetworkPlace, now: number) {
+    const { key, id } = networkKey(secret, place);
+    try {
+      this.id = id;
+      this.sealing = new Gcm(key, true);
+      this.opening = new Gcm(key, false);
+    } finally {
+      key.fill(0);
+    }
+    this.lastOpened = now;
+  }
+
+  close(): void {
+    this.sealing.close();
+    this.opening.close();
+  }
 }
 
 /** Per-batch pointers to the parts of each slot's sealed datagram. */
@@ -116,17 +279,46 @@ interface SlotParts {
   frame: Deno.PointerObject[];
 }
 
+/** Where a received datagram came from and on which socket: for {@linkcode Sealer.open}. */
+export interface DatagramSource {
+  /** Sockaddr bytes holding the sender's address at `offset`. */
+  names: Uint8Array;
+  offset: number;
+  /** Whether it arrived on the group's socket (else on our unicast socket). */
+  fromGroup: boolean;
+}
+
+/** A sealed control datagram for the plug to send. */
+export interface Outgoing {
+  /** The datagram, header to end. */
+  datagram: Uint8Array<ArrayBuffer>;
+  /** Where to: sockaddr bytes (SOCKADDR_SIZE), or undefined for the group. */
+  to?: Uint8Array<ArrayBuffer>;
+}
+
+/** What a reload did, in words for `vdeno reload`. */
+export type ReloadResult = "unchanged" | "new key loaded";
+
 /**
  * Seals and opens the datagrams of one vxvde plug. The caller writes the
  * header at `frame - SEALED_PREFIX` before sealing; received datagrams land
- * with their frame where the batch keeps frames, so nothing moves.
+ * with their frame where the batch keeps frames, so nothing moves. Control
+ * datagrams the sealer wants sent (hellos, proofs, announcements) wait in
+ * {@linkcode takeOutgoing}.
  */
 export class Sealer {
   /** This plug's random sender id. */
   readonly senderId: number;
-  readonly #sealing: Gcm;
-  readonly #opening: Gcm;
-  readonly #senders = new Map<number, ReplayWindow>();
+  /** The tag of the group: where multicast datagrams are sent. */
+  readonly groupTag: number;
+  readonly #place: NetworkPlace;
+  readonly #header: Uint8Array<ArrayBuffer>;
+  #current: TrafficKey;
+  #next?: TrafficKey;
+  #nextSince = 0;
+  #previous?: TrafficKey;
+  #switchedAt = 0;
+  readonly #senders = new Map<number, Sender>();
   readonly #parts = new PerBatch((batch): SlotParts => {
     const start = HEADROOM - SEALED_PREFIX;
     const [aad, nonce, tag, frame] = slotPointers(batch.bytes, SLOT_SIZE, batch.capacity, [
@@ -139,34 +331,109 @@ export class Sealer {
   });
   #sequenceHigh: number;
   #sequenceLow = 0;
+  /** Tags of our unicast address on each local IP, refreshed when a tag is not found. */
+  #localTags = new Set<number>();
+  #localPort = -1;
+  #localRefreshedAt = -Infinity;
+  /** The nonce of the hello sent to the group when the plug opened. */
+  readonly #groupNonce = randomBytes(new Uint8Array(NONCE_SIZE));
+  #greetedAt = -Infinity;
+  #outgoing: Outgoing[] = [];
+  #control?: FrameBatch;
+  #announceAt = Infinity;
+  /** Called with a line worth logging (a key switch or retirement). */
+  onEvent?: (message: string) => void;
 
-  /** A sealer for a network with `secret` (32 bytes) on `vni`. */
-  constructor(secret: Uint8Array<ArrayBuffer>, vni: number) {
-    const key = networkKey(secret, vni);
-    this.#sealing = new Gcm(key, true);
-    this.#opening = new Gcm(key, false);
-    key.fill(0);
+  /** A sealer for a network with `secret` (32 bytes, zeroed by the caller) at `place`. */
+  constructor(secret: Uint8Array<ArrayBuffer>, place: NetworkPlace | number) {
+    this.#place = typeof place === "number" ? { vni: place } : place;
+    this.#header = sealedHeader(this.#place.vni);
+    const now = Date.now() / 1000;
+    this.#current = new TrafficKey(secret, this.#place, now);
     this.senderId = new DataView(randomBytes(new Uint8Array(4)).buffer).getUint32(0);
-    this.#sequenceHigh = Math.floor(Date.now() / 1000) >>> 0;
+    this.#sequenceHigh = Math.floor(now) >>> 0;
+    this.groupTag = this.#place.group ? destinationTag(this.#place.group, 0) : 0;
+  }
+
+  /** The id of the key datagrams are sealed with now. */
+  get keyId(): number {
+    return this.#current.id;
+  }
+
+  /** The ids of the keys held: current, and the next or previous one while a change is under way. */
+  get keys(): { current: number; next?: number; previous?: number } {
+    return { current: this.#current.id, next: this.#next?.id, previous: this.#previous?.id };
+  }
+
+  /** Our unicast socket's port, whose address on every local IP is a valid destination. */
+  setLocalPort(port: number): void {
+    this.#localPort = port;
+    this.#refreshLocalTags(-Infinity);
+  }
+
+  #refreshLocalTags(now: number): boolean {
+    if (now - this.#localRefreshedAt < 1) return false;
+    this.#localRefreshedAt = now;
+    const tags = new Set<number>();
+    const address = new Uint8Array(24);
+    const view = new DataView(address.buffer);
+    const add = (family: number, ip: Uint8Array) => {
+      address.fill(0);
+      view.setUint16(0, family, true);
+      view.setUint16(2, this.#localPort);
+      address.set(ip, family === AF_INET ? 4 : 8);
+      tags.add(destinationTag(address, 0));
+    };
+    // Sent from 0.0.0.0 or :: when the multicast route is on the loopback: only this host.
+    add(AF_INET, new Uint8Array(4));
+    add(10, new Uint8Array(16));
+    try {
+      for (const entry of interfaceAddresses()) add(entry.family, entry.ip);
+    } catch {
+      // No address list: the ones above and the last known must do.
+    }
+    this.#localTags = tags;
+    return true;
   }
 
   /**
-   * Seals frame i of `batch` (`length` bytes, 0 for a goodbye) in place; the
-   * header must already be in place. `now` is the time in seconds.
+   * Seals frame i of `batch` (`length` bytes, 0 for a goodbye) in place with
+   * the current key; the header must already be in place. `to` is the
+   * {@linkcode destinationTag} of where it goes (the group by default).
    */
-  seal(batch: FrameBatch, i: number, length: number, now: number): boolean {
+  seal(
+    batch: FrameBatch,
+    i: number,
+    length: number,
+    now: number,
+    to = this.groupTag,
+    kind: number = Kind.frame,
+  ): boolean {
+    if (now >= this.#announceAt) this.#tick(now);
+    return this.#sealWith(this.#current, batch, i, length, to, kind);
+  }
+
+  #sealWith(
+    key: TrafficKey,
+    batch: FrameBatch,
+    i: number,
+    length: number,
+    to: number,
+    kind: number,
+  ): boolean {
     const parts = this.#parts.of(batch);
-    const words = batch.bytes;
+    const bytes = batch.bytes;
     const at = i * SLOT_SIZE + HEADROOM - SEALED_PREFIX;
-    writeUint32(words, at + TIME_AT, now >>> 0);
-    writeUint32(words, at + SENDER_AT, this.senderId);
-    writeUint32(words, at + SEQUENCE_AT, this.#sequenceHigh);
-    writeUint32(words, at + SEQUENCE_AT + 4, this.#sequenceLow);
+    writeUint32(bytes, at + KIND_AT, ((kind << 24) | key.id) >>> 0);
+    writeUint32(bytes, at + TO_AT, to);
+    writeUint32(bytes, at + SENDER_AT, this.senderId);
+    writeUint32(bytes, at + SEQUENCE_AT, this.#sequenceHigh);
+    writeUint32(bytes, at + SEQUENCE_AT + 4, this.#sequenceLow);
     if (++this.#sequenceLow === TWO_32) {
       this.#sequenceLow = 0;
       this.#sequenceHigh = (this.#sequenceHigh + 1) >>> 0;
     }
-    return this.#sealing.seal(
+    return key.sealing.seal(
       parts.nonce[i],
       parts.aad[i],
       AAD_SIZE,
@@ -177,22 +444,42 @@ export class Sealer {
   }
 
   /**
-   * Opens the sealed datagram in slot i, whose frame part is `length` bytes:
-   * checks the replay window, decrypts in place and verifies. Returns a
+   * Opens the sealed datagram in slot i, whose payload is `length` bytes,
+   * received from `source`: checks where it was sent, its key, its sender and
+   * the replay window, decrypts in place and verifies. Returns a
    * {@linkcode Verdict}. `now` is the time in seconds.
    */
-  open(batch: FrameBatch, i: number, length: number, now: number): number {
+  open(batch: FrameBatch, i: number, length: number, now: number, source: DatagramSource): number {
+    if (now >= this.#announceAt) this.#tick(now);
     const bytes = batch.bytes;
     const at = i * SLOT_SIZE + HEADROOM - SEALED_PREFIX;
+    const word = readUint32(bytes, at + KIND_AT);
+    const kind = word >>> 24, id = word & 0xffffff;
+    const key = id === this.#current.id
+      ? this.#current
+      : id === this.#next?.id
+      ? this.#next
+      : id === this.#previous?.id
+      ? this.#previous
+      : undefined;
+    if (key === undefined) return Verdict.unknownKey;
     const sender = readUint32(bytes, at + SENDER_AT);
+    if (sender === this.senderId) return Verdict.own;
+    const to = readUint32(bytes, at + TO_AT);
+    // The group's tag is good on either socket: `peers=` copies group datagrams to members.
+    if (to !== this.groupTag && (source.fromGroup || !this.#isLocal(to, now))) {
+      return Verdict.misdirected;
+    }
     const high = readUint32(bytes, at + SEQUENCE_AT);
     const low = readUint32(bytes, at + SEQUENCE_AT + 4);
-    let window = this.#senders.get(sender);
-    if (window === undefined) {
-      if (Math.abs(now - readUint32(bytes, at + TIME_AT)) > FRESH_SECONDS) return Verdict.replayed;
-    } else if (!window.fresh(high, low)) return Verdict.replayed;
+    let peer = this.#senders.get(sender);
+    const here = peer !== undefined && sameAddress(peer.address, source.names, source.offset);
+    // Old for its sender is a replay, from wherever it comes.
+    if (peer?.proven && kind !== Kind.hello && !peer.window.fresh(high, low)) {
+      return Verdict.replayed;
+    }
     const parts = this.#parts.of(batch);
-    const authentic = this.#opening.open(
+    const authentic = key.opening.open(
       parts.nonce[i],
       parts.aad[i],
       AAD_SIZE,
@@ -201,18 +488,204 @@ export class Sealer {
       parts.tag[i],
     );
     if (!authentic) return Verdict.forged;
-    if (window === undefined) {
-      window = new ReplayWindow();
-      this.#remember(sender, window, now);
+    key.lastOpened = now;
+    if (kind === Kind.hello) {
+      if (length !== NONCE_SIZE) return Verdict.forged;
+      this.#answer(peer, sender, bytes, at + SEALED_PREFIX, source, now);
+      return Verdict.control;
     }
-    window.accept(high, low, now);
+    if (kind === Kind.proof) {
+      if (length !== NONCE_SIZE) return Verdict.forged;
+      const nonce = bytes.subarray(at + SEALED_PREFIX, at + SEALED_PREFIX + NONCE_SIZE);
+      const answersUs = peer?.nonce !== undefined && now - peer.nonceAt < NONCE_SECONDS &&
+        equalBytes(peer.nonce, nonce) && sameAddress(peer.challenged, source.names, source.offset);
+      const answersGreeting = now - this.#greetedAt < GREETING_SECONDS &&
+        equalBytes(this.#groupNonce, nonce);
+      if (!answersUs && !answersGreeting) return Verdict.replayed;
+      // Newer than anything seen from this sender (a goodbye keeps its window): alive there now.
+      if (peer && !peer.window.fresh(high, low)) return Verdict.replayed;
+      peer ??= this.#remember(sender, now);
+      setAddress(peer.address, source.names, source.offset);
+      peer.window.startAt(high, low, now);
+      peer.proven = true;
+      peer.nonce = undefined;
+      peer.challengedAt = -Infinity; // answered: the next change of address may be asked at once
+      if (key === this.#next) this.#sawNext(peer, now);
+      return Verdict.control;
+    }
+    if (!peer?.proven || !here) {
+      peer ??= this.#remember(sender, now);
+      this.#challenge(peer, source, now);
+      return Verdict.unproven;
+    }
+    peer.window.accept(high, low, now);
+    if (key === this.#next) this.#sawNext(peer, now);
+    if (kind !== Kind.frame) return Verdict.control;
+    // A goodbye: the sender must prove itself again, after all it sent so far.
+    if (length === 0) peer.proven = false;
     return Verdict.ok;
   }
 
-  #remember(sender: number, window: ReplayWindow, now: number): void {
+  #isLocal(tag: number, now: number): boolean {
+    return this.#localTags.has(tag) || (this.#refreshLocalTags(now) && this.#localTags.has(tag));
+  }
+
+  /** Answers a hello with a proof, and challenges its sender back if it is not proven there. */
+  #answer(
+    peer: Sender | undefined,
+    sender: number,
+    bytes: Uint8Array,
+    nonceAt: number,
+    source: DatagramSource,
+    now: number,
+  ): void {
+    peer ??= this.#remember(sender, now);
+    if (now - peer.answeredAt < ANSWER_INTERVAL) return;
+    peer.answeredAt = now;
+    const to = source.names.slice(source.offset, source.offset + 32);
+    this.#queue(Kind.proof, bytes.subarray(nonceAt, nonceAt + NONCE_SIZE), to, this.#current);
+    if (!peer.proven || !sameAddress(peer.address, source.names, source.offset)) {
+      this.#challenge(peer, source, now);
+    }
+  }
+
+  /**
+   * Sends `peer` a hello at the source address, at most every
+   * CHALLENGE_INTERVAL whatever the address (so replays from elsewhere cannot
+   * multiply them). A proven sender keeps its address until it answers at the
+   * new one.
+   */
+  #challenge(peer: Sender, source: DatagramSource, now: number): void {
+    if (now - peer.challengedAt < CHALLENGE_INTERVAL) return;
+    // A hello may be lost, or answered while the next is on its way: ask again with the same
+    // nonce, at the same address, for a little while.
+    const again = peer.nonce !== undefined && now - peer.nonceAt < NONCE_SECONDS &&
+      sameAddress(peer.challenged, source.names, source.offset);
+    peer.challengedAt = now;
+    if (!again) {
+      setAddress(peer.challenged, source.names, source.offset);
+      peer.nonce = randomBytes(new Uint8Array(NONCE_SIZE));
+      peer.nonceAt = now;
+    }
+    const to = source.names.slice(source.offset, source.offset + 32);
+    this.#queue(Kind.hello, peer.nonce!, to, this.#current);
+  }
+
+  /**
+   * Queues the hello a plug sends to the group when it opens: every member
+   * answers it (for {@linkcode GREETING_SECONDS}) and challenges it back.
+   */
+  greet(now: number): void {
+    this.#greetedAt = now;
+    this.#queue(Kind.hello, this.#groupNonce, undefined, this.#current);
+  }
+
+  #queue(
+    kind: number,
+    payload: Uint8Array,
+    to: Uint8Array<ArrayBuffer> | undefined,
+    key: TrafficKey,
+  ) {
+    const batch = this.#control ??= new FrameBatch(1);
+    const start = HEADROOM - SEALED_PREFIX;
+    batch.bytes.set(this.#header, start);
+    batch.bytes.set(payload, HEADROOM);
+    const tag = to === undefined ? this.groupTag : destinationTag(to, 0);
+    if (!this.#sealWith(key, batch, 0, payload.length, tag, kind)) return;
+    this.#outgoing.push({
+      datagram: batch.bytes.slice(start, HEADROOM + payload.length),
+      to,
+    });
+  }
+
+  /** Control datagrams to send, oldest first; the list is emptied. */
+  takeOutgoing(): Outgoing[] {
+    if (this.#outgoing.length === 0) return NO_OUTGOING;
+    const taken = this.#outgoing;
+    this.#outgoing = [];
+    return taken;
+  }
+
+  /** Whether control datagrams wait in {@linkcode takeOutgoing}. */
+  get hasOutgoing(): boolean {
+    return this.#outgoing.length > 0;
+  }
+
+  /**
+   * Takes a new secret (zeroed by the caller): its key opens datagrams at
+   * once and seals them once the members have it (see the module header).
+   */
+  reload(secret: Uint8Array<ArrayBuffer>, now: number): ReloadResult {
+    const key = new TrafficKey(secret, this.#place, now);
+    if (key.id === this.#current.id || key.id === this.#next?.id) {
+      key.close();
+      if (key.id === this.#current.id && this.#next) {
+        // Back to the key in use: forget the one that was coming.
+        this.#next.close();
+        this.#next = undefined;
+      }
+      return "unchanged";
+    }
+    if (this.#next) this.#next.close();
+    if (key.id === this.#previous?.id) {
+      this.#previous.close();
+      this.#previous = undefined;
+    }
+    this.#next = key;
+    this.#nextSince = now;
+    for (const peer of this.#senders.values()) peer.hasNext = false;
+    this.#queue(Kind.have, EMPTY, undefined, key);
+    this.#announceAt = now + 1;
+    this.#maybeSwitch(now);
+    return "new key loaded";
+  }
+
+  #sawNext(peer: Sender, now: number): void {
+    if (peer.hasNext) return;
+    peer.hasNext = true;
+    this.#maybeSwitch(now);
+  }
+
+  /** Switches to the next key once every active member has it, or its time is up. */
+  #maybeSwitch(now: number): void {
+    const next = this.#next;
+    if (!next) return;
+    if (now - this.#nextSince < SWITCH_SECONDS) {
+      for (const peer of this.#senders.values()) {
+        if (peer.proven && !peer.hasNext && now - peer.window.lastSeen < ACTIVE_SECONDS) return;
+      }
+    }
+    this.#previous?.close();
+    this.#previous = this.#current;
+    this.#previous.lastOpened = now;
+    this.#current = next;
+    this.#next = undefined;
+    this.#switchedAt = now;
+    this.#announceAt = now + 1;
+    this.onEvent?.(`sealing with the new key ${hexId(next.id)} now`);
+  }
+
+  /** Once a second while a key change is under way: announce the next key, switch, retire. */
+  #tick(now: number): void {
+    this.#announceAt = now + 1;
+    if (this.#next) {
+      this.#queue(Kind.have, EMPTY, undefined, this.#next);
+      this.#maybeSwitch(now);
+    } else if (
+      this.#previous && now - this.#switchedAt >= RETIRE_SECONDS &&
+      now - this.#previous.lastOpened >= RETIRE_SECONDS
+    ) {
+      this.onEvent?.(`retired the old key ${hexId(this.#previous.id)}`);
+      this.#previous.close();
+      this.#previous = undefined;
+    }
+    if (!this.#next && !this.#previous) this.#announceAt = Infinity;
+  }
+
+  #remember(sender: number, now: number): Sender {
     if (this.#senders.size >= MAX_SENDERS) {
       for (const [id, old] of this.#senders) {
-        if (now - old.lastSeen > 2 * FRESH_SECONDS) this.#senders.delete(id);
+        if (now - old.window.lastSeen > 2 * ACTIVE_SECONDS) this.#senders.delete(id);
       }
       // Still full: forget the earliest remembered (Map keeps insertion order).
       for (const id of this.#senders.keys()) {
@@ -220,14 +693,52 @@ export class Sealer {
         this.#senders.delete(id);
       }
     }
-    this.#senders.set(sender, window);
+    const peer = new Sender();
+    peer.window.lastSeen = now;
+    this.#senders.set(sender, peer);
+    return peer;
+  }
+
+  /** How many senders are proven. */
+  get knownSenders(): number {
+    let count = 0;
+    for (const peer of this.#senders.values()) if (peer.proven) count++;
+    return count;
   }
 
   /** Frees the cipher contexts. */
   close(): void {
-    this.#sealing.close();
-    this.#opening.close();
+    this.#current.close();
+    this.#next?.close();
+    this.#previous?.close();
   }
+}
+
+const EMPTY = new Uint8Array(0);
+const NO_OUTGOING: Outgoing[] = [];
+
+function hexId(id: number): string {
+  return id.toString(16).padStart(6, "0");
+}
+
+/** Whether the sockaddr `stored` (24 bytes) is the one at `offset` of `names`. */
+function sameAddress(stored: Uint8Array, names: Uint8Array, offset: number): boolean {
+  const length = (names[offset] | (names[offset + 1] << 8)) === AF_INET ? 8 : 24;
+  for (let k = 0; k < length; k++) if (stored[k] !== names[offset + k]) return false;
+  return true;
+}
+
+function setAddress(stored: Uint8Array, names: Uint8Array, offset: number): void {
+  stored.fill(0);
+  const length = (names[offset] | (names[offset + 1] << 8)) === AF_INET ? 8 : 24;
+  stored.set(names.subarray(offset, offset + length));
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  let difference = 0;
+  for (let k = 0; k < a.length; k++) difference |= a[k] ^ b[k];
+  return difference === 0;
 }
 
 function writeUint32(bytes: Uint8Array, at: number, value: number): void {

@@ -66,7 +66,15 @@ import {
   PeerMesh,
   peersFamily,
 } from "./_peers.ts";
-import { loadKey, SEALED_PREFIX, sealedHeader, Sealer, Verdict } from "./seal.ts";
+import {
+  type DatagramSource,
+  destinationTag,
+  loadKey,
+  SEALED_PREFIX,
+  sealedHeader,
+  Sealer,
+  Verdict,
+} from "./seal.ts";
 import { groupId, parseInteger, parseOptions, parseSize, VnlError } from "../core/vnl.ts";
 import { HEADER_SIZE, vxvdeHeader } from "./_vxheader.ts";
 
@@ -230,6 +238,8 @@ export class VxvdePlug implements Plug {
   /** First header word of a keyed network on our VNI (the second is the same as ours). */
   readonly #sealedHigh: number;
   readonly #mismatch: MismatchWarnings;
+  /** Where the datagram being opened came from: one object, refilled per datagram. */
+  readonly #source: DatagramSource = { names: new Uint8Array(0), offset: 0, fromGroup: false };
   readonly #vectors = new PerBatch((batch) =>
     new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - this.#prefix, batch.capacity)
   );
@@ -249,7 +259,7 @@ export class VxvdePlug implements Plug {
     if (config.key !== undefined) {
       const secret = loadKey(config.key);
       try {
-        this.#sealer = new Sealer(secret, config.vni);
+        this.#sealer = new Sealer(secret, { vni: config.vni, group: config.group.bytes });
       } finally {
         secret.fill(0);
       }
@@ -310,6 +320,12 @@ export class VxvdePlug implements Plug {
     this.#multicastFd = multicastFd;
     this.#unicastFd = unicastFd;
     this.#unicastPort = localAddress(unicastFd).port;
+    if (this.#sealer) {
+      this.#sealer.setLocalPort(this.#unicastPort);
+      this.#sealer.onEvent = (message) => log("info", `${vnl}: ${message}`);
+      this.#sealer.greet(Date.now() / 1000);
+      this.#sendOutgoing();
+    }
     const mtu = routeMtu(config.group, ifindex);
     const ipHeader = family === AF_INET ? 20 : 40, udpHeader = 8;
     if (mtu) this.largestWholeFrame = mtu - ipHeader - udpHeader - this.#prefix;
@@ -343,7 +359,6 @@ export class VxvdePlug implements Plug {
    * seals two minutes off.
    */
   #seconds(batch: FrameBatch, latest: boolean): number {
-    if (this.#sealer) return Date.now() / 1000;
     return (latest ? batch.timeMs + CLOCK_LAG_MS : batch.timeMs) / 1000;
   }
 
@@ -410,13 +425,13 @@ export class VxvdePlug implements Plug {
           counters[Counter.dropMalformed]++;
           continue;
         }
-        const verdict = sealer.open(batch, i, frameLength, now);
+        const source = this.#source;
+        source.names = names;
+        source.offset = i * SOCKADDR_SIZE;
+        source.fromGroup = fromGroup;
+        const verdict = sealer.open(batch, i, frameLength, now, source);
         if (verdict !== Verdict.ok) {
-          if (verdict === Verdict.replayed) counters[Counter.dropReplay]++;
-          else {
-            counters[Counter.dropAuthFailed]++;
-            this.#mismatch.note(Mismatch.forged, names, i * SOCKADDR_SIZE, now);
-          }
+          this.#countVerdict(verdict, names, i * SOCKADDR_SIZE, now);
           continue;
         }
       }
@@ -455,6 +470,64 @@ export class VxvdePlug implements Plug {
       counters[Counter.bytesIn] += frameLength;
     }
     batch.count = first + received;
+    if (sealer?.hasOutgoing) this.#sendOutgoing();
+  }
+
+  /** Counts a sealed datagram that was not delivered, and warns of a key mismatch. */
+  #countVerdict(verdict: number, names: Uint8Array, offset: number, now: number): void {
+    const counters = this.counters;
+    switch (verdict) {
+      case Verdict.replayed:
+      case Verdict.misdirected:
+        counters[Counter.dropReplay]++;
+        break;
+      case Verdict.own:
+        counters[Counter.dropOwnEcho]++;
+        break;
+      case Verdict.unproven:
+        counters[Counter.dropUnproven]++;
+        break;
+      case Verdict.control:
+        break;
+      case Verdict.unknownKey:
+        counters[Counter.dropAuthFailed]++;
+        this.#mismatch.note(Mismatch.unknownKey, names, offset, now);
+        break;
+      default:
+        counters[Counter.dropAuthFailed]++;
+        this.#mismatch.note(Mismatch.forged, names, offset, now);
+    }
+  }
+
+  /** Sends the hellos, proofs and key announcements the sealer has queued. */
+  #sendOutgoing(): void {
+    for (const { datagram, to } of this.#sealer!.takeOutgoing()) {
+      sendTo(
+        this.#unicastFd,
+        datagram,
+        datagram.length,
+        to ? new SocketAddress(to) : this.config.group,
+      );
+    }
+  }
+
+  /**
+   * Re-reads the `key=` source: a new secret is taken for opening at once and
+   * for sealing once the members have it (see plugs/seal.ts). Returns what
+   * happened, in words.
+   */
+  reload(): string {
+    if (!this.#sealer || this.config.key === undefined) return "no key= to reload";
+    const secret = loadKey(this.config.key);
+    let result: string;
+    try {
+      result = this.#sealer.reload(secret, Date.now() / 1000);
+    } finally {
+      secret.fill(0);
+    }
+    this.#sendOutgoing();
+    log("info", `${this.vnl}: key reloaded: ${result}`);
+    return result;
   }
 
   send(batch: FrameBatch): void {
@@ -479,7 +552,15 @@ export class VxvdePlug implements Plug {
       words[headerWord] = this.#headerHigh;
       words[headerWord + 1] = this.#headerLow;
       const slot = this.table.lookup(bytes, frameOffset, now);
-      if (sealer && !sealer.seal(batch, i, length, now)) {
+      if (
+        sealer && !sealer.seal(
+          batch,
+          i,
+          length,
+          now,
+          slot < 0 ? sealer.groupTag : destinationTag(this.table.addresses, slot * SOCKADDR_SIZE),
+        )
+      ) {
         counters[Counter.dropSendError]++;
         continue;
       }
@@ -521,6 +602,7 @@ export class VxvdePlug implements Plug {
       group: this.config.group.toString(),
       vni: this.config.vni,
       sealed: this.#sealer !== undefined,
+      ...(this.#sealer ? this.#describeKeys(this.#sealer) : {}),
       unicastPort: this.#unicastPort,
       expireSeconds: this.config.expireSeconds,
       tableSize: this.table.size,
@@ -559,7 +641,11 @@ export class VxvdePlug implements Plug {
     const start = HEADROOM - this.#prefix;
     batch.bytes.set(header, start);
     if (body) batch.bytes.set(body.subarray(0, length), HEADROOM);
-    if (this.#sealer && !this.#sealer.seal(batch, 0, length, Date.now() / 1000)) return;
+    const sealer = this.#sealer;
+    if (sealer) {
+      const tag = to === this.config.group ? sealer.groupTag : destinationTag(to.bytes, 0);
+      if (!sealer.seal(batch, 0, length, Date.now() / 1000, tag)) return;
+    }
     sendTo(this.#unicastFd, batch.bytes.subarray(start), this.#prefix + length, to);
   }
 
@@ -581,15 +667,30 @@ export class VxvdePlug implements Plug {
       return;
     }
     if (this.#sealer) {
-      const verdict = this.#sealer.open(batch, i, length, now);
+      const source = this.#source;
+      source.names = vector.names;
+      source.offset = i * SOCKADDR_SIZE;
+      source.fromGroup = fromGroup;
+      const verdict = this.#sealer.open(batch, i, length, now, source);
       if (verdict !== Verdict.ok) {
-        counters[verdict === Verdict.replayed ? Counter.dropReplay : Counter.dropAuthFailed]++;
+        this.#countVerdict(verdict, vector.names, i * SOCKADDR_SIZE, now);
         return;
       }
     }
     const name = vector.names.subarray(i * SOCKADDR_SIZE, (i + 1) * SOCKADDR_SIZE);
     const body = batch.bytes.subarray(batch.offset(i), batch.offset(i) + length);
     if (!this.#mesh!.receiveHello(name, body, fromGroup)) counters[Counter.dropMalformed]++;
+  }
+
+  #describeKeys(sealer: Sealer): Record<string, unknown> {
+    const hex = (id?: number) => id === undefined ? undefined : id.toString(16).padStart(6, "0");
+    const { current, next, previous } = sealer.keys;
+    return {
+      keyId: hex(current),
+      ...(next === undefined ? {} : { nextKeyId: hex(next) }),
+      ...(previous === undefined ? {} : { previousKeyId: hex(previous) }),
+      provenSenders: sealer.knownSenders,
+    };
   }
 
   /** Whether the header at `word` is that of an open (unkeyed) network on our VNI. */
@@ -604,7 +705,7 @@ export class VxvdePlug implements Plug {
 }
 
 /** Kinds of datagrams that say another plug on the group holds another key, or none. */
-const Mismatch = { forged: 0, plaintext: 1, sealed: 2 } as const;
+const Mismatch = { forged: 0, plaintext: 1, sealed: 2, unknownKey: 3 } as const;
 
 /** Seconds between two warnings of one kind. */
 export const MISMATCH_WARNING_SECONDS = 10;
@@ -616,8 +717,8 @@ export const MISMATCH_WARNING_SECONDS = 10;
  */
 class MismatchWarnings {
   readonly #vnl: string;
-  readonly #lastWarned = [-Infinity, -Infinity, -Infinity];
-  readonly #since = [0, 0, 0];
+  readonly #lastWarned = [-Infinity, -Infinity, -Infinity, -Infinity];
+  readonly #since = [0, 0, 0, 0];
 
   constructor(vnl: string) {
     this.#vnl = vnl;
@@ -632,6 +733,9 @@ class MismatchWarnings {
     const what = kind === Mismatch.forged
       ? `sealed datagrams from ${from} fail authentication: a plug with another key ` +
         `is on this group and VNI, or someone forges datagrams (${dropped})`
+      : kind === Mismatch.unknownKey
+      ? `sealed datagrams from ${from} carry a key id this plug does not hold: a plug with ` +
+        `another key is on this group and VNI, or a key change is under way (${dropped})`
       : kind === Mismatch.plaintext
       ? `open datagrams from ${from}: a plug without a key is on this group and VNI (${dropped})`
       : `sealed datagrams from ${from}: a keyed plug is on this group and VNI; give this plug ` +

@@ -8,8 +8,9 @@
 
 import assert from "node:assert/strict";
 import { FrameBatch, HEADROOM } from "../core/frames.ts";
+import { SOCKADDR_SIZE, SocketAddress } from "../ffi/net.ts";
 import {
-  FRESH_SECONDS,
+  destinationTag,
   loadKey,
   newKeyText,
   readKeyFile,
@@ -51,69 +52,205 @@ Deno.test("replay window: new, duplicate, reordered within the window, too old, 
 });
 
 const SECRET = new Uint8Array(32).fill(7);
+const GROUP = SocketAddress.parse("239.1.1.1", 14789)!;
+const PLACE = { vni: 42, group: GROUP.bytes };
 
-/** Seals `frame` with `sealer` and returns the datagram bytes (header to end). */
-function sealFrame(sealer: Sealer, vni: number, frame: Uint8Array, now: number): Uint8Array {
+/** A sealer at 127.0.0.1:`port` on a simulated network, for the unit tests below. */
+class Member {
+  readonly sealer: Sealer;
+  readonly address: SocketAddress;
+  constructor(port: number, secret = SECRET, place = PLACE) {
+    this.sealer = new Sealer(secret, place);
+    this.sealer.setLocalPort(port);
+    this.address = SocketAddress.parse("127.0.0.1", port)!;
+  }
+}
+
+/** Seals `frame` (or a goodbye) with `sealer` for `to` (the group by default); returns the datagram. */
+function sealFrame(sealer: Sealer, frame: Uint8Array, to?: SocketAddress): Uint8Array {
   const batch = new FrameBatch(1);
   batch.push(frame);
-  batch.bytes.set(sealedHeader(vni), HEADROOM - SEALED_PREFIX);
-  assert.ok(sealer.seal(batch, 0, frame.length, now));
+  batch.bytes.set(sealedHeader(42), HEADROOM - SEALED_PREFIX);
+  const tag = to ? destinationTag(to.bytes, 0) : sealer.groupTag;
+  assert.ok(sealer.seal(batch, 0, frame.length, Date.now() / 1000, tag));
   return batch.bytes.slice(HEADROOM - SEALED_PREFIX, HEADROOM + frame.length);
 }
 
-/** Opens a datagram with `sealer`; returns the verdict and the frame. */
-function openDatagram(sealer: Sealer, datagram: Uint8Array, now: number) {
+/** Opens a datagram that came from `from`, on the group's socket or the unicast one. */
+function openDatagram(
+  member: Member,
+  datagram: Uint8Array,
+  from: SocketAddress,
+  fromGroup: boolean,
+) {
   const batch = new FrameBatch(1);
   batch.bytes.set(datagram, HEADROOM - SEALED_PREFIX);
   const length = datagram.length - SEALED_PREFIX;
-  const verdict = sealer.open(batch, 0, length, now);
+  const names = new Uint8Array(SOCKADDR_SIZE);
+  names.set(from.bytes.subarray(0, SOCKADDR_SIZE));
+  const verdict = member.sealer.open(batch, 0, length, Date.now() / 1000, {
+    names,
+    offset: 0,
+    fromGroup,
+  });
   return { verdict, frame: batch.bytes.slice(HEADROOM, HEADROOM + length) };
 }
 
-Deno.test("sealer: round trip, no plaintext, replays, tampering, other keys and VNIs, stale senders", () => {
-  const now = Date.now() / 1000;
-  const alice = new Sealer(SECRET, 42), bob = new Sealer(SECRET, 42);
+/** Delivers every queued hello, proof and announcement among `members` until none is left. */
+function exchange(members: Member[]): number {
+  let delivered = 0;
+  for (let round = 0; round < 10; round++) {
+    let moved = false;
+    for (const from of members) {
+      for (const { datagram, to } of from.sealer.takeOutgoing()) {
+        moved = true;
+        for (const member of members) {
+          if (member === from) continue;
+          if (to && !member.address.bytes.subarray(0, 8).every((b, k) => b === to[k])) continue;
+          openDatagram(member, datagram, from.address, to === undefined);
+          delivered++;
+        }
+      }
+    }
+    if (!moved) break;
+  }
+  return delivered;
+}
+
+Deno.test("sealer: members prove each other, then round trip, replays, tampering, own datagrams, misdirection", () => {
+  const alice = new Member(41000), bob = new Member(41001), carol = new Member(41002);
   const frame = new Uint8Array(100).map((_, i) => i);
-  const first = sealFrame(alice, 42, frame, now);
-  const second = sealFrame(alice, 42, frame, now);
+  const early = sealFrame(alice.sealer, frame);
+  assert.equal(openDatagram(bob, early, alice.address, true).verdict, Verdict.unproven);
+  for (const member of [alice, bob, carol]) member.sealer.greet(Date.now() / 1000);
+  exchange([alice, bob, carol]);
+  for (const member of [alice, bob, carol]) assert.equal(member.sealer.knownSenders, 2);
+
+  const first = sealFrame(alice.sealer, frame);
+  const second = sealFrame(alice.sealer, frame);
   assert.equal(first.length, frame.length + SEALED_PREFIX);
   assert.deepEqual([...first.subarray(0, 8)], [8, 0, 0, 0x5e, 0, 0, 42, 0]);
   assert.notDeepEqual(first.subarray(SEALED_PREFIX), frame, "the frame is encrypted");
   assert.notDeepEqual(first.subarray(SEALED_PREFIX), second.subarray(SEALED_PREFIX), "new nonce");
-  assert.notDeepEqual(first.subarray(16, 24), second.subarray(16, 24), "the sequence moved");
-  assert.deepEqual(first.subarray(12, 16), second.subarray(12, 16), "one sender id");
-
-  const opened = openDatagram(bob, first, now);
+  const opened = openDatagram(bob, first, alice.address, true);
   assert.equal(opened.verdict, Verdict.ok);
   assert.deepEqual(opened.frame, frame);
-  assert.equal(openDatagram(bob, first, now).verdict, Verdict.replayed, "the same datagram again");
-  assert.equal(openDatagram(bob, second, now).verdict, Verdict.ok);
+  assert.equal(openDatagram(bob, first, alice.address, true).verdict, Verdict.replayed);
+  assert.equal(openDatagram(bob, second, alice.address, true).verdict, Verdict.ok);
+  assert.equal(
+    openDatagram(bob, early, alice.address, true).verdict,
+    Verdict.replayed,
+    "sealed before alice proved herself to bob",
+  );
+  assert.equal(openDatagram(alice, second, alice.address, true).verdict, Verdict.own);
 
-  for (const at of [3, 9, 14, 20, 30, SEALED_PREFIX + 5]) {
-    const tampered = sealFrame(alice, 42, frame, now);
+  for (const at of [3, 9, 13, 17, 22, 30, SEALED_PREFIX + 5]) {
+    const tampered = sealFrame(alice.sealer, frame);
     tampered[at] ^= 0x01;
-    const verdict = openDatagram(bob, tampered, now).verdict;
+    const verdict = openDatagram(bob, tampered, alice.address, true).verdict;
     assert.notEqual(verdict, Verdict.ok, `a flipped bit at byte ${at} is caught`);
   }
-  const otherKey = new Sealer(new Uint8Array(32).fill(8), 42);
+
+  // Alice to bob's unicast address, replayed to carol's, from alice's or anyone's address.
+  const toBob = sealFrame(alice.sealer, frame, bob.address);
+  for (const from of [alice.address, SocketAddress.parse("127.0.0.9", 5000)!]) {
+    assert.equal(openDatagram(carol, toBob, from, false).verdict, Verdict.misdirected);
+    assert.equal(openDatagram(carol, toBob, from, true).verdict, Verdict.misdirected);
+  }
+  assert.equal(openDatagram(bob, toBob, alice.address, false).verdict, Verdict.ok);
+
+  // A fresh datagram of alice's from another address: not delivered until she answers there.
+  const moved = SocketAddress.parse("127.0.0.9", 5000)!;
   assert.equal(
-    openDatagram(otherKey, sealFrame(alice, 42, frame, now), now).verdict,
-    Verdict.forged,
+    openDatagram(carol, sealFrame(alice.sealer, frame), moved, true).verdict,
+    Verdict.unproven,
   );
-  const otherVni = new Sealer(SECRET, 43);
+  const hellos = carol.sealer.takeOutgoing();
+  assert.equal(hellos.length, 1, "carol challenges the new address");
+  assert.deepEqual(hellos[0].to!.subarray(0, 8), moved.bytes.subarray(0, 8));
   assert.equal(
-    openDatagram(otherVni, sealFrame(alice, 42, frame, now), now).verdict,
-    Verdict.forged,
+    openDatagram(carol, sealFrame(alice.sealer, frame), alice.address, true).verdict,
+    Verdict.ok,
+    "alice at her proven address is still fine",
   );
 
-  const carol = new Sealer(SECRET, 42);
-  const old = sealFrame(carol, 42, frame, now - FRESH_SECONDS - 5);
-  assert.equal(openDatagram(bob, old, now).verdict, Verdict.replayed, "a stale first datagram");
-  const goodbye = sealFrame(carol, 42, new Uint8Array(0), now);
+  const goodbye = sealFrame(alice.sealer, new Uint8Array(0));
   assert.equal(goodbye.length, SEALED_PREFIX);
-  assert.equal(openDatagram(bob, goodbye, now).verdict, Verdict.ok, "an empty sealed goodbye");
-  assert.equal(openDatagram(bob, goodbye, now).verdict, Verdict.replayed, "a replayed goodbye");
-  for (const sealer of [alice, bob, otherKey, otherVni, carol]) sealer.close();
+  assert.equal(openDatagram(bob, goodbye, alice.address, true).verdict, Verdict.ok);
+  assert.equal(openDatagram(bob, goodbye, alice.address, true).verdict, Verdict.unproven);
+  for (const member of [alice, bob, carol]) member.sealer.close();
+});
+
+Deno.test("sealer: other keys, VNIs, groups and ports give other keys; a fresh member refuses recordings", () => {
+  const alice = new Member(41010), bob = new Member(41011);
+  for (const member of [alice, bob]) member.sealer.greet(Date.now() / 1000);
+  exchange([alice, bob]);
+  const frame = new Uint8Array(60).fill(3);
+  const recorded = [0, 1, 2, 3].map(() => sealFrame(alice.sealer, frame));
+  for (const datagram of recorded) {
+    assert.equal(openDatagram(bob, datagram, alice.address, true).verdict, Verdict.ok);
+  }
+  const others = [
+    new Member(41012, new Uint8Array(32).fill(8)),
+    new Member(41013, SECRET, { vni: 43, group: GROUP.bytes }),
+    new Member(41014, SECRET, { vni: 42, group: SocketAddress.parse("239.1.1.2", 14789)!.bytes }),
+    new Member(41015, SECRET, { vni: 42, group: GROUP.withPort(14790).bytes }),
+  ];
+  const ids = new Set([alice.sealer.keyId, ...others.map((other) => other.sealer.keyId)]);
+  assert.equal(ids.size, 5, "five places, five key ids");
+  for (const other of others) {
+    assert.equal(
+      openDatagram(other, sealFrame(alice.sealer, frame), alice.address, true).verdict,
+      Verdict.unknownKey,
+    );
+    other.sealer.close();
+  }
+  // A plug started after the recording: it proves alice, and refuses all she sent before.
+  const fresh = new Member(41016);
+  fresh.sealer.greet(Date.now() / 1000);
+  exchange([alice, fresh]);
+  assert.equal(fresh.sealer.knownSenders, 1);
+  for (const datagram of recorded) {
+    assert.equal(openDatagram(fresh, datagram, alice.address, true).verdict, Verdict.replayed);
+  }
+  assert.equal(
+    openDatagram(fresh, sealFrame(alice.sealer, frame), alice.address, true).verdict,
+    Verdict.ok,
+  );
+  for (const member of [alice, bob, fresh]) member.sealer.close();
+});
+
+Deno.test("sealer: a new key opens at once, seals once every member showed it, and the old one still opens", () => {
+  const members = [new Member(41020), new Member(41021), new Member(41022)];
+  for (const member of members) member.sealer.greet(Date.now() / 1000);
+  exchange(members);
+  const oldId = members[0].sealer.keyId;
+  const next = new Uint8Array(32).fill(9);
+  const frame = new Uint8Array(60).fill(5);
+  const now = Date.now() / 1000;
+  for (const [k, member] of members.entries()) {
+    assert.equal(member.sealer.reload(next.slice(), now), "new key loaded");
+    assert.equal(member.sealer.reload(next.slice(), now), "unchanged");
+    exchange(members);
+    // Until the last member has the new key, everyone seals with the old one.
+    const expectNew = k === members.length - 1;
+    for (const other of members.slice(0, k + 1)) {
+      if (!expectNew) assert.equal(other.sealer.keyId, oldId, `member ${k}: still the old key`);
+    }
+    // Whatever each seals now, every other opens.
+    for (const from of members) {
+      const datagram = sealFrame(from.sealer, frame);
+      for (const to of members) {
+        if (to === from) continue;
+        assert.equal(openDatagram(to, datagram, from.address, true).verdict, Verdict.ok);
+      }
+    }
+  }
+  for (const member of members) {
+    assert.notEqual(member.sealer.keyId, oldId, "all switched");
+    assert.equal(member.sealer.keys.previous, oldId, "the old key is kept a while");
+  }
+  for (const member of members) member.sealer.close();
 });
 
 Deno.test("key files: keygen writes 0600, a file open to others is refused, env:NAME works", async () => {
@@ -257,6 +394,8 @@ hostTest(
         "239.6.0.2",
         "14789",
         "6",
+        "--from",
+        b.address,
         `${a.address}:${unicastPort}`,
       ]);
       await recorder.waitForOutput((text) => text.includes("listening"));
@@ -530,7 +669,7 @@ hostTest(
           /a keyed plug is on this group and VNI; give this plug its key=/,
           mo.counters.dropWrongHeader,
         ],
-        [plugs[2], /fail authentication: a plug with another key/, mw.counters.dropAuthFailed],
+        [plugs[2], /carry a key id this plug does not hold/, mw.counters.dropAuthFailed],
       ] as const;
       for (const [plug, pattern, dropped] of expectations) {
         const lines = plug.stderr.split("\n").filter((line) => pattern.test(line));
@@ -544,6 +683,263 @@ hostTest(
           / vdeno warn: vxvde:\/\/239\.6\.0\.7\/vni=78.*: .* from 10(\.\d+){3}:\d+/,
         );
       }
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+);
+/** Waits until `ready` holds for the status of plug `name` on `host`; returns that status. */
+async function statusWhen(
+  host: Host,
+  name: string,
+  ready: (status: PlugStatus) => boolean,
+): Promise<PlugStatus> {
+  let status = await vxStatus(host, name);
+  for (let tries = 0; tries < 50 && !ready(status); tries++) {
+    await new Promise((resolve) => setTimeout(resolve, 100));
+    status = await vxStatus(host, name);
+  }
+  return status;
+}
+
+/** Starts the replay fixture on `host` recording `count` datagrams `from` an address off `group`. */
+function record(host: Host, group: string, count: number, from: string, targets: string[]) {
+  return host.spawn([
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--quiet",
+    REPLAY,
+    group,
+    "14789",
+    String(count),
+    "--from",
+    from,
+    ...targets,
+  ]);
+}
+
+/** Sends the datagrams (hex lines) from `host` to `targets` with the replay fixture. */
+async function sendHex(host: Host, lines: string[], targets: string[]) {
+  const result = await host.run(
+    [Deno.execPath(), "run", "-A", "--quiet", REPLAY, "--send", ...targets],
+    { stdin: lines.join("\n") + "\n" },
+  );
+  assert.equal(result.code, 0, result.stderr);
+  return JSON.parse(result.stdout) as { recorded: number; sent: number };
+}
+
+hostTest(
+  "attacks on a keyed network do no harm: a member's unicast replayed to another, own datagrams reflected, recordings replayed to a fresh plug, datagrams carried to another group",
+  ["ping", "tcpdump"],
+  async () => {
+    const { dir, paths: [key] } = makeKeys(1);
+    try {
+      await using lan = await Lan.create(5);
+      const [a, b, c, d, attacker] = lan.hosts;
+      const group = `vxvde://239.6.0.8/key='${key}'`;
+      await startPlug(a, "xa", group, 1);
+      await startPlug(b, "xb", group, 2);
+      await startPlug(c, "xc", group, 3);
+      assert.ok(await b.pingable("10.0.0.1"));
+      assert.ok(await c.pingable("10.0.0.1"));
+      const port = async (host: Host, name: string) =>
+        (await vxStatus(host, name) as unknown as { unicastPort: number }).unicastPort;
+      const [portA, portC] = [await port(a, "xa"), await port(c, "xc")];
+
+      // 1. B's unicast datagrams to A, captured on A's link, sent to C from the attacker.
+      const tcpdump = a.spawn([
+        "tcpdump",
+        "-i",
+        "eth0",
+        "-nn",
+        "-l",
+        "-x",
+        `udp and src host ${b.address} and dst port ${portA}`,
+      ]);
+      await tcpdump.waitForOutput((text) => text.includes("listening on"));
+      await b.run(["ping", "-c", "5", "-i", "0.2", "10.0.0.1"]);
+      await tcpdump.stop("SIGINT");
+      const captured: string[] = [];
+      for (const line of tcpdump.stdout.split("\n")) {
+        const hex = /^\s+0x[0-9a-f]+:\s+(.*)$/.exec(line);
+        if (hex) captured[captured.length - 1] += hex[1].replace(/\s+/g, "");
+        else if (line.includes(" UDP")) captured.push("");
+      }
+      const unicast = captured.map((hex) => hex.slice(56)); // past the IP and UDP headers
+      assert.ok(unicast.length >= 3, `captured ${unicast.length} datagrams from B to A`);
+      const beforeC = await vxStatus(c, "xc");
+      const toC = await sendHex(attacker, unicast, [`${c.address}:${portC}`, `239.6.0.8:14789`]);
+      assert.equal(toC.sent, 2 * unicast.length);
+      const afterC = await statusWhen(
+        c,
+        "xc",
+        (s) => s.counters.dropReplay - beforeC.counters.dropReplay >= toC.sent,
+      );
+      assert.equal(
+        afterC.counters.dropReplay - beforeC.counters.dropReplay,
+        toC.sent,
+        "C refuses B's datagrams for A, sent to its own address or the group",
+      );
+      const peersOfC = (afterC as unknown as { learned: { mac: string; peer: string }[] }).learned;
+      assert.ok(
+        !peersOfC.some((entry) => entry.peer.startsWith(`${attacker.address}:`)),
+        `C learned nothing at the attacker's address: ${JSON.stringify(peersOfC)}`,
+      );
+
+      // 2. A's own group datagrams, reflected to A's group and unicast port.
+      const ownRecorder = record(attacker, "239.6.0.8", 4, a.address, [`${a.address}:${portA}`]);
+      await ownRecorder.waitForOutput((text) => text.includes("listening"));
+      const beforeA = await vxStatus(a, "xa");
+      await a.run(["ping", "-b", "-c", "6", "-i", "0.2", "10.0.0.255"]);
+      assert.equal((await ownRecorder.exited()).code, 0, ownRecorder.stderr);
+      const afterA = await statusWhen(
+        a,
+        "xa",
+        (s) => s.counters.dropOwnEcho - beforeA.counters.dropOwnEcho >= 6 + 8,
+      );
+      // Its 6 pings come back by multicast loop (and any other multicast of its TAP), and the 8
+      // reflections are refused as its own, not delivered.
+      assert.ok(afterA.counters.dropOwnEcho - beforeA.counters.dropOwnEcho >= 6 + 8);
+
+      // 3. B's group datagrams recorded, then replayed to a plug started after the recording;
+      // 4. and to a plug with the same key and VNI on another group.
+      const tcpdumpB = attacker.spawn([
+        "tcpdump",
+        "-i",
+        "eth0",
+        "-nn",
+        "-l",
+        "-x",
+        "-c",
+        "4",
+        `udp and src host ${b.address} and dst host 239.6.0.8`,
+      ]);
+      await tcpdumpB.waitForOutput((text) => text.includes("listening on"));
+      await b.run(["ping", "-b", "-c", "6", "-i", "0.2", "10.0.0.255"]);
+      await tcpdumpB.exited();
+      const recorded: string[] = [];
+      for (const line of tcpdumpB.stdout.split("\n")) {
+        const hex = /^\s+0x[0-9a-f]+:\s+(.*)$/.exec(line);
+        if (hex) recorded[recorded.length - 1] += hex[1].replace(/\s+/g, "");
+        else if (line.includes(" UDP")) recorded.push("");
+      }
+      const fromB = recorded.map((hex) => hex.slice(56));
+      assert.equal(fromB.length, 4);
+      await startPlug(d, "xd", group, 4);
+      const other = d.vdeno([
+        "plug",
+        "--name",
+        "xe",
+        "tap://tap1",
+        `vxvde://239.6.0.9/key='${key}'`,
+      ]);
+      await d.waitForLink("tap1", undefined, other);
+      const proven = await statusWhen(
+        d,
+        "xd",
+        (s) => (s as unknown as { provenSenders: number }).provenSenders >= 3,
+      );
+      assert.equal((proven as unknown as { provenSenders: number }).provenSenders, 3);
+      const portD = await port(d, "xd");
+      const [beforeD, beforeE] = [proven, await vxStatus(d, "xe")];
+      const replayed = await sendHex(attacker, fromB, [
+        `239.6.0.8:14789`,
+        `${d.address}:${portD}`,
+        `239.6.0.9:14789`,
+      ]);
+      assert.equal(replayed.sent, 12);
+      const afterD = await statusWhen(
+        d,
+        "xd",
+        (s) => s.counters.dropReplay - beforeD.counters.dropReplay >= 8,
+      );
+      assert.equal(afterD.counters.dropReplay - beforeD.counters.dropReplay, 8, "the fresh plug");
+      const afterE = await statusWhen(
+        d,
+        "xe",
+        (s) => s.counters.dropAuthFailed - beforeE.counters.dropAuthFailed >= 4,
+      );
+      assert.equal(
+        afterE.counters.dropAuthFailed - beforeE.counters.dropAuthFailed,
+        4,
+        "another group: another traffic key",
+      );
+      assert.equal(afterE.counters.framesIn, 0);
+      assert.ok(await d.pingable("10.0.0.2"), "the fresh plug talks to B");
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+);
+
+hostTest(
+  "key rotation: a ping flood across vdeno reload on three hosts, a second apart, loses no packet",
+  ["ping"],
+  async () => {
+    const { dir, paths } = makeKeys(3);
+    try {
+      // One key file per host, all with the same key, as copies on three machines would be.
+      const first = Deno.readTextFileSync(paths[0]);
+      for (const path of paths) Deno.writeTextFileSync(path, first, { mode: 0o600 });
+      await using lan = await Lan.create(3);
+      const hosts = lan.hosts;
+      const names = ["ka", "kb", "kc"];
+      for (const [k, host] of hosts.entries()) {
+        await startPlug(host, names[k], `vxvde://239.6.0.10/key='${paths[k]}'`, k + 1);
+      }
+      for (const [k, host] of hosts.entries()) {
+        assert.ok(await host.pingable(`10.0.0.${(k + 1) % 3 + 1}`));
+      }
+      const keyIds = async () =>
+        await Promise.all(hosts.map(async (host, k) => {
+          const status = await vxStatus(host, names[k]) as unknown as Record<string, string>;
+          return { current: status.keyId, next: status.nextKeyId, previous: status.previousKeyId };
+        }));
+      const [before] = await keyIds();
+      // Each host pings the next at 100 per second for 8 s; the key changes in the middle.
+      const count = 800;
+      const floods = hosts.map((host, k) =>
+        host.run(
+          ["ping", "-q", "-c", String(count), "-i", "0.01", "-W", "2", `10.0.0.${(k + 1) % 3 + 1}`],
+          { timeoutMs: 60_000 },
+        )
+      );
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+      const second = newKeyText();
+      for (const [k, host] of hosts.entries()) {
+        Deno.writeTextFileSync(paths[k], second, { mode: 0o600 });
+        const reload = await host.run([...VDENO, "reload", names[k]]);
+        assert.equal(reload.code, 0, reload.stderr);
+        assert.match(reload.stdout, /new key loaded/);
+        await new Promise((resolve) => setTimeout(resolve, 1000));
+      }
+      const results = await Promise.all(floods);
+      const lost = results.map((result) => {
+        const match = /(\d+) packets transmitted, (\d+) received/.exec(result.stdout);
+        assert.ok(match, result.stdout + result.stderr);
+        return Number(match[1]) - Number(match[2]);
+      });
+      console.log(
+        `key rotation under a ping flood: ${count} pings per host, lost ${lost.join(", ")}`,
+      );
+      assert.deepEqual(lost, [0, 0, 0], "no ping lost across the key change");
+      const after = await keyIds();
+      for (const ids of after) {
+        assert.notEqual(ids.current, before.current, "sealing with the new key");
+        assert.equal(ids.current, after[0].current, "the same new key everywhere");
+        assert.equal(ids.next, undefined);
+      }
+      const again = await hosts[0].run([...VDENO, "reload", names[0]]);
+      assert.match(again.stdout, /unchanged/);
+      Deno.writeTextFileSync(paths[0], "not a key\n", { mode: 0o600 });
+      const bad = await hosts[0].run([...VDENO, "reload", names[0]]);
+      assert.equal(bad.code, 1);
+      assert.match(
+        bad.stderr.trim(),
+        /^vdeno reload: ka: vxvde:.*: Bad key file .*expected 64 hex digits/,
+      );
+      assert.ok(await hosts[0].pingable("10.0.0.2"), "a bad key file leaves the plug as it was");
     } finally {
       Deno.removeSync(dir, { recursive: true });
     }

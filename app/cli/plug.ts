@@ -26,7 +26,7 @@ import {
   writeFully,
 } from "../../ffi/os.ts";
 import { openDevNull, pipe, reap, signalProcess, spawn, waitBlocking } from "../../ffi/spawn.ts";
-import { cableReport, ControlServer } from "../control.ts";
+import { cableReport, ControlServer, reloadPlugs } from "../control.ts";
 import { MetricsServer } from "../metrics.ts";
 import { notifyServiceManager } from "../notify.ts";
 import { type CableEnd, runCable } from "../../core/cable.ts";
@@ -144,7 +144,11 @@ export async function plugCommand(args: string[]): Promise<number> {
     if (values.capture) capture = new PcapWriter(values.capture);
     const startedAt = new Date();
     const name = values.name ?? `plug-${Deno.pid}`;
-    control = ControlServer.start(name, () => cableReport(name, startedAt, plugs));
+    control = ControlServer.start(
+      name,
+      () => cableReport(name, startedAt, plugs),
+      () => reloadPlugs(name, plugs),
+    );
     if (values.metrics !== undefined) {
       metrics = await MetricsServer.start(values.metrics);
       metrics.add(plugs.map((plug) => ({ name, vnl: plug.vnl, counters: plug.counters })));
