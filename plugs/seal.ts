@@ -242,6 +242,8 @@ class Sender {
   nonceAt = -Infinity;
   challengedAt = -Infinity;
   answeredAt = -Infinity;
+  /** The nonce of the last hello answered. */
+  answered?: Uint8Array;
   /** Whether it showed our next key since that key was loaded. */
   hasNext = false;
 }
@@ -489,17 +491,20 @@ export class Sealer {
     );
     if (!authentic) return Verdict.forged;
     key.lastOpened = now;
+    // Hellos, proofs and unproven senders are rare: time them with the clock itself, as the
+    // caller's `now` may lag by a second, which would hold back the answers a new member waits for.
     if (kind === Kind.hello) {
       if (length !== NONCE_SIZE) return Verdict.forged;
-      this.#answer(peer, sender, bytes, at + SEALED_PREFIX, source, now);
+      this.#answer(peer, sender, bytes, at + SEALED_PREFIX, source, Date.now() / 1000);
       return Verdict.control;
     }
     if (kind === Kind.proof) {
+      const clock = Date.now() / 1000;
       if (length !== NONCE_SIZE) return Verdict.forged;
       const nonce = bytes.subarray(at + SEALED_PREFIX, at + SEALED_PREFIX + NONCE_SIZE);
-      const answersUs = peer?.nonce !== undefined && now - peer.nonceAt < NONCE_SECONDS &&
+      const answersUs = peer?.nonce !== undefined && clock - peer.nonceAt < NONCE_SECONDS &&
         equalBytes(peer.nonce, nonce) && sameAddress(peer.challenged, source.names, source.offset);
-      const answersGreeting = now - this.#greetedAt < GREETING_SECONDS &&
+      const answersGreeting = clock - this.#greetedAt < GREETING_SECONDS &&
         equalBytes(this.#groupNonce, nonce);
       if (!answersUs && !answersGreeting) return Verdict.replayed;
       // Newer than anything seen from this sender (a goodbye keeps its window): alive there now.
@@ -515,7 +520,7 @@ export class Sealer {
     }
     if (!peer?.proven || !here) {
       peer ??= this.#remember(sender, now);
-      this.#challenge(peer, source, now);
+      this.#challenge(peer, source, Date.now() / 1000);
       return Verdict.unproven;
     }
     peer.window.accept(high, low, now);
@@ -540,8 +545,12 @@ export class Sealer {
     now: number,
   ): void {
     peer ??= this.#remember(sender, now);
-    if (now - peer.answeredAt < ANSWER_INTERVAL) return;
+    const nonce = bytes.subarray(nonceAt, nonceAt + NONCE_SIZE);
+    // The same hello again (replayed, or resent) is answered at most every ANSWER_INTERVAL.
+    const same = peer.answered !== undefined && equalBytes(peer.answered, nonce);
+    if (same && now - peer.answeredAt < ANSWER_INTERVAL) return;
     peer.answeredAt = now;
+    peer.answered = nonce.slice();
     const to = source.names.slice(source.offset, source.offset + 32);
     this.#queue(Kind.proof, bytes.subarray(nonceAt, nonceAt + NONCE_SIZE), to, this.#current);
     if (!peer.proven || !sameAddress(peer.address, source.names, source.offset)) {

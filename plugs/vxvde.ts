@@ -589,6 +589,8 @@ export class VxvdePlug implements Plug {
     counters[Counter.dropSendError] += failed;
     counters[Counter.framesOut] -= failed;
     this.#mesh?.replicate(vector, this.#unicastFd, counters);
+    // A key change announces itself while frames are sealed.
+    if (sealer?.hasOutgoing) this.#sendOutgoing();
   }
 
   describe(): Record<string, unknown> {
