@@ -38,7 +38,7 @@ export async function reloadCommand(args: string[]): Promise<number> {
     return 0;
   }
   if (positionals.length !== 1) {
-    throw new UsageError("reload takes one plug name or pid", RELOAD_USAGE);
+    throw new UsageError("reload takes one plug name or pid");
   }
   const target = positionals[0];
   const path = await find(target);
