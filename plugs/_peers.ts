@@ -642,6 +642,9 @@ export class PeerMesh {
       this.#prompt(sender, now);
       this.#prompt(undefined, now);
     }
+    // Heard through the group for the first time (in a timeout): news it can use at once, since
+    // it copies floods to us until it hears that we hear it there.
+    if (viaGroup && !throughGroup) this.#prompt(sender, now);
     for (const member of added) this.#prompt(member, now);
     return true;
   }

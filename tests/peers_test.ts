@@ -354,6 +354,18 @@ hostTest(
     const noneHears = async () =>
       !(await hears(h1, names[0], h3.address)) && !(await hears(h2, names[1], h3.address));
     await eventually("h1 and h2 hear h3", othersHear, 5000);
+    // vdeno status NAME shows them as a table.
+    const text = await h1.sh([...VDENO, "status", names[0]]);
+    assert.match(text, /MEMBER\s+SOURCE\s+LAST HEARD\s+VIA/);
+    for (const host of [h2, h3]) {
+      assert.match(
+        text,
+        new RegExp(
+          `${host.address.replaceAll(".", "\\.")}:14789\\s+hello\\s+[\\d.]+s ago\\s+unicast`,
+        ),
+      );
+    }
+    assert.match(text, new RegExp(`listener: ${h1.address.replaceAll(".", "\\.")}:14789`));
 
     // Goodbye: gone well before the timeout could have dropped it.
     assert.equal((await plugs[2].stop("SIGTERM")).code, 0);
