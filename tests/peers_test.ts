@@ -175,6 +175,25 @@ Deno.test("the member list: seeds stay, told members must speak, goodbyes and si
   assert.deepEqual(members.told([other], 1018), []);
 });
 
+Deno.test("the member list: a seed that never speaks is greeted often for one timeout only; answers out of turn once a round", () => {
+  const kernel = v4("10.0.0.9:4789");
+  const members = new Members([kernel], undefined, 8, 1000);
+  assert.deepEqual(members.unheard(1005).map(String), [kernel.toString()]);
+  assert.deepEqual(members.expire(1009), [], "a seed is never dropped");
+  assert.deepEqual(members.unheard(1009), [], "after a timeout unheard, it waits for the rounds");
+  assert.equal(members.targetCount, 1, "floods still go to it");
+  // It speaks, then falls silent: greeted often again, and its MACs are stale.
+  members.heard(kernel, false, 1010);
+  assert.deepEqual(members.expire(1019).map(String), [kernel.toString()]);
+  assert.deepEqual(members.unheard(1019).map(String), [kernel.toString()]);
+  // Out-of-turn answers: at most one per quarter of the timeout.
+  members.heard(kernel, false, 1020);
+  assert.equal(members.mayAnswer(kernel, 1020), true);
+  assert.equal(members.mayAnswer(kernel, 1021), false);
+  assert.equal(members.mayAnswer(kernel, 1022.5), true);
+  assert.equal(members.mayAnswer(v4("10.0.0.99:1"), 1022.5), false, "not for strangers");
+});
+
 /** An IP address in one spelling, to compare tcpdump's with ours. */
 function ip(text: string): string {
   return SocketAddress.parse(text, 0)?.toString() ?? text;
