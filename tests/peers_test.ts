@@ -679,3 +679,49 @@ async function vxlanStatus(host: Host, name: string): Promise<VxvdeStatus> {
   const report = JSON.parse(await host.sh([...VDENO, "status", "--json", name]));
   return report.plugs.find((plug: { vnl: string }) => plug.vnl.startsWith("vxlan://"));
 }
+
+hostTest(
+  "malformed hellos are dropped and counted, and the cloud goes on",
+  ["bridge", "ping"],
+  async () => {
+    await using lan = await Lan.create(3);
+    await dropMulticast(lan);
+    const [h1, h2, attacker] = lan.hosts;
+    const vnl = `vxvde://239.7.0.7/peers=${h1.address}`;
+    const names = [h1, h2].map((_, i) => `${lan.id}-j${i + 1}`);
+    const plugs = [h1, h2].map((host, i) =>
+      host.vdeno(["plug", "-n", names[i], "tap://tap0", vnl])
+    );
+    const addresses = await overlay([h1, h2], plugs);
+    await pingAll([h1, h2], addresses);
+    const before = (await vxStatus(h1, names[0])).counters.dropMalformed;
+    // Hello headers (VNI 1) with bodies that are not hellos: another version, a count beyond 20,
+    // an entry cut short, an unknown family, trailing bytes, and a 9300-byte one.
+    const net = new URL("../ffi/net.ts", import.meta.url).href;
+    const script = `
+      import { sendTo, SocketAddress, udpSocket } from "${net}";
+      const to = SocketAddress.parse("${h1.address}", 14789);
+      const fd = udpSocket(to.family);
+      const header = [0x08, 0, 0x48, 0, 0, 0, 1, 0];
+      const bodies = [[2, 0, 0, 0, 0, 1], [1, 21, 0, 0, 0, 1], [1, 1, 0, 0, 0, 1, 4, 0, 5, 10],
+        [1, 1, 0, 0, 0, 1, 5, 0, 5, 10, 0, 0, 1], [1, 0, 0, 0, 0, 1, 9], new Array(9300).fill(1)];
+      for (let round = 0; round < 50; round++) {
+        for (const body of bodies) {
+          const datagram = new Uint8Array([...header, ...body]);
+          sendTo(fd, datagram, datagram.length, to);
+        }
+      }`;
+    await attacker.sh([Deno.execPath(), "eval", script], 60_000);
+    await sleep(500);
+    const after = await vxStatus(h1, names[0]);
+    assert.ok(
+      after.counters.dropMalformed - before >= 300,
+      `300 malformed hellos counted: ${after.counters.dropMalformed - before}`,
+    );
+    assert.ok(
+      !after.members.some((member) => member.address.startsWith(`${attacker.address}:`)),
+      "the sender of malformed hellos is no member",
+    );
+    assert.ok(await h2.pingable(addresses[0], 10_000), "the cloud goes on");
+  },
+);
