@@ -14,9 +14,25 @@ const PREFIX = "vdn";
 let lanCounter = 0;
 let vdenoCommand: string[] | undefined;
 
-/** Sets the command {@linkcode Host.vdeno} runs (by default this program itself). */
+/** Sets the command {@linkcode Host.vdeno} runs. */
 export function setVdenoCommand(argv: string[]): void {
   vdenoCommand = argv;
+}
+
+/**
+ * The command {@linkcode Host.vdeno} runs unless set: vdeno from this source
+ * tree when there is one (a test or a benchmark), else this program itself.
+ */
+function defaultVdenoCommand(): string[] {
+  const main = new URL("../main.ts", import.meta.url);
+  try {
+    if (main.protocol === "file:" && Deno.statSync(main).isFile) {
+      return [Deno.execPath(), "run", "--allow-all", "--quiet", main.pathname];
+    }
+  } catch {
+    // Not a source tree: a bundle or a compiled executable.
+  }
+  return selfCommand();
 }
 
 /** Output of a finished command. */
@@ -225,7 +241,8 @@ export class Host {
 
   /** Starts `vdeno ARGS...` in the host. */
   vdeno(args: string[], options: { env?: Record<string, string> } = {}): Process {
-    return this.spawn([...(vdenoCommand ?? selfCommand()), ...args], options);
+    vdenoCommand ??= defaultVdenoCommand();
+    return this.spawn([...vdenoCommand, ...args], options);
   }
 
   /**
