@@ -1,6 +1,6 @@
 /**
- * The README's MTU table (Troubleshooting): on a 1500-byte underlay, a TAP
- * MTU of 1450 (IPv4), 1430 (IPv6), 1418 (IPv4, keyed) or 1398 (IPv6, keyed)
+ * The README's MTU table (Troubleshooting), read from README.md: on a
+ * 1500-byte underlay, each TAP MTU it gives (IPv4 and IPv6, open and keyed)
  * is the largest whose full-size frames cross in one datagram; one byte more
  * and they cross as IP fragments, and still arrive.
  */
@@ -9,12 +9,17 @@ import assert from "node:assert/strict";
 import { type Host, hostTest, Lan, sleep } from "./_harness.ts";
 import { newKeyText } from "../plugs/seal.ts";
 
-const CASES = [
-  { underlay: "IPv4", keyed: false, mtu: 1450 },
-  { underlay: "IPv6", keyed: false, mtu: 1430 },
-  { underlay: "IPv4", keyed: true, mtu: 1418 },
-  { underlay: "IPv6", keyed: true, mtu: 1398 },
-];
+/** The MTU table of the README's Troubleshooting section: underlay, open and keyed. */
+function readmeTable(): { underlay: string; keyed: boolean; mtu: number }[] {
+  const readme = Deno.readTextFileSync(new URL("../README.md", import.meta.url));
+  const section = readme.slice(readme.indexOf("### MTU"));
+  const rows = [...section.matchAll(/^\| (IPv4|IPv6) +\| +(\d+) \| +(\d+) \|$/gm)];
+  assert.equal(rows.length, 2, "README.md's MTU table has an IPv4 and an IPv6 row");
+  return rows.flatMap(([, underlay, open, keyed]) => [
+    { underlay, keyed: false, mtu: Number(open) },
+    { underlay, keyed: true, mtu: Number(keyed) },
+  ]);
+}
 
 /** Runs `action` while tcpdump counts IP fragments arriving on `host`'s eth0. */
 async function countFragments(host: Host, v6: boolean, action: () => Promise<void>) {
@@ -36,7 +41,7 @@ hostTest(
       await Deno.writeTextFile(keyFile, newKeyText(), { mode: 0o600 });
       await using lan = await Lan.create(2);
       const [a, b] = lan.hosts;
-      for (const [index, { underlay, keyed, mtu }] of CASES.entries()) {
+      for (const [index, { underlay, keyed, mtu }] of readmeTable().entries()) {
         const v6 = underlay === "IPv6";
         const group = v6 ? `ff05:56de::${index + 20}` : `239.8.2.${index + 1}`;
         const vnl = `vxvde://${group}${keyed ? `/key='${keyFile}'` : ""}`;
