@@ -945,3 +945,40 @@ hostTest(
     }
   },
 );
+
+hostTest(
+  "vdeno reload reaches the data plane of a vdeno ns; a lone plug seals with the new key at once",
+  ["unshare"],
+  async () => {
+    const { dir, paths: [key] } = makeKeys(1);
+    try {
+      await using lan = await Lan.create(1);
+      const [host] = lan.hosts;
+      const ns = host.vdeno(["ns", `vxvde://239.6.0.11/key='${key}'`, "sleep", "60"]);
+      let name: string | undefined;
+      for (let tries = 0; tries < 100 && name === undefined; tries++) {
+        await new Promise((resolve) => setTimeout(resolve, 100));
+        const listed = await host.run([...VDENO, "status", "--json"]);
+        if (listed.code !== 0) continue;
+        const reports = JSON.parse(listed.stdout) as { name: string }[];
+        name = reports.find((report) => report.name.startsWith("ns-"))?.name;
+      }
+      assert.ok(name, `no vdeno ns plug in vdeno status: ${ns.stderr}`);
+      const keyIds = async () => {
+        const report = JSON.parse(await host.sh([...VDENO, "status", "--json", name!]));
+        const vxvde = report.plugs.find((plug: { vnl: string }) => plug.vnl.startsWith("vxvde:"));
+        return { current: vxvde.keyId, previous: vxvde.previousKeyId };
+      };
+      const before = await keyIds();
+      Deno.writeTextFileSync(key, newKeyText(), { mode: 0o600 });
+      const reload = await host.run([...VDENO, "reload", name]);
+      assert.equal(reload.code, 0, reload.stderr);
+      assert.match(reload.stdout, /new key loaded/);
+      const after = await keyIds();
+      assert.notEqual(after.current, before.current, "no member to wait for: sealing with it now");
+      assert.equal(after.previous, before.current, "the old key still opens for a while");
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+);
