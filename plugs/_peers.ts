@@ -79,7 +79,15 @@ export interface ToldMember {
 export interface Hello {
   instance: number;
   members: ToldMember[];
+  /**
+   * Sent to the group: where it arrives it came through the group, which a
+   * plug with one socket for both (vxlan) cannot tell otherwise.
+   */
+  toGroup?: boolean;
 }
+
+/** Flag on the count byte: the hello was sent to the group. */
+const TO_GROUP = 0x80;
 
 /** Flag on a member's family byte: the sender hears that member through the group. */
 const THROUGH_GROUP = 0x80;
@@ -93,14 +101,15 @@ export function helloHeader(header: Uint8Array): Uint8Array<ArrayBuffer> {
 
 /**
  * Writes a hello body into `into` (at least {@linkcode MAX_HELLO} bytes):
- * version 1, the count, the sender's id (32 bits), then per member its
+ * version 1, the count (plus 0x80 when sent to the group), the sender's id
+ * (32 bits), then per member its
  * family (4 or 6, plus 0x80 when heard through the group), port (16 bits)
  * and address. Returns its length.
  */
 export function encodeHello(hello: Hello, into: Uint8Array): number {
   const members = hello.members.slice(0, MAX_TOLD);
   into[0] = HELLO_VERSION;
-  into[1] = members.length;
+  into[1] = members.length | (hello.toGroup ? TO_GROUP : 0);
   new DataView(into.buffer, into.byteOffset).setUint32(2, hello.instance >>> 0);
   let at = HELLO_FIXED;
   for (const { address, throughGroup } of members) {
@@ -117,7 +126,7 @@ export function encodeHello(hello: Hello, into: Uint8Array): number {
 /** Reads a hello body; undefined when it is malformed (or of another version). */
 export function decodeHello(bytes: Uint8Array): Hello | undefined {
   if (bytes.length < HELLO_FIXED || bytes[0] !== HELLO_VERSION) return undefined;
-  const count = bytes[1];
+  const count = bytes[1] & ~TO_GROUP;
   if (count > MAX_TOLD) return undefined;
   const instance = new DataView(bytes.buffer, bytes.byteOffset).getUint32(2);
   const members: ToldMember[] = [];
@@ -133,7 +142,8 @@ export function decodeHello(bytes: Uint8Array): Hello | undefined {
     members.push({ address, throughGroup: (bytes[at] & THROUGH_GROUP) !== 0 });
     at += 3 + size;
   }
-  return at === bytes.length ? { instance, members } : undefined;
+  const toGroup = (bytes[1] & TO_GROUP) !== 0;
+  return at === bytes.length ? { instance, members, toGroup } : undefined;
 }
 
 /**
@@ -610,9 +620,11 @@ export class PeerMesh {
 
   /**
    * A hello arrived from the sender at `name` (sockaddr bytes) with `body`,
-   * through the group or not. Returns false when it is malformed.
+   * on the group's socket or not (a plug with one socket for both says not:
+   * the hello says whether it was sent to the group). Returns false when it
+   * is malformed.
    */
-  receiveHello(name: Uint8Array, body: Uint8Array, viaGroup: boolean): boolean {
+  receiveHello(name: Uint8Array, body: Uint8Array, fromGroup: boolean): boolean {
     // An empty hello is a goodbye, for networks whose own goodbye some members refuse (vxlan).
     if (body.length === 0) {
       this.#link.forgetMacs(new SocketAddress(name.slice(0, SOCKADDR_SIZE)));
@@ -627,6 +639,7 @@ export class PeerMesh {
       this.members.isSelf(sender);
       return true;
     }
+    const viaGroup = fromGroup || hello.toGroup === true;
     const throughGroup = this.members.hearsThroughGroup(sender, now);
     const fresh = this.members.heard(sender, viaGroup, now);
     const added = this.members.told(hello.members.map((member) => member.address), now);
@@ -725,7 +738,7 @@ export class PeerMesh {
 
   #hello(now: number, to?: SocketAddress): number {
     const members = this.members.sample(now, MAX_TOLD, to);
-    return encodeHello({ instance: this.instance, members }, this.#body);
+    return encodeHello({ instance: this.instance, members, toGroup: to === undefined }, this.#body);
   }
 
   #prompt(to: SocketAddress | undefined, now: number): void {

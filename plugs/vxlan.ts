@@ -32,6 +32,7 @@ import {
   joinGroup,
   numericAddress,
   routeMtu,
+  routeSource,
   sendTo,
   setBufferSize,
   setIPv6Only,
@@ -214,10 +215,9 @@ export class VxlanPlug implements Plug {
     this.#helloHigh = new DataView(hello.buffer).getUint32(0, true);
     this.#control.set(hello);
     if (config.peers) {
-      const listener = {
-        address: SocketAddress.any(family).withPort(config.group.port),
-        listening: true,
-      };
+      // Others see us at the address this host sends from toward them, at the port.
+      const local = routeSource(config.peers[0]) ?? SocketAddress.any(family);
+      const listener = { address: local.withPort(config.group.port), listening: true };
       this.#mesh = new PeerMesh(config.peers, listener, config.peerTimeout, {
         sendHello: (body, length, to) => {
           this.#control.set(body.subarray(0, length), HEADER_SIZE);

@@ -66,6 +66,14 @@ Deno.test("hellos encode and decode, and malformed ones are refused", () => {
     ["port 0", Uint8Array.of(...good.subarray(0, 7), 0, 0, ...good.subarray(9, length))],
   ];
   for (const [what, bytes] of malformed) assert.equal(decodeHello(bytes), undefined, what);
+  for (const toGroup of [true, false]) {
+    const sent = encodeHello({ instance: 7, members: [told(v4("10.0.0.1:5"))], toGroup }, good);
+    assert.equal(
+      decodeHello(good.subarray(0, sent))!.toGroup,
+      toGroup,
+      "sent to the group, or not",
+    );
+  }
   const more = encodeHello({
     instance: 1,
     members: Array.from({ length: MAX_TOLD + 5 }, (_, i) => told(v4(`10.0.0.${i + 1}:1`))),
@@ -723,5 +731,39 @@ hostTest(
       "the sender of malformed hellos is no member",
     );
     assert.ok(await h2.pingable(addresses[0], 10_000), "the cloud goes on");
+  },
+);
+
+hostTest(
+  "vxlan://.../peers= where multicast works: members tell that the group reaches them, and floods are not doubled",
+  ["ping"],
+  async () => {
+    await using lan = await Lan.create(3);
+    const hosts = lan.hosts;
+    const names = hosts.map((_, i) => `${lan.id}-w${i + 1}`);
+    const vnl = `vxlan://239.7.0.8/vni=44/peers=${hosts[0].address}`;
+    const plugs = hosts.map((host, i) => host.vdeno(["plug", "-n", names[i], "tap://tap0", vnl]));
+    const addresses = await overlay(hosts, plugs);
+    await pingAll(hosts, addresses);
+    await eventually("every member says the group reaches it", async () => {
+      for (const [i, host] of hosts.entries()) {
+        const members = (await vxlanStatus(host, names[i])).members;
+        if (members.length !== 2 || !members.every((member) => member.viaGroup)) return false;
+      }
+      return true;
+    }, 20_000);
+    for (const host of hosts) await host.sh(["ip", "neigh", "flush", "dev", "tap0"]);
+    const out = await hosts[1].sh(["ping", "-c", "3", "-i", "0.2", addresses[2]]);
+    assert.ok(!out.includes("DUP!"), `no duplicates: ${out}`);
+    const before = (await vxlanStatus(hosts[0], names[0])).counters;
+    // Broadcast pings: nobody answers them, so each is one broadcast from hosts[0].
+    await hosts[0].run(["ping", "-b", "-c", "3", "-i", "0.2", "10.0.0.255"]);
+    const after = (await vxlanStatus(hosts[0], names[0])).counters;
+    assert.equal(
+      after.sentUnicast - before.sentUnicast,
+      0,
+      "broadcasts go to the group only once every member hears it there",
+    );
+    assert.ok(after.sentMulticast > before.sentMulticast);
   },
 );
