@@ -13,6 +13,7 @@
 
 import { POLLERR, POLLHUP, POLLIN, POLLOUT, PollSet, Ticker } from "../ffi/poll.ts";
 import { CLOCK_LAG_MS, FrameBatch } from "./frames.ts";
+import { log } from "./log.ts";
 import type { PcapWriter } from "./pcap.ts";
 import type { Plug } from "./plug.ts";
 
@@ -57,6 +58,16 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
   const tickerIndex = watchIndex + watched.length;
   const writerIndex = tickerIndex + 1;
   const batch = new FrameBatch();
+  for (const plug of plugs) {
+    if (!plug.warmUp) continue;
+    const started = performance.now();
+    const { framesIn, framesOut } = plug.warmUp(batch);
+    const ms = (performance.now() - started).toFixed(1);
+    log(
+      "debug",
+      `${plug.vnl}: warm-up moved ${framesIn} frames in and ${framesOut} out in ${ms} ms`,
+    );
+  }
   // The wake-ups run in a function this loop calls, so that V8 optimizes it again after a
   // deoptimization; a loop here would stay interpreted (bench/README.md).
   const serve = (): CableEnd | undefined => {

@@ -51,6 +51,14 @@ export interface Plug {
   readonly pendingOutput?: boolean;
   /** Writes what waits in `pendingOutput`, as far as it goes without blocking. */
   flush?(): void;
+  /**
+   * Runs the plug's own receive and send on synthetic frames, through
+   * descriptors it opens and drains for the purpose, so that V8 has compiled
+   * the data path before the first real frame. Nothing reaches the network,
+   * and the counters, the MAC table and whatever else a user sees stay as
+   * they were. Returns how many frames went through each way.
+   */
+  warmUp?(batch: FrameBatch): { framesIn: number; framesOut: number };
   /** Details for `vdeno status`: learned addresses, peers, anything the scheme knows. */
   describe?(): Record<string, unknown>;
   /**

@@ -17,7 +17,8 @@ export const VNET_HEADER = 10;
 export const NEEDS_CSUM = 1;
 /** Header gso_type of an ordinary frame. */
 export const GSO_NONE = 0;
-const GSO_TCPV4 = 1;
+/** Header gso_type of a TCP over IPv4 super-frame. */
+export const GSO_TCPV4 = 1;
 const GSO_TCPV6 = 4;
 const GSO_ECN = 0x80;
 

@@ -77,6 +77,15 @@ import {
 } from "./seal.ts";
 import { groupId, parseInteger, parseOptions, parseSize, VnlError } from "../core/vnl.ts";
 import { HEADER_SIZE, vxvdeHeader } from "./_vxheader.ts";
+import {
+  arpFrame,
+  pingFrame,
+  routerSolicitation,
+  tcpFrame,
+  WARM_LOCAL_MAC,
+  WARM_PEER_MACS,
+  WARM_UP_ROUNDS,
+} from "./_warmup.ts";
 
 export { HEADER_SIZE, vxvdeHeader };
 
@@ -214,20 +223,23 @@ class LocalAddresses {
 export class VxvdePlug implements Plug {
   readonly vnl: string;
   readonly fds: readonly number[];
-  readonly counters: Float64Array = newCounters();
+  /** Counters; a warm-up puts scratch ones in their place while it runs. */
+  counters: Float64Array = newCounters();
   readonly config: VxvdeConfig;
-  readonly table: MacTable;
+  /** Learned MACs; a warm-up puts a table of its own in its place while it runs. */
+  table: MacTable;
   readonly largestWholeFrame?: number;
-  readonly #multicastFd: number;
-  readonly #unicastFd: number;
-  readonly #unicastPort: number;
+  /** The sockets; a warm-up puts loopback sockets of its own in their place while it runs. */
+  #multicastFd: number;
+  #unicastFd: number;
+  #unicastPort: number;
   readonly #header: Uint8Array<ArrayBuffer>;
   readonly #helloHeader: Uint8Array<ArrayBuffer>;
   readonly #headerHigh: number;
   readonly #headerLow: number;
   readonly #localAddresses = new LocalAddresses();
-  readonly #groupAddress: number;
-  readonly #tableAddress: number;
+  #groupAddress: number;
+  #tableAddress: number;
   readonly #nameLength: number;
   /** Seals and opens datagrams on a keyed network; undefined on an open one. */
   readonly #sealer?: Sealer;
@@ -591,6 +603,98 @@ export class VxvdePlug implements Plug {
     this.#mesh?.replicate(vector, this.#unicastFd, counters);
     // A key change announces itself while frames are sealed.
     if (sealer?.hasOutgoing) this.#sendOutgoing();
+  }
+
+  /**
+   * Runs receive and send on synthetic frames through two loopback sockets
+   * of its own in place of the plug's: one stands for the plug's sockets, the
+   * other for a peer, which sends it datagrams (a broadcast, a ping, a run of
+   * full frames) and receives what the plug sends back, to the MAC it learned
+   * and to the "group" (the peer's address). The plug's own sockets, MAC
+   * table and counters are set aside meanwhile. Not on a keyed network or
+   * with `peers=`, and not where the loopback is down.
+   */
+  warmUp(batch: FrameBatch): { framesIn: number; framesOut: number } {
+    const scratch = newCounters();
+    if (this.#sealer || this.#mesh) return { framesIn: 0, framesOut: 0 };
+    const saved = {
+      counters: this.counters,
+      table: this.table,
+      multicastFd: this.#multicastFd,
+      unicastFd: this.#unicastFd,
+      groupAddress: this.#groupAddress,
+      tableAddress: this.#tableAddress,
+      unicastPort: this.#unicastPort,
+    };
+    const timeMs = batch.timeMs;
+    let own = -1, peerFd = -1;
+    try {
+      own = udpSocket(AF_INET);
+      peerFd = udpSocket(AF_INET);
+      const loopback = SocketAddress.parse("127.0.0.1", 0, AF_INET)!;
+      bindSocket(own, loopback);
+      bindSocket(peerFd, loopback);
+      const ownAddress = localAddress(own), peerAddress = localAddress(peerFd);
+      const peerWords = new Uint32Array(peerAddress.bytes.buffer);
+      const table = new MacTable(1024, this.config.expireSeconds, scratch, `${this.vnl} warm-up`);
+      this.counters = scratch;
+      this.table = table;
+      this.#multicastFd = this.#unicastFd = own;
+      this.#groupAddress = numericAddress(peerAddress.bytes);
+      this.#tableAddress = numericAddress(table.addresses);
+      const datagram = new Uint8Array(HEADER_SIZE + MAX_FRAME);
+      datagram.set(this.#header);
+      const view = new DataView(datagram.buffer, HEADER_SIZE);
+      const drainBatch = new FrameBatch(8);
+      const drain = new DatagramVector(drainBatch.bytes, SLOT_SIZE, 0, drainBatch.capacity);
+      const framesView = new DataView(batch.bytes.buffer);
+      for (let round = 0; round < WARM_UP_ROUNDS; round++) {
+        const peer = WARM_PEER_MACS[round % 2];
+        let length = round % 2 === 0 ? arpFrame(view, 0, peer) : routerSolicitation(view, 0, peer);
+        sendTo(peerFd, datagram, HEADER_SIZE + length, ownAddress);
+        length = pingFrame(view, 0, WARM_LOCAL_MAC, peer);
+        sendTo(peerFd, datagram, HEADER_SIZE + length, ownAddress);
+        if (round % 8 === 0) batch.timeMs += 1000;
+        // Now and then the peer says goodbye, so that its MACs are learned anew, or its datagrams
+        // pass for this plug's own echo from the group.
+        if (round % 16 === 15) table.forget(peerWords, 0);
+        this.#unicastPort = round % 4 === 0 ? peerAddress.port : saved.unicastPort;
+        batch.count = 0;
+        this.receive(batch, (round % 3) + 1);
+        this.#unicastPort = saved.unicastPort;
+        // Back: a ping reply and a run of full frames to the learned peer, a broadcast to the group.
+        batch.count = 0;
+        const full = (this.largestWholeFrame ?? 1464) - 54;
+        const slots = [
+          pingFrame(framesView, batch.offset(0), peer, WARM_LOCAL_MAC),
+          round % 2 === 0
+            ? arpFrame(framesView, batch.offset(1), WARM_LOCAL_MAC)
+            : routerSolicitation(framesView, batch.offset(1), WARM_LOCAL_MAC),
+          tcpFrame(framesView, batch.offset(2), peer, WARM_LOCAL_MAC, full),
+          tcpFrame(framesView, batch.offset(3), peer, WARM_LOCAL_MAC, full),
+          tcpFrame(framesView, batch.offset(4), peer, WARM_LOCAL_MAC, full - 100),
+          0, // a slot the other plug dropped
+        ];
+        for (const slotLength of slots) batch.lengths[batch.count++] = slotLength;
+        this.send(batch);
+        while (drain.receiveInto(peerFd, 0, drainBatch.capacity, SLOT_SIZE) > 0);
+      }
+    } catch {
+      // A plug that cannot warm up only starts slower.
+    } finally {
+      this.counters = saved.counters;
+      this.table = saved.table;
+      this.#multicastFd = saved.multicastFd;
+      this.#unicastFd = saved.unicastFd;
+      this.#groupAddress = saved.groupAddress;
+      this.#tableAddress = saved.tableAddress;
+      this.#unicastPort = saved.unicastPort;
+      batch.timeMs = timeMs;
+      batch.count = 0;
+      closeQuietly(own);
+      closeQuietly(peerFd);
+    }
+    return { framesIn: scratch[Counter.framesIn], framesOut: scratch[Counter.framesOut] };
   }
 
   describe(): Record<string, unknown> {

@@ -1,0 +1,125 @@
+/**
+ * Synthetic frames for warming a plug's data path before its first real
+ * frame (see `Plug.warmUp`): the kinds of frame traffic starts with (an ARP
+ * broadcast, pings) and a TCP super-frame, between two made-up MACs and
+ * documentation addresses (192.0.2.0/24). They only ever cross descriptors
+ * the warming plug opened for the purpose and drains itself.
+ *
+ * @module
+ */
+
+/** How many rounds a plug runs its data path on synthetic frames at open. */
+export const WARM_UP_ROUNDS = 300;
+
+/**
+ * Made-up MACs: this side of a warm-up, and its imaginary peers. Real MACs
+ * have either value of the top bit of their last four bytes, and V8 compiles
+ * the arithmetic on them for what it has seen: the peers have both.
+ */
+export const WARM_LOCAL_MAC = [0x02, 0x00, 0x5e, 0x77, 0x61, 0x01];
+export const WARM_PEER_MACS = [
+  [0x02, 0x00, 0x5e, 0x77, 0x61, 0x02],
+  [0x02, 0x00, 0xde, 0x77, 0x61, 0x03],
+];
+const BROADCAST_MAC = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+
+/** Payload bytes per segment of the warm-up's TCP super-frame. */
+export const WARM_SEGMENT = 1448;
+
+function ethernet(view: DataView, at: number, to: number[], from: number[], type: number): void {
+  for (let i = 0; i < 6; i++) {
+    view.setUint8(at + i, to[i]);
+    view.setUint8(at + 6 + i, from[i]);
+  }
+  view.setUint16(at + 12, type);
+}
+
+function ipv4(view: DataView, at: number, length: number, protocol: number, id: number): void {
+  view.setUint8(at, 0x45);
+  view.setUint8(at + 1, 0);
+  view.setUint16(at + 2, length);
+  view.setUint16(at + 4, id);
+  view.setUint16(at + 6, 0x4000); // DF
+  view.setUint8(at + 8, 64);
+  view.setUint8(at + 9, protocol);
+  view.setUint32(at + 12, 0xc0000201); // 192.0.2.1
+  view.setUint32(at + 16, 0xc0000202); // 192.0.2.2
+  let sum = 0;
+  view.setUint16(at + 10, 0);
+  for (let i = 0; i < 20; i += 2) sum += view.getUint16(at + i);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  view.setUint16(at + 10, ~sum & 0xffff);
+}
+
+/** Writes an ARP request for 192.0.2.2, broadcast from `from`, at `at`; returns its length (42, unpadded as a TAP hands it over). */
+export function arpFrame(view: DataView, at: number, from: number[]): number {
+  ethernet(view, at, BROADCAST_MAC, from, 0x0806);
+  view.setUint32(at + 14, 0x00010800); // Ethernet, IPv4
+  view.setUint32(at + 18, 0x06040001); // lengths, request
+  for (let i = 0; i < 6; i++) view.setUint8(at + 22 + i, from[i]);
+  view.setUint32(at + 28, 0xc0000201);
+  for (let i = 32; i < 38; i++) view.setUint8(at + i, 0);
+  view.setUint32(at + 38, 0xc0000202);
+  return 42;
+}
+
+/** Writes an ICMP echo request of ping's default size at `at`; returns its length (98). */
+export function pingFrame(view: DataView, at: number, to: number[], from: number[]): number {
+  ethernet(view, at, to, from, 0x0800);
+  ipv4(view, at + 14, 84, 1, 0);
+  view.setUint32(at + 34, 0x08000000); // echo request, checksum left 0: nobody reads it
+  new Uint8Array(view.buffer, view.byteOffset + at + 38, 60).fill(0x5a);
+  return 98;
+}
+
+/**
+ * Writes a TCP segment of `payload` bytes from 192.0.2.1 to 192.0.2.2 with
+ * ACK set and its checksum left to whoever completes it (as the kernel hands
+ * a TAP a super-frame); returns its length.
+ */
+export function tcpFrame(
+  view: DataView,
+  at: number,
+  to: number[],
+  from: number[],
+  payload: number,
+): number {
+  ethernet(view, at, to, from, 0x0800);
+  ipv4(view, at + 14, 40 + payload, 6, 1);
+  const l4 = at + 34;
+  view.setUint32(l4, (40000 << 16) | 5201);
+  view.setUint32(l4 + 4, 1000);
+  view.setUint32(l4 + 8, 1);
+  view.setUint16(l4 + 12, 0x5010); // header length 20, ACK
+  view.setUint16(l4 + 14, 502);
+  view.setUint32(l4 + 16, 0);
+  new Uint8Array(view.buffer, view.byteOffset + l4 + 20, payload).fill(0x5a);
+  return 54 + payload;
+}
+
+/**
+ * Writes an IPv6 router solicitation to all routers (ff02::2, MAC
+ * 33:33:00:00:00:02), as an interface sends when it comes up; returns its
+ * length (70).
+ */
+export function routerSolicitation(view: DataView, at: number, from: number[]): number {
+  ethernet(view, at, [0x33, 0x33, 0, 0, 0, 2], from, 0x86dd);
+  const l3 = at + 14;
+  view.setUint32(l3, 0x60000000);
+  view.setUint16(l3 + 4, 16);
+  view.setUint8(l3 + 6, 58); // ICMPv6
+  view.setUint8(l3 + 7, 255);
+  view.setUint32(l3 + 8, 0xfe800000);
+  view.setUint32(l3 + 12, 0);
+  view.setUint32(l3 + 16, 0x00005eff);
+  view.setUint32(l3 + 20, 0xfe776101);
+  view.setUint32(l3 + 24, 0xff020000);
+  view.setUint32(l3 + 28, 0);
+  view.setUint32(l3 + 32, 0);
+  view.setUint32(l3 + 36, 2);
+  view.setUint32(l3 + 40, 0x85000000); // router solicitation, checksum left 0: nobody reads it
+  view.setUint32(l3 + 44, 0);
+  view.setUint16(l3 + 48, 0x0101); // source link-layer address option
+  for (let i = 0; i < 6; i++) view.setUint8(l3 + 50 + i, from[i]);
+  return 70;
+}
