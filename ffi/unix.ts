@@ -266,6 +266,9 @@ export async function readToEnd(
     if (count === 0) return { bytes: buffer.slice(0, used), ended: "end" };
     const code = errno();
     if (code === Errno.EINTR) continue;
+    // A peer that answered and closed without reading our request resets the connection
+    // (Linux reports ECONNRESET once the answer is read): its answer is whole all the same.
+    if (code === Errno.ECONNRESET) return { bytes: buffer.slice(0, used), ended: "end" };
     if (code !== Errno.EAGAIN) return { bytes: buffer.slice(0, used), ended: "error" };
     const left = deadline - Date.now();
     if (left <= 0) return { bytes: buffer.slice(0, used), ended: "timeout" };
