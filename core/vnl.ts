@@ -38,7 +38,14 @@ export function splitVnl(vnl: string): SplitVnl {
       }; expected scheme://address, e.g. vxvde://239.0.0.1 or tap://tap0`,
     );
   }
-  return { scheme: vnl.slice(0, marker), rest: vnl.slice(marker + 3) };
+  const scheme = vnl.slice(0, marker);
+  // A scheme names a module (and, through libvdeplug, a plugin file): letters, digits and _+.- only.
+  if (!/^[A-Za-z0-9_+.-]*$/.test(scheme)) {
+    throw new VnlError(
+      `Not a VNL scheme: ${JSON.stringify(scheme)}; a scheme has letters, digits and _+.- only`,
+    );
+  }
+  return { scheme, rest: vnl.slice(marker + 3) };
 }
 
 function readVnlFile(path: string): string | undefined {

@@ -88,6 +88,10 @@ export class VdeplugPlug implements Plug {
 
   constructor(vnl: string, target: string, nativeSchemes: readonly string[]) {
     this.vnl = vnl;
+    // C would read the VNL only up to the NUL, and open another network than the one named.
+    if (target.includes("\0")) {
+      throw new VnlError(`A VNL cannot contain a NUL byte: ${JSON.stringify(target)}`);
+    }
     const scheme = target.includes("://") ? target.slice(0, target.indexOf("://")) : "vde";
     const loaded = loadVdeplug();
     if ("error" in loaded) {

@@ -10,6 +10,7 @@ import {
   VnlError,
 } from "../core/vnl.ts";
 import { parseVxvde, vxvdeHeader } from "../plugs/vxvde.ts";
+import { openPlug } from "../plugs/open.ts";
 
 const NAMES = [
   "port",
@@ -32,6 +33,13 @@ Deno.test("a VNL splits into scheme and the rest at the first ://", () => {
   });
   assert.deepEqual(splitVnl("tap://tap0"), { scheme: "tap", rest: "tap0" });
   assert.throws(() => splitVnl("no-scheme-here"), VnlError);
+  // A scheme names a plugin file for libvdeplug: no path in it.
+  assert.throws(() => splitVnl("../../tmp/evil://x"), /Not a VNL scheme: "\.\.\/\.\.\/tmp\/evil"/);
+  assert.throws(() => splitVnl("tap\0x://tap0"), VnlError);
+});
+
+Deno.test("a VNL for libvdeplug with a NUL byte is refused, not cut short", () => {
+  assert.throws(() => openPlug("slirp://\0/tmp/sw"), /A VNL cannot contain a NUL byte/);
 });
 
 Deno.test("a VNL file holds the VNL on its first line", () => {
