@@ -431,6 +431,14 @@ const IOVEC_SIZE = 16;
 const SEGMENT_CONTROL_SIZE = 24;
 const SOL_UDP = 17;
 const UDP_SEGMENT = 103;
+const UDP_GRO = 104;
+/** The most a UDP GRO run holds: 64 KB of datagrams and their headers. */
+const GRO_BUFFER = 65536 + 4096;
+
+/** Asks the kernel to hand runs of datagrams from one sender over as one buffer (UDP_GRO); false if refused. */
+export function enableReceiveRuns(fd: number): boolean {
+  return libc.setsockopt(fd, SOL_UDP, UDP_GRO, int32(1), 4) === 0;
+}
 /** The kernel's limit on the datagrams of one UDP GSO message (UDP_MAX_SEGMENTS was 64 before 5.x). */
 export const MAX_SEGMENTS = 64;
 
@@ -459,6 +467,8 @@ export class DatagramVector {
   readonly #namesAddress: number;
   readonly #payloadAddress: number;
   readonly #slotSize: number;
+  readonly #slots: Uint8Array<ArrayBuffer>;
+  readonly #payloadOffset: number;
   readonly #headersPointer: Deno.PointerValue;
   readonly #iovecsAddress: number;
   /** Per entry, a UDP_SEGMENT control message, as 32-bit words. */
@@ -475,6 +485,10 @@ export class DatagramVector {
    */
   #staleBelow = 0;
   #aimedLength = 0;
+  /** Runs received with UDP_GRO and what of them is not yet handed out, made on first use. */
+  #runs?: ReceivedRuns;
+  /** Runs of more than one datagram that {@linkcode receiveRunInto} received. */
+  runsReceived = 0;
 
   constructor(
     slots: Uint8Array<ArrayBuffer>,
@@ -484,6 +498,8 @@ export class DatagramVector {
   ) {
     this.capacity = capacity;
     this.#slotSize = slotSize;
+    this.#slots = slots;
+    this.#payloadOffset = payloadOffset;
     this.#headers = new Uint8Array(capacity * MMSGHDR_SIZE);
     this.#headerWords = new Uint32Array(this.#headers.buffer);
     this.#iovecs = new Uint8Array(capacity * IOVEC_SIZE);
@@ -548,6 +564,55 @@ export class DatagramVector {
     // The kernel wrote each received entry's name length and flags.
     this.#staleBelow = Math.max(this.#staleBelow, first + received);
     return received;
+  }
+
+  /**
+   * As {@linkcode receiveInto}, for a socket with UDP_GRO (see
+   * {@linkcode enableReceiveRuns}): one recvmmsg takes up to
+   * {@linkcode RUNS_PER_RECEIVE} runs, each of datagrams from one sender,
+   * which are copied apart into the slots from `first` with their sender's
+   * address; what does not fit waits for the next call
+   * ({@linkcode runPending}). Returns how many datagrams it handed out (0
+   * when none) or -errno; `runsReceived` counts the runs of more than one.
+   */
+  receiveRunInto(fd: number, first: number, count: number, maxLength: number): number {
+    const runs = this.#runs ??= new ReceivedRuns();
+    const words = this.#headerWords;
+    const slots = this.#slots;
+    const end = first + count;
+    let i = first;
+    while (i < end) {
+      if (!runs.pending) {
+        const received = runs.receive(fd);
+        if (received <= 0) {
+          if (received === 0 || i > first) break;
+          return received;
+        }
+        this.runsReceived += runs.runsOfMany;
+      }
+      i = runs.handOut(
+        slots,
+        words,
+        this.nameWords,
+        this.#payloadOffset,
+        this.#slotSize,
+        i,
+        end,
+        maxLength,
+      );
+    }
+    this.#staleBelow = Math.max(this.#staleBelow, i);
+    return i - first;
+  }
+
+  /** Forgets datagrams of received runs not yet handed out. */
+  discardRuns(): void {
+    this.#runs?.discard();
+  }
+
+  /** True while datagrams of received runs wait to be handed out. */
+  get runPending(): boolean {
+    return this.#runs !== undefined && this.#runs.pending;
   }
 
   /** Points entry i at its own slot and name buffer again, ready to receive. */
@@ -649,4 +714,140 @@ export class DatagramVector {
 /** The numeric address of a typed array's first byte, for structures that point into it. */
 export function numericAddress(bytes: Uint8Array<ArrayBuffer>): number {
   return Number(addressOf(bytes));
+}
+
+const MSG_TRUNC = 0x20;
+/** Bytes of a control message carrying one int: CMSG_SPACE(sizeof(int)). */
+const INT_CONTROL_SPACE = 24;
+/** How many runs one recvmmsg on a UDP_GRO socket takes. */
+export const RUNS_PER_RECEIVE = 8;
+
+/**
+ * A recvmmsg vector for a UDP_GRO socket: per entry a buffer for a whole run,
+ * the sender's address and room for the UDP_GRO control message that gives
+ * the size of the run's datagrams; and how far the runs were handed out.
+ */
+class ReceivedRuns {
+  readonly #bytes = new Uint8Array(RUNS_PER_RECEIVE * GRO_BUFFER);
+  readonly #names = new Uint8Array(RUNS_PER_RECEIVE * SOCKADDR_SIZE);
+  readonly #nameWords = new Uint32Array(this.#names.buffer);
+  readonly #controls = new Uint8Array(RUNS_PER_RECEIVE * INT_CONTROL_SPACE);
+  readonly #controlWords = new Uint32Array(this.#controls.buffer);
+  readonly #iovecs = new Uint32Array(RUNS_PER_RECEIVE * 4);
+  readonly #headers = new Uint8Array(RUNS_PER_RECEIVE * MMSGHDR_SIZE);
+  readonly #headerWords = new Uint32Array(this.#headers.buffer);
+  readonly #headersPointer = Deno.UnsafePointer.of(this.#headers);
+  /** Per received entry: its datagrams' size, where the next one starts, where the run ends. */
+  readonly #segment = new Int32Array(RUNS_PER_RECEIVE);
+  readonly #next = new Int32Array(RUNS_PER_RECEIVE);
+  readonly #end = new Int32Array(RUNS_PER_RECEIVE);
+  readonly #cut = new Uint8Array(RUNS_PER_RECEIVE);
+  #entry = 0;
+  #entries = 0;
+  /** Runs of more than one datagram in the last receive. */
+  runsOfMany = 0;
+
+  constructor() {
+    const base = numericAddress(this.#bytes);
+    const names = numericAddress(this.#names);
+    const controls = numericAddress(this.#controls);
+    const iovecs = numericAddress(new Uint8Array(this.#iovecs.buffer));
+    for (let e = 0; e < RUNS_PER_RECEIVE; e++) {
+      setIovec(this.#iovecs, e, base + e * GRO_BUFFER, GRO_BUFFER);
+      const word = (e * MMSGHDR_SIZE) / 4;
+      setAddress(this.#headerWords, word, names + e * SOCKADDR_SIZE);
+      setAddress(this.#headerWords, word + 4, iovecs + e * IOVEC_SIZE);
+      this.#headerWords[word + 6] = 1; // msg_iovlen
+      setAddress(this.#headerWords, word + 8, controls + e * INT_CONTROL_SPACE);
+    }
+  }
+
+  discard(): void {
+    this.#entry = this.#entries;
+  }
+
+  /** True while received datagrams wait to be handed out. */
+  get pending(): boolean {
+    return this.#entry < this.#entries;
+  }
+
+  /** Receives up to RUNS_PER_RECEIVE runs without blocking: how many, or -errno. */
+  receive(fd: number): number {
+    const words = this.#headerWords;
+    for (let e = 0; e < RUNS_PER_RECEIVE; e++) {
+      const word = (e * MMSGHDR_SIZE) / 4;
+      words[word + 2] = SOCKADDR_SIZE; // msg_namelen
+      words[word + 10] = INT_CONTROL_SPACE; // msg_controllen
+      words[word + 11] = 0;
+      words[word + 12] = 0; // msg_flags
+    }
+    const received = libc.recvmmsg(fd, this.#headersPointer, RUNS_PER_RECEIVE, MSG_DONTWAIT, null);
+    if (received < 0) {
+      const code = errno();
+      return code === Errno.EAGAIN ? 0 : -code;
+    }
+    const control = this.#controlWords;
+    this.runsOfMany = 0;
+    for (let e = 0; e < received; e++) {
+      const word = (e * MMSGHDR_SIZE) / 4;
+      const length = words[word + 14];
+      const c = (e * INT_CONTROL_SPACE) / 4;
+      const isRun = words[word + 10] >= 20 && control[c + 2] === SOL_UDP &&
+        control[c + 3] === UDP_GRO;
+      const segment = isRun ? control[c + 4] : length;
+      this.#segment[e] = segment > 0 ? segment : length;
+      this.#next[e] = 0;
+      this.#end[e] = length;
+      this.#cut[e] = words[word + 12] & MSG_TRUNC ? 1 : 0;
+      if (length > this.#segment[e]) this.runsOfMany++;
+    }
+    this.#entry = 0;
+    this.#entries = received;
+    return received;
+  }
+
+  /**
+   * Copies datagrams into slots [i, end) of a datagram vector (`slots`, its
+   * header words and names) while any wait; returns the next free slot.
+   */
+  handOut(
+    slots: Uint8Array,
+    words: Uint32Array,
+    nameWords: Uint32Array,
+    payloadOffset: number,
+    slotSize: number,
+    i: number,
+    end: number,
+    maxLength: number,
+  ): number {
+    const bytes = this.#bytes;
+    while (i < end && this.#entry < this.#entries) {
+      const e = this.#entry;
+      const base = e * GRO_BUFFER;
+      const runEnd = this.#end[e];
+      let next = this.#next[e];
+      const segment = this.#segment[e];
+      const nameWord = (e * SOCKADDR_SIZE) / 4;
+      // An empty datagram is handed out as one, to be dropped and counted like any malformed one.
+      const empty = runEnd === 0;
+      for (; i < end && (next < runEnd || (empty && next === 0)); i++) {
+        const length = Math.min(segment, runEnd - next);
+        const kept = Math.min(length, maxLength);
+        const word = (i * MMSGHDR_SIZE) / 4;
+        // A run cut short by the buffer loses its last datagram: say so, as for one datagram.
+        const cut = kept < length || (this.#cut[e] === 1 && next + length >= runEnd);
+        words[word + 12] = cut ? MSG_TRUNC : 0; // msg_flags
+        words[word + 14] = kept; // msg_len
+        slots.set(bytes.subarray(base + next, base + next + kept), payloadOffset + i * slotSize);
+        const to = (i * SOCKADDR_SIZE) / 4;
+        for (let w = 0; w < SOCKADDR_SIZE / 4; w++) {
+          nameWords[to + w] = this.#nameWords[nameWord + w];
+        }
+        next += empty ? 1 : length;
+      }
+      this.#next[e] = next;
+      if (next >= runEnd && (!empty || next > 0)) this.#entry++;
+    }
+    return i;
+  }
 }

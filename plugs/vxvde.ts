@@ -26,6 +26,7 @@ import {
   AF_INET6,
   bindSocket,
   DatagramVector,
+  enableReceiveRuns,
   formatSocketAddress,
   interfaceIndex,
   joinGroup,
@@ -257,6 +258,9 @@ export class VxvdePlug implements Plug {
   );
   readonly #planner: MessagePlanner;
   #closed = false;
+  /** Whether the unicast socket hands over runs of datagrams (UDP_GRO). */
+  #receiveRuns = false;
+  #lastVector?: DatagramVector;
   /** With `peers=`: the members reached by unicast, and their hellos. */
   readonly #mesh?: PeerMesh;
   readonly #helloHigh: number;
@@ -284,6 +288,9 @@ export class VxvdePlug implements Plug {
       setBufferSize(unicastFd, "receive", config.receiveBuffer ?? DEFAULT_RECEIVE_BUFFER);
       setBufferSize(multicastFd, "receive", config.receiveBuffer ?? DEFAULT_RECEIVE_BUFFER);
       setBufferSize(unicastFd, "send", DEFAULT_SOCKET_BUFFER);
+      // Peers send runs of datagrams as one UDP GSO message: taken as one, they cost the kernel
+      // one packet on the way in too (bench/README.md).
+      this.#receiveRuns = enableReceiveRuns(unicastFd);
       // With peers=, members may be routers away: ttl= bounds only what goes to the group.
       if (config.peers) setMulticastTtl(unicastFd, family, config.ttl);
       else setTtl(unicastFd, family, config.ttl);
@@ -358,6 +365,11 @@ export class VxvdePlug implements Plug {
     this.#tableAddress = numericAddress(this.table.addresses);
   }
 
+  /** True while datagrams of a run received on the unicast socket wait for the next batch. */
+  get backlog(): boolean {
+    return this.#receiveRuns && this.#lastVector !== undefined && this.#lastVector.runPending;
+  }
+
   /** The ephemeral port of the socket every datagram of this plug leaves from. */
   get unicastPort(): number {
     return this.#unicastPort;
@@ -384,13 +396,12 @@ export class VxvdePlug implements Plug {
   #receiveFrom(batch: FrameBatch, fd: number, fromGroup: boolean): void {
     const first = batch.count;
     if (first >= batch.capacity) return;
-    const vector = this.#vectors.of(batch);
-    const received = vector.receiveInto(
-      fd,
-      first,
-      batch.capacity - first,
-      this.#prefix + MAX_FRAME + 64,
-    );
+    const vector = this.#lastVector = this.#vectors.of(batch);
+    const runsBefore = vector.runsReceived;
+    const received = this.#receiveRuns && !fromGroup
+      ? vector.receiveRunInto(fd, first, batch.capacity - first, this.#prefix + MAX_FRAME + 64)
+      : vector.receiveInto(fd, first, batch.capacity - first, this.#prefix + MAX_FRAME + 64);
+    this.counters[Counter.superFramesIn] += vector.runsReceived - runsBefore;
     if (received <= 0) {
       if (received < 0) this.counters[Counter.dropMalformed]++;
       return;
@@ -631,6 +642,7 @@ export class VxvdePlug implements Plug {
     try {
       own = udpSocket(AF_INET);
       peerFd = udpSocket(AF_INET);
+      enableReceiveRuns(own);
       const loopback = SocketAddress.parse("127.0.0.1", 0, AF_INET)!;
       bindSocket(own, loopback);
       bindSocket(peerFd, loopback);
@@ -691,6 +703,7 @@ export class VxvdePlug implements Plug {
       this.#unicastPort = saved.unicastPort;
       batch.timeMs = timeMs;
       batch.count = 0;
+      this.#lastVector?.discardRuns();
       closeQuietly(own);
       closeQuietly(peerFd);
     }
