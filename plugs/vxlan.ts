@@ -26,12 +26,9 @@ import {
   AF_INET,
   AF_INET6,
   bindSocket,
-  DatagramVector,
-  formatSocketAddress,
   interfaceIndex,
   joinGroup,
   numericAddress,
-  routeMtu,
   routeSource,
   sendTo,
   setBufferSize,
@@ -51,14 +48,13 @@ import {
   type FrameBatch,
   HEADROOM,
   MAX_FRAME,
-  PerBatch,
   SLOT_SIZE,
 } from "../core/frames.ts";
-import { log } from "../core/log.ts";
 import type { Plug } from "../core/plug.ts";
 import { parseInteger, parseOptions, parseSize, VnlError } from "../core/vnl.ts";
 import { MacTable } from "./_mactable.ts";
 import { MessagePlanner } from "./_runs.ts";
+import { datagramVectors, describeTable, largestWholeFrame, sendPlanned } from "./_overlay.ts";
 import {
   DEFAULT_PEER_TIMEOUT,
   helloHeader,
@@ -171,9 +167,8 @@ export class VxlanPlug implements Plug {
   readonly #groupAddress: number;
   readonly #tableAddress: number;
   readonly #planner: MessagePlanner;
-  readonly #vectors = new PerBatch((batch) =>
-    new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - HEADER_SIZE, batch.capacity)
-  );
+  /** One vector per batch serves both ways: every receive re-aims its entries at their slots. */
+  readonly #vectors = datagramVectors(HEADER_SIZE);
   #closed = false;
   /** With `peers=`: the members reached by unicast, and their hellos. */
   readonly #mesh?: PeerMesh;
@@ -229,9 +224,8 @@ export class VxlanPlug implements Plug {
       });
     }
     this.fds = this.#mesh ? [fd, this.#mesh.timerFd] : [fd];
-    const mtu = routeMtu(config.group, ifindex);
-    const ipHeader = family === AF_INET ? 20 : 40, udpHeader = 8;
-    if (mtu) this.largestWholeFrame = mtu - ipHeader - udpHeader - HEADER_SIZE;
+    const largest = largestWholeFrame(config.group, ifindex, HEADER_SIZE);
+    if (largest !== undefined) this.largestWholeFrame = largest;
     const headerView = new DataView(vxvdeHeader(config.vni).buffer);
     this.#headerHigh = headerView.getUint32(0, true);
     this.#headerLow = headerView.getUint32(4, true);
@@ -243,7 +237,6 @@ export class VxlanPlug implements Plug {
     this.#tableAddress = numericAddress(this.table.addresses);
   }
 
-  /** One vector per batch serves both ways: every receive re-aims its entries at their slots. */
   receive(batch: FrameBatch, readyMask: number): boolean {
     if (readyMask & 2) this.#mesh?.tick();
     if (!(readyMask & 1)) return true;
@@ -348,37 +341,15 @@ export class VxlanPlug implements Plug {
       counters[Counter.framesOut]++;
       counters[Counter.bytesOut] += length;
     }
-    const prepared = planner.finish();
-    const refused = vector.segmentationRefused;
-    const failed = vector.sendAll(this.#fd, prepared);
-    if (vector.segmentationRefused && !refused) {
-      log(
-        "warn",
-        `${this.vnl}: the kernel refused a UDP GSO message (an old kernel, or no checksum ` +
-          `offload on the way out); sending one datagram per frame from now on`,
-      );
-    }
-    counters[Counter.dropSendError] += failed;
-    counters[Counter.framesOut] -= failed;
-    this.#mesh?.replicate(vector, this.#fd, counters);
+    sendPlanned(this.vnl, this.#fd, vector, planner, counters, this.#mesh);
   }
 
   describe(): Record<string, unknown> {
-    const now = Date.now() / 1000;
-    const learned = this.table.entries(now).map((entry) => ({
-      mac: entry.mac.toString(16).padStart(12, "0").replace(/(..)(?!$)/g, "$1:"),
-      peer: formatSocketAddress(this.table.addresses, entry.slot * SOCKADDR_SIZE),
-      ageSeconds: Math.round(entry.ageSeconds * 10) / 10,
-    }));
     return {
       group: this.config.group.toString(),
       vni: this.config.vni,
       port: this.config.group.port,
-      expireSeconds: this.config.expireSeconds,
-      tableSize: this.table.size,
-      learned,
-      peers: [...new Set(learned.map((entry) => entry.peer))],
-      ...this.#mesh?.describe(),
+      ...describeTable(this.table, this.config.expireSeconds, this.#mesh),
     };
   }
 

@@ -33,7 +33,6 @@ import {
   localAddress,
   localAddressKeys,
   numericAddress,
-  routeMtu,
   sendTo,
   setBufferSize,
   setMulticastInterface,
@@ -52,12 +51,13 @@ import {
   FrameBatch,
   HEADROOM,
   MAX_FRAME,
-  PerBatch,
+  type PerBatch,
   SLOT_SIZE,
 } from "../core/frames.ts";
 import { log } from "../core/log.ts";
-import { formatMac, MacTable } from "./_mactable.ts";
+import { MacTable } from "./_mactable.ts";
 import { MessagePlanner } from "./_runs.ts";
+import { datagramVectors, describeTable, largestWholeFrame, sendPlanned } from "./_overlay.ts";
 import type { Plug } from "../core/plug.ts";
 import {
   bindMember,
@@ -253,9 +253,8 @@ export class VxvdePlug implements Plug {
   readonly #mismatch: MismatchWarnings;
   /** Where the datagram being opened came from: one object, refilled per datagram. */
   readonly #source: DatagramSource = { names: new Uint8Array(0), offset: 0, fromGroup: false };
-  readonly #vectors = new PerBatch((batch) =>
-    new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - this.#prefix, batch.capacity)
-  );
+  /** One vector per batch serves both ways: every receive re-aims its entries at their slots. */
+  readonly #vectors: PerBatch<DatagramVector>;
   readonly #planner: MessagePlanner;
   #closed = false;
   /** Whether the unicast socket hands over runs of datagrams (UDP_GRO). */
@@ -281,6 +280,7 @@ export class VxvdePlug implements Plug {
       }
     }
     this.#prefix = this.#sealer ? SEALED_PREFIX : HEADER_SIZE;
+    this.#vectors = datagramVectors(this.#prefix);
     let multicastFd = -1, unicastFd = -1;
     try {
       multicastFd = udpSocket(family);
@@ -345,9 +345,8 @@ export class VxvdePlug implements Plug {
       this.#sealer.greet(Date.now() / 1000);
       this.#sendOutgoing();
     }
-    const mtu = routeMtu(config.group, ifindex);
-    const ipHeader = family === AF_INET ? 20 : 40, udpHeader = 8;
-    if (mtu) this.largestWholeFrame = mtu - ipHeader - udpHeader - this.#prefix;
+    const largest = largestWholeFrame(config.group, ifindex, this.#prefix);
+    if (largest !== undefined) this.largestWholeFrame = largest;
     this.fds = this.#mesh ? [multicastFd, unicastFd, this.#mesh.timerFd] : [multicastFd, unicastFd];
     this.#header = this.#sealer ? sealedHeader(config.vni) : vxvdeHeader(config.vni);
     const headerView = new DataView(this.#header.buffer);
@@ -375,7 +374,6 @@ export class VxvdePlug implements Plug {
     return this.#unicastPort;
   }
 
-  /** One vector per batch serves both ways: every receive re-aims its entries at their slots. */
   /**
    * The time in seconds for `batch`'s frames: the batch's clock, which lags by up to
    * {@linkcode CLOCK_LAG_MS}; `latest` allows for that lag, so that no address is used past its
@@ -599,19 +597,7 @@ export class VxvdePlug implements Plug {
       counters[Counter.framesOut]++;
       counters[Counter.bytesOut] += length;
     }
-    const prepared = planner.finish();
-    const refused = vector.segmentationRefused;
-    const failed = vector.sendAll(this.#unicastFd, prepared);
-    if (vector.segmentationRefused && !refused) {
-      log(
-        "warn",
-        `${this.vnl}: the kernel refused a UDP GSO message (an old kernel, or no checksum ` +
-          `offload on the way out); sending one datagram per frame from now on`,
-      );
-    }
-    counters[Counter.dropSendError] += failed;
-    counters[Counter.framesOut] -= failed;
-    this.#mesh?.replicate(vector, this.#unicastFd, counters);
+    sendPlanned(this.vnl, this.#unicastFd, vector, planner, counters, this.#mesh);
     // A key change announces itself while frames are sealed.
     if (sealer?.hasOutgoing) this.#sendOutgoing();
   }
@@ -711,23 +697,13 @@ export class VxvdePlug implements Plug {
   }
 
   describe(): Record<string, unknown> {
-    const now = Date.now() / 1000;
-    const learned = this.table.entries(now).map((entry) => ({
-      mac: formatMac(entry.mac),
-      peer: this.table.peerOf(entry.slot),
-      ageSeconds: Math.round(entry.ageSeconds * 10) / 10,
-    }));
     return {
       group: this.config.group.toString(),
       vni: this.config.vni,
       sealed: this.#sealer !== undefined,
       ...(this.#sealer ? this.#describeKeys(this.#sealer) : {}),
       unicastPort: this.#unicastPort,
-      expireSeconds: this.config.expireSeconds,
-      tableSize: this.table.size,
-      learned,
-      peers: [...new Set(learned.map((entry) => entry.peer))],
-      ...this.#mesh?.describe(),
+      ...describeTable(this.table, this.config.expireSeconds, this.#mesh),
     };
   }
 
