@@ -23,7 +23,6 @@
  */
 
 import {
-  AF_INET,
   AF_INET6,
   bindSocket,
   interfaceIndex,
@@ -51,18 +50,21 @@ import {
   SLOT_SIZE,
 } from "../core/frames.ts";
 import type { Plug } from "../core/plug.ts";
-import { parseInteger, parseOptions, parseSize, VnlError } from "../core/vnl.ts";
+import { parseInteger, parseOptions } from "../core/vnl.ts";
 import { MacTable } from "./_mactable.ts";
 import { MessagePlanner } from "./_runs.ts";
-import { datagramVectors, describeTable, largestWholeFrame, sendPlanned } from "./_overlay.ts";
 import {
-  DEFAULT_PEER_TIMEOUT,
-  helloHeader,
-  MAX_HELLO,
-  parsePeers,
-  PeerMesh,
-  peersFamily,
-} from "./_peers.ts";
+  datagramVectors,
+  describeTable,
+  largestWholeFrame,
+  memberFamily,
+  type MemberSettings,
+  parseGroup,
+  parseMemberSettings,
+  requireMulticast,
+  sendPlanned,
+} from "./_overlay.ts";
+import { helloHeader, MAX_HELLO, PeerMesh } from "./_peers.ts";
 import { DEFAULT_GROUP_V4, DEFAULT_GROUP_V6, HEADER_SIZE, vxvdeHeader } from "./vxvde.ts";
 
 /** The IANA port of VXLAN, the kernel's default too (`dstport 4789`). */
@@ -87,66 +89,26 @@ const OPTION_NAMES = [
 ] as const;
 
 /** The settings of a vxlan plug, as parsed from its VNL. */
-export interface VxlanConfig {
+export interface VxlanConfig extends MemberSettings {
   /** The group and the network's port: floods go there, and unicast goes to that port. */
   group: SocketAddress;
   vni: number;
-  /** Hop limit of the datagrams sent to the group (unicast keeps the system's default). */
-  ttl: number;
-  receiveBuffer?: number;
-  hashSize: number;
-  expireSeconds: number;
-  interfaceName?: string;
-  /** `peers=`: members reached by unicast too (see plugs/_peers.ts). */
-  peers?: SocketAddress[];
-  /** `peertimeout=`: seconds after which a silent member is dropped. */
-  peerTimeout: number;
 }
 
 /** Parses the part of a vxlan VNL after `vxlan://`. */
 export function parseVxlan(rest: string): VxlanConfig {
   const { address, options } = parseOptions("vxlan", rest, OPTION_NAMES);
-  const wantV6 = options.v6 !== undefined, wantV4 = options.v4 !== undefined;
-  const family = wantV6 === wantV4
-    ? (address === "" && options.peers ? peersFamily(options.peers) : undefined)
-    : wantV6
-    ? AF_INET6
-    : AF_INET;
+  const family = memberFamily(address, options);
   const port = parseInteger(options.port ?? String(VXLAN_PORT), "port", 1, 65535);
   const host = address === ""
     ? (family === AF_INET6 ? DEFAULT_GROUP_V6 : DEFAULT_GROUP_V4)
     : address.replace(/^\[(.*)\]$/, "$1");
-  const group = SocketAddress.parse(host, port, family);
-  if (!group) {
-    throw new VnlError(
-      `Bad vxlan group address: ${JSON.stringify(host)}; expected a numeric ${
-        family === AF_INET6 ? "IPv6" : family === AF_INET ? "IPv4" : "IPv4 or IPv6"
-      } multicast address such as 239.0.0.1 or ff05:56de::1`,
-    );
-  }
-  const ip = group.ip;
-  if (group.family === AF_INET ? (ip[0] & 0xf0) !== 0xe0 : ip[0] !== 0xff) {
-    throw new VnlError(
-      `Bad vxlan group address: ${host} is not a multicast address (224.0.0.0/4 or ff00::/8)`,
-    );
-  }
-  const expire = options.expiretime === undefined
-    ? 128
-    : parseInteger(options.expiretime, "expiretime", -(2 ** 31), 2 ** 31 - 1);
+  const group = parseGroup("vxlan", host, port, family);
+  requireMulticast("vxlan", group, host);
   return {
     group,
     vni: parseInteger(options.vni ?? "1", "vni", 0, 0xffffff),
-    ttl: parseInteger(options.ttl ?? "1", "ttl", 0, 255),
-    receiveBuffer: options.rcvbuf === undefined ? undefined : parseSize(options.rcvbuf, "rcvbuf"),
-    hashSize: options.hashsize === undefined
-      ? 1024
-      : parseInteger(options.hashsize, "hashsize", 1, 1 << 24),
-    expireSeconds: expire > 0 ? expire : 128,
-    interfaceName: options.if,
-    peers: options.peers === undefined ? undefined : parsePeers(options.peers, port, group.family),
-    peerTimeout: options.peertimeout === undefined
-      ? DEFAULT_PEER_TIMEOUT
-      : parseInteger(options.peertimeout, "peertimeout", 1, 86400),
+    ...parseMemberSettings(options, port, group.family),
   };
 }
 

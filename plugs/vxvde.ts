@@ -57,16 +57,19 @@ import {
 import { log } from "../core/log.ts";
 import { MacTable } from "./_mactable.ts";
 import { MessagePlanner } from "./_runs.ts";
-import { datagramVectors, describeTable, largestWholeFrame, sendPlanned } from "./_overlay.ts";
-import type { Plug } from "../core/plug.ts";
 import {
-  bindMember,
-  DEFAULT_PEER_TIMEOUT,
-  helloHeader,
-  parsePeers,
-  PeerMesh,
-  peersFamily,
-} from "./_peers.ts";
+  datagramVectors,
+  describeTable,
+  largestWholeFrame,
+  memberFamily,
+  type MemberSettings,
+  parseGroup,
+  parseMemberSettings,
+  requireMulticast,
+  sendPlanned,
+} from "./_overlay.ts";
+import type { Plug } from "../core/plug.ts";
+import { bindMember, helloHeader, PeerMesh } from "./_peers.ts";
 import {
   type DatagramSource,
   destinationTag,
@@ -76,7 +79,7 @@ import {
   Sealer,
   Verdict,
 } from "./seal.ts";
-import { groupId, parseInteger, parseOptions, parseSize, VnlError } from "../core/vnl.ts";
+import { groupId, parseInteger, parseOptions, VnlError } from "../core/vnl.ts";
 import { HEADER_SIZE, vxvdeHeader } from "./_vxheader.ts";
 import {
   arpFrame,
@@ -119,21 +122,12 @@ const OPTION_NAMES = [
 ] as const;
 
 /** The settings of a vxvde plug, as parsed from its VNL. */
-export interface VxvdeConfig {
+export interface VxvdeConfig extends MemberSettings {
   group: SocketAddress;
   vni: number;
-  ttl: number;
-  receiveBuffer?: number;
-  hashSize: number;
-  expireSeconds: number;
-  interfaceName?: string;
   bindAddress?: string;
   /** `key=`: a key file, or `env:NAME`; the network is sealed (see plugs/seal.ts). */
   key?: string;
-  /** `peers=`: members reached by unicast too (see plugs/_peers.ts). */
-  peers?: SocketAddress[];
-  /** `peertimeout=`: seconds after which a silent member is dropped. */
-  peerTimeout: number;
 }
 
 /** Parses the part of a vxvde VNL after `vxvde://`. */
@@ -144,24 +138,12 @@ export function parseVxvde(rest: string): VxvdeConfig {
     );
   }
   const { address, options } = parseOptions("vxvde", rest, OPTION_NAMES);
-  const wantV6 = options.v6 !== undefined, wantV4 = options.v4 !== undefined;
-  const family = wantV6 === wantV4
-    ? (address === "" && options.peers ? peersFamily(options.peers) : undefined)
-    : wantV6
-    ? AF_INET6
-    : AF_INET;
+  const family = memberFamily(address, options);
   const port = parseInteger(options.port ?? String(DEFAULT_PORT), "port", 1, 65535);
   const host = address === ""
     ? (family === AF_INET6 ? DEFAULT_GROUP_V6 : DEFAULT_GROUP_V4)
     : address;
-  let group = SocketAddress.parse(host, port, family);
-  if (!group) {
-    throw new VnlError(
-      `Bad vxvde group address: ${JSON.stringify(host)}; expected a numeric ${
-        family === AF_INET6 ? "IPv6" : family === AF_INET ? "IPv4" : "IPv4 or IPv6"
-      } multicast address such as 239.0.0.1 or ff05:56de::1`,
-    );
-  }
+  let group = parseGroup("vxvde", host, port, family);
   const grp = options.grp === undefined ? undefined : groupId(options.grp, "grp");
   if (grp !== undefined) {
     const ip = group.ip;
@@ -169,35 +151,16 @@ export function parseVxvde(rest: string): VxvdeConfig {
     ip[ip.length - 2] = (grp >> 8) & 0xff;
     ip[ip.length - 1] = grp & 0xff;
   }
-  const ip = group.ip;
-  const multicast = group.family === AF_INET ? (ip[0] & 0xf0) === 0xe0 : ip[0] === 0xff;
-  if (!multicast) {
-    throw new VnlError(
-      `Bad vxvde group address: ${host} is not a multicast address (224.0.0.0/4 or ff00::/8)`,
-    );
-  }
+  requireMulticast("vxvde", group, host);
   group = group.withPort(port);
   const vni = options.vni !== undefined ? groupId(options.vni, "vni") : grp ?? 1;
   if (vni > 0xffffff) throw new VnlError(`Bad vni: ${vni}; a VNI has 24 bits (0 to 16777215)`);
-  const expire = options.expiretime === undefined
-    ? 128
-    : parseInteger(options.expiretime, "expiretime", -(2 ** 31), 2 ** 31 - 1);
   return {
     group,
     vni,
-    ttl: parseInteger(options.ttl ?? "1", "ttl", 0, 255),
-    receiveBuffer: options.rcvbuf === undefined ? undefined : parseSize(options.rcvbuf, "rcvbuf"),
-    hashSize: options.hashsize === undefined
-      ? 1024
-      : parseInteger(options.hashsize, "hashsize", 1, 1 << 24),
-    expireSeconds: expire > 0 ? expire : 128,
-    interfaceName: options.if,
+    ...parseMemberSettings(options, port, group.family),
     bindAddress: options.bind,
     key: options.key,
-    peers: options.peers === undefined ? undefined : parsePeers(options.peers, port, group.family),
-    peerTimeout: options.peertimeout === undefined
-      ? DEFAULT_PEER_TIMEOUT
-      : parseInteger(options.peertimeout, "peertimeout", 1, 86400),
   };
 }
 
