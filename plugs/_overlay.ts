@@ -1,8 +1,7 @@
 /**
  * What the overlay plugs (vxvde, vxlan) do alike around their own header
- * handling: the options they share, a datagram vector per batch, the end of a
- * send, the largest frame a datagram carries whole, and the learned table in
- * `describe()`.
+ * handling: the options they share, the end of a send, the largest frame a
+ * datagram carries whole, and the learned table in `describe()`.
  *
  * @module
  */
@@ -10,29 +9,18 @@
 import {
   AF_INET,
   AF_INET6,
-  DatagramVector,
+  type DatagramVector,
   formatSocketAddress,
   routeMtu,
   SOCKADDR_SIZE,
   SocketAddress,
 } from "../ffi/net.ts";
 import { Counter } from "../core/counters.ts";
-import { HEADROOM, PerBatch, SLOT_SIZE } from "../core/frames.ts";
 import { log } from "../core/log.ts";
 import { parseInteger, parseSize, VnlError } from "../core/vnl.ts";
 import { formatMac, type MacTable } from "./_mactable.ts";
 import { DEFAULT_PEER_TIMEOUT, parsePeers, type PeerMesh, peersFamily } from "./_peers.ts";
 import type { MessagePlanner } from "./_runs.ts";
-
-/**
- * One datagram vector per batch, serving both ways (every receive re-aims its
- * entries at their slots): each datagram starts `prefix` bytes before its frame.
- */
-export function datagramVectors(prefix: number): PerBatch<DatagramVector> {
-  return new PerBatch((batch) =>
-    new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - prefix, batch.capacity)
-  );
-}
 
 /**
  * The largest frame that a datagram of `prefix` bytes before the frame

@@ -31,7 +31,6 @@ import {
   AF_INET,
   AF_INET6,
   bindSocket,
-  DatagramVector,
   numericAddress,
   setBufferSize,
   SOCKADDR_SIZE,
@@ -39,16 +38,10 @@ import {
   udpSocket,
 } from "../ffi/net.ts";
 import { Counter, newCounters } from "../core/counters.ts";
-import {
-  ETH_HEADER,
-  type FrameBatch,
-  HEADROOM,
-  MAX_FRAME,
-  PerBatch,
-  SLOT_SIZE,
-} from "../core/frames.ts";
+import { ETH_HEADER, type FrameBatch, MAX_FRAME } from "../core/frames.ts";
 import type { Plug } from "../core/plug.ts";
 import { VnlError } from "../core/vnl.ts";
+import { datagramVectors, sendEach } from "./_datagrams.ts";
 
 const WORDS_PER_NAME = SOCKADDR_SIZE / 4;
 
@@ -136,9 +129,7 @@ export class UdpPlug implements Plug {
   /** The words of the remote's socket address that say who sent a datagram: family, port, IP. */
   readonly #remoteWords: Uint32Array;
   readonly #remoteWordIndexes: readonly number[];
-  readonly #vectors = new PerBatch((batch) =>
-    new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM, batch.capacity)
-  );
+  readonly #vectors = datagramVectors(0);
   #closed = false;
 
   constructor(vnl: string, rest: string) {
@@ -201,21 +192,16 @@ export class UdpPlug implements Plug {
 
   send(batch: FrameBatch): void {
     const vector = this.#vectors.of(batch);
-    const counters = this.counters;
-    const nameLength = this.config.remote.length;
-    let prepared = 0;
-    for (let i = 0; i < batch.count; i++) {
-      const length = batch.lengths[i];
-      if (length === 0) continue;
-      vector.prepare(prepared++, i, length, this.#remoteAddress, nameLength);
-      counters[Counter.framesOut]++;
-      counters[Counter.bytesOut] += length;
-    }
     // A failure is a peer not there yet (ECONNREFUSED after an ICMP error) or
     // a full buffer: that frame is lost, the next ones may pass.
-    const failed = vector.sendAll(this.#fd, prepared);
-    counters[Counter.dropSendError] += failed;
-    counters[Counter.framesOut] -= failed;
+    sendEach(
+      this.#fd,
+      vector,
+      batch,
+      this.counters,
+      this.#remoteAddress,
+      this.config.remote.length,
+    );
   }
 
   describe(): Record<string, unknown> {

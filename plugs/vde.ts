@@ -20,7 +20,6 @@
  */
 
 import { closeQuietly, Errno, SystemError } from "../ffi/libc.ts";
-import { DatagramVector } from "../ffi/net.ts";
 import { changeGroup, realPath, removeFile, userId } from "../ffi/os.ts";
 import {
   connectTo,
@@ -33,16 +32,10 @@ import {
   writeAll,
 } from "../ffi/unix.ts";
 import { Counter, newCounters } from "../core/counters.ts";
-import {
-  ETH_HEADER,
-  type FrameBatch,
-  HEADROOM,
-  MAX_FRAME,
-  PerBatch,
-  SLOT_SIZE,
-} from "../core/frames.ts";
+import { ETH_HEADER, type FrameBatch, MAX_FRAME } from "../core/frames.ts";
 import type { Plug } from "../core/plug.ts";
 import { groupId, splitQuoted, VnlError } from "../core/vnl.ts";
+import { datagramVectors, sendEach } from "./_datagrams.ts";
 
 /** Where a switch started without -s listens, in the order vdeplug4 tries them. */
 const DEFAULT_SWITCHES = ["/var/run/vde.ctl", "/tmp/vde.ctl"];
@@ -186,9 +179,7 @@ export class VdePlug implements Plug {
   readonly directory: string;
   readonly #dataFd: number;
   readonly #controlFd: number;
-  readonly #vectors = new PerBatch((batch) =>
-    new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM, batch.capacity)
-  );
+  readonly #vectors = datagramVectors(0);
   #closed = false;
 
   constructor(vnl: string, rest: string) {
@@ -274,21 +265,9 @@ export class VdePlug implements Plug {
   }
 
   send(batch: FrameBatch): void {
-    const vector = this.#vectors.of(batch);
-    const counters = this.counters;
-    let prepared = 0;
-    for (let i = 0; i < batch.count; i++) {
-      const length = batch.lengths[i];
-      if (length === 0) continue;
-      // A connected socket: no destination name.
-      vector.prepare(prepared++, i, length, 0, 0);
-      counters[Counter.framesOut]++;
-      counters[Counter.bytesOut] += length;
-    }
-    // The socket blocks while the switch's queue is full, as vde_plug's does: backpressure, not loss.
-    const failed = vector.sendAll(this.#dataFd, prepared);
-    counters[Counter.dropSendError] += failed;
-    counters[Counter.framesOut] -= failed;
+    // A connected socket: no destination name. It blocks while the switch's queue is full, as
+    // vde_plug's does: backpressure, not loss.
+    sendEach(this.#dataFd, this.#vectors.of(batch), batch, this.counters, 0, 0);
   }
 
   describe(): Record<string, unknown> {

@@ -53,8 +53,8 @@ import type { Plug } from "../core/plug.ts";
 import { parseInteger, parseOptions } from "../core/vnl.ts";
 import { MacTable } from "./_mactable.ts";
 import { MessagePlanner } from "./_runs.ts";
+import { datagramVectors } from "./_datagrams.ts";
 import {
-  datagramVectors,
   describeTable,
   largestWholeFrame,
   memberFamily,

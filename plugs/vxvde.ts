@@ -57,8 +57,8 @@ import {
 import { log } from "../core/log.ts";
 import { MacTable } from "./_mactable.ts";
 import { MessagePlanner } from "./_runs.ts";
+import { datagramVectors } from "./_datagrams.ts";
 import {
-  datagramVectors,
   describeTable,
   largestWholeFrame,
   memberFamily,
