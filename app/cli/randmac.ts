@@ -7,9 +7,8 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import { formatMac } from "../../core/frames.ts";
-import { UsageError } from "./usage.ts";
+import { positionalsOrHelp, UsageError } from "./usage.ts";
 
 export const RANDMAC_USAGE = `Usage: vdeno randmac [OPTIONS]
 
@@ -36,16 +35,8 @@ export function randomMac(): string {
 
 /** Runs `vdeno randmac`; resolves to the exit code. */
 export function randmacCommand(args: string[]): number {
-  const { values, positionals } = parseArgs({
-    args,
-    options: { help: { type: "boolean", short: "h" } },
-    allowPositionals: true,
-    strict: true,
-  });
-  if (values.help) {
-    console.log(RANDMAC_USAGE);
-    return 0;
-  }
+  const positionals = positionalsOrHelp(args, RANDMAC_USAGE);
+  if (positionals === undefined) return 0;
   if (positionals.length > 0) {
     throw new UsageError(`randmac takes no arguments, got ${JSON.stringify(positionals[0])}`);
   }

@@ -7,7 +7,6 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import {
   controlDirectory,
   controlSockets,
@@ -16,7 +15,7 @@ import {
   type ReloadReport,
   requestReload,
 } from "../control.ts";
-import { UsageError } from "./usage.ts";
+import { positionalsOrHelp, UsageError } from "./usage.ts";
 
 export const RELOAD_USAGE = `Usage:
   vdeno reload NAME|PID    make a running plug re-read its key= sources
@@ -27,16 +26,8 @@ those that have not switched yet. A plug without key= has nothing to reload.`;
 
 /** Runs `vdeno reload`; resolves to the exit code. */
 export async function reloadCommand(args: string[]): Promise<number> {
-  const { values, positionals } = parseArgs({
-    args,
-    options: { help: { type: "boolean", short: "h" } },
-    allowPositionals: true,
-    strict: true,
-  });
-  if (values.help) {
-    console.log(RELOAD_USAGE);
-    return 0;
-  }
+  const positionals = positionalsOrHelp(args, RELOAD_USAGE);
+  if (positionals === undefined) return 0;
   if (positionals.length !== 1) {
     throw new UsageError("reload takes one plug name or pid");
   }
