@@ -162,17 +162,7 @@ export function writeTextFile(
   const fd = libc.open(cString(path), flags, mode);
   if (fd < 0) throw new SystemError(path, errno());
   try {
-    const bytes = new TextEncoder().encode(text);
-    for (let done = 0; done < bytes.length;) {
-      const count = libc.write(
-        fd,
-        Deno.UnsafePointer.of(bytes.subarray(done)),
-        BigInt(bytes.length - done),
-      );
-      if (count < 0 && errno() === Errno.EINTR) continue;
-      check(count, path);
-      done += count;
-    }
+    writeFully(fd, new TextEncoder().encode(text), path);
   } finally {
     libc.close(fd);
   }
