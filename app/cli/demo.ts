@@ -204,6 +204,14 @@ export async function demoCommand(args: string[]): Promise<number> {
   }
 }
 
+/** Starts `vdeno plug --name NAME VNL GROUP` in namespace `netns`. */
+function spawnPlug(netns: string, name: string, vnl: string, group: string): Deno.ChildProcess {
+  return new Deno.Command("ip", {
+    args: ["netns", "exec", netns, ...selfCommand(), "plug", "--name", name, vnl, group],
+    stdin: "null",
+  }).spawn();
+}
+
 async function tapMember(
   netns: string,
   prefix: string,
@@ -211,20 +219,7 @@ async function tapMember(
   group: string,
   address: string,
 ): Promise<Member> {
-  const process = new Deno.Command("ip", {
-    args: [
-      "netns",
-      "exec",
-      netns,
-      ...selfCommand(),
-      "plug",
-      "--name",
-      `${prefix}-h${index}`,
-      "tap://vde0",
-      group,
-    ],
-    stdin: "null",
-  }).spawn();
+  const process = spawnPlug(netns, `${prefix}-h${index}`, "tap://vde0", group);
   await waitForLink(netns, "vde0");
   await run(["ip", "-n", netns, "addr", "add", `${address}/24`, "dev", "vde0"]);
   await run(["ip", "-n", netns, "link", "set", "vde0", "up"]);
@@ -287,20 +282,7 @@ async function namespaceMember(
 
 /** The gateway: slirp's NAT, DHCP and DNS on the cloud, through libvdeplug-slirp. */
 function gatewayMember(netns: string, prefix: string, group: string): Member {
-  const process = new Deno.Command("ip", {
-    args: [
-      "netns",
-      "exec",
-      netns,
-      ...selfCommand(),
-      "plug",
-      "--name",
-      `${prefix}-gw`,
-      SLIRP_VNL,
-      group,
-    ],
-    stdin: "null",
-  }).spawn();
+  const process = spawnPlug(netns, `${prefix}-gw`, SLIRP_VNL, group);
   return {
     description: `the gateway, vdeno plug slirp:// ${group}, ${GATEWAY_ADDRESS}: NAT, DHCP, DNS`,
     address: GATEWAY_ADDRESS,
