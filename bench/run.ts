@@ -22,7 +22,7 @@ import {
   startContender,
   SWITCH_CONTENDERS,
 } from "./_contenders.ts";
-import { type ScaleFigures, scaleWorkload, setScaleTrace } from "./_scale.ts";
+import { scaleWorkload, setScaleTrace } from "./_scale.ts";
 import {
   BROADCAST_SETUPS,
   type BroadcastSetup,
@@ -231,21 +231,8 @@ async function main(): Promise<number> {
   if (options.broadcast) return await broadcastMain(options);
   const about = machine();
   const started = new Date();
-  let lan: Lan;
-  try {
-    lan = await Lan.create(2);
-  } catch (error) {
-    console.error(`bench: cannot build the namespace LAN: ${(error as Error).message}`);
-    return 1;
-  }
-  const onInterrupt = async () => {
-    console.error("\nbench: interrupted, removing the namespaces");
-    await lan.dispose();
-    Deno.exit(130);
-  };
-  Deno.addSignalListener("SIGINT", onInterrupt);
   const rounds = new Map<ContenderName, RoundFigures[]>(options.contenders.map((n) => [n, []]));
-  try {
+  const ran = await onBenchLan(2, async (lan) => {
     for (const host of lan.hosts) await allowBigSocketBuffers(host);
     await startIperfServer(lan.hosts[1]);
     for (let round = 0; round < options.rounds; round++) {
@@ -263,13 +250,9 @@ async function main(): Promise<number> {
         );
       }
     }
-  } catch (error) {
-    console.error(`bench: ${(error as Error).message}`);
-    return 1;
-  } finally {
-    Deno.removeSignalListener("SIGINT", onInterrupt);
-    await lan.dispose();
-  }
+    return true;
+  });
+  if (ran === undefined) return 1;
   about.loadavgAfter = Deno.loadavg();
   const report: Report = {
     date: started.toISOString(),
@@ -319,6 +302,38 @@ async function main(): Promise<number> {
   return 0;
 }
 
+/**
+ * Runs `work` on a namespace LAN of `hosts` hosts, removed afterwards and on Ctrl-C. A LAN that
+ * cannot be built or work that fails is one line on stderr, and undefined.
+ */
+async function onBenchLan<T>(
+  hosts: number,
+  work: (lan: Lan) => Promise<T>,
+): Promise<T | undefined> {
+  let lan: Lan;
+  try {
+    lan = await Lan.create(hosts);
+  } catch (error) {
+    console.error(`bench: cannot build the namespace LAN: ${(error as Error).message}`);
+    return undefined;
+  }
+  const onInterrupt = async () => {
+    console.error("\nbench: interrupted, removing the namespaces");
+    await lan.dispose();
+    Deno.exit(130);
+  };
+  Deno.addSignalListener("SIGINT", onInterrupt);
+  try {
+    return await work(lan);
+  } catch (error) {
+    console.error(`bench: ${(error as Error).message}`);
+    return undefined;
+  } finally {
+    Deno.removeSignalListener("SIGINT", onInterrupt);
+    await lan.dispose();
+  }
+}
+
 /** `--scale`: the scale workload alone; prints its figures and writes scale.json. */
 async function runScale(options: Options, hosts: number): Promise<number> {
   for (const program of ["ping", "vde_plug"]) {
@@ -330,35 +345,15 @@ async function runScale(options: Options, hosts: number): Promise<number> {
   if (options.verbose) setScaleTrace((line) => console.error(`    ${line}`));
   const about = machine();
   const started = new Date();
-  let lan: Lan;
-  try {
-    lan = await Lan.create(hosts);
-  } catch (error) {
-    console.error(`bench: cannot build the namespace LAN: ${(error as Error).message}`);
-    return 1;
-  }
-  const onInterrupt = async () => {
-    console.error("\nbench: interrupted, removing the namespaces");
-    await lan.dispose();
-    Deno.exit(130);
-  };
-  Deno.addSignalListener("SIGINT", onInterrupt);
-  let figures: ScaleFigures;
-  try {
-    figures = await scaleWorkload(lan, {
+  const figures = await onBenchLan(hosts, (lan) =>
+    scaleWorkload(lan, {
       hosts,
       vdePlugEvery: 4,
       macsPerHost: 100,
       idleSeconds: options.quick ? 10 : 60,
       hashSizes: [1024, 8192],
-    });
-  } catch (error) {
-    console.error(`bench: ${(error as Error).message}`);
-    return 1;
-  } finally {
-    Deno.removeSignalListener("SIGINT", onInterrupt);
-    await lan.dispose();
-  }
+    }));
+  if (figures === undefined) return 1;
   about.loadavgAfter = Deno.loadavg();
   const report = { date: started.toISOString(), machine: about, figures };
   await Deno.mkdir(options.out, { recursive: true });
