@@ -9,6 +9,8 @@
  * @module
  */
 
+import { checksumArea } from "./checksum.ts";
+
 /** Ethernet header length. */
 export const ETH_HEADER = 14;
 /** The largest frame vdeplug4 carries: a 9216-byte payload, the header and a VLAN tag. */
@@ -32,6 +34,11 @@ export class FrameBatch {
   readonly bytes: Uint8Array<ArrayBuffer>;
   /** The slots as 32-bit words, for fast header checks. */
   readonly words: Uint32Array;
+  /**
+   * The one's complement sum of bytes [start, end) of {@linkcode bytes}, folded to 16 bits
+   * (core/checksum.ts): the slots live in WebAssembly memory so that it can sum them.
+   */
+  readonly sum: (start: number, end: number) => number;
   /** Frame lengths, one per slot. */
   readonly lengths: Int32Array;
   /** A pointer to each slot's frame, made once so the data path creates none. */
@@ -48,8 +55,10 @@ export class FrameBatch {
 
   constructor(capacity = DEFAULT_BATCH) {
     this.capacity = capacity;
-    this.bytes = new Uint8Array(capacity * SLOT_SIZE);
-    this.words = new Uint32Array(this.bytes.buffer);
+    const area = checksumArea(capacity * SLOT_SIZE);
+    this.bytes = area.bytes;
+    this.sum = area.sum;
+    this.words = new Uint32Array(this.bytes.buffer, 0, this.bytes.length / 4);
     this.lengths = new Int32Array(capacity);
     const base = Deno.UnsafePointer.of(this.bytes)!;
     this.framePointers = Array.from(

@@ -3,12 +3,15 @@
  * kernel left open, and cutting TCP super-frames (TSO) into frames of one
  * segment each, so that what leaves vdeno is ordinary Ethernet.
  *
- * Frames are read through DataViews: any alignment, network byte order, and
- * no allocation per frame.
+ * Headers are read through DataViews: any alignment, network byte order, and
+ * no allocation per frame. Payloads are summed in WebAssembly
+ * (core/checksum.ts), which is why segments are cut into, and merged from,
+ * checksum areas such as a FrameBatch.
  *
  * @module
  */
 
+import type { ChecksumArea } from "../core/checksum.ts";
 import type { FrameBatch } from "../core/frames.ts";
 
 /** Bytes of the virtio-net header before each frame (struct virtio_net_hdr). */
@@ -238,8 +241,11 @@ export class TcpSegmenter {
     return true;
   }
 
-  /** Writes the next segment as a frame at `offset` of `out`; returns its length. */
-  next(out: DataView, offset: number): number {
+  /**
+   * Writes the next segment as a frame at `offset` of `out` (`view` is a view
+   * of the same bytes); returns its length.
+   */
+  next(out: ChecksumArea, view: DataView, offset: number): number {
     const source = this.#view;
     const headerLength = this.#headerLength;
     const l3 = offset + this.#l3;
@@ -249,48 +255,31 @@ export class TcpSegmenter {
     const index = this.#index;
 
     let i = 0;
-    for (; i + 4 <= headerLength; i += 4) out.setUint32(offset + i, source.getUint32(i));
-    for (; i < headerLength; i++) out.setUint8(offset + i, source.getUint8(i));
+    for (; i + 4 <= headerLength; i += 4) view.setUint32(offset + i, source.getUint32(i));
+    for (; i < headerLength; i++) view.setUint8(offset + i, source.getUint8(i));
 
     if (this.#ipv4) {
-      out.setUint16(l3 + 2, headerLength - this.#l3 + payload);
-      out.setUint16(l3 + 4, (this.#identification + index) & 0xffff);
-      out.setUint16(l3 + 10, 0);
-      out.setUint16(l3 + 10, finishChecksum(addWords(out, l3, l4, 0)));
+      view.setUint16(l3 + 2, headerLength - this.#l3 + payload);
+      view.setUint16(l3 + 4, (this.#identification + index) & 0xffff);
+      view.setUint16(l3 + 10, 0);
+      view.setUint16(l3 + 10, finishChecksum(addWords(view, l3, l4, 0)));
     } else {
-      out.setUint16(l3 + 4, headerLength - this.#l3 - 40 + payload);
+      view.setUint16(l3 + 4, headerLength - this.#l3 - 40 + payload);
     }
-    const pseudo = addressSum(out, l3, this.#ipv4);
-    out.setUint32(l4 + 4, (this.#sequence + index * this.#mss) % 0x100000000);
+    const pseudo = addressSum(view, l3, this.#ipv4);
+    view.setUint32(l4 + 4, (this.#sequence + index * this.#mss) % 0x100000000);
     let flags = source.getUint8(this.#l4 + 13);
     if (end < this.#length) flags &= ~(TCP_FIN | TCP_PSH);
     if (index > 0) flags &= ~TCP_CWR;
-    out.setUint8(l4 + 13, flags);
-    out.setUint16(l4 + 16, 0);
+    view.setUint8(l4 + 13, flags);
+    view.setUint16(l4 + 16, 0);
 
     const tcpLength = headerLength - this.#l4 + payload;
-    let sum = pseudo + PROTOCOL_TCP + tcpLength + addWords(out, l4, offset + headerLength, 0);
-    // Copy and sum the payload in one pass, as the kernel's csum_and_copy does.
-    let from = this.#next;
-    let to = offset + headerLength;
-    for (; from + 4 <= end; from += 4, to += 4) {
-      const word = source.getUint32(from);
-      out.setUint32(to, word);
-      sum += word;
-    }
-    if (from + 2 <= end) {
-      const word = source.getUint16(from);
-      out.setUint16(to, word);
-      sum += word;
-      from += 2;
-      to += 2;
-    }
-    if (from < end) {
-      const last = source.getUint8(from);
-      out.setUint8(to, last);
-      sum += last << 8;
-    }
-    out.setUint16(l4 + 16, finishChecksum(sum));
+    const payloadStart = offset + headerLength;
+    out.bytes.set(this.bytes.subarray(this.#next, end), payloadStart);
+    const sum = pseudo + PROTOCOL_TCP + tcpLength + addWords(view, l4, payloadStart, 0) +
+      out.sum(payloadStart, payloadStart + payload);
+    view.setUint16(l4 + 16, finishChecksum(sum));
 
     this.#next = end;
     this.#index = index + 1;
@@ -302,47 +291,10 @@ const TCP_ACK = 0x10;
 /** The IPv4 fragment fields less DF: set on a fragment, which is never merged. */
 const IPV4_FRAGMENT_BITS = 0x3fff;
 
-/**
- * The one's complement sum of bytes [start, end) of a batch, folded to 16
- * bits in network order, as {@linkcode addWords} but faster for long runs:
- * the words are read little-endian from `words` (a view of the same buffer),
- * and a sum in swapped byte order is the byte-swapped sum (RFC 1071).
- */
-export function addBytes(
-  bytes: Uint8Array,
-  words: Uint32Array,
-  start: number,
-  end: number,
-): number {
-  let i = start, swapped = 0;
-  if ((i & 1) !== 0) return addWords(new DataView(bytes.buffer), start, end, 0); // never on frames
-  if ((i & 2) !== 0 && i + 2 <= end) {
-    swapped += bytes[i] | (bytes[i + 1] << 8);
-    i += 2;
-  }
-  const firstWord = i >> 2;
-  const wordEnd = (i & 3) === 0 ? firstWord + ((end - i) >> 2) : firstWord; // too short if not
-  let w = firstWord, a = 0, b = 0;
-  for (; w + 4 <= wordEnd; w += 4) {
-    a += words[w] + words[w + 1];
-    b += words[w + 2] + words[w + 3];
-  }
-  for (; w < wordEnd; w++) a += words[w];
-  i += (w - firstWord) << 2;
-  if (i + 2 <= end) {
-    swapped += bytes[i] | (bytes[i + 1] << 8);
-    i += 2;
-  }
-  if (i < end) swapped += bytes[i];
-  swapped += a + b;
-  while (swapped > 0xffff) swapped = (swapped % 0x10000) + Math.floor(swapped / 0x10000);
-  return ((swapped & 0xff) << 8) | (swapped >> 8);
-}
-
 /** Sum of a TCP segment in a batch and its pseudo-header; a valid one folds to 0xffff. */
 function tcpSum(batch: FrameBatch, view: DataView, l3: number, l4: number, end: number): number {
   const pseudo = addressSum(view, l3, view.getUint8(l3) >> 4 === 4);
-  return pseudo + PROTOCOL_TCP + (end - l4) + addBytes(batch.bytes, batch.words, l4, end);
+  return pseudo + PROTOCOL_TCP + (end - l4) + batch.sum(l4, end);
 }
 
 /** Whether bytes [a, a + length) and [b, b + length) of `view` are equal, four at a time. */

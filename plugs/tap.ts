@@ -149,7 +149,7 @@ export class TapPlug implements Plug {
       const i = batch.count;
       const frameStart = batch.offset(i);
       if (segmenter.pending) {
-        this.#accept(batch, i, segmenter.next(view, frameStart));
+        this.#accept(batch, i, segmenter.next(batch, view, frameStart));
         continue;
       }
       if (light && reads > 0) return true;

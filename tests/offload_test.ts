@@ -8,6 +8,7 @@
 import assert from "node:assert/strict";
 import { completeChecksum, TcpSegmenter, VNET_HEADER, VnetHeader } from "../plugs/_offload.ts";
 import { MAX_FRAME } from "../core/frames.ts";
+import { type ChecksumArea, checksumArea } from "../core/checksum.ts";
 
 const GSO_TCPV4 = 1;
 const GSO_UDP = 3;
@@ -137,12 +138,12 @@ function buildTcpFrame(into: Uint8Array, shape: FrameShape, payload: Uint8Array)
 }
 
 /** Cuts the loaded super-frame into `out`, one after the other; returns where each frame is. */
-function cutAll(segmenter: TcpSegmenter, out: Uint8Array): { start: number; length: number }[] {
-  const view = new DataView(out.buffer);
+function cutAll(segmenter: TcpSegmenter, out: ChecksumArea): { start: number; length: number }[] {
+  const view = new DataView(out.bytes.buffer);
   const frames: { start: number; length: number }[] = [];
   let start = 0;
   while (segmenter.pending) {
-    const length = segmenter.next(view, start);
+    const length = segmenter.next(out, view, start);
     frames.push({ start, length });
     start += length + 3; // odd gaps: frames at any alignment
     assert.ok(frames.length <= 100, "the segmenter does not stop");
@@ -248,11 +249,11 @@ function segmentAndCheck(
   const original = segmenter.bytes.slice(0, built.length);
   const gsoType = options.gsoType ?? (shape.ipv4 ? GSO_TCPV4 : GSO_TCPV6) | GSO_ECN;
   assert.ok(segmenter.load(built.length, gsoType, SEGMENT_SIZE, built.l4), "load refused it");
-  const out = new Uint8Array(payloadLength * 2 + 100_000);
+  const out = checksumArea(payloadLength * 2 + 100_000);
   const frames = cutAll(segmenter, out);
   const headerLength = built.l4 + TCP_HEADER;
   const perSegment = Math.min(SEGMENT_SIZE, (options.fitTo ?? Infinity) - headerLength);
-  return assertSegments(original, built, out, frames, payload, perSegment);
+  return assertSegments(original, built, out.bytes, frames, payload, perSegment);
 }
 
 Deno.test("an IPv4 TCP super-frame is cut into segments that each stand alone", () => {
