@@ -14,10 +14,18 @@
  * @module
  */
 
-import { type Host, type Process, sleep } from "../app/lab.ts";
+import { Host, type Process, sleep } from "../app/lab.ts";
+import { allowBigSocketBuffers, startIperfServer } from "./_workloads.ts";
 
 /** Names of the contenders, in the order they are listed. */
-export const CONTENDERS = ["vdeno", "vdeno-sealed", "vde_plug", "kernel"] as const;
+export const CONTENDERS = [
+  "vdeno",
+  "vdeno-sealed",
+  "vde_plug",
+  "kernel",
+  "vdeno-ns",
+  "vdens",
+] as const;
 
 /** Contenders run only when `--only` names them: both hosts on one vde_switch. */
 export const SWITCH_CONTENDERS = [
@@ -32,6 +40,11 @@ export type ContenderName = typeof CONTENDERS[number] | typeof SWITCH_CONTENDERS
 
 /** A contender set up on both hosts. */
 export interface RunningContender {
+  /**
+   * Where the workloads run, client first: the LAN's hosts, or the namespaces
+   * the contender made in them (with their own iperf3 server in the second).
+   */
+  hosts: Host[];
   /** Process ids of the plug processes (empty for the kernel). */
   pids: number[];
   /** Takes the overlay down, leaving the hosts as they were. */
@@ -41,6 +54,9 @@ export interface RunningContender {
 const GROUP = "239.1.2.3";
 const KERNEL_GROUP = "239.1.2.4";
 const MAIN_TS = new URL("../main.ts", import.meta.url).pathname;
+const VDENO = [Deno.execPath(), "run", "-A", "--quiet", MAIN_TS];
+/** The name of the executable a vdeno process runs (deno). */
+const DENO_PROGRAM = Deno.execPath().split("/").at(-1)!;
 
 /** The overlay address of host `index` (0-based). */
 export function overlayAddress(index: number): string {
@@ -52,12 +68,16 @@ export async function startContender(
   name: ContenderName,
   hosts: Host[],
 ): Promise<RunningContender> {
-  const running = name === "kernel" ? await startKernel(hosts) : await startPlugs(name, hosts);
+  const running = name === "kernel"
+    ? await startKernel(hosts)
+    : name === "vdeno-ns" || name === "vdens"
+    ? await startNamespaces(name, hosts)
+    : await startPlugs(name, hosts);
   try {
-    for (const [index, host] of hosts.entries()) {
+    for (const [index, host] of running.hosts.entries()) {
       await host.configure(running.link, `${overlayAddress(index)}/24`);
     }
-    if (!(await hosts[0].pingable(overlayAddress(1), 15_000))) {
+    if (!(await running.hosts[0].pingable(overlayAddress(1), 15_000))) {
       throw new Error(`${name}: ${overlayAddress(1)} does not answer over the overlay`);
     }
   } catch (error) {
@@ -68,10 +88,9 @@ export async function startContender(
 }
 
 async function startPlugs(
-  name: Exclude<ContenderName, "kernel">,
+  name: Exclude<ContenderName, "kernel" | "vdeno-ns" | "vdens">,
   hosts: Host[],
 ): Promise<RunningContender & { link: string }> {
-  const vdeno = [Deno.execPath(), "run", "-A", "--quiet", MAIN_TS];
   let keyDirectory: string | undefined;
   let network = `vxvde://${GROUP}`;
   if (name === "vdeno-vlan" || name === "vde_plug-vlan") network = `vlan://5{${network}}`;
@@ -84,14 +103,14 @@ async function startPlugs(
   if (name === "vdeno-sealed") {
     keyDirectory = await Deno.makeTempDir();
     const key = `${keyDirectory}/bench.key`;
-    await hosts[0].sh([...vdeno, "keygen", key]);
+    await hosts[0].sh([...VDENO, "keygen", key]);
     network = `vxvde://${GROUP}/key='${key}'`;
   }
   const plugArgs = ["tap://tap0", network];
   const processes: Process[] = hosts.map((host) =>
     name.startsWith("vde_plug")
       ? host.spawn(["vde_plug", ...plugArgs])
-      : host.spawn([...vdeno, "plug", ...plugArgs])
+      : host.spawn([...VDENO, "plug", ...plugArgs])
   );
   const stop = async () => {
     for (const process of processes) await process.stop("SIGTERM");
@@ -110,18 +129,9 @@ async function startPlugs(
     const output = processes.map((p) => p.stderr.trim()).filter(Boolean).join("; ");
     throw new Error(`${name} did not open tap0: ${output || (error as Error).message}`);
   }
-  // `ip netns exec` execs the program, so the child's pid is the plug's own; the cost
-  // figures depend on it, so check that the process is the plug.
   const pids = processes.map((p) => p.child.pid);
-  const program = name.startsWith("vde_plug") ? "vde_plug" : Deno.execPath().split("/").at(-1)!;
-  for (const pid of pids) {
-    const command = Deno.readTextFileSync(`/proc/${pid}/comm`).trim();
-    if (!program.startsWith(command)) {
-      await stop();
-      throw new Error(`Process ${pid} is ${command}, not ${program}: its cost would be wrong`);
-    }
-  }
-  return { link: "tap0", pids, stop };
+  await checkPrograms(pids, name.startsWith("vde_plug") ? "vde_plug" : DENO_PROGRAM, stop);
+  return { link: "tap0", hosts, pids, stop };
 }
 
 async function startKernel(hosts: Host[]): Promise<RunningContender & { link: string }> {
@@ -151,7 +161,92 @@ async function startKernel(hosts: Host[]): Promise<RunningContender & { link: st
     await stop();
     throw error;
   }
-  return { link: "vx0", pids: [], stop };
+  return { link: "vx0", hosts, pids: [], stop };
+}
+
+/** A namespace a contender made, entered with nsenter through a process that lives in it. */
+class NamespaceHost extends Host {
+  readonly #pid: number;
+
+  constructor(pid: number, label: string) {
+    super(label, "", "");
+    this.#pid = pid;
+  }
+
+  override wrap(argv: string[]): string[] {
+    return ["nsenter", "--target", String(this.#pid), "--net", "--", ...argv];
+  }
+}
+
+/**
+ * The namespace's command says which process it is, then waits for its stdin
+ * to close: the namespace lives until stop() closes it, or until the benchmark
+ * ends however it ends.
+ */
+const NAMESPACE_COMMAND = ["sh", "-c", 'echo "namespace pid $$"; read line'];
+
+/**
+ * `vdeno ns vxvde://GROUP -- COMMAND` or `vdens vxvde://GROUP COMMAND` in each
+ * host. The workloads run in the namespaces, as root of the LAN's host
+ * (nsenter --net keeps the benchmark's own privileges there).
+ */
+async function startNamespaces(
+  name: "vdeno-ns" | "vdens",
+  hosts: Host[],
+): Promise<RunningContender & { link: string }> {
+  const network = `vxvde://${GROUP}`;
+  const processes: Process[] = hosts.map((host) =>
+    name === "vdens"
+      ? host.spawn(["vdens", network, ...NAMESPACE_COMMAND], { stdin: "piped" })
+      : host.spawn([...VDENO, "ns", network, "--", ...NAMESPACE_COMMAND], { stdin: "piped" })
+  );
+  const inside: Host[] = [];
+  const stop = async () => {
+    for (const host of inside) {
+      for (const process of host.processes) await process.stop("SIGTERM");
+    }
+    for (const process of processes) {
+      await process.child.stdin.close().catch(() => {});
+      // vdeno ns sends its goodbye when the command ends; give it the time to.
+      await Promise.race([process.child.status, sleep(5000)]);
+      await process.stop("SIGTERM");
+    }
+  };
+  try {
+    for (const [index, process] of processes.entries()) {
+      const said = /^namespace pid (\d+)$/m;
+      await process.waitForOutput((text) => said.test(text), 30_000);
+      const pid = Number(said.exec(process.stdout)![1]);
+      inside.push(new NamespaceHost(pid, `${name}'s namespace in ${hosts[index].netns}`));
+    }
+    for (const host of inside) await allowBigSocketBuffers(host);
+    await startIperfServer(inside[1]);
+  } catch (error) {
+    await stop();
+    const output = processes.map((p) => p.stderr.trim()).filter(Boolean).join("; ");
+    throw new Error(`${name} did not start: ${output || (error as Error).message}`);
+  }
+  const pids = processes.map((p) => p.child.pid);
+  await checkPrograms(pids, name === "vdens" ? "vdens" : DENO_PROGRAM, stop);
+  return { link: "vde0", hosts: inside, pids, stop };
+}
+
+/**
+ * `ip netns exec` execs the program, so each child's pid is the plug's own; the
+ * cost figures depend on it, so check that each process is `program`.
+ */
+async function checkPrograms(
+  pids: number[],
+  program: string,
+  stop: () => Promise<void>,
+): Promise<void> {
+  for (const pid of pids) {
+    const command = Deno.readTextFileSync(`/proc/${pid}/comm`).trim();
+    if (!program.startsWith(command)) {
+      await stop();
+      throw new Error(`Process ${pid} is ${command}, not ${program}: its cost would be wrong`);
+    }
+  }
 }
 
 async function waitForLinkGone(host: Host, name: string): Promise<void> {

@@ -1,6 +1,6 @@
 /**
  * The figures of the benchmark and their presentation: medians over rounds,
- * the ratio vdeno / vde_plug, a text table, the JSON document and an SVG bar
+ * the ratios (vdeno / vde_plug, vdeno / kernel, vdeno-ns / vdens, ...), a text table, the JSON document and an SVG bar
  * chart (one panel per figure, since their units differ).
  *
  * @module
@@ -75,9 +75,28 @@ export interface Report {
   figures: Figure[];
   /** contender -> figure key -> summary. */
   results: Record<string, Record<string, Summary>>;
-  /** figure key -> vdeno median / vde_plug median (null when either is missing or zero). */
-  ratioVdenoToVdePlug: Record<string, number | null>;
+  /**
+   * Ratio name ("vdeno / vde_plug", see {@linkcode RATIOS}) -> figure key -> the
+   * first contender's median / the second's (null when either is missing or
+   * zero). Only the ratios whose two contenders ran.
+   */
+  ratios: Record<string, Record<string, number | null>>;
   notes: string[];
+}
+
+/** The ratios a run reports when both of their contenders ran: [ours, theirs]. */
+export const RATIOS: readonly (readonly [ContenderName, ContenderName])[] = [
+  ["vdeno", "vde_plug"],
+  ["vdeno", "kernel"],
+  ["vdeno-sealed", "vdeno"],
+  ["vdeno-ns", "vdens"],
+  ["vdeno-vde", "vde_plug-vde"],
+  ["vdeno-vlan", "vde_plug-vlan"],
+];
+
+/** A ratio's name, as the table's column and the JSON's key: "vdeno / vde_plug". */
+export function ratioName([ours, theirs]: readonly [string, string]): string {
+  return `${ours} / ${theirs}`;
 }
 
 /** The median of `values` (the mean of the middle two for an even count). */
@@ -88,10 +107,10 @@ export function median(values: number[]): number | null {
   return sorted.length % 2 === 1 ? sorted[middle] : (sorted[middle - 1] + sorted[middle]) / 2;
 }
 
-/** Medians per contender and figure, and the ratio vdeno / vde_plug. */
+/** Medians per contender and figure, and the ratios between contenders that ran. */
 export function summarize(
   rounds: Map<ContenderName, RoundFigures[]>,
-): Pick<Report, "results" | "ratioVdenoToVdePlug"> {
+): Pick<Report, "results" | "ratios"> {
   const results: Report["results"] = {};
   for (const [name, perRound] of rounds) {
     results[name] = {};
@@ -100,15 +119,23 @@ export function summarize(
       results[name][figure.key] = { median: median(values), rounds: values };
     }
   }
-  const ratioVdenoToVdePlug: Record<string, number | null> = {};
-  for (const figure of FIGURES) {
-    const ours = results.vdeno?.[figure.key]?.median;
-    const theirs = results.vde_plug?.[figure.key]?.median;
-    ratioVdenoToVdePlug[figure.key] = ours != null && theirs != null && theirs !== 0
-      ? ours / theirs
-      : null;
+  return { results, ratios: ratiosOf(results) };
+}
+
+/** Every ratio of {@linkcode RATIOS} whose two contenders are in `results`, per figure. */
+export function ratiosOf(results: Report["results"]): Report["ratios"] {
+  const ratios: Report["ratios"] = {};
+  for (const [ours, theirs] of RATIOS) {
+    if (!results[ours] || !results[theirs]) continue;
+    const byFigure: Record<string, number | null> = {};
+    for (const figure of FIGURES) {
+      const a = results[ours][figure.key]?.median;
+      const b = results[theirs][figure.key]?.median;
+      byFigure[figure.key] = a != null && b != null && b !== 0 ? a / b : null;
+    }
+    ratios[ratioName([ours, theirs])] = byFigure;
   }
-  return { results, ratioVdenoToVdePlug };
+  return ratios;
 }
 
 /** A figure for the table: 3 significant digits, thousands grouped, "-" when missing. */
@@ -121,13 +148,13 @@ export function formatValue(value: number | null | undefined): string {
 /** The table printed at the end of a run (also valid Markdown). */
 export function table(report: Report): string {
   const names = report.options.contenders;
-  const showRatio = names.includes("vdeno") && names.includes("vde_plug");
-  const header = ["figure", "unit", ...names, ...(showRatio ? ["vdeno / vde_plug"] : [])];
+  const ratios = Object.keys(report.ratios);
+  const header = ["figure", "unit", ...names, ...ratios];
   const rows = FIGURES.map((figure) => [
     figure.label,
     figure.unit,
     ...names.map((name) => formatValue(report.results[name]?.[figure.key]?.median)),
-    ...(showRatio ? [formatValue(report.ratioVdenoToVdePlug[figure.key])] : []),
+    ...ratios.map((ratio) => formatValue(report.ratios[ratio][figure.key])),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((row) => row[i].length)));
   const line = (cells: string[]) =>
@@ -145,6 +172,8 @@ const COLORS: Record<string, string> = {
   "vdeno-sealed": "#6aa9d6",
   vde_plug: "#d9822b",
   kernel: "#8a8a8a",
+  "vdeno-ns": "#1b4f72",
+  vdens: "#a0561a",
   "vdeno-vde": "#2a7ab0",
   "vde_plug-vde": "#d9822b",
   "vdeno-vlan": "#2a7ab0",
@@ -233,48 +262,86 @@ export function svgChart(report: Report): string {
 export const README_TABLE_BEGIN = "<!-- bench table: made by bench/_report.ts from latest.json -->";
 export const README_TABLE_END = "<!-- end of bench table -->";
 
-/** The README's table: vdeno, vde_plug and the kernel, with paired figures in one cell. */
+/** A column of a README table: a contender and its heading. */
+type Column = readonly [ContenderName, string];
+
+/**
+ * The README's tables: vdeno, vde_plug and the kernel with the ratios vdeno /
+ * vde_plug and vdeno / kernel; then, when the run had them, `vdeno ns` and
+ * vdens with theirs. Paired figures share one cell.
+ */
 export function readmeTable(report: Report): string {
-  const names = ["vdeno", "vde_plug", "kernel"];
+  const tables = [
+    pairedTable(
+      report,
+      [["vdeno", "vdeno"], ["vde_plug", "vde_plug"], ["kernel", "kernel VXLAN"]],
+      [
+        ["vdeno", "vde_plug"],
+        ["vdeno", "kernel"],
+      ],
+    ),
+  ];
+  if (report.results["vdeno-ns"] && report.results.vdens) {
+    tables.push(
+      pairedTable(report, [["vdeno-ns", "vdeno ns"], ["vdens", "vdens"]], [["vdeno-ns", "vdens"]]),
+    );
+  }
+  return tables.join("\n\n");
+}
+
+function pairedTable(
+  report: Report,
+  columns: Column[],
+  pairs: (readonly [ContenderName, ContenderName])[],
+): string {
   const median = (name: string, key: string) => report.results[name]?.[key]?.median ?? null;
   const ms = (value: number | null) => value == null ? "-" : value.toFixed(2);
-  const ratio = (key: string) => {
-    const value = report.ratioVdenoToVdePlug[key];
+  const ratio = (pair: readonly [string, string], key: string) => {
+    const value = report.ratios[ratioName(pair)]?.[key];
     return value == null || !Number.isFinite(value) ? "-" : value.toPrecision(3);
   };
-  const rows: { label: string; cell: (name: string) => string; ratio: string }[] = [
+  const rows: {
+    label: string;
+    cell: (name: string) => string;
+    ratio: (pair: readonly [string, string]) => string;
+  }[] = [
     ...(["tcp1", "tcp4"] as const).map((test) => ({
       label: `TCP ${test === "tcp1" ? "1 stream" : "4 streams"}, Mbit/s (retrans.)`,
       cell: (name: string) =>
         `${formatValue(median(name, `${test}_mbps`))} (${
           formatValue(median(name, `${test}_retransmits`))
         })`,
-      ratio: ratio(`${test}_mbps`),
+      ratio: (pair: readonly [string, string]) => ratio(pair, `${test}_mbps`),
     })),
     ...(["64", "1400"] as const).map((size) => ({
       label: `UDP capacity at ${size} B, frames/s`,
       cell: (name: string) => formatValue(median(name, `udp${size}_fps`)),
-      ratio: ratio(`udp${size}_fps`),
+      ratio: (pair: readonly [string, string]) => ratio(pair, `udp${size}_fps`),
     })),
     ...([["idle", " at no load"], ["fresh", ", fresh plug"]] as const).map(([when, label]) => ({
       label: `RTT p50 / p99${label}, ms`,
       cell: (name: string) =>
         `${ms(median(name, `rtt_${when}_p50`))} / ${ms(median(name, `rtt_${when}_p99`))}`,
-      ratio: `${ratio(`rtt_${when}_p50`)} / ${ratio(`rtt_${when}_p99`)}`,
+      ratio: (pair: readonly [string, string]) =>
+        `${ratio(pair, `rtt_${when}_p50`)} / ${ratio(pair, `rtt_${when}_p99`)}`,
     })),
     {
       label: "CPU per GB carried, s",
       cell: (name) => formatValue(median(name, "cpu_s_per_gb")),
-      ratio: ratio("cpu_s_per_gb"),
+      ratio: (pair) => ratio(pair, "cpu_s_per_gb"),
     },
     {
       label: "peak resident memory, MB",
       cell: (name) => formatValue(median(name, "rss_peak_mb")),
-      ratio: "",
+      ratio: () => "",
     },
   ];
-  const header = ["figure", "vdeno", "vde_plug", "kernel VXLAN", "vdeno / vde_plug"];
-  const cells = rows.map((row) => [row.label, ...names.map(row.cell), row.ratio]);
+  const header = ["figure", ...columns.map(([, heading]) => heading), ...pairs.map(ratioName)];
+  const cells = rows.map((row) => [
+    row.label,
+    ...columns.map(([name]) => row.cell(name)),
+    ...pairs.map(row.ratio),
+  ]);
   const widths = header.map((h, i) => Math.max(h.length, ...cells.map((row) => row[i].length)));
   const line = (row: string[]) =>
     `| ${

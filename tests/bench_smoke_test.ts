@@ -1,7 +1,8 @@
 /**
  * The benchmark runs end to end: `bench/run.ts --quick --rounds 1` builds its
- * LAN, measures every contender and writes a JSON report holding every figure
- * for every contender, in a temporary directory (a quick run never replaces
+ * LAN, measures every contender (the namespace ones, `vdeno ns` and vdens,
+ * included) and writes a JSON report holding every figure for every contender
+ * and every ratio between them, in a temporary directory (a quick run never replaces
  * the committed results). Only that values are plausible is checked, never how
  * fast anything is.
  */
@@ -19,6 +20,8 @@ const MAY_BE_ZERO = new Set(["tcp1_retransmits", "tcp4_retransmits"]);
 
 hostTest("deno task bench --quick measures every figure of every contender", [
   "vde_plug",
+  "vdens",
+  "nsenter",
   "iperf3",
   "ping",
 ], async () => {
@@ -28,11 +31,13 @@ hostTest("deno task bench --quick measures every figure of every contender", [
     // No --out: a quick run writes to a temporary directory of its own and says which.
     const result = await run(
       [Deno.execPath(), "run", "--allow-all", RUN_TS, "--quick", "--rounds", "1"],
-      { timeoutMs: 240_000 },
+      { timeoutMs: 420_000 },
     );
     out = /^Results written to (\S+)$/m.exec(result.stdout)?.[1];
     assert.equal(result.code, 0, `bench/run.ts failed:\n${result.stderr}`);
-    assert.match(result.stdout, /vdeno \/ vde_plug/, "the table has the ratio column");
+    for (const column of ["vdeno / vde_plug", "vdeno / kernel", "vdeno-ns / vdens"]) {
+      assert.ok(result.stdout.includes(` ${column} |`), `the table has the column ${column}`);
+    }
     assert.match(result.stdout, /^Quick figures are rough/m);
     assert.ok(out && !out.startsWith(RESULTS), `a quick run wrote to ${out}`);
     assert.equal(
@@ -42,7 +47,14 @@ hostTest("deno task bench --quick measures every figure of every contender", [
     );
 
     const report: Report = JSON.parse(await Deno.readTextFile(`${out}/latest.json`));
-    assert.deepEqual(report.options.contenders, ["vdeno", "vdeno-sealed", "vde_plug", "kernel"]);
+    assert.deepEqual(report.options.contenders, [
+      "vdeno",
+      "vdeno-sealed",
+      "vde_plug",
+      "kernel",
+      "vdeno-ns",
+      "vdens",
+    ]);
     for (const contender of report.options.contenders) {
       for (const figure of report.figures) {
         const summary = report.results[contender]?.[figure.key];
@@ -59,9 +71,20 @@ hostTest("deno task bench --quick measures every figure of every contender", [
         );
       }
     }
-    for (const figure of report.figures) {
-      const ratio = report.ratioVdenoToVdePlug[figure.key];
-      assert.ok(ratio === null || Number.isFinite(ratio), `ratio of ${figure.key}: ${ratio}`);
+    assert.deepEqual(Object.keys(report.ratios), [
+      "vdeno / vde_plug",
+      "vdeno / kernel",
+      "vdeno-sealed / vdeno",
+      "vdeno-ns / vdens",
+    ]);
+    for (const [name, ratios] of Object.entries(report.ratios)) {
+      const [ours, theirs] = name.split(" / ");
+      for (const figure of report.figures) {
+        const a = report.results[ours][figure.key].median;
+        const b = report.results[theirs][figure.key].median;
+        const expected = a !== null && b !== null && b !== 0 ? a / b : null;
+        assert.equal(ratios[figure.key], expected, `${name} of ${figure.key}`);
+      }
     }
     const svg = await Deno.readTextFile(`${out}/latest.svg`);
     assert.match(svg, /^<svg [^>]*xmlns="http:\/\/www.w3.org\/2000\/svg"/);
