@@ -151,6 +151,8 @@ export class TcpSegmenter {
   #segmentLimit = Infinity;
   #length = 0;
   #headerLength = 0;
+  /** The super-frame's headers, copied to the front of every segment. */
+  #headers: Uint8Array = new Uint8Array(0);
   #l3 = 0;
   #l4 = 0;
   #ipv4 = false;
@@ -228,6 +230,7 @@ export class TcpSegmenter {
     this.#l4 = l4;
     this.#ipv4 = ipv4;
     this.#headerLength = headerLength;
+    this.#headers = this.bytes.subarray(0, headerLength);
     // Never below 512 bytes of payload: on a path that narrow, fragments are cheaper.
     this.#mss = Math.max(
       Math.min(gsoSize, this.#segmentLimit - headerLength),
@@ -254,9 +257,9 @@ export class TcpSegmenter {
     const end = this.#next + payload;
     const index = this.#index;
 
-    let i = 0;
-    for (; i + 4 <= headerLength; i += 4) view.setUint32(offset + i, source.getUint32(i));
-    for (; i < headerLength; i++) view.setUint8(offset + i, source.getUint8(i));
+    const payloadStart = offset + headerLength;
+    out.bytes.set(this.#headers, offset);
+    out.bytes.set(this.bytes.subarray(this.#next, end), payloadStart);
 
     if (this.#ipv4) {
       view.setUint16(l3 + 2, headerLength - this.#l3 + payload);
@@ -275,10 +278,7 @@ export class TcpSegmenter {
     view.setUint16(l4 + 16, 0);
 
     const tcpLength = headerLength - this.#l4 + payload;
-    const payloadStart = offset + headerLength;
-    out.bytes.set(this.bytes.subarray(this.#next, end), payloadStart);
-    const sum = pseudo + PROTOCOL_TCP + tcpLength + addWords(view, l4, payloadStart, 0) +
-      out.sum(payloadStart, payloadStart + payload);
+    const sum = pseudo + PROTOCOL_TCP + tcpLength + out.sum(l4, payloadStart + payload);
     view.setUint16(l4 + 16, finishChecksum(sum));
 
     this.#next = end;
