@@ -44,6 +44,12 @@ const symbols = {
   },
   // int EVP_CipherFinal_ex(EVP_CIPHER_CTX *ctx, unsigned char *outm, int *outl)
   EVP_CipherFinal_ex: { parameters: ["pointer", "pointer", "buffer"], result: "i32" },
+  // int EVP_Cipher(EVP_CIPHER_CTX *c, unsigned char *out, const unsigned char *in, unsigned int inl)
+  EVP_Cipher: { parameters: ["pointer", "pointer", "pointer", "u32"], result: "i32" },
+  // int EVP_CIPHER_CTX_set_params(EVP_CIPHER_CTX *ctx, const OSSL_PARAM params[])
+  EVP_CIPHER_CTX_set_params: { parameters: ["pointer", "pointer"], result: "i32" },
+  // int EVP_CIPHER_CTX_get_params(EVP_CIPHER_CTX *ctx, OSSL_PARAM params[])
+  EVP_CIPHER_CTX_get_params: { parameters: ["pointer", "pointer"], result: "i32" },
   // const EVP_MD *EVP_sha256(void)
   EVP_sha256: { parameters: [], result: "pointer" },
   // unsigned char *HMAC(const EVP_MD *evp_md, const void *key, int key_len,
@@ -92,9 +98,6 @@ function lastCryptoError(what: string): Error {
   const message = new TextDecoder().decode(text.subarray(0, Math.max(0, text.indexOf(0))));
   return new Error(`${what} failed${message ? `: ${message}` : ""}`);
 }
-
-const EVP_CTRL_GCM_GET_TAG = 0x10;
-const EVP_CTRL_GCM_SET_TAG = 0x11;
 
 /** Bytes of an AES-GCM tag. */
 export const GCM_TAG_SIZE = 16;
@@ -151,9 +154,82 @@ abstract class CipherContext {
   }
 }
 
+/** Bytes of one OSSL_PARAM (key, data_type, data, data_size, return_size) on a 64-bit system. */
+const OSSL_PARAM_SIZE = 40;
+const OSSL_PARAM_OCTET_STRING = 5;
+/** OpenSSL's parameter names, kept alive here as the parameter arrays point at them. */
+const PARAM_NAMES = new TextEncoder().encode("tlsivfixed\0tag\0");
+const IV_NAME_AT = 0;
+const TAG_NAME_AT = 11;
+/**
+ * (size_t)-1: as the data_size of "tlsivfixed" it sets the whole IV (OpenSSL's
+ * own way of restoring one), the cheapest way to re-arm a GCM context, as
+ * EVP_CipherInit_ex looks the IV length up by name on every call; as a
+ * return_size it is OSSL_PARAM_UNMODIFIED.
+ */
+const SIZE_MAX = 0xffffffffffffffffn;
+
+/**
+ * The OSSL_PARAM arrays that point OpenSSL at the nonce and tag of each of
+ * `count` slots of `slotSize` bytes in `bytes` (nonce at `nonceOffset`, tag at
+ * `tagOffset` past each slot's start): made once per buffer, like
+ * {@linkcode slotPointers}, and kept with it, as the arrays live in `memory`.
+ */
+export interface GcmSlots {
+  /** Per slot: sets the nonce (sealing) or the nonce and expected tag (opening). */
+  readonly arm: Deno.PointerObject[];
+  /** Per slot: where a sealing context writes the tag. */
+  readonly tag: Deno.PointerObject[];
+  /** The memory the arrays live in: it must stay referenced while they are used. */
+  readonly memory: BigUint64Array;
+}
+
+/** Builds {@linkcode GcmSlots} for a sealing (`encrypt`) or an opening context. */
+export function gcmSlots(
+  bytes: Uint8Array<ArrayBuffer>,
+  slotSize: number,
+  count: number,
+  nonceOffset: number,
+  tagOffset: number,
+  encrypt: boolean,
+): GcmSlots {
+  const base = Deno.UnsafePointer.value(Deno.UnsafePointer.of(bytes));
+  const names = Deno.UnsafePointer.value(Deno.UnsafePointer.of(PARAM_NAMES));
+  const armEntries = encrypt ? 1 : 2, tagEntries = encrypt ? 1 : 0;
+  const perSlot = armEntries + 1 + (tagEntries ? tagEntries + 1 : 0);
+  const words = OSSL_PARAM_SIZE / 8;
+  const memory = new BigUint64Array(count * perSlot * words);
+  const start = Deno.UnsafePointer.of(memory)!;
+  const arm: Deno.PointerObject[] = [], tag: Deno.PointerObject[] = [];
+  const write = (entry: number, name: number, data: bigint, size: bigint) => {
+    const at = entry * words;
+    memory[at] = BigInt(names) + BigInt(name);
+    memory[at + 1] = BigInt(OSSL_PARAM_OCTET_STRING);
+    memory[at + 2] = data;
+    memory[at + 3] = size;
+    memory[at + 4] = SIZE_MAX;
+  };
+  for (let i = 0; i < count; i++) {
+    const slot = BigInt(base) + BigInt(i * slotSize);
+    let entry = i * perSlot;
+    arm.push(Deno.UnsafePointer.offset(start, entry * OSSL_PARAM_SIZE)!);
+    write(entry++, IV_NAME_AT, slot + BigInt(nonceOffset), SIZE_MAX);
+    if (!encrypt) write(entry++, TAG_NAME_AT, slot + BigInt(tagOffset), BigInt(GCM_TAG_SIZE));
+    entry++; // the terminating entry stays zero
+    if (encrypt) {
+      tag.push(Deno.UnsafePointer.offset(start, entry * OSSL_PARAM_SIZE)!);
+      write(entry, TAG_NAME_AT, slot + BigInt(tagOffset), BigInt(GCM_TAG_SIZE));
+    }
+  }
+  return { arm, tag, memory };
+}
+
 /**
  * AES-256-GCM in one direction: seals (encrypts and tags) or opens (decrypts
- * and verifies) data in place.
+ * and verifies) data in place. A frame costs four calls: the nonce (and, to
+ * open, the tag) set through a prepared parameter array, the AAD, the data,
+ * and the end, plus one to fetch the tag when sealing; EVP_Cipher goes
+ * straight to the provider.
  */
 export class Gcm extends CipherContext {
   readonly #encrypt: boolean;
@@ -166,44 +242,38 @@ export class Gcm extends CipherContext {
 
   /**
    * Encrypts `length` bytes at `data` in place, authenticating `aadLength`
-   * bytes at `aad` too, and writes the 16-byte tag at `tag`. Returns false if
-   * OpenSSL failed (it does not for valid arguments).
+   * bytes at `aad` too, with the nonce that `arm` (from {@linkcode gcmSlots},
+   * sealing) names, and writes the 16-byte tag where `tag` says. Returns false
+   * if OpenSSL failed (it does not for valid arguments).
    */
   seal(
-    nonce: Pointer,
+    arm: Pointer,
     aad: Pointer,
     aadLength: number,
     data: Pointer,
     length: number,
     tag: Pointer,
   ): boolean {
-    const lib = this.lib, ctx = this.ctx, out = this.outLength;
-    return lib.EVP_CipherInit_ex(ctx, null, null, null, nonce, 1) === 1 &&
-      lib.EVP_CipherUpdate(ctx, null, out, aad, aadLength) === 1 &&
-      lib.EVP_CipherUpdate(ctx, data, out, data, length) === 1 &&
-      lib.EVP_CipherFinal_ex(ctx, data, out) === 1 &&
-      lib.EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_GET_TAG, GCM_TAG_SIZE, tag) === 1;
+    const lib = this.lib, ctx = this.ctx;
+    return lib.EVP_CIPHER_CTX_set_params(ctx, arm) === 1 &&
+      lib.EVP_Cipher(ctx, null, aad, aadLength) >= 0 &&
+      (length === 0 || lib.EVP_Cipher(ctx, data, data, length) >= 0) &&
+      lib.EVP_Cipher(ctx, null, null, 0) >= 0 &&
+      lib.EVP_CIPHER_CTX_get_params(ctx, tag) === 1;
   }
 
   /**
    * Decrypts `length` bytes at `data` in place and verifies them, with the
-   * `aadLength` bytes at `aad`, against the tag at `tag`. Returns false when
+   * `aadLength` bytes at `aad`, against the tag that `arm` (from
+   * {@linkcode gcmSlots}, opening) names with the nonce. Returns false when
    * anything was altered or the key differs; the data is garbage then.
    */
-  open(
-    nonce: Pointer,
-    aad: Pointer,
-    aadLength: number,
-    data: Pointer,
-    length: number,
-    tag: Pointer,
-  ): boolean {
-    const lib = this.lib, ctx = this.ctx, out = this.outLength;
-    return lib.EVP_CipherInit_ex(ctx, null, null, null, nonce, 0) === 1 &&
-      lib.EVP_CipherUpdate(ctx, null, out, aad, aadLength) === 1 &&
-      lib.EVP_CipherUpdate(ctx, data, out, data, length) === 1 &&
-      lib.EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, GCM_TAG_SIZE, tag) === 1 &&
-      lib.EVP_CipherFinal_ex(ctx, data, out) === 1;
+  open(arm: Pointer, aad: Pointer, aadLength: number, data: Pointer, length: number): boolean {
+    const lib = this.lib, ctx = this.ctx;
+    return lib.EVP_CIPHER_CTX_set_params(ctx, arm) === 1 &&
+      lib.EVP_Cipher(ctx, null, aad, aadLength) >= 0 &&
+      (length === 0 || lib.EVP_Cipher(ctx, data, data, length) >= 0) &&
+      lib.EVP_Cipher(ctx, null, null, 0) >= 0;
   }
 
   /** Whether this context seals. */

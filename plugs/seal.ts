@@ -52,7 +52,15 @@
  * @module
  */
 
-import { Gcm, GCM_TAG_SIZE, hkdfSha256, randomBytes, slotPointers } from "../ffi/crypto.ts";
+import {
+  Gcm,
+  GCM_TAG_SIZE,
+  type GcmSlots,
+  gcmSlots,
+  hkdfSha256,
+  randomBytes,
+  slotPointers,
+} from "../ffi/crypto.ts";
 import { type FileInfo, getEnv, interfaceAddresses, readFileWithInfo, userId } from "../ffi/os.ts";
 import { FrameBatch, HEADROOM, PerBatch, SLOT_SIZE } from "../core/frames.ts";
 import { HEADER_SIZE, SEALED_MARK, vxvdeHeader } from "./_vxheader.ts";
@@ -273,12 +281,12 @@ class TrafficKey {
   }
 }
 
-/** Per-batch pointers to the parts of each slot's sealed datagram. */
+/** Per-batch pointers to the parts of each slot's sealed datagram, and OpenSSL's view of them. */
 interface SlotParts {
   aad: Deno.PointerObject[];
-  nonce: Deno.PointerObject[];
-  tag: Deno.PointerObject[];
   frame: Deno.PointerObject[];
+  sealing: GcmSlots;
+  opening: GcmSlots;
 }
 
 /** Where a received datagram came from and on which socket: for {@linkcode Sealer.open}. */
@@ -323,13 +331,10 @@ export class Sealer {
   readonly #senders = new Map<number, Sender>();
   readonly #parts = new PerBatch((batch): SlotParts => {
     const start = HEADROOM - SEALED_PREFIX;
-    const [aad, nonce, tag, frame] = slotPointers(batch.bytes, SLOT_SIZE, batch.capacity, [
-      start,
-      start + SENDER_AT,
-      start + TAG_AT,
-      HEADROOM,
-    ]);
-    return { aad, nonce, tag, frame };
+    const [aad, frame] = slotPointers(batch.bytes, SLOT_SIZE, batch.capacity, [start, HEADROOM]);
+    const slots = (encrypt: boolean) =>
+      gcmSlots(batch.bytes, SLOT_SIZE, batch.capacity, start + SENDER_AT, start + TAG_AT, encrypt);
+    return { aad, frame, sealing: slots(true), opening: slots(false) };
   });
   #sequenceHigh: number;
   #sequenceLow = 0;
@@ -436,12 +441,12 @@ export class Sealer {
       this.#sequenceHigh = (this.#sequenceHigh + 1) >>> 0;
     }
     return key.sealing.seal(
-      parts.nonce[i],
+      parts.sealing.arm[i],
       parts.aad[i],
       AAD_SIZE,
       parts.frame[i],
       length,
-      parts.tag[i],
+      parts.sealing.tag[i],
     );
   }
 
@@ -482,12 +487,11 @@ export class Sealer {
     }
     const parts = this.#parts.of(batch);
     const authentic = key.opening.open(
-      parts.nonce[i],
+      parts.opening.arm[i],
       parts.aad[i],
       AAD_SIZE,
       parts.frame[i],
       length,
-      parts.tag[i],
     );
     if (!authentic) return Verdict.forged;
     key.lastOpened = now;
