@@ -81,8 +81,16 @@ interface IperfJson {
   };
 }
 
-async function iperf(client: Host, args: string[], seconds: number): Promise<IperfJson> {
-  // The server accepts one test at a time; retry briefly if the last one is still closing.
+/**
+ * Runs the iperf3 client until its JSON has the summary `complete` wants (3 tries): the server
+ * accepts one test at a time, so a try can fail while the last one is still closing.
+ */
+async function iperf(
+  client: Host,
+  args: string[],
+  seconds: number,
+  complete: (end: NonNullable<IperfJson["end"]>) => boolean,
+): Promise<NonNullable<IperfJson["end"]>> {
   for (let attempt = 0;; attempt++) {
     const result = await client.run(
       ["iperf3", "-J", "-c", SERVER, "--connect-timeout", "3000", ...args],
@@ -92,8 +100,12 @@ async function iperf(client: Host, args: string[], seconds: number): Promise<Ipe
     try {
       parsed = JSON.parse(result.stdout);
     } catch { /* reported below */ }
-    if (result.code === 0 && parsed.end) return parsed;
-    const why = parsed.error ?? (result.stderr.trim() || `exit ${result.code}`);
+    if (result.code === 0 && parsed.end && complete(parsed.end)) return parsed.end;
+    const why = parsed.error ?? (result.stderr.trim() ||
+      (result.code === 0
+        ? `no summary in its JSON (end: ${JSON.stringify(parsed.end)?.slice(0, 300)})`
+        : `exit ${result.code}`));
+    trace(`iperf3 ${args.join(" ")}: ${why}`);
     if (attempt >= 2) throw new Error(`iperf3 ${args.join(" ")} failed: ${why}`);
     await sleep(1000);
   }
@@ -102,17 +114,21 @@ async function iperf(client: Host, args: string[], seconds: number): Promise<Ipe
 /** iperf3 TCP from `client` to the server with `streams` parallel streams. */
 export async function tcp(client: Host, streams: number, d: Durations): Promise<TcpResult> {
   const seconds = d.tcpSeconds + d.tcpOmitSeconds;
-  const json = await iperf(client, [
-    "-t",
-    String(d.tcpSeconds),
-    "-O",
-    String(d.tcpOmitSeconds),
-    "-P",
-    String(streams),
-  ], seconds);
-  const sent = json.end?.sum_sent;
-  const received = json.end?.sum_received;
-  if (!sent || !received) throw new Error("iperf3 TCP: no summary in its JSON");
+  const end = await iperf(
+    client,
+    [
+      "-t",
+      String(d.tcpSeconds),
+      "-O",
+      String(d.tcpOmitSeconds),
+      "-P",
+      String(streams),
+    ],
+    seconds,
+    (end) => end.sum_sent !== undefined && end.sum_received !== undefined,
+  );
+  const sent = end.sum_sent!;
+  const received = end.sum_received!;
   trace(`TCP ${streams}: ${(received.bits_per_second / 1e6).toFixed(0)} Mbit/s`);
   return {
     mbps: received.bits_per_second / 1e6,
@@ -133,20 +149,24 @@ async function udpStep(
   offeredBps: number,
   seconds: number,
 ): Promise<UdpStep> {
-  const json = await iperf(client, [
-    "-u",
-    "-l",
-    String(payload),
-    "-b",
-    String(Math.round(offeredBps)),
-    // Big endpoint buffers, so that loss measures the overlay, not a late iperf3 receiver.
-    "-w",
-    UDP_SOCKET_BUFFER,
-    "-t",
-    String(seconds),
-  ], seconds);
-  const sum = json.end?.sum;
-  if (!sum) throw new Error("iperf3 UDP: no summary in its JSON");
+  const end = await iperf(
+    client,
+    [
+      "-u",
+      "-l",
+      String(payload),
+      "-b",
+      String(Math.round(offeredBps)),
+      // Big endpoint buffers, so that loss measures the overlay, not a late iperf3 receiver.
+      "-w",
+      UDP_SOCKET_BUFFER,
+      "-t",
+      String(seconds),
+    ],
+    seconds,
+    (end) => end.sum !== undefined,
+  );
+  const sum = end.sum!;
   const sentPps = sum.packets / sum.seconds;
   trace(
     `UDP ${payload} B offered ${offeredBps > 0 ? (offeredBps / 1e6).toFixed(1) : "unlimited"} ` +
