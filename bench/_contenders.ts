@@ -15,7 +15,7 @@
  */
 
 import { Host, type Process, sleep } from "../app/lab.ts";
-import { allowBigSocketBuffers, startIperfServer } from "./_workloads.ts";
+import { allowBigSocketBuffers } from "./_workloads.ts";
 
 /** Names of the contenders, in the order they are listed. */
 export const CONTENDERS = [
@@ -179,11 +179,15 @@ class NamespaceHost extends Host {
 }
 
 /**
- * The namespace's command says which process it is, then waits for its stdin
- * to close: the namespace lives until stop() closes it, or until the benchmark
- * ends however it ends.
+ * The namespace's command: it says which process it is, runs the iperf3 server
+ * in the second host's namespace, then waits for its stdin to close and stops
+ * the server. So the namespace and all in it last until stop() closes stdin,
+ * or until the benchmark ends however it ends.
  */
-const NAMESPACE_COMMAND = ["sh", "-c", 'echo "namespace pid $$"; read line'];
+function namespaceCommand(index: number): string[] {
+  const server = index === 1 ? "iperf3 -s --forceflush & " : "";
+  return ["sh", "-c", `echo "namespace pid $$"; ${server}read line; kill $! 2>/dev/null`];
+}
 
 /**
  * `vdeno ns vxvde://GROUP -- COMMAND` or `vdens vxvde://GROUP COMMAND` in each
@@ -195,16 +199,15 @@ async function startNamespaces(
   hosts: Host[],
 ): Promise<RunningContender & { link: string }> {
   const network = `vxvde://${GROUP}`;
-  const processes: Process[] = hosts.map((host) =>
-    name === "vdens"
-      ? host.spawn(["vdens", network, ...NAMESPACE_COMMAND], { stdin: "piped" })
-      : host.spawn([...VDENO, "ns", network, "--", ...NAMESPACE_COMMAND], { stdin: "piped" })
+  const processes: Process[] = hosts.map((host, index) =>
+    host.spawn(
+      name === "vdens"
+        ? ["vdens", network, ...namespaceCommand(index)]
+        : [...VDENO, "ns", network, "--", ...namespaceCommand(index)],
+      { stdin: "piped" },
+    )
   );
-  const inside: Host[] = [];
   const stop = async () => {
-    for (const host of inside) {
-      for (const process of host.processes) await process.stop("SIGTERM");
-    }
     for (const process of processes) {
       await process.child.stdin.close().catch(() => {});
       // vdeno ns sends its goodbye when the command ends; give it the time to.
@@ -212,15 +215,16 @@ async function startNamespaces(
       await process.stop("SIGTERM");
     }
   };
+  const inside: Host[] = [];
   try {
     for (const [index, process] of processes.entries()) {
       const said = /^namespace pid (\d+)$/m;
       await process.waitForOutput((text) => said.test(text), 30_000);
       const pid = Number(said.exec(process.stdout)![1]);
       inside.push(new NamespaceHost(pid, `${name}'s namespace in ${hosts[index].netns}`));
+      await allowBigSocketBuffers(inside[index]);
     }
-    for (const host of inside) await allowBigSocketBuffers(host);
-    await startIperfServer(inside[1]);
+    await processes[1].waitForOutput((text) => text.includes("listening"), 10_000);
   } catch (error) {
     await stop();
     const output = processes.map((p) => p.stderr.trim()).filter(Boolean).join("; ");

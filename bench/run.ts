@@ -1,9 +1,11 @@
 /**
  * `deno task bench`: vdeno, vde_plug and the kernel's VXLAN device carry the
  * same workloads between two namespace hosts on a bridge, in turn, for a few
- * rounds. Prints a table of medians with the ratio vdeno / vde_plug and writes
- * bench/results/latest.json and latest.svg (a --quick run writes to a new
- * temporary directory unless --out names one). See bench/README.md.
+ * rounds; so do `vdeno ns` and vdens between namespaces they make in those
+ * hosts. Prints a table of medians with the ratios (vdeno / vde_plug, vdeno /
+ * kernel, vdeno-ns / vdens, ...) and writes bench/results/latest.json and
+ * latest.svg (a --quick run writes to a new temporary directory unless --out
+ * names one). See bench/README.md.
  *
  * Usage: deno run -A bench/run.ts [--rounds N] [--quick] [--only vdeno,vde_plug]
  *        deno run -A bench/run.ts --scale [--hosts N]   (the scale workload only, bench/_scale.ts)
