@@ -47,7 +47,7 @@ Deno.test("a run with vdeno ns and vdens adds their table, with the ratio vdeno-
   const report: Report = { ...latest, results, ratios: ratiosOf(results) };
   const tables = readmeTable(report).split("\n\n");
   assert.equal(tables.length, 2);
-  assert.equal(tables[0], readmeTable(latest), "the first table does not change");
+  assert.equal(tables[0], readmeTable(latest).split("\n\n")[0], "the first table stays");
   const lines = tables[1].split("\n");
   assert.deepEqual(lines[0].split("|").slice(1, -1).map((cell) => cell.trim()), [
     "figure",
