@@ -590,7 +590,7 @@ export class DatagramVector {
         }
         this.runsReceived += runs.runsOfMany;
       }
-      i = runs.handOut(
+      const handedOut = runs.handOut(
         slots,
         words,
         this.nameWords,
@@ -600,6 +600,8 @@ export class DatagramVector {
         end,
         maxLength,
       );
+      if (handedOut === i) break; // the next run waits for a batch it fits
+      i = handedOut;
     }
     this.#staleBelow = Math.max(this.#staleBelow, i);
     return i - first;
@@ -827,6 +829,8 @@ class ReceivedRuns {
       const runEnd = this.#end[e];
       let next = this.#next[e];
       const segment = this.#segment[e];
+      // A run cut at the end of a batch reaches the TAP as two writes: start it in the next batch.
+      if (next === 0 && i > 0 && Math.ceil(runEnd / segment) > end - i) break;
       const nameWord = (e * SOCKADDR_SIZE) / 4;
       // An empty datagram is handed out as one, to be dropped and counted like any malformed one.
       const empty = runEnd === 0;

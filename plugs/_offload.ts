@@ -161,6 +161,7 @@ export class TcpSegmenter {
   #index = 0;
   #sequence = 0;
   #identification = 0;
+  #lastSegmentCount = 0;
 
   constructor(capacity: number, maxFrame: number) {
     this.bytes = new Uint8Array(capacity);
@@ -191,6 +192,11 @@ export class TcpSegmenter {
     const ethertype = this.#view.getUint16(networkOffset(this.#view, 0) - 2);
     const type = ethertype === ETHERTYPE_IPV4 ? GSO_TCPV4 : GSO_TCPV6;
     return this.load(length, type, length, csumStart);
+  }
+
+  /** How many segments the super-frame loaded last was cut into, or is being cut into. */
+  get lastSegmentCount(): number {
+    return this.#lastSegmentCount;
   }
 
   /** True while segments of the loaded super-frame are left. */
@@ -241,6 +247,7 @@ export class TcpSegmenter {
     this.#sequence = view.getUint32(l4 + 4);
     this.#identification = ipv4 ? view.getUint16(l3 + 4) : 0;
     this.#length = length;
+    this.#lastSegmentCount = Math.ceil((length - headerLength) / this.#mss);
     return true;
   }
 

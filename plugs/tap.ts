@@ -153,6 +153,9 @@ export class TapPlug implements Plug {
         continue;
       }
       if (light && reads > 0) return true;
+      // A super-frame cut across two batches leaves as two runs and reaches the peer's TAP as
+      // two writes: the next one, most likely as long as the last, starts a batch of its own.
+      if (i > 0 && batch.capacity - i < segmenter.lastSegmentCount) return true;
       reads++;
       const length = readVector(this.#fd, this.#readVectors[i], 2) - VNET_HEADER;
       if (length < 0) {

@@ -8,12 +8,11 @@ import assert from "node:assert/strict";
 import { hostTest, Lan, sleep, VDENO } from "./_harness.ts";
 
 const RUN_SENDER = new URL("./fixtures/run_sender.ts", import.meta.url).pathname;
-const COUNT = 20;
 
-hostTest(
-  "a run of datagrams received as one buffer reaches the TAP as the same frames, in order",
-  ["tcpdump"],
-  async () => {
+/** Sends `runs` runs of `count` datagrams to a plug and checks every frame on its TAP. */
+async function runsReachTheTap(count: number, runs: number): Promise<void> {
+  const COUNT = count * runs;
+  {
     await using lan = await Lan.create(2);
     const [a, b] = lan.hosts;
     const name = `runs-${Deno.pid}`;
@@ -39,7 +38,8 @@ hostTest(
         a.address,
         String(port),
         "1",
-        `${COUNT}`,
+        `${count}`,
+        `${runs}`,
       ]),
     );
     assert.equal(sent.failed, 0, "the kernel took the GSO message");
@@ -59,12 +59,25 @@ hostTest(
       assert.match(block, /02:00:00:00:00:b1 > 02:00:00:00:00:a1, ethertype Unknown \(0x88b5\)/);
       const payload = [...block.matchAll(/0x[0-9a-f]{4}:\s+((?:[0-9a-f]{4}\s?)+)/g)]
         .map((line) => line[1].replace(/\s/g, "")).join("");
-      const expected = j === COUNT - 1 ? 500 : 1000;
+      const expected = j % count === count - 1 ? 500 : 1000;
       assert.equal(payload.length / 2, expected, `frame ${j}: ${expected} bytes of payload`);
-      assert.equal(payload, j.toString(16).padStart(2, "0").repeat(expected), `frame ${j} content`);
+      const byte = (j & 0xff).toString(16).padStart(2, "0");
+      assert.equal(payload, byte.repeat(expected), `frame ${j} content`);
     }
     assert.equal(after.counters.framesIn, COUNT);
     assert.equal(after.counters.dropMalformed + after.counters.dropTooLong, 0);
-    assert.ok(after.counters.superFramesIn >= 1, "the run came in one buffer (UDP_GRO)");
-  },
+    assert.ok(after.counters.superFramesIn >= runs, "each run came in one buffer (UDP_GRO)");
+  }
+}
+
+hostTest(
+  "a run of datagrams received as one buffer reaches the TAP as the same frames, in order",
+  ["tcpdump"],
+  () => runsReachTheTap(20, 1),
+);
+
+hostTest(
+  "three runs of 40 datagrams, more than one batch holds, reach the TAP whole and in order",
+  ["tcpdump"],
+  () => runsReachTheTap(40, 3), // a batch is 64 frames: the second run starts the next one
 );
