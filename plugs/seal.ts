@@ -329,6 +329,12 @@ export class Sealer {
   #previous?: TrafficKey;
   #switchedAt = 0;
   readonly #senders = new Map<number, Sender>();
+  /**
+   * The sender of the last datagram opened, and its id: datagrams come in runs from one sender,
+   * and a 32-bit id, beyond V8's small integers, is boxed (allocated) to look it up in the map.
+   */
+  #lastSender?: Sender;
+  #lastSenderId = -1;
   readonly #parts = new PerBatch((batch): SlotParts => {
     const start = HEADROOM - SEALED_PREFIX;
     const [aad, frame] = slotPointers(batch.bytes, SLOT_SIZE, batch.capacity, [start, HEADROOM]);
@@ -340,6 +346,8 @@ export class Sealer {
   #sequenceLow = 0;
   /** Tags of our unicast address on each local IP, refreshed when a tag is not found. */
   #localTags = new Set<number>();
+  /** The last tag found in {@linkcode #localTags}, compared before the set for the same reason. */
+  #lastLocalTag = -1;
   #localPort = -1;
   #localRefreshedAt = -Infinity;
   /** The nonce of the hello sent to the group when the plug opened. */
@@ -400,6 +408,7 @@ export class Sealer {
       // No address list: the ones above and the last known must do.
     }
     this.#localTags = tags;
+    this.#lastLocalTag = -1;
     return true;
   }
 
@@ -479,7 +488,11 @@ export class Sealer {
     }
     const high = readUint32(bytes, at + SEQUENCE_AT);
     const low = readUint32(bytes, at + SEQUENCE_AT + 4);
-    let peer = this.#senders.get(sender);
+    let peer = sender === this.#lastSenderId ? this.#lastSender : this.#senders.get(sender);
+    if (peer !== undefined) {
+      this.#lastSender = peer;
+      this.#lastSenderId = sender;
+    }
     const here = peer !== undefined && sameAddress(peer.address, source.names, source.offset);
     // Old for its sender is a replay, from wherever it comes.
     if (peer?.proven && kind !== Kind.hello && !peer.window.fresh(high, low)) {
@@ -536,7 +549,14 @@ export class Sealer {
   }
 
   #isLocal(tag: number, now: number): boolean {
-    return this.#localTags.has(tag) || (this.#refreshLocalTags(now) && this.#localTags.has(tag));
+    if (tag === this.#lastLocalTag) return true;
+    if (
+      this.#localTags.has(tag) || (this.#refreshLocalTags(now) && this.#localTags.has(tag))
+    ) {
+      this.#lastLocalTag = tag;
+      return true;
+    }
+    return false;
   }
 
   /** Answers a hello with a proof, and challenges its sender back if it is not proven there. */
@@ -709,6 +729,8 @@ export class Sealer {
     const peer = new Sender();
     peer.window.lastSeen = now;
     this.#senders.set(sender, peer);
+    this.#lastSender = undefined;
+    this.#lastSenderId = -1;
     return peer;
   }
 
