@@ -58,6 +58,8 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
   const tickerIndex = watchIndex + watched.length;
   const writerIndex = tickerIndex + 1;
   const batch = new FrameBatch();
+  /** Per plug, the ready mask of a receive that left input behind (`Plug.backlog`), else 0. */
+  const backlogMasks = [0, 0];
   for (const plug of plugs) {
     if (!plug.warmUp) continue;
     const started = performance.now();
@@ -76,7 +78,10 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
         const plug = writers[w].plug;
         poller.setEntry(writerIndex + w, plug.pendingOutput ? plug.outputFd! : -1, POLLOUT);
       }
-      if (poller.wait(-1) <= 0) continue;
+      // A plug with input read but not delivered takes turns with the other, a batch each, and
+      // the poll only looks: a long run must not hold up what the other side has to say.
+      const waiting = backlogMasks[0] | backlogMasks[1];
+      if (poller.wait(waiting === 0 ? -1 : 0) <= 0 && waiting === 0) continue;
       for (let w = 0; w < writers.length; w++) {
         if (poller.events(writerIndex + w) === 0) continue;
         try {
@@ -87,31 +92,34 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
       }
       for (let p = 0; p < 2; p++) {
         const plug = plugs[p];
-        let mask = 0;
+        let mask = backlogMasks[p];
+        backlogMasks[p] = 0;
         for (let f = 0; f < plug.fds.length; f++) {
           if (poller.events(firstFd[p] + f) & READY) mask |= 1 << f;
         }
         if (mask === 0) continue;
         const other = plugs[1 - p];
-        do {
-          batch.count = 0;
-          let open: boolean;
+        batch.count = 0;
+        let open: boolean;
+        try {
+          open = plug.receive(batch, mask);
+        } catch (error) {
+          return { kind: "ended", plugIndex: p, reason: (error as Error).message };
+        }
+        if (batch.count > 0) {
+          options.capture?.writeBatch(batch);
           try {
-            open = plug.receive(batch, mask);
+            other.send(batch);
           } catch (error) {
-            return { kind: "ended", plugIndex: p, reason: (error as Error).message };
+            return { kind: "ended", plugIndex: 1 - p, reason: (error as Error).message };
           }
-          if (batch.count > 0) {
-            options.capture?.writeBatch(batch);
-            try {
-              other.send(batch);
-            } catch (error) {
-              return { kind: "ended", plugIndex: 1 - p, reason: (error as Error).message };
-            }
-          }
-          if (!open) return { kind: "ended", plugIndex: p, reason: "end of input" };
-        } while (plug.backlog);
+        }
+        if (!open) return { kind: "ended", plugIndex: p, reason: "end of input" };
+        if (plug.backlog) backlogMasks[p] = mask;
       }
+      // The watched descriptors and the clock wait until no backlog is left (the poll reports
+      // them again), so that a stop or a query comes after the input already read.
+      if ((backlogMasks[0] | backlogMasks[1]) !== 0) continue;
       for (let w = 0; w < watched.length; w++) {
         if (poller.events(watchIndex + w) && !options.watch!.onReady(watched[w])) {
           return { kind: "stopped" };

@@ -23,7 +23,10 @@ export interface Plug {
    * skipped. Returns false when the plug has ended (its peer closed).
    */
   receive(batch: FrameBatch, readyMask: number): boolean;
-  /** True when input was read but not yet delivered; the cable calls receive again at once. */
+  /**
+   * True when input was read but not yet delivered; the cable calls receive again with the same
+   * ready mask on its next turn, after the other plug's, without waiting in the poll.
+   */
   readonly backlog?: boolean;
   /**
    * The largest frame this plug sends without its network fragmenting it, when
