@@ -164,13 +164,33 @@ function sockaddrKey(bytes: Uint8Array, offset: number): Uint8Array {
  * was sent; the GCM tag authenticates it.
  */
 export function destinationTag(bytes: Uint8Array, offset: number): number {
-  const v4 = (bytes[offset] | (bytes[offset + 1] << 8)) === AF_INET;
+  writeDestinationTag(TAG_SCRATCH, 0, bytes, offset);
+  return readUint32(TAG_SCRATCH, 0);
+}
+
+const TAG_SCRATCH = new Uint8Array(4);
+
+/**
+ * Writes the {@linkcode destinationTag} of the address at `offset` of
+ * `addresses` at `at` of `bytes`, big-endian. The data path writes it so:
+ * a 32-bit value returned from a call that V8 does not inline is allocated.
+ */
+function writeDestinationTag(
+  bytes: Uint8Array,
+  at: number,
+  addresses: Uint8Array,
+  offset: number,
+): void {
+  const v4 = (addresses[offset] | (addresses[offset + 1] << 8)) === AF_INET;
   let hash = Math.imul(0x811c9dc5 ^ (v4 ? 4 : 6), 0x01000193);
-  hash = Math.imul(hash ^ bytes[offset + 2], 0x01000193);
-  hash = Math.imul(hash ^ bytes[offset + 3], 0x01000193);
+  hash = Math.imul(hash ^ addresses[offset + 2], 0x01000193);
+  hash = Math.imul(hash ^ addresses[offset + 3], 0x01000193);
   const ip = offset + (v4 ? 4 : 8), end = ip + (v4 ? 4 : 16);
-  for (let at = ip; at < end; at++) hash = Math.imul(hash ^ bytes[at], 0x01000193);
-  return hash >>> 0;
+  for (let k = ip; k < end; k++) hash = Math.imul(hash ^ addresses[k], 0x01000193);
+  bytes[at] = hash >>> 24;
+  bytes[at + 1] = (hash >>> 16) & 0xff;
+  bytes[at + 2] = (hash >>> 8) & 0xff;
+  bytes[at + 3] = hash & 0xff;
 }
 
 /** What became of a datagram that was opened. */
@@ -429,6 +449,25 @@ export class Sealer {
     return this.#sealWith(this.#current, batch, i, length, to, kind);
   }
 
+  /** Once per batch before {@linkcode sealFrame}: `now`, the time in seconds, for key changes. */
+  startBatch(now: number): void {
+    if (now >= this.#announceAt) this.#tick(now);
+  }
+
+  /**
+   * Seals frame i of `batch` (`length` bytes) in place with the current key,
+   * for the group or, with `addresses`, for the socket address at `offset`
+   * of it: what {@linkcode seal} does, for the data path. Neither the time
+   * nor the 32-bit destination tag is an argument, as V8 boxes (allocates)
+   * a number that is no small integer when it passes it to a call.
+   */
+  sealFrame(batch: FrameBatch, i: number, length: number, addresses?: Uint8Array, offset = 0) {
+    const at = i * SLOT_SIZE + HEADROOM - SEALED_PREFIX;
+    if (addresses === undefined) writeUint32(batch.bytes, at + TO_AT, this.groupTag);
+    else writeDestinationTag(batch.bytes, at + TO_AT, addresses, offset);
+    return this.#sealTo(this.#current, batch, i, length, Kind.frame);
+  }
+
   #sealWith(
     key: TrafficKey,
     batch: FrameBatch,
@@ -437,11 +476,16 @@ export class Sealer {
     to: number,
     kind: number,
   ): boolean {
+    writeUint32(batch.bytes, i * SLOT_SIZE + HEADROOM - SEALED_PREFIX + TO_AT, to);
+    return this.#sealTo(key, batch, i, length, kind);
+  }
+
+  /** {@linkcode #sealWith} once the destination tag is in place. */
+  #sealTo(key: TrafficKey, batch: FrameBatch, i: number, length: number, kind: number): boolean {
     const parts = this.#parts.of(batch);
     const bytes = batch.bytes;
     const at = i * SLOT_SIZE + HEADROOM - SEALED_PREFIX;
     writeUint32(bytes, at + KIND_AT, ((kind << 24) | key.id) >>> 0);
-    writeUint32(bytes, at + TO_AT, to);
     writeUint32(bytes, at + SENDER_AT, this.senderId);
     writeUint32(bytes, at + SEQUENCE_AT, this.#sequenceHigh);
     writeUint32(bytes, at + SEQUENCE_AT + 4, this.#sequenceLow);

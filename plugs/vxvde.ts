@@ -524,6 +524,7 @@ export class VxvdePlug implements Plug {
     const sealer = this.#sealer;
     const planner = this.#planner;
     planner.start(vector, vector.segmentationRefused ? 0 : this.largestWholeFrame ?? 0);
+    sealer?.startBatch(now);
     for (let i = 0; i < batch.count; i++) {
       const length = batch.lengths[i];
       if (length === 0) continue;
@@ -537,13 +538,10 @@ export class VxvdePlug implements Plug {
       words[headerWord + 1] = this.#headerLow;
       const slot = this.table.lookup(bytes, frameOffset, now);
       if (
-        sealer && !sealer.seal(
-          batch,
-          i,
-          length,
-          now,
-          slot < 0 ? sealer.groupTag : destinationTag(this.table.addresses, slot * SOCKADDR_SIZE),
-        )
+        sealer &&
+        !(slot < 0
+          ? sealer.sealFrame(batch, i, length)
+          : sealer.sealFrame(batch, i, length, this.table.addresses, slot * SOCKADDR_SIZE))
       ) {
         counters[Counter.dropSendError]++;
         continue;

@@ -181,6 +181,54 @@ Deno.test("sealer: members prove each other, then round trip, replays, tampering
   for (const member of [alice, bob, carol]) member.sealer.close();
 });
 
+Deno.test("destination tags keep their values: older plugs compute the same", () => {
+  const tags = [
+    ["239.1.1.1", 14789, 0x49450643],
+    ["127.0.0.1", 41001, 0xd163787c],
+    ["10.0.0.2", 5, 0x68855308],
+    ["ff05:56de::1", 14789, 0xe4a6080c],
+    ["fe80::1", 65535, 0x65460936],
+  ] as const;
+  for (const [ip, port, tag] of tags) {
+    assert.equal(destinationTag(SocketAddress.parse(ip, port)!.bytes, 0), tag, `${ip} ${port}`);
+  }
+});
+
+Deno.test("sealer: sealFrame seals as seal does, for the group or a member's address", () => {
+  const alice = new Member(41010), bob = new Member(41011), carol = new Member(41012);
+  for (const member of [alice, bob, carol]) member.sealer.greet(Date.now() / 1000);
+  exchange([alice, bob, carol]);
+  const frame = new Uint8Array(200).map((_, i) => i * 3);
+  const batch = new FrameBatch(4);
+  for (let i = 0; i < 3; i++) {
+    batch.push(frame);
+    batch.bytes.set(sealedHeader(42), batch.offset(i) - SEALED_PREFIX);
+  }
+  const addresses = new Uint8Array(3 * SOCKADDR_SIZE);
+  addresses.set(bob.address.bytes.subarray(0, SOCKADDR_SIZE), SOCKADDR_SIZE);
+  addresses.set(carol.address.bytes.subarray(0, SOCKADDR_SIZE), 2 * SOCKADDR_SIZE);
+  alice.sealer.startBatch(Date.now() / 1000);
+  assert.ok(alice.sealer.sealFrame(batch, 0, frame.length));
+  assert.ok(alice.sealer.sealFrame(batch, 1, frame.length, addresses, SOCKADDR_SIZE));
+  assert.ok(alice.sealer.sealFrame(batch, 2, frame.length, addresses, 2 * SOCKADDR_SIZE));
+  const datagram = (i: number) =>
+    batch.bytes.slice(batch.offset(i) - SEALED_PREFIX, batch.offset(i) + frame.length);
+  const toGroup = openDatagram(bob, datagram(0), alice.address, true);
+  assert.equal(toGroup.verdict, Verdict.ok);
+  assert.deepEqual(toGroup.frame, frame);
+  const toBob = openDatagram(bob, datagram(1), alice.address, false);
+  assert.equal(toBob.verdict, Verdict.ok);
+  assert.deepEqual(toBob.frame, frame);
+  assert.equal(openDatagram(bob, datagram(2), alice.address, false).verdict, Verdict.misdirected);
+  assert.equal(openDatagram(carol, datagram(2), alice.address, false).verdict, Verdict.ok);
+  assert.equal(openDatagram(carol, datagram(1), alice.address, false).verdict, Verdict.misdirected);
+  // The same bytes as seal writes, but for the sequence number and what it seals.
+  const sealed = sealFrame(alice.sealer, frame, bob.address);
+  const tagAt = 12;
+  assert.deepEqual(datagram(1).subarray(tagAt, tagAt + 4), sealed.subarray(tagAt, tagAt + 4));
+  assert.deepEqual(datagram(1).subarray(0, tagAt), sealed.subarray(0, tagAt));
+});
+
 Deno.test("sealer: other keys, VNIs, groups and ports give other keys; a fresh member refuses recordings", () => {
   const alice = new Member(41010), bob = new Member(41011);
   for (const member of [alice, bob]) member.sealer.greet(Date.now() / 1000);
