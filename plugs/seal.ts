@@ -25,7 +25,7 @@
  *   in the same second. A plug drops datagrams that carry its own id;
  * - everything before the tag is authenticated along with the payload.
  *
- * Freshness. Each receiver keeps, per sender id, a replay window (1024
+ * Freshness. Each receiver keeps, per sender id, a replay window (8,160
  * sequence numbers, RFC 6479 style) and the address the sender was proven
  * at. A sender is proven by a challenge: a `hello` carrying a random nonce,
  * answered by a `proof` echoing it, sealed with the sender's current
@@ -85,7 +85,14 @@ const SEQUENCE_AT = HEADER_SIZE + 12;
 const AAD_SIZE = HEADER_SIZE + 20;
 const TAG_AT = AAD_SIZE;
 const NONCE_SIZE = 16;
-const WINDOW_WORDS = 32;
+/**
+ * 8,192 bits (1 KB) per sender. On a busy host a sender's datagrams can
+ * arrive thousands of places out of order: a UDP GSO message carries up to
+ * 64, and the kernel may deliver the messages of a plug that moved to the
+ * other CPU between two sends out of order. A late datagram below the window
+ * is refused as a replay, and TCP has to send it again.
+ */
+const WINDOW_WORDS = 256;
 /** Sequence numbers a window remembers below the highest one seen. */
 export const WINDOW_SIZE = (WINDOW_WORDS - 1) * 32;
 /** Senders remembered at most; beyond it the longest idle are forgotten. */
@@ -461,7 +468,13 @@ export class Sealer {
    * nor the 32-bit destination tag is an argument, as V8 boxes (allocates)
    * a number that is no small integer when it passes it to a call.
    */
-  sealFrame(batch: FrameBatch, i: number, length: number, addresses?: Uint8Array, offset = 0) {
+  sealFrame(
+    batch: FrameBatch,
+    i: number,
+    length: number,
+    addresses?: Uint8Array,
+    offset = 0,
+  ): boolean {
     const at = i * SLOT_SIZE + HEADROOM - SEALED_PREFIX;
     if (addresses === undefined) writeUint32(batch.bytes, at + TO_AT, this.groupTag);
     else writeDestinationTag(batch.bytes, at + TO_AT, addresses, offset);
