@@ -1,21 +1,25 @@
 /**
- * A data plane in a Worker, for `vdeno ns`: the worker opens both plugs and
- * runs the cable with a blocking poll, so frames are forwarded the moment
- * they arrive while the main thread waits for the namespace's command and
- * serves signals. (`vdeno plug` runs its one cable on the main thread.)
+ * A data plane for `vdeno ns`: a cable between a VNL and a TAP, with its
+ * control socket. With one VNL it runs on the main thread
+ * ({@linkcode ThreadPlane}), whose poll also waits for the namespace's helper
+ * and for signals; with more, each runs in a Worker ({@linkcode DataPlane}),
+ * which opens both plugs and runs the cable with a blocking poll, so frames
+ * are forwarded the moment they arrive while the main thread waits for the
+ * namespace's command and serves signals.
  *
  * The worker runs the program's main module again (main.ts, the bundle or the
  * compiled executable), which hands over to {@linkcode runDataPlaneWorker}
  * when it finds itself in a worker; this keeps vdeno a single file.
  *
- * The only thing the main thread ever asks is to stop: it makes an eventfd
- * readable, which the worker's poll watches.
+ * The only thing the main thread ever asks a worker is to stop: it makes an
+ * eventfd readable, which the worker's poll watches.
  *
  * @module
  */
 
 import { Wakeup } from "../ffi/poll.ts";
 import { type EndSpec, openEnd } from "../plugs/open.ts";
+import { closeQuietly } from "../ffi/libc.ts";
 import { type CableEnd, runCable } from "../core/cable.ts";
 import type { Plug } from "../core/plug.ts";
 import { type LogLevel, logLevel, setLogLevel } from "../core/log.ts";
@@ -45,7 +49,80 @@ export interface PlaneControl {
   namespace: NamespaceInfo;
 }
 
-/** A running data plane. */
+/**
+ * A data plane run by the calling thread: both plugs and the control socket,
+ * open; {@linkcode run} forwards until a plug ends or a watched descriptor
+ * says stop.
+ */
+export class ThreadPlane {
+  /** Both plugs: the first end's, then the second's. */
+  readonly plugs: readonly Plug[];
+  readonly #control: ControlServer | undefined;
+  #closed = false;
+
+  private constructor(plugs: Plug[], control: ControlServer | undefined) {
+    this.plugs = plugs;
+    this.#control = control;
+  }
+
+  /**
+   * Opens both ends, and a control socket when `control` is given; throws the
+   * reason an end cannot open, having closed what it opened and the
+   * descriptor of a TAP end (which belongs to the plane once handed over).
+   */
+  static open(ends: EndSpec[], control?: PlaneControl): ThreadPlane {
+    const plugs: Plug[] = [];
+    try {
+      for (const end of ends) plugs.push(openEnd(end));
+      if (!control) return new ThreadPlane(plugs, undefined);
+      const startedAt = new Date();
+      return new ThreadPlane(
+        plugs,
+        ControlServer.start(
+          control.name,
+          () => cableReport(control.name, startedAt, plugs, control.namespace),
+          () => reloadPlugs(control.name, plugs),
+        ),
+      );
+    } catch (error) {
+      for (const plug of plugs) plug.close();
+      for (const end of ends.slice(plugs.length)) if ("tap" in end) closeQuietly(end.tap.fd);
+      throw error;
+    }
+  }
+
+  /**
+   * Runs the cable, answering the control socket, until a plug ends or
+   * `watch.onReady` returns false for one of `watch.fds` (then "stopped").
+   */
+  run(watch: { fds: readonly number[]; onReady: (fd: number) => boolean }): CableEnd {
+    const server = this.#control;
+    try {
+      return runCable(this.plugs[0], this.plugs[1], {
+        watch: {
+          fds: server ? [server.fd, ...watch.fds] : watch.fds,
+          onReady: (fd) => {
+            if (fd !== server?.fd) return watch.onReady(fd);
+            server.serve();
+            return true;
+          },
+        },
+      });
+    } catch (error) {
+      return { kind: "ended", plugIndex: -1, reason: (error as Error).message };
+    }
+  }
+
+  /** Closes both plugs (the vxvde plug says goodbye) and the control socket; once. */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const plug of this.plugs) plug.close();
+    this.#control?.close();
+  }
+}
+
+/** A data plane running in a Worker. */
 export class DataPlane {
   /** Resolves once the cable ended and the worker closed both plugs (goodbye sent). */
   readonly finished: Promise<CableEnd>;
@@ -109,48 +186,22 @@ export function runDataPlaneWorker(): void {
   };
   scope.onmessage = (event) => {
     scope.onmessage = null;
-    const { ends, stopFd, control: controlAs } = event.data;
+    const { ends, stopFd, control } = event.data;
     setLogLevel(event.data.logLevel);
-    const plugs: Plug[] = [];
-    let control: ControlServer | undefined;
+    let plane: ThreadPlane;
     try {
-      for (const end of ends) plugs.push(openEnd(end));
-      if (controlAs) {
-        const startedAt = new Date();
-        control = ControlServer.start(
-          controlAs.name,
-          () => cableReport(controlAs.name, startedAt, plugs, controlAs.namespace),
-          () => reloadPlugs(controlAs.name, plugs),
-        );
-      }
+      plane = ThreadPlane.open(ends, control);
     } catch (error) {
-      for (const plug of plugs) plug.close();
       scope.postMessage({ type: "error", message: (error as Error).message });
       return;
     }
     scope.postMessage({
       type: "ready",
-      plugs: plugs.map((plug) => ({ vnl: plug.vnl, counters: plug.counters })),
+      plugs: plane.plugs.map((plug) => ({ vnl: plug.vnl, counters: plug.counters })),
     });
-    let end: CableEnd;
-    try {
-      const server = control;
-      end = runCable(plugs[0], plugs[1], {
-        watch: {
-          fds: server ? [stopFd, server.fd] : [stopFd],
-          // The stop eventfd is only ever written to ask for the end.
-          onReady: (fd) => {
-            if (fd !== server?.fd) return false;
-            server.serve();
-            return true;
-          },
-        },
-      });
-    } catch (error) {
-      end = { kind: "ended", plugIndex: -1, reason: (error as Error).message };
-    }
-    for (const plug of plugs) plug.close();
-    control?.close();
+    // The stop eventfd is only ever written to ask for the end.
+    const end = plane.run({ fds: [stopFd], onReady: () => false });
+    plane.close();
     scope.postMessage({ type: "finished", end });
   };
 }

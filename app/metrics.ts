@@ -4,7 +4,8 @@
  *
  * The HTTP server runs in a Worker of its own, never on a thread that moves
  * frames: `vdeno plug` runs its cable on the main thread in a blocking poll,
- * whose event loop never turns, and `vdeno ns` runs one cable per Worker. The
+ * whose event loop never turns, and so does `vdeno ns` with one VNL (with
+ * more, one cable per Worker). The
  * counters need no message to reach the server: every plug keeps them in a
  * Float64Array over a SharedArrayBuffer (core/counters.ts), which postMessage
  * shares rather than copies, so a scrape reads the numbers the data path

@@ -24,4 +24,4 @@ export const SOL_SOCKET = 1;
 export const F_SETFD = 2, F_GETFL = 3, F_SETFL = 4, FD_CLOEXEC = 1;
 
 /** Signal numbers. */
-export const SIGHUP = 1, SIGINT = 2, SIGKILL = 9, SIGTERM = 15;
+export const SIGHUP = 1, SIGINT = 2, SIGQUIT = 3, SIGKILL = 9, SIGTERM = 15;

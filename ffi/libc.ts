@@ -122,6 +122,9 @@ const symbols = {
   pthread_sigmask: { parameters: ["i32", "buffer", "buffer"], result: "i32" },
   // int signalfd(int fd, const sigset_t *mask, int flags)
   signalfd: { parameters: ["i32", "buffer", "i32"], result: "i32" },
+  // long syscall(long number, ...): for pidfd_open, whose wrapper glibc has only since 2.36;
+  // every argument goes as a long, as the kernel reads its registers.
+  syscall: { parameters: ["i64", "i64", "i64"], result: "i64" },
   // int execve(const char *path, char *const argv[], char *const envp[])
   execve: { parameters: ["buffer", "buffer", "buffer"], result: "i32" },
   // pid_t waitpid(pid_t pid, int *status, int options)

@@ -11,7 +11,7 @@
  * @module
  */
 
-export { SIGHUP, SIGINT, SIGTERM } from "./abi.ts";
+export { SIGHUP, SIGINT, SIGQUIT, SIGTERM } from "./abi.ts";
 import { check, Errno, errno, libc, SystemError } from "./libc.ts";
 import { environment, readTextFile } from "./os.ts";
 import { replaceProcess } from "./spawn.ts";

@@ -126,6 +126,26 @@ export function replaceProcess(argv: string[], env: Record<string, string>): nev
   throw new SystemError("Cannot restart vdeno: execve", errno());
 }
 
+/** pidfd_open(2)'s number: the same on every architecture (Linux 5.3 and later). */
+const SYS_PIDFD_OPEN = 434n;
+
+/**
+ * A pidfd: a descriptor that becomes readable when the child ends, so that a
+ * poll loop hears of it among its other descriptors. The child is still to be
+ * reaped ({@linkcode reap}). Closes on exec.
+ */
+export class ExitDescriptor {
+  readonly fd: number;
+
+  constructor(pid: number) {
+    this.fd = check(libc.syscall(SYS_PIDFD_OPEN, BigInt(pid), 0n), "pidfd_open");
+  }
+
+  close(): void {
+    libc.close(this.fd);
+  }
+}
+
 /** Waits for the child to end, blocking the thread: for children that end at once. */
 export function waitBlocking(pid: number): ExitStatus {
   const status = new Int32Array(1);

@@ -396,7 +396,8 @@ hostTest(
     assert.match(trapping.output, /got-sigint/, trapping.output);
     assert.equal(trappingStatus, 7, `the command's own exit status: ${trapping.output}`);
 
-    const plain = new TerminalSession(["-", "sh", "-c", "echo ready; exec sleep 1000"]);
+    // With a VNL the parent hears signals in its cable's poll, on the main thread.
+    const plain = new TerminalSession(["null://", "sh", "-c", "echo ready; exec sleep 1000"]);
     await plain.expect(/ready/);
     await plain.type("\x03");
     assert.equal(await plain.finish(), 128 + 2, `sleep killed by SIGINT: ${plain.output}`);
@@ -417,9 +418,13 @@ hostTest(
   },
 );
 
-for (const signal of ["SIGTERM", "SIGKILL"] as const) {
+for (
+  const [signal, vnl] of [["SIGTERM", "-"], ["SIGTERM", "null://"], ["SIGKILL", "-"]] as const
+) {
   const what = signal === "SIGTERM"
-    ? "vdeno ns passes SIGTERM on to the command"
+    ? `vdeno ns passes SIGTERM on to the command (${
+      vnl === "-" ? "no VNL" : "one VNL: heard in the cable's poll"
+    })`
     : "when vdeno ns is killed, the command gets SIGTERM and nothing is left";
   hostTest(what, nsNeeds("nobody"), async () => {
     await tunForEveryone();
@@ -427,7 +432,7 @@ for (const signal of ["SIGTERM", "SIGKILL"] as const) {
 echo "inside $$ $PPID $(readlink /proc/self/ns/net)"
 while :; do sleep 0.1; done`;
     const child = new Deno.Command(AS_NOBODY[0], {
-      args: [...AS_NOBODY.slice(1), ...VDENO, "ns", "-", "sh", "-c", script],
+      args: [...AS_NOBODY.slice(1), ...VDENO, "ns", vnl, "sh", "-c", script],
       stdout: "piped",
       stderr: "piped",
     }).spawn();
@@ -458,6 +463,28 @@ while :; do sleep 0.1; done`;
     }
   });
 }
+
+hostTest(
+  "vdeno ns with one VNL runs its cable on its main thread, with no Worker; -m with two runs a Worker each",
+  nsNeeds("root"),
+  async () => {
+    await tunForEveryone();
+    // The command lists the threads of vdeno ns, the parent of the helper, its own parent.
+    const script =
+      `ns=$(awk '/^PPid:/ { print $2 }' /proc/$PPID/status); cat /proc/$ns/task/*/comm`;
+    const threadsOf = async (nsArgs: string[]) => {
+      const result = await run([...VDENO, "ns", ...nsArgs, "--", "sh", "-c", script]);
+      assert.equal(result.code, 0, lines(result));
+      return result.stdout.split("\n").filter(Boolean);
+    };
+    // Deno names the thread of each Worker worker-N.
+    const workers = (threads: string[]) => threads.filter((name) => /^worker-\d+$/.test(name));
+    const two = await threadsOf(["-m", "null://", "null://"]);
+    assert.equal(workers(two).length, 2, `one Worker per VNL with -m: ${two.join(", ")}`);
+    const one = await threadsOf(["null://"]);
+    assert.deepEqual(workers(one), [], `no Worker with one VNL: ${one.join(", ")}`);
+  },
+);
 
 hostTest("vdeno ns says in one line what is wrong", nsNeeds("nobody"), async () => {
   await tunForEveryone();

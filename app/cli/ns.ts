@@ -11,7 +11,6 @@
  * @module
  */
 
-import { SIGHUP, SIGTERM } from "../../ffi/abi.ts";
 import { parseArgs } from "node:util";
 import { closeQuietly } from "../../ffi/libc.ts";
 import {
@@ -24,7 +23,6 @@ import {
 } from "../../ffi/namespace.ts";
 import {
   changeMode,
-  environment,
   fileInfo,
   getEnv,
   readTextFile,
@@ -33,18 +31,36 @@ import {
   writeTextFile,
 } from "../../ffi/os.ts";
 import { PollSet } from "../../ffi/poll.ts";
-import { replaceProcess, signalProcess, spawn, waitFor } from "../../ffi/spawn.ts";
+import {
+  blocksAll,
+  restartWithSignalsBlocked,
+  SIGHUP,
+  SIGINT,
+  SignalDescriptor,
+  SIGQUIT,
+  SIGTERM,
+} from "../../ffi/signals.ts";
+import {
+  ExitDescriptor,
+  type ExitStatus,
+  reap,
+  signalProcess,
+  spawn,
+  waitFor,
+} from "../../ffi/spawn.ts";
 import { openTap } from "../../ffi/tap.ts";
 import { receiveMessage, sendMessage, setCloseOnExec, socketPair } from "../../ffi/unix.ts";
-import { DataPlane } from "../dataplane.ts";
+import { DataPlane, ThreadPlane } from "../dataplane.ts";
 import { MetricsServer } from "../metrics.ts";
 import { notifyServiceManager } from "../notify.ts";
+import type { CableEnd } from "../../core/cable.ts";
 import { log, setLogLevel } from "../../core/log.ts";
 import { keyVariables } from "../../plugs/seal.ts";
 import {
   assertWorkersCanStart,
   childEnvironment,
   selfCommand,
+  V8_TUNING,
   withWorkerPermission,
 } from "../self.ts";
 import { UsageError } from "./usage.ts";
@@ -257,12 +273,89 @@ function send(fd: number, message: HelperMessage, descriptors: number[] = []): v
   sendMessage(fd, encoder.encode(JSON.stringify(message)), descriptors);
 }
 
-/** Waits for the helper's message without blocking the event loop; undefined if it exited. */
-async function receiveFromHelper(
+/**
+ * The signals the parent hears through a signalfd: SIGTERM and SIGHUP, which
+ * it passes on to the command through the helper, and Ctrl-C's SIGINT and
+ * SIGQUIT, which it ignores (the terminal sent them to the command itself).
+ */
+const PARENT_SIGNALS = [SIGINT, SIGQUIT, SIGTERM, SIGHUP];
+
+/**
+ * The helper as the parent's poll loops see it: its end as a pidfd, the
+ * signals to pass on to it as a signalfd. With one VNL both are among the
+ * descriptors the cable's poll waits on, on the main thread, so the parent
+ * needs no event loop and no second isolate.
+ */
+class Helper {
+  readonly pid: number;
+  /** What to poll: the signalfd, then the pidfd. */
+  readonly fds: readonly number[];
+  /** How the helper ended, once it has. */
+  status: ExitStatus | undefined;
+  /** Whether a SIGTERM or SIGHUP was passed on to it. */
+  forwarded = false;
+  readonly #signals: SignalDescriptor;
+  readonly #exit: ExitDescriptor;
+
+  constructor(pid: number, signals: SignalDescriptor) {
+    this.pid = pid;
+    this.#signals = signals;
+    this.#exit = new ExitDescriptor(pid);
+    this.fds = [signals.fd, this.#exit.fd];
+  }
+
+  /** Handles one of {@linkcode fds} being readable; false once the helper has ended. */
+  onReady(fd: number): boolean {
+    if (fd === this.#signals.fd) {
+      for (let signal = this.#signals.take(); signal !== 0; signal = this.#signals.take()) {
+        if (signal !== SIGTERM && signal !== SIGHUP) continue;
+        this.forwarded = true;
+        signalProcess(this.pid, signal);
+      }
+    } else if (fd === this.#exit.fd) {
+      this.status ??= reap(this.pid);
+    }
+    return this.status === undefined;
+  }
+
+  /**
+   * Blocks, passing signals on, until the helper has ended, or with `fd`
+   * until that is readable (the socket pair, which the helper's end leaves
+   * readable too).
+   */
+  wait(fd = -1): void {
+    const poller = new PollSet([...this.fds, fd]); // poll skips a negative descriptor
+    for (;;) {
+      if (this.status !== undefined) {
+        if (fd < 0) return;
+        poller.setEntry(1, -1, 0); // an ended process's pidfd stays readable
+      }
+      poller.wait(-1);
+      if (poller.events(2) !== 0) return;
+      for (let i = 0; i < 2; i++) if (poller.events(i) !== 0) this.onReady(this.fds[i]);
+    }
+  }
+
+  /** Like {@linkcode wait} without `fd`, letting the event loop run meanwhile (Workers). */
+  async waitAsync(): Promise<void> {
+    const poller = new PollSet(this.fds);
+    while (this.status === undefined) {
+      await poller.waitAsync(-1);
+      for (let i = 0; i < 2; i++) if (poller.events(i) !== 0) this.onReady(this.fds[i]);
+    }
+  }
+
+  close(): void {
+    this.#exit.close();
+  }
+}
+
+/** Waits for the helper's message, passing signals on; undefined if it exited. */
+function receiveFromHelper(
   fd: number,
-): Promise<{ message: HelperMessage; descriptors: number[] } | undefined> {
-  const poller = new PollSet([fd]);
-  while ((await poller.waitAsync(1000)) === 0) { /* the helper is still starting */ }
+  helper: Helper,
+): { message: HelperMessage; descriptors: number[] } | undefined {
+  helper.wait(fd);
   const received = receiveMessage(fd);
   if (!received) return undefined;
   return { message: JSON.parse(decoder.decode(received.data)), descriptors: received.descriptors };
@@ -275,18 +368,22 @@ export async function nsCommand(args: string[]): Promise<number> {
     console.log(NS_USAGE);
     return 0;
   }
-  if (request.vnls.length > 0 || request.metrics) {
-    // The data planes (and --metrics) are Workers, which need to read vdeno's files.
-    const argv = withWorkerPermission();
-    if (argv) replaceProcess(argv, environment());
-    assertWorkersCanStart("its data-plane threads");
-  }
   const unshare = findProgram("unshare");
   if (!unshare) {
     throw new Error("unshare is not on PATH: install util-linux, which vdeno ns needs");
   }
   const refused = userNamespacesRefused();
   if (refused) throw new Error(`Cannot create a user namespace: ${refused}`);
+  // Every wait of this process is a poll (with one VNL, the cable's, on this thread), which hears
+  // signals through a signalfd: that needs them blocked in every thread, so start afresh so.
+  const inWorkers = request.vnls.length > 1;
+  if (!blocksAll(PARENT_SIGNALS)) {
+    const flags = [getEnv("DENO_V8_FLAGS"), V8_TUNING].filter(Boolean).join(",");
+    // Data planes in Workers and --metrics's Worker need to read vdeno's files.
+    const argv = inWorkers || request.metrics ? withWorkerPermission() : undefined;
+    restartWithSignalsBlocked(PARENT_SIGNALS, { DENO_V8_FLAGS: flags }, argv);
+  }
+  if (inWorkers) assertWorkersCanStart("its data-plane threads");
 
   const taps = request.vnls.map((_, i) => `${request.ifacePrefix}${i}`);
   const mountNamespace = request.sysadm || request.resolvaddr !== undefined ||
@@ -311,56 +408,41 @@ export async function nsCommand(args: string[]): Promise<number> {
     ...request.command,
   ];
 
-  // A bad address is reported before any namespace is made.
-  const metrics = request.metrics === undefined
-    ? undefined
-    : await MetricsServer.start(request.metrics);
-  const [channel, helperEnd] = socketPair();
-  let channelOpen = true;
-  // Closing it tells a helper still waiting for "go" to give up; close once only.
-  const closeChannel = () => {
-    if (channelOpen) closeQuietly(channel);
-    channelOpen = false;
-  };
-  let helperPid: number;
-  try {
-    // The helper and the command need no key: the data planes run here.
-    helperPid = spawn(argv, {
-      descriptors: { [CHANNEL_FD]: helperEnd },
-      env: childEnvironment(keyVariables(request.vnls)),
-    });
-  } catch (error) {
-    closeChannel();
-    metrics?.close();
-    throw error;
-  } finally {
-    closeQuietly(helperEnd);
-  }
-
-  // See the module header: Ctrl-C is for the command, the terminal sends it there itself.
-  const ignore = () => {};
-  let forwarded = false;
-  const forward = (signal: number) => () => {
-    forwarded = true;
-    signalProcess(helperPid, signal);
-  };
-  const listeners: [Deno.Signal, () => void][] = [
-    ["SIGINT", ignore],
-    ["SIGQUIT", ignore],
-    ["SIGTERM", forward(SIGTERM)],
-    ["SIGHUP", forward(SIGHUP)],
-  ];
-  for (const [signal, listener] of listeners) Deno.addSignalListener(signal, listener);
+  const signals = new SignalDescriptor(PARENT_SIGNALS);
+  let metrics: MetricsServer | undefined;
+  let channel = -1;
+  let helper: Helper | undefined;
+  /** With one VNL: its data plane, on this thread. */
+  let plane: ThreadPlane | undefined;
+  /** With more: one Worker each. */
   const planes: DataPlane[] = [];
   const running = new Set<DataPlane>();
   let ready = false;
   try {
-    const received = await receiveFromHelper(channel);
+    // A bad address is reported before any namespace is made.
+    if (request.metrics !== undefined) metrics = await MetricsServer.start(request.metrics);
+    const [ours, helperEnd] = socketPair();
+    channel = ours;
+    let helperPid: number;
+    try {
+      // The helper and the command need no key: the data planes run here.
+      helperPid = spawn(argv, {
+        descriptors: { [CHANNEL_FD]: helperEnd },
+        env: childEnvironment(keyVariables(request.vnls)),
+      });
+    } finally {
+      closeQuietly(helperEnd);
+    }
+    helper = new Helper(helperPid, signals);
+    const received = receiveFromHelper(channel, helper);
     if (!received || received.message.type !== "taps") {
-      closeChannel();
-      const status = await waitFor(helperPid);
+      // Closing the channel tells a helper still waiting for "go" to give up.
+      closeQuietly(channel);
+      channel = -1;
+      helper.wait();
+      const status = helper.status!;
       if (received?.message.type === "error") throw new Error(received.message.message);
-      if (forwarded) return status.code; // stopped by a signal before the command started
+      if (helper.forwarded) return status.code; // stopped by a signal before the command started
       throw new Error(
         `Cannot create the namespaces: unshare ${
           status.signal ? `was killed by signal ${status.signal}` : `exited with ${status.code}`
@@ -368,48 +450,77 @@ export async function nsCommand(args: string[]): Promise<number> {
       );
     }
     const tapFds = received.descriptors;
+    /** How many of `tapFds` a data plane has taken (and closes). */
+    let taken = 0;
     try {
       if (tapFds.length !== taps.length) {
         throw new Error(`The helper sent ${tapFds.length} interfaces instead of ${taps.length}`);
       }
-      for (let i = 0; i < taps.length; i++) {
-        const plane = await DataPlane.start([{ vnl: request.vnls[i] }, {
-          tap: { name: taps[i], fd: tapFds[i] },
-        }], {
-          name: nsPlugName(taps[i]),
-          namespace: { pid: helperPid, command: request.command },
-        });
-        planes.push(plane);
-        running.add(plane);
-        metrics?.add(plane.plugs.map((plug) => ({ ...plug, name: nsPlugName(taps[i]) })));
-        plane.finished.then((end) => {
-          running.delete(plane);
-          // The TAP side ends when the namespace is gone; only a lost network is news.
-          if (end.kind === "ended" && end.plugIndex === 0) {
-            console.error(`vdeno ns: ${end.reason}; ${taps[i]} is no longer connected`);
-          }
-        });
+      const namespace = { pid: helperPid, command: request.command };
+      if (taps.length === 1) {
+        taken = 1;
+        const name = nsPlugName(taps[0]);
+        plane = ThreadPlane.open([{ vnl: request.vnls[0] }, {
+          tap: { name: taps[0], fd: tapFds[0] },
+        }], { name, namespace });
+        metrics?.add(plane.plugs.map((plug) => ({ name, vnl: plug.vnl, counters: plug.counters })));
+      } else {
+        for (let i = 0; i < taps.length; i++) {
+          taken++;
+          const started = await DataPlane.start([{ vnl: request.vnls[i] }, {
+            tap: { name: taps[i], fd: tapFds[i] },
+          }], { name: nsPlugName(taps[i]), namespace });
+          planes.push(started);
+          running.add(started);
+          metrics?.add(started.plugs.map((plug) => ({ ...plug, name: nsPlugName(taps[i]) })));
+          started.finished.then((end) => {
+            running.delete(started);
+            reportEnd(end, taps[i]);
+          });
+        }
       }
     } catch (error) {
-      for (const fd of tapFds.slice(planes.length)) closeQuietly(fd);
-      closeChannel(); // the helper sees the end of the stream and exits
-      await waitFor(helperPid);
+      for (const fd of tapFds.slice(taken)) closeQuietly(fd);
+      closeQuietly(channel); // the helper sees the end of the stream and exits
+      channel = -1;
+      helper.wait();
       throw error;
     }
     send(channel, { type: "go" });
     log("info", `ns started: ${request.command.join(" ")} (namespace pid ${helperPid})`);
     notifyServiceManager("READY=1", `STATUS=Running ${request.command.join(" ")}`);
     ready = true;
-    const status = await waitFor(helperPid);
+    if (plane) {
+      const waiting = helper;
+      const end = plane.run({ fds: waiting.fds, onReady: (fd) => waiting.onReady(fd) });
+      if (end.kind === "ended") {
+        plane.close();
+        reportEnd(end, taps[0]);
+      }
+      helper.wait();
+    } else {
+      await helper.waitAsync();
+    }
+    const status = helper.status!;
     log("info", `ns stopped: the command exited with status ${status.code}`);
     return status.code;
   } finally {
     if (ready) notifyServiceManager("STOPPING=1");
-    for (const plane of running) plane.stop();
-    await Promise.all(planes.map((plane) => plane.finished));
-    for (const [signal, listener] of listeners) Deno.removeSignalListener(signal, listener);
-    closeChannel();
+    plane?.close();
+    for (const started of running) started.stop();
+    await Promise.all(planes.map((started) => started.finished));
+    helper?.close();
+    if (channel >= 0) closeQuietly(channel);
     metrics?.close();
+    signals.close();
+  }
+}
+
+/** Says so when a data plane ended with the namespace still there: its network is lost. */
+function reportEnd(end: CableEnd, tap: string): void {
+  // The TAP side ends when the namespace is gone; only a lost network is news.
+  if (end.kind === "ended" && end.plugIndex === 0) {
+    console.error(`vdeno ns: ${end.reason}; ${tap} is no longer connected`);
   }
 }
 
