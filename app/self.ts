@@ -104,11 +104,13 @@ export function gitCommit(directory: string): string | undefined {
 /**
  * V8 flags a plug restarts with (app/cli/plug.ts): optimize the few hot
  * functions of the data path after a hundred calls instead of thousands,
- * straight to TurboFan, so a fresh plug forwards at full speed within its
- * first frames (bench/README.md).
+ * straight to TurboFan, and the cable's loop, which runs for hundreds of
+ * wake-ups per call, after fifty passes' worth of its code instead of five
+ * hundred, so a fresh plug forwards at full speed within its first frames
+ * (bench/README.md).
  */
-export const V8_TUNING =
-  "--no-maglev,--invocation-count-for-turbofan=100,--minimum-invocations-after-ic-update=2";
+export const V8_TUNING = "--no-maglev,--invocation-count-for-turbofan=100," +
+  "--minimum-invocations-after-ic-update=2,--invocation-count-for-osr=50";
 /** Set in the background copy of `vdeno plug -d`, which tells its parent when it is ready. */
 export const DAEMON_CHILD_VARIABLE = "VDENO_DAEMON_CHILD";
 
