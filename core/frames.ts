@@ -21,6 +21,11 @@ export const HEADROOM = 64;
 export const TAILROOM = 128;
 /** Size of one slot. */
 export const SLOT_SIZE = Math.ceil((HEADROOM + MAX_FRAME + TAILROOM) / 64) * 64;
+/**
+ * Room for the largest TCP super-frame a TAP with offloads hands over: a
+ * 64 KB IP packet behind its Ethernet header, with a margin.
+ */
+export const SUPER_FRAME_SIZE = MAX_FRAME + 65536 + 1024;
 /** Frames moved per batch by default. */
 export const DEFAULT_BATCH = 64;
 
@@ -39,6 +44,13 @@ export class FrameBatch {
    * (core/checksum.ts): the slots live in WebAssembly memory so that it can sum them.
    */
   readonly sum: (start: number, end: number) => number;
+  /**
+   * Where in {@linkcode bytes}, after the slots, a TAP assembles a TCP
+   * super-frame ({@linkcode SUPER_FRAME_SIZE} bytes) to cut into the slots:
+   * in the same memory, so that each segment is copied with `copyWithin`,
+   * which makes no view.
+   */
+  readonly superFrameAt: number;
   /** Frame lengths, one per slot. */
   readonly lengths: Int32Array;
   /** A pointer to each slot's frame, made once so the data path creates none. */
@@ -55,10 +67,11 @@ export class FrameBatch {
 
   constructor(capacity = DEFAULT_BATCH) {
     this.capacity = capacity;
-    const area = checksumArea(capacity * SLOT_SIZE);
+    this.superFrameAt = capacity * SLOT_SIZE;
+    const area = checksumArea(this.superFrameAt + SUPER_FRAME_SIZE);
     this.bytes = area.bytes;
     this.sum = area.sum;
-    this.words = new Uint32Array(this.bytes.buffer, 0, this.bytes.length / 4);
+    this.words = new Uint32Array(this.bytes.buffer, 0, this.superFrameAt / 4);
     this.lengths = new Int32Array(capacity);
     const base = Deno.UnsafePointer.of(this.bytes)!;
     this.framePointers = Array.from(

@@ -144,15 +144,14 @@ export function completeChecksum(
  * only, CWR on the first only, and each segment's TCP checksum.
  */
 export class TcpSegmenter {
-  /** The super-frame is assembled here, from offset 0. */
-  readonly bytes: Uint8Array<ArrayBuffer>;
-  readonly #view: DataView;
   readonly #maxFrame: number;
+  /** The area the loaded super-frame is in, a view of it, and where in it the super-frame starts. */
+  #source: Uint8Array = new Uint8Array(0);
+  #view = new DataView(this.#source.buffer);
+  #base = 0;
   #segmentLimit = Infinity;
   #length = 0;
   #headerLength = 0;
-  /** The super-frame's headers, copied to the front of every segment. */
-  #headers: Uint8Array = new Uint8Array(0);
   #l3 = 0;
   #l4 = 0;
   #ipv4 = false;
@@ -163,9 +162,7 @@ export class TcpSegmenter {
   #identification = 0;
   #lastSegmentCount = 0;
 
-  constructor(capacity: number, maxFrame: number) {
-    this.bytes = new Uint8Array(capacity);
-    this.#view = new DataView(this.bytes.buffer);
+  constructor(maxFrame: number) {
     this.#maxFrame = maxFrame;
   }
 
@@ -187,11 +184,21 @@ export class TcpSegmenter {
     return length > this.#segmentLimit && csumOffset === TCP_CHECKSUM_AT;
   }
 
-  /** Takes a whole TCP segment in `bytes[0, length)` to be cut to fit, as {@linkcode load} does. */
-  loadSegment(length: number, csumStart: number): boolean {
-    const ethertype = this.#view.getUint16(networkOffset(this.#view, 0) - 2);
+  /** Takes a whole TCP segment to be cut to fit, as {@linkcode load} takes a super-frame. */
+  loadSegment(from: ChecksumArea, start: number, length: number, csumStart: number): boolean {
+    const view = this.#viewOf(from);
+    const ethertype = view.getUint16(start + networkOffset(view, start) - 2);
     const type = ethertype === ETHERTYPE_IPV4 ? GSO_TCPV4 : GSO_TCPV6;
-    return this.load(length, type, length, csumStart);
+    return this.load(from, start, length, type, length, csumStart);
+  }
+
+  /** A view of `from`'s bytes: the last one made while the super-frames come from one area. */
+  #viewOf(from: ChecksumArea): DataView {
+    if (from.bytes !== this.#source) {
+      this.#source = from.bytes;
+      this.#view = new DataView(from.bytes.buffer, from.bytes.byteOffset, from.bytes.byteLength);
+    }
+    return this.#view;
   }
 
   /** How many segments the super-frame loaded last was cut into, or is being cut into. */
@@ -205,38 +212,46 @@ export class TcpSegmenter {
   }
 
   /**
-   * Takes the super-frame in `bytes[0, length)`, with its header's gso_type,
-   * gso_size and csum_start. Returns false, and takes nothing, when it is not
-   * a TCP super-frame that can be cut into frames of at most `maxFrame` bytes.
+   * Takes the super-frame at `start` of `from` (`length` bytes), with its
+   * header's gso_type, gso_size and csum_start; it must stay there until its
+   * last segment is cut. Returns false, and takes nothing, when it is not a
+   * TCP super-frame that can be cut into frames of at most `maxFrame` bytes.
    */
-  load(length: number, gsoType: number, gsoSize: number, csumStart: number): boolean {
+  load(
+    from: ChecksumArea,
+    start: number,
+    length: number,
+    gsoType: number,
+    gsoSize: number,
+    csumStart: number,
+  ): boolean {
     this.#length = 0;
-    const view = this.#view;
+    const view = this.#viewOf(from);
     const type = gsoType & ~GSO_ECN;
-    if (length > this.bytes.length || length < 14 + 40) return false;
-    const l3 = networkOffset(view, 0);
-    const ethertype = view.getUint16(l3 - 2);
+    if (start + length > from.bytes.length || length < 14 + 40) return false;
+    const l3 = networkOffset(view, start);
+    const ethertype = view.getUint16(start + l3 - 2);
     const ipv4 = ethertype === ETHERTYPE_IPV4 && type === GSO_TCPV4;
     if (ipv4) {
-      const version = view.getUint8(l3) >> 4;
-      const headerLength = (view.getUint8(l3) & 15) * 4;
+      const version = view.getUint8(start + l3) >> 4;
+      const headerLength = (view.getUint8(start + l3) & 15) * 4;
       if (version !== 4 || headerLength < 20 || l3 + headerLength !== csumStart) return false;
-      if (view.getUint8(l3 + 9) !== PROTOCOL_TCP) return false;
+      if (view.getUint8(start + l3 + 9) !== PROTOCOL_TCP) return false;
     } else if (ethertype !== ETHERTYPE_IPV6 || type !== GSO_TCPV6 || csumStart < l3 + 40) {
       return false;
-    } else if (csumStart === l3 + 40 && view.getUint8(l3 + 6) !== PROTOCOL_TCP) {
+    } else if (csumStart === l3 + 40 && view.getUint8(start + l3 + 6) !== PROTOCOL_TCP) {
       return false; // with extension headers between, csum_start alone says where TCP is
     }
     const l4 = csumStart;
     if (l4 + 20 > length) return false;
-    const headerLength = l4 + (view.getUint8(l4 + 12) >> 4) * 4;
+    const headerLength = l4 + (view.getUint8(start + l4 + 12) >> 4) * 4;
     if (headerLength < l4 + 20 || headerLength >= length) return false;
     if (gsoSize === 0 || headerLength + gsoSize > this.#maxFrame) return false;
     this.#l3 = l3;
     this.#l4 = l4;
     this.#ipv4 = ipv4;
     this.#headerLength = headerLength;
-    this.#headers = this.bytes.subarray(0, headerLength);
+    this.#base = start;
     // Never below 512 bytes of payload: on a path that narrow, fragments are cheaper.
     this.#mss = Math.max(
       Math.min(gsoSize, this.#segmentLimit - headerLength),
@@ -244,8 +259,8 @@ export class TcpSegmenter {
     );
     this.#next = headerLength;
     this.#index = 0;
-    this.#sequence = view.getUint32(l4 + 4);
-    this.#identification = ipv4 ? view.getUint16(l3 + 4) : 0;
+    this.#sequence = view.getUint32(start + l4 + 4);
+    this.#identification = ipv4 ? view.getUint16(start + l3 + 4) : 0;
     this.#length = length;
     this.#lastSegmentCount = Math.ceil((length - headerLength) / this.#mss);
     return true;
@@ -265,8 +280,14 @@ export class TcpSegmenter {
     const index = this.#index;
 
     const payloadStart = offset + headerLength;
-    out.bytes.set(this.#headers, offset);
-    out.bytes.set(this.bytes.subarray(this.#next, end), payloadStart);
+    const base = this.#base;
+    if (out.bytes === this.#source) {
+      out.bytes.copyWithin(offset, base, base + headerLength);
+      out.bytes.copyWithin(payloadStart, base + this.#next, base + end);
+    } else { // a super-frame cut into another area than its own: tests, and never on the data path
+      out.bytes.set(this.#source.subarray(base, base + headerLength), offset);
+      out.bytes.set(this.#source.subarray(base + this.#next, base + end), payloadStart);
+    }
 
     if (this.#ipv4) {
       view.setUint16(l3 + 2, headerLength - this.#l3 + payload);
@@ -278,7 +299,7 @@ export class TcpSegmenter {
     }
     const pseudo = addressSum(view, l3, this.#ipv4);
     view.setUint32(l4 + 4, (this.#sequence + index * this.#mss) % 0x100000000);
-    let flags = source.getUint8(this.#l4 + 13);
+    let flags = source.getUint8(base + this.#l4 + 13);
     if (end < this.#length) flags &= ~(TCP_FIN | TCP_PSH);
     if (index > 0) flags &= ~TCP_CWR;
     view.setUint8(l4 + 13, flags);

@@ -15,7 +15,7 @@ import { socketPair } from "../ffi/unix.ts";
 import { openTap, setTapOffloads, tapHasVnetHeader } from "../ffi/tap.ts";
 import { numericAddress } from "../ffi/net.ts";
 import { Counter, newCounters } from "../core/counters.ts";
-import { type FrameBatch, MAX_FRAME, TAILROOM } from "../core/frames.ts";
+import { type FrameBatch, MAX_FRAME, SUPER_FRAME_SIZE, TAILROOM } from "../core/frames.ts";
 import {
   arpFrame,
   pingFrame,
@@ -41,7 +41,6 @@ import { splitQuoted, VnlError } from "../core/vnl.ts";
 
 const READ_SIZE = BigInt(MAX_FRAME + TAILROOM);
 /** Room for the part of a TCP super-frame beyond a slot: 64 KB is the kernel's usual GSO limit. */
-const SUPER_FRAME_OVERFLOW = 65536 + 1024;
 const EBADFD = 77; // what a read returns once the interface is gone
 /** Frames per second below which traffic is light: one read per wake-up. */
 const LIGHT_TRAFFIC_RATE = 1000;
@@ -68,7 +67,7 @@ export class TapPlug implements Plug {
   /** The virtio-net header of the frame at hand, decoded. */
   readonly #vnet = new VnetHeader();
   #batchView?: DataView;
-  /** Per slot, a readv vector: the slot (header and frame), then the segmenter's overflow. */
+  /** Per slot, a readv vector: the slot (header and frame), then the rest of a super-frame. */
   #readVectors: Deno.PointerObject[] = [];
   /** The memory the readv vectors point into, held so the collector keeps it. */
   #readVectorMemory?: Uint32Array;
@@ -97,7 +96,7 @@ export class TapPlug implements Plug {
     this.#fd = fd;
     this.fds = [fd];
     if (tapHasVnetHeader(fd)) {
-      this.#segmenter = new TcpSegmenter(MAX_FRAME + SUPER_FRAME_OVERFLOW, MAX_FRAME);
+      this.#segmenter = new TcpSegmenter(MAX_FRAME);
     }
   }
 
@@ -166,13 +165,14 @@ export class TapPlug implements Plug {
       }
       const header = vnet.decode(view, frameStart - VNET_HEADER);
       if (header.gsoType !== GSO_NONE) {
-        if (length > segmenter.bytes.length) {
+        if (length > SUPER_FRAME_SIZE) {
           counters[Counter.dropTooLong]++;
           continue;
         }
         // The head of the super-frame is in the slot, the rest already where it belongs.
-        segmenter.bytes.set(bytes.subarray(frameStart, frameStart + Math.min(length, MAX_FRAME)));
-        if (!segmenter.load(length, header.gsoType, header.gsoSize, header.csumStart)) {
+        const at = batch.superFrameAt;
+        bytes.copyWithin(at, frameStart, frameStart + Math.min(length, MAX_FRAME));
+        if (!segmenter.load(batch, at, length, header.gsoType, header.gsoSize, header.csumStart)) {
           counters[Counter.dropMalformed]++;
         } else counters[Counter.superFramesIn]++;
         continue;
@@ -184,8 +184,11 @@ export class TapPlug implements Plug {
       if ((header.flags & NEEDS_CSUM) !== 0) {
         const { csumStart, csumOffset } = header;
         if (segmenter.tooLargeToFit(length, csumOffset)) {
-          segmenter.bytes.set(bytes.subarray(frameStart, frameStart + length));
-          if (!segmenter.loadSegment(length, csumStart)) counters[Counter.dropMalformed]++;
+          const at = batch.superFrameAt;
+          bytes.copyWithin(at, frameStart, frameStart + length);
+          if (!segmenter.loadSegment(batch, at, length, csumStart)) {
+            counters[Counter.dropMalformed]++;
+          }
           continue;
         }
         if (!completeChecksum(view, frameStart, length, csumStart, csumOffset)) {
@@ -221,13 +224,13 @@ export class TapPlug implements Plug {
   /** Makes the readv and writev vectors for `batch`'s slots, once per batch. */
   #prepare(batch: FrameBatch): DataView {
     const vectors = new Uint32Array(batch.capacity * 8); // two iovecs per slot
-    const overflow = numericAddress(this.#segmenter!.bytes) + MAX_FRAME;
     const base = numericAddress(batch.bytes);
+    const overflow = base + batch.superFrameAt + MAX_FRAME;
     const vectorsBase = Deno.UnsafePointer.of(vectors)!;
     this.#readVectors = [];
     for (let i = 0; i < batch.capacity; i++) {
       setIovec(vectors, i * 2, base + batch.offset(i) - VNET_HEADER, VNET_HEADER + MAX_FRAME);
-      setIovec(vectors, i * 2 + 1, overflow, SUPER_FRAME_OVERFLOW);
+      setIovec(vectors, i * 2 + 1, overflow, SUPER_FRAME_SIZE - MAX_FRAME);
       this.#readVectors.push(Deno.UnsafePointer.offset(vectorsBase, i * 32)!);
     }
     this.#preparedFor = batch;

@@ -51,11 +51,13 @@ function superFrame(ipv6: boolean): Uint8Array {
 
 /** The super-frame cut into frames in a batch, as they arrive from the network. */
 function segmentsOf(frame: Uint8Array, ipv6: boolean): { batch: FrameBatch; view: DataView } {
-  const segmenter = new TcpSegmenter(65536, 9234);
-  segmenter.bytes.set(frame);
-  assert.ok(segmenter.load(frame.length, ipv6 ? 4 : 1, MSS, ipv6 ? 54 : 34));
+  // As a TAP does: the super-frame after the batch's slots, cut into them.
+  const segmenter = new TcpSegmenter(9234);
   const batch = new FrameBatch(16);
   const view = new DataView(batch.bytes.buffer);
+  batch.bytes.set(frame, batch.superFrameAt);
+  const gsoType = ipv6 ? 4 : 1;
+  assert.ok(segmenter.load(batch, batch.superFrameAt, frame.length, gsoType, MSS, ipv6 ? 54 : 34));
   while (segmenter.pending) {
     batch.lengths[batch.count] = segmenter.next(batch, view, batch.offset(batch.count));
     batch.count++;
