@@ -9,6 +9,7 @@
  * @module
  */
 
+import { RECEIVED_RUNS_SIZE } from "../ffi/net.ts";
 import { checksumArea } from "./checksum.ts";
 
 /** Ethernet header length. */
@@ -51,6 +52,12 @@ export class FrameBatch {
    * which makes no view.
    */
   readonly superFrameAt: number;
+  /**
+   * Where in {@linkcode bytes}, after the super-frame's room, a UDP socket
+   * with UDP_GRO receives its runs ({@linkcode RECEIVED_RUNS_SIZE} bytes, see
+   * ffi/net.ts), to copy them apart into the slots, again with `copyWithin`.
+   */
+  readonly runsAt: number;
   /** Frame lengths, one per slot. */
   readonly lengths: Int32Array;
   /** A pointer to each slot's frame, made once so the data path creates none. */
@@ -68,7 +75,8 @@ export class FrameBatch {
   constructor(capacity = DEFAULT_BATCH) {
     this.capacity = capacity;
     this.superFrameAt = capacity * SLOT_SIZE;
-    const area = checksumArea(this.superFrameAt + SUPER_FRAME_SIZE);
+    this.runsAt = this.superFrameAt + SUPER_FRAME_SIZE;
+    const area = checksumArea(this.runsAt + RECEIVED_RUNS_SIZE);
     this.bytes = area.bytes;
     this.sum = area.sum;
     this.words = new Uint32Array(this.bytes.buffer, 0, this.superFrameAt / 4);

@@ -487,16 +487,25 @@ export class DatagramVector {
   #aimedLength = 0;
   /** Runs received with UDP_GRO and what of them is not yet handed out, made on first use. */
   #runs?: ReceivedRuns;
+  readonly #runsAt: number;
   /** Runs of more than one datagram that {@linkcode receiveRunInto} received. */
   runsReceived = 0;
 
+  /**
+   * `runsAt`, when given, is where in `slots` {@linkcode RECEIVED_RUNS_SIZE}
+   * bytes are free for the runs {@linkcode receiveRunInto} takes: they are
+   * then copied into the slots with `copyWithin`, which makes no view per
+   * datagram. Without it the runs get a buffer of their own.
+   */
   constructor(
     slots: Uint8Array<ArrayBuffer>,
     slotSize: number,
     payloadOffset: number,
     capacity: number,
+    runsAt = -1,
   ) {
     this.capacity = capacity;
+    this.#runsAt = runsAt;
     this.#slotSize = slotSize;
     this.#slots = slots;
     this.#payloadOffset = payloadOffset;
@@ -576,7 +585,9 @@ export class DatagramVector {
    * when none) or -errno; `runsReceived` counts the runs of more than one.
    */
   receiveRunInto(fd: number, first: number, count: number, maxLength: number): number {
-    const runs = this.#runs ??= new ReceivedRuns();
+    const runs = this.#runs ??= this.#runsAt >= 0
+      ? new ReceivedRuns(this.#slots, this.#runsAt)
+      : new ReceivedRuns(new Uint8Array(RECEIVED_RUNS_SIZE), 0);
     const words = this.#headerWords;
     const slots = this.#slots;
     const end = first + count;
@@ -723,6 +734,8 @@ const MSG_TRUNC = 0x20;
 const INT_CONTROL_SPACE = 24;
 /** How many runs one recvmmsg on a UDP_GRO socket takes. */
 export const RUNS_PER_RECEIVE = 8;
+/** Room for the runs one receive takes: what a DatagramVector's `runsAt` must leave free. */
+export const RECEIVED_RUNS_SIZE = RUNS_PER_RECEIVE * GRO_BUFFER;
 
 /**
  * A recvmmsg vector for a UDP_GRO socket: per entry a buffer for a whole run,
@@ -730,7 +743,9 @@ export const RUNS_PER_RECEIVE = 8;
  * the size of the run's datagrams; and how far the runs were handed out.
  */
 class ReceivedRuns {
-  readonly #bytes = new Uint8Array(RUNS_PER_RECEIVE * GRO_BUFFER);
+  /** The runs are received into `#bytes` from `#start` on, GRO_BUFFER bytes each. */
+  readonly #bytes: Uint8Array<ArrayBuffer>;
+  readonly #start: number;
   readonly #names = new Uint8Array(RUNS_PER_RECEIVE * SOCKADDR_SIZE);
   readonly #nameWords = new Uint32Array(this.#names.buffer);
   readonly #controls = new Uint8Array(RUNS_PER_RECEIVE * INT_CONTROL_SPACE);
@@ -749,8 +764,10 @@ class ReceivedRuns {
   /** Runs of more than one datagram in the last receive. */
   runsOfMany = 0;
 
-  constructor() {
-    const base = numericAddress(this.#bytes);
+  constructor(bytes: Uint8Array<ArrayBuffer>, start: number) {
+    this.#bytes = bytes;
+    this.#start = start;
+    const base = numericAddress(bytes) + start;
     const names = numericAddress(this.#names);
     const controls = numericAddress(this.#controls);
     const iovecs = numericAddress(new Uint8Array(this.#iovecs.buffer));
@@ -825,7 +842,7 @@ class ReceivedRuns {
     const bytes = this.#bytes;
     while (i < end && this.#entry < this.#entries) {
       const e = this.#entry;
-      const base = e * GRO_BUFFER;
+      const base = this.#start + e * GRO_BUFFER;
       const runEnd = this.#end[e];
       let next = this.#next[e];
       const segment = this.#segment[e];
@@ -842,7 +859,9 @@ class ReceivedRuns {
         const cut = kept < length || (this.#cut[e] === 1 && next + length >= runEnd);
         words[word + 12] = cut ? MSG_TRUNC : 0; // msg_flags
         words[word + 14] = kept; // msg_len
-        slots.set(bytes.subarray(base + next, base + next + kept), payloadOffset + i * slotSize);
+        const slot = payloadOffset + i * slotSize;
+        if (bytes === slots) slots.copyWithin(slot, base + next, base + next + kept);
+        else slots.set(bytes.subarray(base + next, base + next + kept), slot);
         const to = (i * SOCKADDR_SIZE) / 4;
         for (let w = 0; w < SOCKADDR_SIZE / 4; w++) {
           nameWords[to + w] = this.#nameWords[nameWord + w];

@@ -16,7 +16,7 @@ import { type FrameBatch, HEADROOM, PerBatch, SLOT_SIZE } from "../core/frames.t
  */
 export function datagramVectors(prefix: number): PerBatch<DatagramVector> {
   return new PerBatch((batch) =>
-    new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - prefix, batch.capacity)
+    new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - prefix, batch.capacity, batch.runsAt)
   );
 }
 
