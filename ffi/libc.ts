@@ -127,6 +127,10 @@ const symbols = {
   syscall: { parameters: ["i64", "i64", "i64"], result: "i64" },
   // int execve(const char *path, char *const argv[], char *const envp[])
   execve: { parameters: ["buffer", "buffer", "buffer"], result: "i32" },
+  // int execvpe(const char *file, char *const argv[], char *const envp[])
+  execvpe: { parameters: ["buffer", "buffer", "buffer"], result: "i32" },
+  // sighandler_t signal(int signum, sighandler_t handler)
+  signal: { parameters: ["i32", "pointer"], result: "pointer" },
   // pid_t waitpid(pid_t pid, int *status, int options)
   waitpid: { parameters: ["i32", "buffer", "i32"], result: "i32" },
   // int kill(pid_t pid, int sig)

@@ -146,6 +146,23 @@ export class ExitDescriptor {
   }
 }
 
+/**
+ * Replaces this process with the program `argv[0]` (searched in PATH), which
+ * starts as {@linkcode spawn} starts a child: every signal at its default
+ * disposition (the runtime ignores SIGPIPE, which exec would keep) and none
+ * blocked. Returns only by throwing, in spawn's words.
+ */
+export function becomeProgram(argv: string[], env: Record<string, string> = environment()): never {
+  const args = cStringArray(argv);
+  const environ = cStringArray(environmentLines(env));
+  // SIG_DFL is 0; SIGKILL, SIGSTOP and the C library's own signals refuse it, and need not.
+  for (let signal = 1; signal <= 64; signal++) libc.signal(signal, null);
+  const SIG_SETMASK = 2;
+  libc.pthread_sigmask(SIG_SETMASK, new Uint8Array(128), null);
+  libc.execvpe(args.strings[0], args.pointers, environ.pointers);
+  throw new Error(`Cannot run ${argv[0]}: ${strerror(errno())}`);
+}
+
 /** Waits for the child to end, blocking the thread: for children that end at once. */
 export function waitBlocking(pid: number): ExitStatus {
   const status = new Int32Array(1);

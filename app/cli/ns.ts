@@ -5,8 +5,9 @@
  * Two processes, because Deno is multithreaded and unshare(CLONE_NEWUSER)
  * refuses a multithreaded caller: this one opens the VNLs in the caller's
  * network, a helper (`vdeno ns-helper` under `unshare --user --net`) creates
- * the TAPs inside and hands their descriptors back. ARCHITECTURE.md tells the
- * whole design: processes, signals, capabilities and clean-up.
+ * the TAPs inside, hands their descriptors back and becomes the command.
+ * ARCHITECTURE.md tells the whole design: processes, signals, capabilities
+ * and clean-up.
  *
  * @module
  */
@@ -41,12 +42,12 @@ import {
   SIGTERM,
 } from "../../ffi/signals.ts";
 import {
+  becomeProgram,
   ExitDescriptor,
   type ExitStatus,
   reap,
   signalProcess,
   spawn,
-  waitFor,
 } from "../../ffi/spawn.ts";
 import { openTap } from "../../ffi/tap.ts";
 import { receiveMessage, sendMessage, setCloseOnExec, socketPair } from "../../ffi/unix.ts";
@@ -281,8 +282,9 @@ function send(fd: number, message: HelperMessage, descriptors: number[] = []): v
 const PARENT_SIGNALS = [SIGINT, SIGQUIT, SIGTERM, SIGHUP];
 
 /**
- * The helper as the parent's poll loops see it: its end as a pidfd, the
- * signals to pass on to it as a signalfd. With one VNL both are among the
+ * The helper, and after "go" the command it became, as the parent's poll
+ * loops see it: its end as a pidfd, the signals to pass on to it as a
+ * signalfd. With one VNL both are among the
  * descriptors the cable's poll waits on, on the main thread, so the parent
  * needs no event loop and no second isolate.
  */
@@ -546,9 +548,10 @@ function bindNameservers(addresses: string): void {
 
 /**
  * The helper, inside the new namespaces (see the module header); not for
- * people to run. Resolves to the command's exit status.
+ * people to run. Once the parent says "go" it becomes the command; it
+ * returns only when it cannot.
  */
-export async function nsHelperCommand(args: string[]): Promise<number> {
+export function nsHelperCommand(args: string[]): number {
   const { values, positionals: command } = parseArgs({
     args,
     options: {
@@ -590,15 +593,12 @@ export async function nsHelperCommand(args: string[]): Promise<number> {
   const answer = receiveMessage(CHANNEL_FD);
   if (!answer || JSON.parse(decoder.decode(answer.data)).type !== "go") return 1;
 
-  let pid: number;
+  // The helper becomes the command, so that no runtime of its own stays resident meanwhile: the
+  // parent waits for this very process and passes signals on to it.
   try {
-    pid = spawn(command);
+    becomeProgram(command);
   } catch (error) {
     console.error(`vdeno ns: ${(error as Error).message}`);
-    return 127;
   }
-  for (const [name, number] of [["SIGTERM", SIGTERM], ["SIGHUP", SIGHUP]] as const) {
-    Deno.addSignalListener(name, () => signalProcess(pid, number));
-  }
-  return (await waitFor(pid)).code;
+  return 127;
 }
