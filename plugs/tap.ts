@@ -40,7 +40,6 @@ import { type Plug, PlugEnded } from "../core/plug.ts";
 import { splitQuoted, VnlError } from "../core/vnl.ts";
 
 const READ_SIZE = BigInt(MAX_FRAME + TAILROOM);
-/** Room for the part of a TCP super-frame beyond a slot: 64 KB is the kernel's usual GSO limit. */
 const EBADFD = 77; // what a read returns once the interface is gone
 /** Frames per second below which traffic is light: one read per wake-up. */
 const LIGHT_TRAFFIC_RATE = 1000;
