@@ -8,7 +8,8 @@
  * @module
  */
 
-import { environment, readTextFile } from "../ffi/os.ts";
+import { environment, getEnv, readTextFile } from "../ffi/os.ts";
+import { blocksAll, restartWithSignalsBlocked } from "../ffi/signals.ts";
 import { captureOutput } from "../ffi/spawn.ts";
 
 /** The argv prefix that runs vdeno again. */
@@ -111,6 +112,20 @@ export function gitCommit(directory: string): string | undefined {
  */
 export const V8_TUNING = "--no-maglev,--invocation-count-for-turbofan=100," +
   "--minimum-invocations-after-ic-update=2,--invocation-count-for-osr=50";
+/**
+ * Restarts vdeno once, unless this is already the restarted copy, so that
+ * every thread blocks `signals` (a signalfd in the data path's poll reads
+ * them) and V8 runs with {@linkcode V8_TUNING} on top of DENO_V8_FLAGS;
+ * `workers` adds the read permission a Worker needs (`--metrics`, several
+ * data planes).
+ */
+export function restartForDataPath(signals: readonly number[], workers: boolean): void {
+  if (blocksAll(signals)) return;
+  const flags = [getEnv("DENO_V8_FLAGS"), V8_TUNING].filter(Boolean).join(",");
+  const argv = workers ? withWorkerPermission() : undefined;
+  restartWithSignalsBlocked(signals, { DENO_V8_FLAGS: flags }, argv);
+}
+
 /** Set in the background copy of `vdeno plug -d`, which tells its parent when it is ready. */
 export const DAEMON_CHILD_VARIABLE = "VDENO_DAEMON_CHILD";
 

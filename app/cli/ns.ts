@@ -32,15 +32,7 @@ import {
   writeTextFile,
 } from "../../ffi/os.ts";
 import { PollSet } from "../../ffi/poll.ts";
-import {
-  blocksAll,
-  restartWithSignalsBlocked,
-  SIGHUP,
-  SIGINT,
-  SignalDescriptor,
-  SIGQUIT,
-  SIGTERM,
-} from "../../ffi/signals.ts";
+import { SIGHUP, SIGINT, SignalDescriptor, SIGQUIT, SIGTERM } from "../../ffi/signals.ts";
 import {
   becomeProgram,
   ExitDescriptor,
@@ -60,9 +52,8 @@ import { keyVariables } from "../../plugs/seal.ts";
 import {
   assertWorkersCanStart,
   childEnvironment,
+  restartForDataPath,
   selfCommand,
-  V8_TUNING,
-  withWorkerPermission,
 } from "../self.ts";
 import { UsageError } from "./usage.ts";
 
@@ -379,12 +370,7 @@ export async function nsCommand(args: string[]): Promise<number> {
   // Every wait of this process is a poll (with one VNL, the cable's, on this thread), which hears
   // signals through a signalfd: that needs them blocked in every thread, so start afresh so.
   const inWorkers = request.vnls.length > 1;
-  if (!blocksAll(PARENT_SIGNALS)) {
-    const flags = [getEnv("DENO_V8_FLAGS"), V8_TUNING].filter(Boolean).join(",");
-    // Data planes in Workers and --metrics's Worker need to read vdeno's files.
-    const argv = inWorkers || request.metrics ? withWorkerPermission() : undefined;
-    restartWithSignalsBlocked(PARENT_SIGNALS, { DENO_V8_FLAGS: flags }, argv);
-  }
+  restartForDataPath(PARENT_SIGNALS, inWorkers || Boolean(request.metrics));
   if (inWorkers) assertWorkersCanStart("its data-plane threads");
 
   const taps = request.vnls.map((_, i) => `${request.ifacePrefix}${i}`);

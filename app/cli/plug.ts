@@ -9,14 +9,7 @@
 import { parseArgs } from "node:util";
 import { closeQuietly } from "../../ffi/libc.ts";
 import { readInto, silence } from "../../ffi/io.ts";
-import {
-  blocksAll,
-  restartWithSignalsBlocked,
-  SIGHUP,
-  SIGINT,
-  SignalDescriptor,
-  SIGTERM,
-} from "../../ffi/signals.ts";
+import { SIGHUP, SIGINT, SignalDescriptor, SIGTERM } from "../../ffi/signals.ts";
 import {
   createPrivateFile,
   environment,
@@ -38,9 +31,8 @@ import { keyVariables } from "../../plugs/seal.ts";
 import {
   childEnvironment,
   DAEMON_CHILD_VARIABLE,
+  restartForDataPath,
   selfCommand,
-  V8_TUNING,
-  withWorkerPermission,
 } from "../self.ts";
 import { UsageError } from "./usage.ts";
 
@@ -101,12 +93,8 @@ export async function plugCommand(args: string[]): Promise<number> {
 
   // The cable waits in poll() on this thread and hears signals through a
   // signalfd, which needs them blocked in every thread: start afresh so.
-  if (!blocksAll(STOP_SIGNALS)) {
-    const flags = [getEnv("DENO_V8_FLAGS"), V8_TUNING].filter(Boolean).join(",");
-    // --metrics answers from a Worker, which needs to read vdeno's files.
-    const argv = values.metrics ? withWorkerPermission() : undefined;
-    restartWithSignalsBlocked(STOP_SIGNALS, { DENO_V8_FLAGS: flags }, argv);
-  }
+  // --metrics answers from a Worker.
+  restartForDataPath(STOP_SIGNALS, Boolean(values.metrics));
   const signals = new SignalDescriptor(STOP_SIGNALS);
   const ends: EndSpec[] = [{ vnl: positionals[0] }];
   let childPid = -1;
