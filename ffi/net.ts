@@ -846,11 +846,11 @@ class ReceivedRuns {
       const runEnd = this.#end[e];
       let next = this.#next[e];
       const segment = this.#segment[e];
-      // A run cut at the end of a batch reaches the TAP as two writes: start it in the next batch.
-      if (next === 0 && i > 0 && Math.ceil(runEnd / segment) > end - i) break;
-      const nameWord = (e * SOCKADDR_SIZE) / 4;
       // An empty datagram is handed out as one, to be dropped and counted like any malformed one.
       const empty = runEnd === 0;
+      // A run cut at the end of a batch reaches the TAP as two writes: start it in the next batch.
+      if (!empty && next === 0 && i > 0 && Math.ceil(runEnd / segment) > end - i) break;
+      const nameWord = (e * SOCKADDR_SIZE) / 4;
       for (; i < end && (next < runEnd || (empty && next === 0)); i++) {
         const length = Math.min(segment, runEnd - next);
         const kept = Math.min(length, maxLength);
