@@ -12,6 +12,7 @@
  */
 
 import { POLLERR, POLLHUP, POLLIN, POLLOUT, PollSet, Ticker } from "../ffi/poll.ts";
+import { Counter } from "./counters.ts";
 import { CLOCK_LAG_MS, FrameBatch } from "./frames.ts";
 import { log } from "./log.ts";
 import type { PcapWriter } from "./pcap.ts";
@@ -48,6 +49,8 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
   // The clock is read on a tick of its own, never on a wake-up that carries frames (its cost right
   // after a sleep: bench/README.md); the first tick comes at once, so V8 sees its branch early.
   const ticker = new Ticker(CLOCK_LAG_MS, 0);
+  /** The clock's ticker, or while the cable warms up one of its own that ticks more often. */
+  let ticking = ticker;
   // Plugs with output that may wait (streams) get an entry each, polled for writability only
   // while a remainder waits: a reader that stops reading must never stop the cable.
   const writers = plugs.map((plug, p) => ({ plug, p })).filter(({ plug }) =>
@@ -70,10 +73,15 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
       `${plug.vnl}: warm-up moved ${framesIn} frames in and ${framesOut} out in ${ms} ms`,
     );
   }
+  /** The poll's timeout while no backlog waits: none, but 0 while the cable warms up. */
+  let idleTimeout = -1;
+  let wakeUpsPerCall = WAKE_UPS_PER_CALL;
+  /** Where captured frames go; none while the cable warms up. */
+  let capture: PcapWriter | undefined;
   // The wake-ups run in a function this loop calls, so that V8 optimizes it again after a
   // deoptimization; a loop here would stay interpreted (bench/README.md).
   const serve = (): CableEnd | undefined => {
-    for (let wakeUps = 0; wakeUps < WAKE_UPS_PER_CALL; wakeUps++) {
+    for (let wakeUps = 0; wakeUps < wakeUpsPerCall; wakeUps++) {
       for (let w = 0; w < writers.length; w++) {
         const plug = writers[w].plug;
         poller.setEntry(writerIndex + w, plug.pendingOutput ? plug.outputFd! : -1, POLLOUT);
@@ -81,7 +89,7 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
       // A plug with input read but not delivered takes turns with the other, a batch each, and
       // the poll only looks: a long run must not hold up what the other side has to say.
       const waiting = backlogMasks[0] | backlogMasks[1];
-      if (poller.wait(waiting === 0 ? -1 : 0) <= 0 && waiting === 0) continue;
+      if (poller.wait(waiting === 0 ? idleTimeout : 0) <= 0 && waiting === 0) continue;
       for (let w = 0; w < writers.length; w++) {
         if (poller.events(writerIndex + w) === 0) continue;
         try {
@@ -107,7 +115,7 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
           return { kind: "ended", plugIndex: p, reason: (error as Error).message };
         }
         if (batch.count > 0) {
-          options.capture?.writeBatch(batch);
+          capture?.writeBatch(batch);
           try {
             other.send(batch);
           } catch (error) {
@@ -126,17 +134,110 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
         }
       }
       if (poller.events(tickerIndex)) {
-        ticker.acknowledge();
+        ticking.acknowledge();
         batch.timeMs = Date.now();
       }
     }
   };
   try {
+    warmUpCable(plugs, batch, {
+      serve,
+      backlogMasks,
+      setWarming: (fds) => {
+        // Meanwhile the watched descriptors wait: what they say must reach the loop that serves traffic.
+        for (let p = 0; p < 2; p++) {
+          const plugFds = fds?.[p] ?? plugs[p].fds;
+          for (let f = 0; f < plugFds.length; f++) {
+            poller.setEntry(firstFd[p] + f, plugFds[f], POLLIN);
+          }
+        }
+        for (let w = 0; w < watched.length; w++) {
+          poller.setEntry(watchIndex + w, fds ? -1 : watched[w], POLLIN);
+        }
+        // The clock's branch is taken, with V8 watching, at the warm-up's own tick.
+        if (fds) ticking = new Ticker(WARM_UP_TICK_MS);
+        else if (ticking !== ticker) {
+          ticking.close();
+          ticking = ticker;
+        }
+        poller.setEntry(tickerIndex, ticking.fd, POLLIN);
+        idleTimeout = fds ? 0 : -1;
+        wakeUpsPerCall = fds ? 1 : WAKE_UPS_PER_CALL;
+      },
+    });
+    capture = options.capture;
     for (;;) {
       const end = serve();
       if (end) return end;
     }
   } finally {
     ticker.close();
+  }
+}
+
+/** How many rounds of synthetic input the cable runs through both plugs before traffic. */
+export const CABLE_WARM_UP_ROUNDS = 200;
+/** The period of the clock's stand-in while the cable warms up. */
+const WARM_UP_TICK_MS = 5;
+/** The most wake-ups per round of the cable's warm-up: enough for a backlog to take its turns. */
+const WARM_UP_WAKE_UPS = 12;
+
+/** What {@linkcode warmUpCable} needs of the cable it warms. */
+interface CableParts {
+  serve: () => CableEnd | undefined;
+  backlogMasks: number[];
+  /**
+   * With each plug's warm-up descriptors: makes `serve` poll those, without waiting, and return
+   * after each wake-up; without: as for traffic.
+   */
+  setWarming: (fds?: readonly (readonly number[])[]) => void;
+}
+
+/**
+ * Runs the cable's own wake-ups over both plugs in their warm-up state
+ * (`Plug.startWarmUp`), so that V8 has compiled them, every branch taken (a
+ * lone frame, a batch, a backlog taking turns, the clock's tick), before the
+ * first real frame. Only when both plugs can warm up: a plug that cannot
+ * would get synthetic frames on its real descriptors.
+ */
+function warmUpCable(plugs: readonly Plug[], batch: FrameBatch, cable: CableParts): void {
+  if (!plugs[0].startWarmUp || !plugs[1].startWarmUp) return;
+  const started = performance.now();
+  const states = plugs.map((plug) => plug.startWarmUp!(batch));
+  let wakeUps = 0, backlogTurns = 0;
+  try {
+    if (!states[0] || !states[1]) return;
+    cable.setWarming([states[0].fds, states[1].fds]);
+    for (let round = 0; round < CABLE_WARM_UP_ROUNDS; round++) {
+      states[0].feed(round);
+      states[1].feed(round);
+      // Wake-ups until one finds nothing to move (the scratch counters stand still).
+      for (let k = 0; k < WARM_UP_WAKE_UPS; k++) {
+        const before = plugs[0].counters[Counter.framesIn] + plugs[1].counters[Counter.framesIn];
+        if (cable.serve()) return;
+        wakeUps++;
+        if ((cable.backlogMasks[0] | cable.backlogMasks[1]) !== 0) backlogTurns++;
+        else if (
+          plugs[0].counters[Counter.framesIn] + plugs[1].counters[Counter.framesIn] === before
+        ) break;
+      }
+      states[0].drain();
+      states[1].drain();
+    }
+  } catch {
+    // A cable that cannot warm up only starts slower.
+  } finally {
+    cable.setWarming();
+    cable.backlogMasks[0] = cable.backlogMasks[1] = 0;
+    const moved = states.map((state) => state?.end());
+    batch.timeMs = Date.now();
+    batch.count = 0;
+    const ms = (performance.now() - started).toFixed(1);
+    log(
+      "debug",
+      `cable warm-up: ${wakeUps} wake-ups, ${backlogTurns} with a backlog taking turns, ` +
+        `${moved[0]?.framesIn ?? 0} frames in from ${plugs[0].vnl} and ` +
+        `${moved[1]?.framesIn ?? 0} from ${plugs[1].vnl} in ${ms} ms`,
+    );
   }
 }

@@ -61,7 +61,15 @@ export interface Plug {
    * and the counters, the MAC table and whatever else a user sees stay as
    * they were. Returns how many frames went through each way.
    */
-  warmUp?(batch: FrameBatch): { framesIn: number; framesOut: number };
+  warmUp?(batch: FrameBatch): WarmUpResult;
+  /**
+   * Puts the plug in its warm-up state for the cable to run on synthetic
+   * frames: descriptors of its own in place of the plug's (nothing reaches
+   * the network), scratch counters and tables. Until `end`, the cable polls
+   * `fds` instead of `Plug.fds` and calls `receive` and `send` as for
+   * traffic. Undefined when the plug cannot warm up.
+   */
+  startWarmUp?(batch: FrameBatch): WarmUpState | undefined;
   /** Details for `vdeno status`: learned addresses, peers, anything the scheme knows. */
   describe?(): Record<string, unknown>;
   /**
@@ -71,6 +79,28 @@ export interface Plug {
   reload?(): string;
   /** Releases everything; a vxvde plug says goodbye first. */
   close(): void;
+}
+
+/** How many synthetic frames a warm-up moved through a plug, each way. */
+export interface WarmUpResult {
+  framesIn: number;
+  framesOut: number;
+}
+
+/** A plug in its warm-up state (`Plug.startWarmUp`). */
+export interface WarmUpState {
+  /** The descriptors that stand for `Plug.fds` meanwhile, in the same order. */
+  readonly fds: readonly number[];
+  /**
+   * Puts round `round`'s synthetic input where the plug reads it: what
+   * traffic starts with (a broadcast, pings), TCP super-frames, and now and
+   * then more than a batch holds, so that the plug keeps a backlog.
+   */
+  feed(round: number): void;
+  /** Reads and discards what the plug sent meanwhile. */
+  drain(): void;
+  /** Gives the plug back its descriptors, counters and tables; says what went through. */
+  end(): WarmUpResult;
 }
 
 /** The end of a plug's input: its peer closed, or its device went away. */

@@ -9,7 +9,7 @@
  */
 
 /** How many rounds a plug runs its data path on synthetic frames at open. */
-export const WARM_UP_ROUNDS = 300;
+export const WARM_UP_ROUNDS = 100;
 
 /**
  * Made-up MACs: this side of a warm-up, and its imaginary peers. Real MACs
@@ -123,3 +123,13 @@ export function routerSolicitation(view: DataView, at: number, from: number[]): 
   for (let i = 0; i < 6; i++) view.setUint8(l3 + 50 + i, from[i]);
   return 70;
 }
+
+/**
+ * A MAC that a network plug's warm-up reaches at its own descriptors (the
+ * vxvde plug learns it at its own socket), so that what the TAP sends to it
+ * comes back in: the cable's warm-up gets a backlog both ways.
+ */
+export const WARM_LOOP_MAC = [0x02, 0x00, 0x5e, 0x77, 0x61, 0x04];
+
+/** Segments of each of the two super-frames a TAP's warm-up sends to {@linkcode WARM_LOOP_MAC}. */
+export const WARM_BURST_SEGMENTS = 40;

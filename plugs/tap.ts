@@ -21,7 +21,9 @@ import {
   pingFrame,
   routerSolicitation,
   tcpFrame,
+  WARM_BURST_SEGMENTS,
   WARM_LOCAL_MAC,
+  WARM_LOOP_MAC,
   WARM_PEER_MACS,
   WARM_SEGMENT,
   WARM_UP_ROUNDS,
@@ -36,7 +38,7 @@ import {
   VNET_HEADER,
   VnetHeader,
 } from "./_offload.ts";
-import { type Plug, PlugEnded } from "../core/plug.ts";
+import { type Plug, PlugEnded, type WarmUpResult, type WarmUpState } from "../core/plug.ts";
 import { splitQuoted, VnlError } from "../core/vnl.ts";
 
 const READ_SIZE = BigInt(MAX_FRAME + TAILROOM);
@@ -310,47 +312,12 @@ export class TapPlug implements Plug {
    * the TAP, so V8 has compiled them before the first real frame; nothing
    * reaches the interface and the counters are scratch ones.
    */
-  warmUp(batch: FrameBatch): { framesIn: number; framesOut: number } {
-    const counters = this.counters, fd = this.#fd, timeMs = batch.timeMs;
-    const light = this.#light, judgedAt = this.#judgedAt, framesWhenJudged = this.#framesWhenJudged;
-    const scratch = newCounters();
-    let pair: [number, number] | undefined;
+  warmUp(batch: FrameBatch): WarmUpResult {
+    const state = this.#startWarmUp(batch, false);
+    if (!state) return { framesIn: 0, framesOut: 0 };
     try {
-      pair = socketPair();
-      setNonBlocking(pair[0]);
-      setNonBlocking(pair[1]);
-      this.#fd = pair[0];
-      this.counters = scratch;
-      const headerBytes = this.#segmenter ? VNET_HEADER : 0;
-      const input = new Uint8Array(headerBytes + 54 + 8 * WARM_SEGMENT);
-      const inputView = new DataView(input.buffer);
-      const inputPointer = Deno.UnsafePointer.of(input);
-      const drain = new Uint8Array(65536 + 1024);
-      const drainPointer = Deno.UnsafePointer.of(drain);
-      const header = new VnetHeader();
       for (let round = 0; round < WARM_UP_ROUNDS; round++) {
-        const peer = WARM_PEER_MACS[round % 2];
-        // What starts traffic, an ARP broadcast and pings, then a TCP super-frame every other round.
-        input.fill(0, 0, headerBytes);
-        let length = round % 2 === 0
-          ? arpFrame(inputView, headerBytes, WARM_LOCAL_MAC)
-          : routerSolicitation(inputView, headerBytes, WARM_LOCAL_MAC);
-        writeFrom(pair[1], inputPointer, BigInt(headerBytes + length));
-        length = pingFrame(inputView, headerBytes, peer, WARM_LOCAL_MAC);
-        writeFrom(pair[1], inputPointer, BigInt(headerBytes + length));
-        if (this.#segmenter && round % 2 === 0) {
-          length = tcpFrame(inputView, headerBytes, peer, WARM_LOCAL_MAC, 8 * WARM_SEGMENT);
-          header.flags = NEEDS_CSUM;
-          header.gsoType = GSO_TCPV4;
-          header.headerLength = 54;
-          header.gsoSize = WARM_SEGMENT;
-          header.csumStart = 34;
-          header.csumOffset = 16;
-          header.encode(inputView, 0);
-          writeFrom(pair[1], inputPointer, BigInt(headerBytes + length));
-        }
-        // The batch's clock moves on a tick, which the TAP's traffic judgement follows.
-        if (round % 8 === 0) batch.timeMs += 1000;
+        state.feed(round);
         batch.count = 0;
         for (;;) {
           const before = batch.count;
@@ -363,24 +330,99 @@ export class TapPlug implements Plug {
         // A slot the other plug dropped is sent as length 0.
         if (round % 4 === 1) batch.lengths[batch.count++] = 0;
         this.send(batch);
-        while (readInto(pair[1], drainPointer, BigInt(drain.length)) > 0);
+        state.drain();
       }
     } catch {
       // A plug that cannot warm up only starts slower.
-    } finally {
-      this.#fd = fd;
-      this.counters = counters;
-      this.#light = light;
-      this.#judgedAt = judgedAt;
-      this.#framesWhenJudged = framesWhenJudged;
-      batch.timeMs = timeMs;
-      batch.count = 0;
-      if (pair) {
+    }
+    return state.end();
+  }
+
+  /**
+   * Puts a socket pair's end in place of the TAP and scratch counters in
+   * place of the plug's; each round writes an ARP request or a router
+   * solicitation and a ping to the other end, with offloads a TCP
+   * super-frame every other round, and now and then two super-frames to
+   * {@linkcode WARM_LOOP_MAC}, more segments than a batch holds.
+   */
+  startWarmUp(batch: FrameBatch): WarmUpState | undefined {
+    return this.#startWarmUp(batch, true);
+  }
+
+  /** {@linkcode startWarmUp}, with or without the bursts that only a cable loops back. */
+  #startWarmUp(batch: FrameBatch, bursts: boolean): WarmUpState | undefined {
+    const counters = this.counters, fd = this.#fd, timeMs = batch.timeMs;
+    const light = this.#light, judgedAt = this.#judgedAt, framesWhenJudged = this.#framesWhenJudged;
+    let pair: [number, number];
+    try {
+      pair = socketPair();
+      setNonBlocking(pair[0]);
+      setNonBlocking(pair[1]);
+    } catch {
+      return undefined;
+    }
+    const scratch = newCounters();
+    this.#fd = pair[0];
+    this.counters = scratch;
+    const headerBytes = this.#segmenter ? VNET_HEADER : 0;
+    const input = new Uint8Array(headerBytes + 54 + WARM_BURST_SEGMENTS * WARM_SEGMENT);
+    const inputView = new DataView(input.buffer);
+    const inputPointer = Deno.UnsafePointer.of(input);
+    const drain = new Uint8Array(SUPER_FRAME_SIZE + 1024);
+    const drainPointer = Deno.UnsafePointer.of(drain);
+    const header = new VnetHeader();
+    const superFrame = (to: number[], segments: number) => {
+      const length = tcpFrame(inputView, headerBytes, to, WARM_LOCAL_MAC, segments * WARM_SEGMENT);
+      header.flags = NEEDS_CSUM;
+      header.gsoType = GSO_TCPV4;
+      header.headerLength = 54;
+      header.gsoSize = WARM_SEGMENT;
+      header.csumStart = 34;
+      header.csumOffset = 16;
+      header.encode(inputView, 0);
+      writeFrom(pair[1], inputPointer, BigInt(headerBytes + length));
+    };
+    return {
+      fds: [pair[0]],
+      feed: (round) => {
+        const peer = WARM_PEER_MACS[round % 2];
+        // What starts traffic, an ARP broadcast and pings, then a TCP super-frame every other round.
+        input.fill(0, 0, headerBytes);
+        let length = round % 2 === 0
+          ? arpFrame(inputView, headerBytes, WARM_LOCAL_MAC)
+          : routerSolicitation(inputView, headerBytes, WARM_LOCAL_MAC);
+        writeFrom(pair[1], inputPointer, BigInt(headerBytes + length));
+        length = pingFrame(inputView, headerBytes, peer, WARM_LOCAL_MAC);
+        writeFrom(pair[1], inputPointer, BigInt(headerBytes + length));
+        if (this.#segmenter && round % 2 === 0) superFrame(peer, 8);
+        if (this.#segmenter && bursts && round % 8 === 3) {
+          superFrame(WARM_LOOP_MAC, WARM_BURST_SEGMENTS);
+          superFrame(WARM_LOOP_MAC, WARM_BURST_SEGMENTS);
+        }
+        // The batch's clock moves on a tick, which the TAP's traffic judgement follows.
+        if (round % 8 === 0) batch.timeMs += 1000;
+      },
+      drain: () => {
+        while (readInto(pair[1], drainPointer, BigInt(drain.length)) > 0);
+      },
+      end: () => {
+        // Segments of a synthetic super-frame must never follow the TAP's own frames.
+        while (this.backlog) {
+          batch.count = 0;
+          this.receive(batch, 1);
+        }
+        this.#fd = fd;
+        this.counters = counters;
+        this.#light = light;
+        this.#judgedAt = judgedAt;
+        this.#framesWhenJudged = framesWhenJudged;
+        batch.timeMs = timeMs;
+        batch.count = 0;
         closeQuietly(pair[0]);
         closeQuietly(pair[1]);
-      }
-    }
-    return { framesIn: scratch[Counter.framesIn], framesOut: scratch[Counter.framesOut] };
+        return { framesIn: scratch[Counter.framesIn], framesOut: scratch[Counter.framesOut] };
+      },
+    };
   }
 
   describe(): Record<string, unknown> {

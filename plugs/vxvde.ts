@@ -68,7 +68,7 @@ import {
   requireMulticast,
   sendPlanned,
 } from "./_overlay.ts";
-import type { Plug } from "../core/plug.ts";
+import type { Plug, WarmUpResult, WarmUpState } from "../core/plug.ts";
 import { bindMember, helloHeader, PeerMesh } from "./_peers.ts";
 import {
   type DatagramSource,
@@ -87,6 +87,7 @@ import {
   routerSolicitation,
   tcpFrame,
   WARM_LOCAL_MAC,
+  WARM_LOOP_MAC,
   WARM_PEER_MACS,
   WARM_UP_ROUNDS,
 } from "./_warmup.ts";
@@ -564,66 +565,26 @@ export class VxvdePlug implements Plug {
   }
 
   /**
-   * Runs receive and send on synthetic frames through two loopback sockets
-   * of its own in place of the plug's: one stands for the plug's sockets, the
-   * other for a peer, which sends it datagrams (a broadcast, a ping, a run of
-   * full frames) and receives what the plug sends back, to the MAC it learned
-   * and to the "group" (the peer's address). The plug's own sockets, MAC
-   * table and counters are set aside meanwhile. Not on a keyed network or
-   * with `peers=`, and not where the loopback is down.
+   * Runs receive and send on synthetic frames through loopback sockets of
+   * its own in place of the plug's (see {@linkcode startWarmUp}): a peer
+   * sends it datagrams (a broadcast, a ping) and receives what the plug
+   * sends back, to the MAC it learned and to the "group" (the peer's
+   * address). Not on a keyed network or with `peers=`, and not where the
+   * loopback is down.
    */
-  warmUp(batch: FrameBatch): { framesIn: number; framesOut: number } {
-    const scratch = newCounters();
-    if (this.#sealer || this.#mesh) return { framesIn: 0, framesOut: 0 };
-    const saved = {
-      counters: this.counters,
-      table: this.table,
-      multicastFd: this.#multicastFd,
-      unicastFd: this.#unicastFd,
-      groupAddress: this.#groupAddress,
-      tableAddress: this.#tableAddress,
-      unicastPort: this.#unicastPort,
-    };
-    const timeMs = batch.timeMs;
-    let own = -1, peerFd = -1;
+  warmUp(batch: FrameBatch): WarmUpResult {
+    const state = this.startWarmUp(batch);
+    if (!state) return { framesIn: 0, framesOut: 0 };
     try {
-      own = udpSocket(AF_INET);
-      peerFd = udpSocket(AF_INET);
-      enableReceiveRuns(own);
-      const loopback = SocketAddress.parse("127.0.0.1", 0, AF_INET)!;
-      bindSocket(own, loopback);
-      bindSocket(peerFd, loopback);
-      const ownAddress = localAddress(own), peerAddress = localAddress(peerFd);
-      const peerWords = new Uint32Array(peerAddress.bytes.buffer);
-      const table = new MacTable(1024, this.config.expireSeconds, scratch, `${this.vnl} warm-up`);
-      this.counters = scratch;
-      this.table = table;
-      this.#multicastFd = this.#unicastFd = own;
-      this.#groupAddress = numericAddress(peerAddress.bytes);
-      this.#tableAddress = numericAddress(table.addresses);
-      const datagram = new Uint8Array(HEADER_SIZE + MAX_FRAME);
-      datagram.set(this.#header);
-      const view = new DataView(datagram.buffer, HEADER_SIZE);
-      const drainBatch = new FrameBatch(8);
-      const drain = new DatagramVector(drainBatch.bytes, SLOT_SIZE, 0, drainBatch.capacity);
       const framesView = new DataView(batch.bytes.buffer);
+      const full = (this.largestWholeFrame ?? 1464) - 54;
       for (let round = 0; round < WARM_UP_ROUNDS; round++) {
-        const peer = WARM_PEER_MACS[round % 2];
-        let length = round % 2 === 0 ? arpFrame(view, 0, peer) : routerSolicitation(view, 0, peer);
-        sendTo(peerFd, datagram, HEADER_SIZE + length, ownAddress);
-        length = pingFrame(view, 0, WARM_LOCAL_MAC, peer);
-        sendTo(peerFd, datagram, HEADER_SIZE + length, ownAddress);
-        if (round % 8 === 0) batch.timeMs += 1000;
-        // Now and then the peer says goodbye, so that its MACs are learned anew, or its datagrams
-        // pass for this plug's own echo from the group.
-        if (round % 16 === 15) table.forget(peerWords, 0);
-        this.#unicastPort = round % 4 === 0 ? peerAddress.port : saved.unicastPort;
+        state.feed(round);
         batch.count = 0;
         this.receive(batch, (round % 3) + 1);
-        this.#unicastPort = saved.unicastPort;
         // Back: a ping reply and a run of full frames to the learned peer, a broadcast to the group.
+        const peer = WARM_PEER_MACS[round % 2];
         batch.count = 0;
-        const full = (this.largestWholeFrame ?? 1464) - 54;
         const slots = [
           pingFrame(framesView, batch.offset(0), peer, WARM_LOCAL_MAC),
           round % 2 === 0
@@ -636,25 +597,105 @@ export class VxvdePlug implements Plug {
         ];
         for (const slotLength of slots) batch.lengths[batch.count++] = slotLength;
         this.send(batch);
-        while (drain.receiveInto(peerFd, 0, drainBatch.capacity, SLOT_SIZE) > 0);
+        state.drain();
       }
     } catch {
       // A plug that cannot warm up only starts slower.
-    } finally {
-      this.counters = saved.counters;
-      this.table = saved.table;
-      this.#multicastFd = saved.multicastFd;
-      this.#unicastFd = saved.unicastFd;
-      this.#groupAddress = saved.groupAddress;
-      this.#tableAddress = saved.tableAddress;
-      this.#unicastPort = saved.unicastPort;
-      batch.timeMs = timeMs;
-      batch.count = 0;
-      this.#lastVector?.discardRuns();
-      closeQuietly(own);
-      closeQuietly(peerFd);
     }
-    return { framesIn: scratch[Counter.framesIn], framesOut: scratch[Counter.framesOut] };
+    return state.end();
+  }
+
+  /**
+   * Puts loopback sockets of its own in place of the plug's, and a scratch
+   * MAC table and counters in place of its own: one socket stands for the
+   * group's, one for the plug's unicast socket, and a third for a peer that
+   * is also the "group" the plug sends to. Each round the peer sends a
+   * broadcast to the group's stand-in and a ping to the unicast one, now and
+   * then says goodbye or passes for this plug's own echo; and the unicast
+   * socket sends itself a frame from {@linkcode WARM_LOOP_MAC}, so that what
+   * goes to that MAC comes back as runs of datagrams. Undefined on a keyed
+   * network, with `peers=`, or where the loopback is down.
+   */
+  startWarmUp(batch: FrameBatch): WarmUpState | undefined {
+    if (this.#sealer || this.#mesh) return undefined;
+    const saved = {
+      counters: this.counters,
+      table: this.table,
+      multicastFd: this.#multicastFd,
+      unicastFd: this.#unicastFd,
+      groupAddress: this.#groupAddress,
+      tableAddress: this.#tableAddress,
+      unicastPort: this.#unicastPort,
+    };
+    const timeMs = batch.timeMs;
+    const fds: number[] = [];
+    let groupFd = -1, own = -1, peerFd = -1;
+    let ownAddress: SocketAddress, peerAddress: SocketAddress, groupStandIn: SocketAddress;
+    try {
+      for (let i = 0; i < 3; i++) fds.push(udpSocket(AF_INET));
+      [groupFd, own, peerFd] = fds;
+      enableReceiveRuns(own);
+      const loopback = SocketAddress.parse("127.0.0.1", 0, AF_INET)!;
+      for (const fd of fds) bindSocket(fd, loopback);
+      groupStandIn = localAddress(groupFd);
+      ownAddress = localAddress(own);
+      peerAddress = localAddress(peerFd);
+    } catch {
+      for (const fd of fds) closeQuietly(fd);
+      return undefined;
+    }
+    const scratch = newCounters();
+    const peerWords = new Uint32Array(peerAddress.bytes.buffer);
+    const table = new MacTable(1024, this.config.expireSeconds, scratch, `${this.vnl} warm-up`);
+    this.counters = scratch;
+    this.table = table;
+    this.#multicastFd = groupFd;
+    this.#unicastFd = own;
+    this.#groupAddress = numericAddress(peerAddress.bytes);
+    this.#tableAddress = numericAddress(table.addresses);
+    const datagram = new Uint8Array(HEADER_SIZE + MAX_FRAME);
+    datagram.set(this.#header);
+    const view = new DataView(datagram.buffer, HEADER_SIZE);
+    const drainBatch = new FrameBatch(8);
+    const drain = new DatagramVector(drainBatch.bytes, SLOT_SIZE, 0, drainBatch.capacity);
+    return {
+      fds: [groupFd, own],
+      feed: (round) => {
+        const peer = WARM_PEER_MACS[round % 2];
+        let length = round % 2 === 0 ? arpFrame(view, 0, peer) : routerSolicitation(view, 0, peer);
+        sendTo(peerFd, datagram, HEADER_SIZE + length, groupStandIn);
+        length = pingFrame(view, 0, WARM_LOCAL_MAC, peer);
+        sendTo(peerFd, datagram, HEADER_SIZE + length, ownAddress);
+        if (round % 8 === 2) {
+          length = arpFrame(view, 0, WARM_LOOP_MAC);
+          sendTo(own, datagram, HEADER_SIZE + length, ownAddress);
+        }
+        if (round % 8 === 0) batch.timeMs += 1000;
+        // Now and then the peer says goodbye, so that its MACs are learned anew, or its datagrams
+        // pass for this plug's own echo from the group.
+        if (round % 16 === 15) table.forget(peerWords, 0);
+        if (round % 4 === 0) this.#unicastPort = peerAddress.port;
+      },
+      drain: () => {
+        this.#unicastPort = saved.unicastPort;
+        while (drain.receiveInto(peerFd, 0, drainBatch.capacity, SLOT_SIZE) > 0);
+      },
+      end: () => {
+        this.counters = saved.counters;
+        this.table = saved.table;
+        this.#multicastFd = saved.multicastFd;
+        this.#unicastFd = saved.unicastFd;
+        this.#groupAddress = saved.groupAddress;
+        this.#tableAddress = saved.tableAddress;
+        this.#unicastPort = saved.unicastPort;
+        batch.timeMs = timeMs;
+        batch.count = 0;
+        // Datagrams of a synthetic run must never follow the network's own.
+        this.#lastVector?.discardRuns();
+        for (const fd of fds) closeQuietly(fd);
+        return { framesIn: scratch[Counter.framesIn], framesOut: scratch[Counter.framesOut] };
+      },
+    };
   }
 
   describe(): Record<string, unknown> {
