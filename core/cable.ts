@@ -61,6 +61,11 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
   const tickerIndex = watchIndex + watched.length;
   const writerIndex = tickerIndex + 1;
   const batch = new FrameBatch();
+  // Per plug, whether what it receives may stay split for the other to send: frames captured
+  // are written whole.
+  const leaveSplit = plugs.map((plug, p) =>
+    plug.leavesFramesSplit === true && plugs[1 - p].sendsSplitFrames === true && !options.capture
+  );
   /** Per plug, the ready mask of a receive that left input behind (`Plug.backlog`), else 0. */
   const backlogMasks = [0, 0];
   for (const plug of plugs) {
@@ -108,6 +113,8 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
         if (mask === 0) continue;
         const other = plugs[1 - p];
         batch.count = 0;
+        batch.splitFrames = 0;
+        batch.mayLeaveSplit = leaveSplit[p];
         let open: boolean;
         try {
           open = plug.receive(batch, mask);

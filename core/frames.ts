@@ -60,6 +60,23 @@ export class FrameBatch {
   readonly runsAt: number;
   /** Frame lengths, one per slot. */
   readonly lengths: Int32Array;
+  /**
+   * How many frames of the batch are split: their first `heads[i]` bytes in
+   * their slot, the rest at `rests[i]` in {@linkcode bytes} (the segments of a
+   * super-frame, whose payloads stay where the TAP read them). When 0, every
+   * frame is whole in its slot and `heads`, `rests` are not to be read. Whoever
+   * fills a batch from empty sets it to 0 (the cable does, before each receive).
+   */
+  splitFrames = 0;
+  /** Per slot: the bytes of a split frame in the slot, or 0 when it is whole there. */
+  readonly heads: Int32Array;
+  /** Per slot: where in {@linkcode bytes} the rest of a split frame is. */
+  readonly rests: Int32Array;
+  /**
+   * Whether the frames received into this batch may be left split: the plug
+   * it goes to next sends them as they are (`Plug.sendsSplitFrames`).
+   */
+  mayLeaveSplit = false;
   /** A pointer to each slot's frame, made once so the data path creates none. */
   readonly framePointers: Deno.PointerObject[];
   /** How many slots hold frames. */
@@ -81,6 +98,8 @@ export class FrameBatch {
     this.sum = area.sum;
     this.words = new Uint32Array(this.bytes.buffer, 0, this.superFrameAt / 4);
     this.lengths = new Int32Array(capacity);
+    this.heads = new Int32Array(capacity);
+    this.rests = new Int32Array(capacity);
     const base = Deno.UnsafePointer.of(this.bytes)!;
     this.framePointers = Array.from(
       { length: capacity },
@@ -91,6 +110,23 @@ export class FrameBatch {
   /** Where frame i begins in {@linkcode bytes}. */
   offset(i: number): number {
     return i * SLOT_SIZE + HEADROOM;
+  }
+
+  /**
+   * Makes every split frame whole in its slot, its rest copied behind its
+   * head: before the place the rests are in is written again.
+   */
+  joinSplitFrames(): void {
+    if (this.splitFrames === 0) return;
+    const bytes = this.bytes;
+    for (let i = 0; i < this.count; i++) {
+      const head = this.heads[i];
+      if (head === 0) continue;
+      const rest = this.rests[i];
+      bytes.copyWithin(this.offset(i) + head, rest, rest + this.lengths[i] - head);
+      this.heads[i] = 0;
+    }
+    this.splitFrames = 0;
   }
 
   /** A view of frame i (allocates: not for the data path). */

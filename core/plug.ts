@@ -40,6 +40,14 @@ export interface Plug {
    */
   fitSegmentsTo?(size: number): void;
   /**
+   * True when `receive` may leave the segments of a super-frame split, their
+   * payloads where it read them (`FrameBatch.heads`), if the batch allows it
+   * (`FrameBatch.mayLeaveSplit`).
+   */
+  readonly leavesFramesSplit?: boolean;
+  /** True when `send` sends split frames as they are: the cable lets the other plug leave them so. */
+  readonly sendsSplitFrames?: boolean;
+  /**
    * Sends the frames in slots [0, batch.count), skipping those of length 0.
    * It never blocks: what does not fit is dropped and counted, except the rest
    * of a frame a stream took only part of, which waits in `pendingOutput`.

@@ -466,6 +466,15 @@ export class DatagramVector {
   readonly nameWords: Uint32Array;
   readonly #namesAddress: number;
   readonly #payloadAddress: number;
+  /** The address of `slots`' first byte: split datagrams' rests are found from it. */
+  readonly #slotsAddress: number;
+  /**
+   * Per datagram aimed for a send, its iovecs [start, end): they follow the
+   * receive iovecs (one per entry) in the same array, one iovec for a
+   * datagram whole in its slot, two for a split one.
+   */
+  readonly #iovecStart: Int32Array;
+  readonly #iovecEnd: Int32Array;
   readonly #slotSize: number;
   readonly #slots: Uint8Array<ArrayBuffer>;
   readonly #payloadOffset: number;
@@ -511,12 +520,15 @@ export class DatagramVector {
     this.#payloadOffset = payloadOffset;
     this.#headers = new Uint8Array(capacity * MMSGHDR_SIZE);
     this.#headerWords = new Uint32Array(this.#headers.buffer);
-    this.#iovecs = new Uint8Array(capacity * IOVEC_SIZE);
+    this.#iovecs = new Uint8Array(capacity * 3 * IOVEC_SIZE);
+    this.#iovecStart = new Int32Array(capacity);
+    this.#iovecEnd = new Int32Array(capacity);
     this.#iovecWords = new Uint32Array(this.#iovecs.buffer);
     this.names = new Uint8Array(capacity * SOCKADDR_SIZE);
     this.nameWords = new Uint32Array(this.names.buffer);
     this.#namesAddress = Number(addressOf(this.names));
-    this.#payloadAddress = Number(addressOf(slots)) + payloadOffset;
+    this.#slotsAddress = Number(addressOf(slots));
+    this.#payloadAddress = this.#slotsAddress + payloadOffset;
     this.#headersPointer = Deno.UnsafePointer.of(this.#headers);
     this.#iovecsAddress = Number(addressOf(this.#iovecs));
     const controls = new Uint8Array(capacity * SEGMENT_CONTROL_SIZE);
@@ -654,11 +666,25 @@ export class DatagramVector {
     this.prepareMessage(i, i, 1, length, nameAddress, nameLength);
   }
 
-  /** Aims datagram j of an outgoing vector (its iovec) at `length` bytes of slot `slot`. */
-  aimDatagram(j: number, slot: number, length: number): void {
-    // The entry of the same index receives through this iovec: it must be aimed again.
-    if (j >= this.#staleBelow) this.#staleBelow = j + 1;
-    setIovec(this.#iovecWords, j, this.#payloadAddress + slot * this.#slotSize, length);
+  /**
+   * Aims datagram j of an outgoing vector (its iovecs) at `length` bytes of
+   * slot `slot`; or, when `head` is not 0, at `head` bytes of the slot and
+   * the rest at `restAt` of the slots' bytes: a split frame, sent without
+   * joining it. Datagrams of one send are aimed in order, from 0.
+   */
+  aimDatagram(j: number, slot: number, length: number, head = 0, restAt = 0): void {
+    const at = j === 0 ? this.capacity : this.#iovecEnd[j - 1];
+    const words = this.#iovecWords;
+    const start = this.#payloadAddress + slot * this.#slotSize;
+    this.#iovecStart[j] = at;
+    if (head === 0) {
+      setIovec(words, at, start, length);
+      this.#iovecEnd[j] = at + 1;
+    } else {
+      setIovec(words, at, start, head);
+      setIovec(words, at + 1, this.#slotsAddress + restAt, length - head);
+      this.#iovecEnd[j] = at + 2;
+    }
   }
 
   /**
@@ -680,7 +706,8 @@ export class DatagramVector {
     const word = (i * MMSGHDR_SIZE) / 4;
     setAddress(words, word, nameAddress);
     words[word + 2] = nameLength;
-    this.#aimIovec(words, i, first, count);
+    const iovec = this.#iovecStart[first];
+    this.#aimIovec(words, i, iovec, this.#iovecEnd[first + count - 1] - iovec);
     this.#datagrams[i] = count;
     if (count > 1) {
       const control = i * (SEGMENT_CONTROL_SIZE / 4);

@@ -161,6 +161,7 @@ export class TcpSegmenter {
   #sequence = 0;
   #identification = 0;
   #lastSegmentCount = 0;
+  #restAt = 0;
 
   constructor(maxFrame: number) {
     this.#maxFrame = maxFrame;
@@ -271,24 +272,68 @@ export class TcpSegmenter {
    * of the same bytes); returns its length.
    */
   next(out: ChecksumArea, view: DataView, offset: number): number {
-    const source = this.#view;
+    const headerLength = this.#headerLength;
+    const payload = Math.min(this.#mss, this.#length - this.#next);
+    const payloadStart = offset + headerLength;
+    const base = this.#base;
+    const from = base + this.#next;
+    if (out.bytes === this.#source) {
+      out.bytes.copyWithin(offset, base, base + headerLength);
+      out.bytes.copyWithin(payloadStart, from, from + payload);
+    } else { // a super-frame cut into another area than its own: tests, and never on the data path
+      out.bytes.set(this.#source.subarray(base, base + headerLength), offset);
+      out.bytes.set(this.#source.subarray(from, from + payload), payloadStart);
+    }
+    const sum = this.#writeHeaders(view, offset, payload) +
+      out.sum(offset + this.#l4, payloadStart + payload);
+    view.setUint16(offset + this.#l4 + TCP_CHECKSUM_AT, finishChecksum(sum));
+    return headerLength + payload;
+  }
+
+  /**
+   * Writes the next segment's headers at `offset` of `out`, the area the
+   * super-frame is in, and leaves its payload where it is, at
+   * {@linkcode restAt}: the frame is split, its first
+   * {@linkcode headerLength} bytes at `offset`, the rest in the super-frame.
+   * Returns the frame's length.
+   */
+  nextHead(out: ChecksumArea, view: DataView, offset: number): number {
+    const headerLength = this.#headerLength;
+    const payload = Math.min(this.#mss, this.#length - this.#next);
+    const base = this.#base;
+    const rest = base + this.#next;
+    out.bytes.copyWithin(offset, base, base + headerLength);
+    this.#restAt = rest;
+    // The TCP header is whole 32-bit words long: its sum and the payload's add up.
+    const sum = this.#writeHeaders(view, offset, payload) +
+      out.sum(offset + this.#l4, offset + headerLength) + out.sum(rest, rest + payload);
+    view.setUint16(offset + this.#l4 + TCP_CHECKSUM_AT, finishChecksum(sum));
+    return headerLength + payload;
+  }
+
+  /** Bytes of the headers before each segment's payload, of the super-frame loaded last. */
+  get headerLength(): number {
+    return this.#headerLength;
+  }
+
+  /** Where, in the super-frame's area, the payload of the segment {@linkcode nextHead} cut last is. */
+  get restAt(): number {
+    return this.#restAt;
+  }
+
+  /**
+   * Sets the headers of the next segment, `payload` bytes, written at
+   * `offset` of the super-frame's (ordinary headers: lengths, identification,
+   * IPv4 checksum, sequence number, flags) and moves on to the one after it.
+   * Returns the sum of the TCP pseudo-header, with the checksum field zeroed:
+   * the caller adds the TCP header's and payload's sums and writes the field.
+   */
+  #writeHeaders(view: DataView, offset: number, payload: number): number {
     const headerLength = this.#headerLength;
     const l3 = offset + this.#l3;
     const l4 = offset + this.#l4;
-    const payload = Math.min(this.#mss, this.#length - this.#next);
     const end = this.#next + payload;
     const index = this.#index;
-
-    const payloadStart = offset + headerLength;
-    const base = this.#base;
-    if (out.bytes === this.#source) {
-      out.bytes.copyWithin(offset, base, base + headerLength);
-      out.bytes.copyWithin(payloadStart, base + this.#next, base + end);
-    } else { // a super-frame cut into another area than its own: tests, and never on the data path
-      out.bytes.set(this.#source.subarray(base, base + headerLength), offset);
-      out.bytes.set(this.#source.subarray(base + this.#next, base + end), payloadStart);
-    }
-
     if (this.#ipv4) {
       view.setUint16(l3 + 2, headerLength - this.#l3 + payload);
       view.setUint16(l3 + 4, (this.#identification + index) & 0xffff);
@@ -299,19 +344,14 @@ export class TcpSegmenter {
     }
     const pseudo = addressSum(view, l3, this.#ipv4);
     view.setUint32(l4 + 4, (this.#sequence + index * this.#mss) % 0x100000000);
-    let flags = source.getUint8(base + this.#l4 + 13);
+    let flags = this.#view.getUint8(this.#base + this.#l4 + 13);
     if (end < this.#length) flags &= ~(TCP_FIN | TCP_PSH);
     if (index > 0) flags &= ~TCP_CWR;
     view.setUint8(l4 + 13, flags);
-    view.setUint16(l4 + 16, 0);
-
-    const tcpLength = headerLength - this.#l4 + payload;
-    const sum = pseudo + PROTOCOL_TCP + tcpLength + out.sum(l4, payloadStart + payload);
-    view.setUint16(l4 + 16, finishChecksum(sum));
-
+    view.setUint16(l4 + TCP_CHECKSUM_AT, 0);
     this.#next = end;
     this.#index = index + 1;
-    return headerLength + payload;
+    return pseudo + PROTOCOL_TCP + headerLength - this.#l4 + payload;
   }
 }
 

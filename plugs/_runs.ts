@@ -48,11 +48,13 @@ export class MessagePlanner {
   /**
    * Sends `datagram` bytes of slot `slot` to the address at `name` as a message of its own;
    * returns the index of its datagram in the vector (copies to other addresses may reuse it).
+   * A split frame's datagram has `head` bytes in the slot and the rest at `restAt` (see
+   * {@linkcode DatagramVector.aimDatagram}); `head` is 0 for a whole one.
    */
-  single(slot: number, datagram: number, name: number): number {
+  single(slot: number, datagram: number, name: number, head: number, restAt: number): number {
     this.#endRun();
     const vector = this.#vector!;
-    vector.aimDatagram(this.#datagrams, slot, datagram);
+    vector.aimDatagram(this.#datagrams, slot, datagram, head, restAt);
     vector.prepareMessage(this.#prepared, this.#datagrams, 1, datagram, name, this.#nameLength);
     this.#prepared++;
     return this.#datagrams++;
@@ -61,9 +63,16 @@ export class MessagePlanner {
   /**
    * Sends `datagram` bytes of slot `slot`, which carry a frame of `frameLength`
    * bytes, to the peer whose address is at `name`, in the run of datagrams to
-   * that peer when it can join it.
+   * that peer when it can join it; `head` and `restAt` as for {@linkcode single}.
    */
-  toPeer(slot: number, datagram: number, name: number, frameLength: number): void {
+  toPeer(
+    slot: number,
+    datagram: number,
+    name: number,
+    frameLength: number,
+    head: number,
+    restAt: number,
+  ): void {
     const joins = this.#runCount > 0 && name === this.#runName &&
       datagram <= this.#runSegment && this.#runCount < MAX_SEGMENTS &&
       this.#runBytes + datagram <= MAX_SEGMENTED_BYTES && frameLength <= this.#segmentable;
@@ -73,7 +82,7 @@ export class MessagePlanner {
       this.#runName = name;
       this.#runSegment = datagram;
     }
-    this.#vector!.aimDatagram(this.#datagrams++, slot, datagram);
+    this.#vector!.aimDatagram(this.#datagrams++, slot, datagram, head, restAt);
     this.#runCount++;
     this.#runBytes += datagram;
     if (datagram < this.#runSegment || frameLength > this.#segmentable) this.#endRun();

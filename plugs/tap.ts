@@ -101,6 +101,11 @@ export class TapPlug implements Plug {
     }
   }
 
+  /** With offloads, the segments of a super-frame may be left split (`FrameBatch.heads`). */
+  get leavesFramesSplit(): boolean {
+    return this.#segmenter !== undefined;
+  }
+
   fitSegmentsTo(size: number): void {
     this.#segmenter?.fitTo(size);
   }
@@ -149,13 +154,23 @@ export class TapPlug implements Plug {
       const i = batch.count;
       const frameStart = batch.offset(i);
       if (segmenter.pending) {
-        this.#accept(batch, i, segmenter.next(batch, view, frameStart));
+        if (batch.mayLeaveSplit) {
+          this.#accept(batch, i, segmenter.nextHead(batch, view, frameStart));
+          batch.heads[i] = segmenter.headerLength;
+          batch.rests[i] = segmenter.restAt;
+          batch.splitFrames++;
+        } else {
+          this.#accept(batch, i, segmenter.next(batch, view, frameStart));
+          batch.heads[i] = 0;
+        }
         continue;
       }
       if (light && reads > 0) return true;
       // A super-frame cut across two batches leaves as two runs and reaches the peer's TAP as
       // two writes: the next one, most likely as long as the last, starts a batch of its own.
       if (i > 0 && batch.capacity - i < segmenter.lastSegmentCount) return true;
+      // The read may bring a super-frame, which takes the place the split frames' payloads are in.
+      batch.joinSplitFrames();
       reads++;
       const length = readVector(this.#fd, this.#readVectors[i], 2) - VNET_HEADER;
       if (length < 0) {
@@ -198,6 +213,7 @@ export class TapPlug implements Plug {
         }
       }
       this.#accept(batch, i, length);
+      batch.heads[i] = 0;
     }
     return true;
   }
@@ -253,6 +269,8 @@ export class TapPlug implements Plug {
 
   send(batch: FrameBatch): void {
     if (this.#segmenter) {
+      // Its own warm-up loops what it received back to it: split, if the cable allowed that.
+      batch.joinSplitFrames();
       this.#sendWithHeaders(batch, this.#viewOf(batch));
       return;
     }

@@ -120,6 +120,8 @@ export class VxlanPlug implements Plug {
   readonly config: VxlanConfig;
   readonly table: MacTable;
   readonly largestWholeFrame?: number;
+  /** Split frames are sent as they are. */
+  readonly sendsSplitFrames = true;
   readonly #fd: number;
   readonly #headerHigh: number;
   readonly #headerLow: number;
@@ -278,6 +280,7 @@ export class VxlanPlug implements Plug {
     const counters = this.counters;
     const now = (batch.timeMs + CLOCK_LAG_MS) / 1000;
     const planner = this.#planner;
+    const split = batch.splitFrames;
     planner.start(vector, vector.segmentationRefused ? 0 : this.largestWholeFrame ?? 0);
     for (let i = 0; i < batch.count; i++) {
       const length = batch.lengths[i];
@@ -291,13 +294,23 @@ export class VxlanPlug implements Plug {
       words[headerWord] = this.#headerHigh;
       words[headerWord + 1] = this.#headerLow;
       const slot = this.table.lookup(bytes, frameOffset, now);
+      // A split frame's datagram: the encapsulation and the frame's head, then its rest.
+      const head = split === 0 || batch.heads[i] === 0 ? 0 : batch.heads[i] + HEADER_SIZE;
+      const restAt = head === 0 ? 0 : batch.rests[i];
       const datagram = length + HEADER_SIZE;
       if (slot < 0) {
-        const flood = planner.single(i, datagram, this.#groupAddress);
+        const flood = planner.single(i, datagram, this.#groupAddress, head, restAt);
         this.#mesh?.noteFlood(flood, datagram);
         counters[Counter.sentMulticast]++;
       } else {
-        planner.toPeer(i, datagram, this.#tableAddress + slot * SOCKADDR_SIZE, length);
+        planner.toPeer(
+          i,
+          datagram,
+          this.#tableAddress + slot * SOCKADDR_SIZE,
+          length,
+          head,
+          restAt,
+        );
         counters[Counter.sentUnicast]++;
       }
       counters[Counter.framesOut]++;

@@ -194,6 +194,10 @@ export class VxvdePlug implements Plug {
   /** Learned MACs; a warm-up puts a table of its own in its place while it runs. */
   table: MacTable;
   readonly largestWholeFrame?: number;
+  /** Split frames are sent as they are, but on a keyed network, where sealing joins them. */
+  get sendsSplitFrames(): boolean {
+    return this.#sealer === undefined;
+  }
   /** The sockets; a warm-up puts loopback sockets of its own in their place while it runs. */
   #multicastFd: number;
   #unicastFd: number;
@@ -525,7 +529,11 @@ export class VxvdePlug implements Plug {
     const sealer = this.#sealer;
     const planner = this.#planner;
     planner.start(vector, vector.segmentationRefused ? 0 : this.largestWholeFrame ?? 0);
-    sealer?.startBatch(now);
+    if (sealer) {
+      batch.joinSplitFrames(); // sealing takes each frame whole in its slot
+      sealer.startBatch(now);
+    }
+    const split = batch.splitFrames;
     for (let i = 0; i < batch.count; i++) {
       const length = batch.lengths[i];
       if (length === 0) continue;
@@ -538,6 +546,9 @@ export class VxvdePlug implements Plug {
       words[headerWord] = this.#headerHigh;
       words[headerWord + 1] = this.#headerLow;
       const slot = this.table.lookup(bytes, frameOffset, now);
+      // A split frame's datagram: the encapsulation and the frame's head, then its rest.
+      const head = split === 0 || batch.heads[i] === 0 ? 0 : batch.heads[i] + prefix;
+      const restAt = head === 0 ? 0 : batch.rests[i];
       if (
         sealer &&
         !(slot < 0
@@ -549,11 +560,18 @@ export class VxvdePlug implements Plug {
       }
       const datagram = length + prefix;
       if (slot < 0) {
-        const flood = planner.single(i, datagram, this.#groupAddress);
+        const flood = planner.single(i, datagram, this.#groupAddress, head, restAt);
         this.#mesh?.noteFlood(flood, datagram);
         counters[Counter.sentMulticast]++;
       } else {
-        planner.toPeer(i, datagram, this.#tableAddress + slot * SOCKADDR_SIZE, length);
+        planner.toPeer(
+          i,
+          datagram,
+          this.#tableAddress + slot * SOCKADDR_SIZE,
+          length,
+          head,
+          restAt,
+        );
         counters[Counter.sentUnicast]++;
       }
       counters[Counter.framesOut]++;

@@ -5,7 +5,9 @@ import { MAX_SEGMENTS } from "../ffi/net.ts";
 import { MAX_SEGMENTED_BYTES, MessagePlanner, type MessageSink } from "../plugs/_runs.ts";
 
 /** One datagram of a send: to the group (a message of its own), or to a peer. */
-type Datagram = { group: true; bytes: number } | { peer: number; bytes: number; frame?: number };
+type Datagram =
+  & ({ group: true; bytes: number } | { peer: number; bytes: number; frame?: number })
+  & { head?: number; restAt?: number }; // a split frame's datagram: its head in the slot
 
 /** A message as the plan prepared it: its datagrams (by index), their segment size, the address. */
 interface Message {
@@ -19,11 +21,11 @@ const HEADER = 8;
 
 /** Plans `datagrams` and returns the messages, checking each datagram is aimed at its own slot. */
 function plan(datagrams: Datagram[], segmentable: number): Message[] {
-  const aimed: [number, number][] = [];
+  const aimed: [number, number, number, number][] = [];
   const messages: Message[] = [];
   const sink: MessageSink = {
-    aimDatagram(j, slot, length) {
-      aimed[j] = [slot, length];
+    aimDatagram(j, slot, length, head = 0, restAt = 0) {
+      aimed[j] = [slot, length, head, restAt];
     },
     prepareMessage(i, first, count, segment, name, nameLength) {
       assert.equal(i, messages.length, "messages are prepared in order");
@@ -38,15 +40,24 @@ function plan(datagrams: Datagram[], segmentable: number): Message[] {
   const planner = new MessagePlanner(16);
   planner.start(sink, segmentable);
   datagrams.forEach((datagram, slot) => {
-    if ("group" in datagram) planner.single(slot, datagram.bytes, GROUP);
+    const head = datagram.head ?? 0, restAt = datagram.restAt ?? 0;
+    if ("group" in datagram) planner.single(slot, datagram.bytes, GROUP, head, restAt);
     else {
       const frame = datagram.frame ?? datagram.bytes - HEADER;
-      planner.toPeer(slot, datagram.bytes, datagram.peer, frame);
+      planner.toPeer(slot, datagram.bytes, datagram.peer, frame, head, restAt);
     }
   });
   assert.equal(planner.finish(), messages.length);
-  // Every datagram is aimed once, at its own slot with its own length, in order.
-  assert.deepEqual(aimed, datagrams.map((datagram, slot) => [slot, datagram.bytes]));
+  // Every datagram is aimed once, at its own slot with its own length and split, in order.
+  assert.deepEqual(
+    aimed,
+    datagrams.map((datagram, slot) => [
+      slot,
+      datagram.bytes,
+      datagram.head ?? 0,
+      datagram.restAt ?? 0,
+    ]),
+  );
   return messages;
 }
 
@@ -92,6 +103,20 @@ const cases: { name: string; datagrams: Datagram[]; segmentable?: number; messag
         { datagrams: [0], segment: 1408, name: 1 },
         { datagrams: [1], segment: 60, name: GROUP },
         { datagrams: [2], segment: 1408, name: 1 },
+      ],
+    },
+    {
+      name: "split frames' datagrams join runs as whole ones, each aimed at its head and rest",
+      datagrams: [
+        { peer: 1, bytes: 1472, head: 74, restAt: 700_000 },
+        { peer: 1, bytes: 1472 },
+        { peer: 1, bytes: 1472, head: 74, restAt: 701_406 },
+        { peer: 1, bytes: 500, head: 74, restAt: 702_812 },
+        { group: true, bytes: 1472, head: 74, restAt: 703_238 },
+      ],
+      messages: [
+        { datagrams: [0, 1, 2, 3], segment: 1472, name: 1 },
+        { datagrams: [4], segment: 1472, name: GROUP },
       ],
     },
     {
@@ -147,11 +172,11 @@ Deno.test("send plan: a planner starts afresh on each send", () => {
     },
   };
   planner.start(sink, 1500);
-  planner.toPeer(0, 1408, 1, 1400);
-  planner.toPeer(1, 1408, 1, 1400);
+  planner.toPeer(0, 1408, 1, 1400, 0, 0);
+  planner.toPeer(1, 1408, 1, 1400, 0, 0);
   assert.equal(planner.finish(), 1);
   planner.start(sink, 1500);
-  planner.toPeer(0, 1408, 1, 1400);
+  planner.toPeer(0, 1408, 1, 1400, 0, 0);
   assert.equal(planner.finish(), 1);
   assert.deepEqual(prepared, [2, 1]);
 });
