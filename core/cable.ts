@@ -173,6 +173,12 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
       },
     });
     capture = options.capture;
+    // After the warm-up, whose runs are to leave backlogs that take turns. A capture reads every
+    // frame whole, which a held frame is not.
+    if (!capture) {
+      if (b.takesHeldFrames) a.holdFrames?.();
+      if (a.takesHeldFrames) b.holdFrames?.();
+    }
     for (;;) {
       const end = serve();
       if (end) return end;

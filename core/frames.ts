@@ -33,6 +33,9 @@ export const DEFAULT_BATCH = 64;
 /** How far behind real time a cable lets {@linkcode FrameBatch.timeMs} fall: it reads the clock this often. */
 export const CLOCK_LAG_MS = 1000;
 
+/** Words per slot of {@linkcode FrameBatch.held}. */
+export const HELD_WORDS = 4;
+
 /** A batch of frame slots; frame i lives at `offset(i)` with `lengths[i]` bytes. */
 export class FrameBatch {
   readonly capacity: number;
@@ -77,6 +80,20 @@ export class FrameBatch {
    * it goes to next sends them as they are (`Plug.sendsSplitFrames`).
    */
   mayLeaveSplit = false;
+  /**
+   * Per slot, {@linkcode HELD_WORDS} words that describe a held frame: a TCP
+   * super-frame whose headers (the merged ones, behind their virtio-net
+   * header) are in the slot, and whose payload stays in the pieces it arrived
+   * in, within {@linkcode bytes} (a UDP_GRO run): where the first piece
+   * starts, the distance from one piece to the next, how many pieces (0 for
+   * an ordinary frame), and the bytes of each piece but the last, which
+   * holds the rest of `lengths[i]`. Only a plug that says it takes them
+   * (`Plug.takesHeldFrames`) is sent held frames; it clears the entries it
+   * sent and {@linkcode heldFrames}.
+   */
+  readonly held: Int32Array;
+  /** How many slots hold a held frame: while 0, {@linkcode held} need not be looked at. */
+  heldFrames = 0;
   /** A pointer to each slot's frame, made once so the data path creates none. */
   readonly framePointers: Deno.PointerObject[];
   /** How many slots hold frames. */
@@ -100,6 +117,7 @@ export class FrameBatch {
     this.lengths = new Int32Array(capacity);
     this.heads = new Int32Array(capacity);
     this.rests = new Int32Array(capacity);
+    this.held = new Int32Array(capacity * HELD_WORDS);
     const base = Deno.UnsafePointer.of(this.bytes)!;
     this.framePointers = Array.from(
       { length: capacity },

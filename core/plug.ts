@@ -48,6 +48,16 @@ export interface Plug {
   /** True when `send` sends split frames as they are: the cable lets the other plug leave them so. */
   readonly sendsSplitFrames?: boolean;
   /**
+   * True when `send` takes held frames (`FrameBatch.held`: a TCP super-frame whose payload stays
+   * where it arrived): a TAP with offloads writes them as they are.
+   */
+  readonly takesHeldFrames?: boolean;
+  /**
+   * Asks a plug to hand over the TCP segments it receives in runs as held frames, where it can,
+   * because the other plug of the cable takes them (and nothing else reads the batch).
+   */
+  holdFrames?(): void;
+  /**
    * Sends the frames in slots [0, batch.count), skipping those of length 0.
    * It never blocks: what does not fit is dropped and counted, except the rest
    * of a frame a stream took only part of, which waits in `pendingOutput`.

@@ -593,10 +593,18 @@ export class DatagramVector {
    * {@linkcode RUNS_PER_RECEIVE} runs, each of datagrams from one sender,
    * which are copied apart into the slots from `first` with their sender's
    * address; what does not fit waits for the next call
-   * ({@linkcode runPending}). Returns how many datagrams it handed out (0
-   * when none) or -errno; `runsReceived` counts the runs of more than one.
+   * ({@linkcode runPending}). A `taker` is offered each run of more than one
+   * first, where it arrived: the datagrams it takes whole become one slot,
+   * marked {@linkcode takenWhole}. Returns how many slots it filled (0 when
+   * none) or -errno; `runsReceived` counts the runs of more than one.
    */
-  receiveRunInto(fd: number, first: number, count: number, maxLength: number): number {
+  receiveRunInto(
+    fd: number,
+    first: number,
+    count: number,
+    maxLength: number,
+    taker?: RunTaker,
+  ): number {
     const runs = this.#runs ??= this.#runsAt >= 0
       ? new ReceivedRuns(this.#slots, this.#runsAt)
       : new ReceivedRuns(new Uint8Array(RECEIVED_RUNS_SIZE), 0);
@@ -604,8 +612,11 @@ export class DatagramVector {
     const slots = this.#slots;
     const end = first + count;
     let i = first;
+    runs.tookWhole = false;
     while (i < end) {
       if (!runs.pending) {
+        // What the taker took stays where it arrived until the batch is sent: no receive over it.
+        if (runs.tookWhole) break;
         const received = runs.receive(fd);
         if (received <= 0) {
           if (received === 0 || i > first) break;
@@ -622,6 +633,7 @@ export class DatagramVector {
         i,
         end,
         maxLength,
+        taker,
       );
       if (handedOut === i) break; // the next run waits for a batch it fits
       i = handedOut;
@@ -653,6 +665,11 @@ export class DatagramVector {
   /** Length of received datagram i. */
   length(i: number): number {
     return this.#headerWords[(i * MMSGHDR_SIZE) / 4 + 14];
+  }
+
+  /** Whether slot i holds datagrams a {@linkcode RunTaker} took whole, rather than one datagram. */
+  takenWhole(i: number): boolean {
+    return (this.#headerWords[(i * MMSGHDR_SIZE) / 4 + 12] & TAKEN_WHOLE) !== 0;
   }
 
   /** Whether datagram i was cut short because it did not fit (MSG_TRUNC). */
@@ -757,6 +774,28 @@ export function numericAddress(bytes: Uint8Array<ArrayBuffer>): number {
 }
 
 const MSG_TRUNC = 0x20;
+/** A msg_flags bit the kernel never reports: set on a slot a RunTaker filled. */
+const TAKEN_WHOLE = 0x40000000;
+
+/** What takes the head of a received UDP_GRO run whole, where it arrived, instead of its datagrams one by one. */
+export interface RunTaker {
+  /**
+   * Offered `count` datagrams at `at` of the receiving vector's slot bytes,
+   * each `segment` bytes from the start of the one before and `segment` long
+   * but the last (`last`), from the sender at `nameWords[nameWord]` on, for
+   * slot `slot`: returns how many from the first it took (0 or 1: none). The
+   * bytes stay where they are until the next receive.
+   */
+  takeRun(
+    at: number,
+    segment: number,
+    count: number,
+    last: number,
+    nameWords: Uint32Array,
+    nameWord: number,
+    slot: number,
+  ): number;
+}
 /** Bytes of a control message carrying one int: CMSG_SPACE(sizeof(int)). */
 const INT_CONTROL_SPACE = 24;
 /** How many runs one recvmmsg on a UDP_GRO socket takes. */
@@ -790,6 +829,8 @@ class ReceivedRuns {
   #entries = 0;
   /** Runs of more than one datagram in the last receive. */
   runsOfMany = 0;
+  /** Set when a taker took datagrams whole, which the next receive would overwrite. */
+  tookWhole = false;
 
   constructor(bytes: Uint8Array<ArrayBuffer>, start: number) {
     this.#bytes = bytes;
@@ -854,7 +895,8 @@ class ReceivedRuns {
 
   /**
    * Copies datagrams into slots [i, end) of a datagram vector (`slots`, its
-   * header words and names) while any wait; returns the next free slot.
+   * header words and names) while any wait, after offering each run to
+   * `taker`; returns the next free slot.
    */
   handOut(
     slots: Uint8Array,
@@ -865,6 +907,7 @@ class ReceivedRuns {
     i: number,
     end: number,
     maxLength: number,
+    taker: RunTaker | undefined,
   ): number {
     const bytes = this.#bytes;
     while (i < end && this.#entry < this.#entries) {
@@ -875,6 +918,29 @@ class ReceivedRuns {
       const segment = this.#segment[e];
       // An empty datagram is handed out as one, to be dropped and counted like any malformed one.
       const empty = runEnd === 0;
+      if (taker !== undefined && next === 0 && runEnd > segment && bytes === slots) {
+        // A run cut short by the buffer loses its last datagram: that one is not offered.
+        const whole = this.#cut[e] === 1
+          ? Math.floor(runEnd / segment)
+          : Math.ceil(runEnd / segment);
+        const last = this.#cut[e] === 1 ? segment : runEnd - (whole - 1) * segment;
+        const taken = whole > 1
+          ? taker.takeRun(base, segment, whole, last, this.#nameWords, (e * SOCKADDR_SIZE) / 4, i)
+          : 0;
+        if (taken > 1) {
+          this.tookWhole = true;
+          const word = (i * MMSGHDR_SIZE) / 4;
+          words[word + 12] = TAKEN_WHOLE; // msg_flags
+          words[word + 14] = 0; // msg_len
+          i++;
+          next = taken * segment;
+          this.#next[e] = next;
+          if (next >= runEnd) {
+            this.#entry++;
+            continue;
+          }
+        }
+      }
       // A run cut at the end of a batch reaches the TAP as two writes: start it in the next batch.
       if (!empty && next === 0 && i > 0 && Math.ceil(runEnd / segment) > end - i) break;
       const nameWord = (e * SOCKADDR_SIZE) / 4;

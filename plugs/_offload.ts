@@ -12,7 +12,7 @@
  */
 
 import type { ChecksumArea } from "../core/checksum.ts";
-import type { FrameBatch } from "../core/frames.ts";
+import { type FrameBatch, HELD_WORDS, SLOT_SIZE } from "../core/frames.ts";
 
 /** Bytes of the virtio-net header before each frame (struct virtio_net_hdr). */
 export const VNET_HEADER = 10;
@@ -373,20 +373,31 @@ function sameBytes(view: DataView, a: number, b: number, length: number): boolea
   return true;
 }
 
+/** What {@linkcode scanTcp} found of the run it accepted, for {@linkcode writeMerged}. */
+const found = { headerLength: 0, l4: 0, payload: 0, segment: 0, push: 0, ipv4: false };
+
 /**
- * Receive offload (GRO) for a TAP: finds how many frames of `batch`, from
- * `first` on, are consecutive segments of one TCP stream that Linux's own GRO
- * would merge: same addresses, ports, ACK, window and options, sequence
- * numbers in order, equal-sized segments but the last, ACK or PSH only, each
- * with a valid checksum. When more than one, it rewrites the first frame's
- * headers to stand for all of them and writes the virtio-net header before
- * it, so that one write hands the kernel's TCP stack one super-frame. Returns
- * how many frames the first now stands for (1: send it as it is).
+ * Finds how many of `count` frames, the first at `start` of `batch`'s bytes
+ * and each next one `stride` bytes further, are consecutive segments of one
+ * TCP stream that Linux's own GRO would merge: same addresses, ports, ACK,
+ * window and options, sequence numbers in order, equal-sized segments but the
+ * last, ACK or PSH only, each with a valid checksum. Frame k is `lengths[from
+ * + k]` bytes long, or without `lengths` `length` bytes (the last one
+ * `lastLength`). Reads only; when more than one merge, `found` says how.
  */
-export function coalesceTcp(batch: FrameBatch, view: DataView, first: number): number {
-  const start = batch.offset(first);
-  const length = batch.lengths[first];
-  if (length < 14 + 20 + 20) return 1;
+function scanTcp(
+  batch: FrameBatch,
+  view: DataView,
+  start: number,
+  stride: number,
+  count: number,
+  lengths: Int32Array | null,
+  from: number,
+  length: number,
+  lastLength: number,
+): number {
+  const firstLength = lengths !== null ? lengths[from] : count === 1 ? lastLength : length;
+  if (count < 2 || firstLength < 14 + 20 + 20) return 1;
   const ethertype = view.getUint16(start + 12);
   const ipv4 = ethertype === ETHERTYPE_IPV4;
   const l3 = start + 14;
@@ -394,18 +405,18 @@ export function coalesceTcp(batch: FrameBatch, view: DataView, first: number): n
   if (ipv4) {
     if (view.getUint8(l3) !== 0x45 || view.getUint8(l3 + 9) !== PROTOCOL_TCP) return 1;
     if ((view.getUint16(l3 + 6) & IPV4_FRAGMENT_BITS) !== 0) return 1;
-    if (view.getUint16(l3 + 2) !== length - 14) return 1;
+    if (view.getUint16(l3 + 2) !== firstLength - 14) return 1;
     l4 = l3 + 20;
   } else if (ethertype === ETHERTYPE_IPV6) {
     if (view.getUint8(l3) >> 4 !== 6 || view.getUint8(l3 + 6) !== PROTOCOL_TCP) return 1;
-    if (view.getUint16(l3 + 4) !== length - 14 - 40) return 1;
+    if (view.getUint16(l3 + 4) !== firstLength - 14 - 40) return 1;
     l4 = l3 + 40;
   } else return 1;
   const headerLength = l4 - start + (view.getUint8(l4 + 12) >> 4) * 4;
-  const segment = length - headerLength;
+  const segment = firstLength - headerLength;
   if (headerLength < l4 - start + 20 || segment <= 0) return 1;
   if (view.getUint8(l4 + 13) !== TCP_ACK) return 1; // PSH, and anything but ACK, ends a stream
-  if (finishChecksum(tcpSum(batch, view, l3, l4, start + length)) !== 0) return 1;
+  if (finishChecksum(tcpSum(batch, view, l3, l4, start + firstLength)) !== 0) return 1;
   if (ipv4 && finishChecksum(addWords(view, l3, l4, 0)) !== 0) return 1;
 
   const ipMax = 65535 - (headerLength - 14);
@@ -413,10 +424,10 @@ export function coalesceTcp(batch: FrameBatch, view: DataView, first: number): n
   let expected = (view.getUint32(l4 + 4) + segment) % 0x100000000;
   let identification = ipv4 ? view.getUint16(l3 + 4) : 0;
   let push = 0;
-  let count = 1;
-  for (let j = first + 1; j < batch.count; j++) {
-    const next = batch.offset(j);
-    const nextLength = batch.lengths[j];
+  let merged = 1;
+  for (let k = 1; k < count; k++) {
+    const next = start + k * stride;
+    const nextLength = lengths !== null ? lengths[from + k] : k === count - 1 ? lastLength : length;
     const nextSegment = nextLength - headerLength;
     if (nextSegment <= 0 || nextSegment > segment || payload + nextSegment > ipMax) break;
     const nl3 = next + 14, nl4 = next + (l4 - start);
@@ -451,30 +462,102 @@ export function coalesceTcp(batch: FrameBatch, view: DataView, first: number): n
     ) break;
     payload += nextSegment;
     expected = (expected + nextSegment) % 0x100000000;
-    count++;
+    merged++;
     if (flags & TCP_PSH || nextSegment < segment) {
       push = flags & TCP_PSH;
       break;
     }
   }
-  if (count === 1) return 1;
+  found.headerLength = headerLength;
+  found.l4 = l4 - start;
+  found.payload = payload;
+  found.segment = segment;
+  found.push = push;
+  found.ipv4 = ipv4;
+  return merged;
+}
 
+/**
+ * Rewrites the headers of the frame at `start` (those of the first segment
+ * {@linkcode scanTcp} accepted) to stand for the whole run, and writes the
+ * virtio-net header before them.
+ */
+function writeMerged(view: DataView, start: number): void {
+  const { headerLength, payload, ipv4 } = found;
+  const l3 = start + 14, l4 = start + found.l4;
   if (ipv4) {
     view.setUint16(l3 + 2, headerLength - 14 + payload);
     view.setUint16(l3 + 10, 0);
     view.setUint16(l3 + 10, finishChecksum(addWords(view, l3, l4, 0)));
   } else view.setUint16(l3 + 4, headerLength - 14 - 40 + payload);
-  view.setUint8(l4 + 13, TCP_ACK | push);
+  view.setUint8(l4 + 13, TCP_ACK | found.push);
   // The kernel completes a NEEDS_CSUM checksum from the pseudo-header's sum in the field.
-  const tcpLength = headerLength - (l4 - start) + payload;
+  const tcpLength = headerLength - found.l4 + payload;
   const pseudo = addressSum(view, l3, ipv4);
   view.setUint16(l4 + 16, ~finishChecksum(pseudo + PROTOCOL_TCP + tcpLength) & 0xffff);
   merged.flags = NEEDS_CSUM;
   merged.gsoType = ipv4 ? GSO_TCPV4 : GSO_TCPV6;
   merged.headerLength = headerLength;
-  merged.gsoSize = segment;
-  merged.csumStart = l4 - start;
+  merged.gsoSize = found.segment;
+  merged.csumStart = found.l4;
   merged.csumOffset = TCP_CHECKSUM_AT;
   merged.encode(view, start - VNET_HEADER);
+}
+
+/**
+ * Receive offload (GRO) for a TAP: finds how many frames of `batch`, from
+ * `first` on, are consecutive segments of one TCP stream that Linux's own GRO
+ * would merge (see `scanTcp`; a held frame ends them). When more than one, it
+ * rewrites the first frame's headers to stand for all of them and writes the
+ * virtio-net header before it, so that one write hands the kernel's TCP stack
+ * one super-frame. Returns how many frames the first now stands for (1: send
+ * it as it is).
+ */
+export function coalesceTcp(batch: FrameBatch, view: DataView, first: number): number {
+  let end = batch.count;
+  if (batch.heldFrames > 0) {
+    for (let j = first + 1; j < end; j++) {
+      if (batch.held[j * HELD_WORDS + 2] !== 0) end = j;
+    }
+  }
+  const start = batch.offset(first);
+  const count = scanTcp(batch, view, start, SLOT_SIZE, end - first, batch.lengths, first, 0, 0);
+  if (count > 1) writeMerged(view, start);
   return count;
+}
+
+/**
+ * Receive offload for the frames of a UDP_GRO run where they arrived: `count`
+ * frames in `batch`'s bytes, the first at `start`, each next one `stride`
+ * bytes further, each `length` bytes but the last (`lastLength`). When more
+ * than one from the first merge (the rules of {@linkcode coalesceTcp}), it
+ * copies the first one's headers to `to`, rewrites them to stand for the
+ * merged ones, with the virtio-net header before them, and describes the
+ * payloads in slot `slot`'s {@linkcode FrameBatch.held} entry and its
+ * length. Returns how many frames merged (1: none, and nothing written).
+ */
+export function coalesceRun(
+  batch: FrameBatch,
+  view: DataView,
+  start: number,
+  stride: number,
+  count: number,
+  length: number,
+  lastLength: number,
+  slot: number,
+): number {
+  const merged = scanTcp(batch, view, start, stride, count, null, 0, length, lastLength);
+  if (merged < 2) return merged;
+  const to = batch.offset(slot);
+  const headerLength = found.headerLength;
+  batch.bytes.copyWithin(to, start, start + headerLength);
+  writeMerged(view, to);
+  const held = slot * HELD_WORDS;
+  batch.held[held] = start + headerLength;
+  batch.held[held + 1] = stride;
+  batch.held[held + 2] = merged;
+  batch.held[held + 3] = found.segment;
+  batch.heldFrames++;
+  batch.lengths[slot] = headerLength + found.payload;
+  return merged;
 }

@@ -13,9 +13,15 @@ import { closeQuietly, Errno, errno, setIovec, setNonBlocking, strerror } from "
 import { readInto, readVector, writeFrom, writeVector } from "../ffi/io.ts";
 import { socketPair } from "../ffi/unix.ts";
 import { openTap, setTapOffloads, tapHasVnetHeader } from "../ffi/tap.ts";
-import { numericAddress } from "../ffi/net.ts";
+import { MAX_SEGMENTS, numericAddress } from "../ffi/net.ts";
 import { Counter, newCounters } from "../core/counters.ts";
-import { type FrameBatch, MAX_FRAME, SUPER_FRAME_SIZE, TAILROOM } from "../core/frames.ts";
+import {
+  type FrameBatch,
+  HELD_WORDS,
+  MAX_FRAME,
+  SUPER_FRAME_SIZE,
+  TAILROOM,
+} from "../core/frames.ts";
 import {
   arpFrame,
   pingFrame,
@@ -103,6 +109,11 @@ export class TapPlug implements Plug {
 
   /** With offloads, the segments of a super-frame may be left split (`FrameBatch.heads`). */
   get leavesFramesSplit(): boolean {
+    return this.#segmenter !== undefined;
+  }
+
+  /** Held frames (core/frames.ts) go out as they are, as super-frames: only with offloads. */
+  get takesHeldFrames(): boolean {
     return this.#segmenter !== undefined;
   }
 
@@ -253,7 +264,8 @@ export class TapPlug implements Plug {
     this.#preparedFor = batch;
     this.#batchView = new DataView(batch.bytes.buffer);
     this.#batchAddress = base;
-    this.#writeVector = new Uint32Array(batch.capacity * 4);
+    // Room for a held frame's headers and its pieces, as many as a UDP_GRO run has.
+    this.#writeVector = new Uint32Array(Math.max(batch.capacity, MAX_SEGMENTS + 1) * 4);
     this.#writeVectorPointer = Deno.UnsafePointer.of(this.#writeVector);
     this.#readVectorMemory = vectors;
     return this.#batchView;
@@ -296,6 +308,11 @@ export class TapPlug implements Plug {
         continue;
       }
       const header = batch.offset(i) - VNET_HEADER;
+      if (batch.heldFrames > 0 && batch.held[i * HELD_WORDS + 2] !== 0) {
+        this.#sendHeld(batch, view, i, header);
+        i++;
+        continue;
+      }
       // A frame with none after it has nothing to merge with: at light traffic, entering
       // coalesceTcp's cold code would cost more than the frame (bench/README.md).
       const merged = i + 1 < batch.count ? coalesceTcp(batch, view, i) : 1;
@@ -313,6 +330,28 @@ export class TapPlug implements Plug {
       this.#count(written < 0, merged, total);
       i += merged;
     }
+  }
+
+  /**
+   * Sends held frame i, a super-frame (core/frames.ts): its virtio-net header and headers from
+   * the slot, the payloads from where they arrived, in one writev; then clears its entry.
+   */
+  #sendHeld(batch: FrameBatch, view: DataView, i: number, header: number): void {
+    const vector = this.#writeVector;
+    const held = batch.held;
+    const at = i * HELD_WORDS;
+    const first = this.#batchAddress + held[at], stride = held[at + 1];
+    const pieces = held[at + 2], piece = held[at + 3];
+    const headerLength = this.#vnet.decode(view, header).headerLength;
+    const payload = batch.lengths[i] - headerLength;
+    setIovec(vector, 0, this.#batchAddress + header, VNET_HEADER + headerLength);
+    for (let k = 0; k < pieces - 1; k++) setIovec(vector, k + 1, first + k * stride, piece);
+    setIovec(vector, pieces, first + (pieces - 1) * stride, payload - (pieces - 1) * piece);
+    const written = writeVector(this.#fd, this.#writeVectorPointer, pieces + 1);
+    if (written >= 0) this.counters[Counter.superFramesOut]++;
+    this.#count(written < 0, pieces, pieces * headerLength + payload);
+    held[at + 2] = 0;
+    batch.heldFrames--;
   }
 
   #count(failed: boolean, frames: number, bytes: number): void {

@@ -33,6 +33,7 @@ import {
   localAddress,
   localAddressKeys,
   numericAddress,
+  type RunTaker,
   sendTo,
   setBufferSize,
   setMulticastInterface,
@@ -58,6 +59,7 @@ import { log } from "../core/log.ts";
 import { MacTable } from "./_mactable.ts";
 import { MessagePlanner } from "./_runs.ts";
 import { datagramVectors } from "./_datagrams.ts";
+import { coalesceRun } from "./_offload.ts";
 import {
   describeTable,
   largestWholeFrame,
@@ -228,6 +230,13 @@ export class VxvdePlug implements Plug {
   /** Whether the unicast socket hands over runs of datagrams (UDP_GRO). */
   #receiveRuns = false;
   #lastVector?: DatagramVector;
+  /**
+   * Set when the other plug of the cable takes held frames (see {@linkcode holdFrames}): runs of
+   * TCP segments are then merged where they arrived, for the batch and its view below.
+   */
+  #runTaker?: RunTaker;
+  #takingFor?: FrameBatch;
+  #takingView = new DataView(new ArrayBuffer(0));
   /** With `peers=`: the members reached by unicast, and their hellos. */
   readonly #mesh?: PeerMesh;
   readonly #helloHigh: number;
@@ -332,6 +341,63 @@ export class VxvdePlug implements Plug {
     this.#tableAddress = numericAddress(this.table.addresses);
   }
 
+  /**
+   * Hands runs of one TCP stream's segments received with UDP_GRO to the other plug as held
+   * frames: one slot each, the merged headers in it and the payloads where they arrived, with no
+   * copy (core/frames.ts). Not on a keyed network, whose datagrams are opened one by one.
+   */
+  holdFrames(): void {
+    if (this.#sealer || !this.#receiveRuns) return;
+    this.#runTaker = {
+      takeRun: (at, segment, count, last, nameWords, nameWord, slot) =>
+        this.#takeRun(at, segment, count, last, nameWords, nameWord, slot),
+    };
+  }
+
+  /**
+   * Takes the head of a run whole when its datagrams are frames of this network that merge as one
+   * TCP super-frame (see {@linkcode RunTaker}); anything else goes its own way, datagram by
+   * datagram, and is checked and counted there.
+   */
+  #takeRun(
+    at: number,
+    segment: number,
+    count: number,
+    last: number,
+    nameWords: Uint32Array,
+    nameWord: number,
+    slot: number,
+  ): number {
+    const batch = this.#takingFor!;
+    const view = this.#takingView;
+    const prefix = this.#prefix;
+    const length = segment - prefix;
+    if (length <= ETH_HEADER || length > MAX_FRAME) return 0;
+    let whole = last - prefix > ETH_HEADER ? count : count - 1;
+    for (let k = 0; k < whole; k++) {
+      const header = at + k * segment;
+      if (
+        view.getUint32(header, true) !== this.#headerHigh ||
+        view.getUint32(header + 4, true) !== this.#headerLow
+      ) whole = k;
+    }
+    if (whole < 2) return 0;
+    const lastLength = whole === count ? last - prefix : length;
+    const taken = coalesceRun(batch, view, at + prefix, segment, whole, length, lastLength, slot);
+    if (taken < 2) return 0;
+    this.table.learn(
+      batch.bytes,
+      at + prefix + 6,
+      nameWords,
+      nameWord,
+      this.#seconds(batch, false),
+    );
+    const counters = this.counters;
+    counters[Counter.framesIn] += taken;
+    counters[Counter.bytesIn] += (taken - 1) * length + (taken === whole ? lastLength : length);
+    return taken;
+  }
+
   /** True while datagrams of a run received on the unicast socket wait for the next batch. */
   get backlog(): boolean {
     return this.#receiveRuns && this.#lastVector !== undefined && this.#lastVector.runPending;
@@ -364,9 +430,16 @@ export class VxvdePlug implements Plug {
     if (first >= batch.capacity) return;
     const vector = this.#lastVector = this.#vectors.of(batch);
     const runsBefore = vector.runsReceived;
-    const received = this.#receiveRuns && !fromGroup
-      ? vector.receiveRunInto(fd, first, batch.capacity - first, this.#prefix + MAX_FRAME + 64)
-      : vector.receiveInto(fd, first, batch.capacity - first, this.#prefix + MAX_FRAME + 64);
+    const maxLength = this.#prefix + MAX_FRAME + 64;
+    let received: number;
+    if (this.#receiveRuns && !fromGroup) {
+      const taker = this.#runTaker;
+      if (taker !== undefined && this.#takingFor !== batch) {
+        this.#takingFor = batch;
+        this.#takingView = new DataView(batch.bytes.buffer);
+      }
+      received = vector.receiveRunInto(fd, first, batch.capacity - first, maxLength, taker);
+    } else received = vector.receiveInto(fd, first, batch.capacity - first, maxLength);
     this.counters[Counter.superFramesIn] += vector.runsReceived - runsBefore;
     if (received <= 0) {
       if (received < 0) this.counters[Counter.dropMalformed]++;
@@ -381,6 +454,7 @@ export class VxvdePlug implements Plug {
     const sealer = this.#sealer;
     const now = this.#seconds(batch, false);
     for (let i = first; i < first + received; i++) {
+      if (vector.takenWhole(i)) continue; // a held frame, checked and counted by #takeRun
       const datagramLength = vector.length(i);
       const headerWord = (i * SLOT_SIZE + HEADROOM - prefix) >>> 2;
       const frameLength = datagramLength - prefix;

@@ -81,3 +81,138 @@ hostTest(
   ["tcpdump"],
   () => runsReachTheTap(40, 3), // a batch is 64 frames: the second run starts the next one
 );
+
+const TCP_RUN_SENDER = new URL("./fixtures/tcp_run_sender.ts", import.meta.url).pathname;
+
+/** The frames of a pcap file (classic format, as tcpdump -w writes). */
+function pcapFrames(file: Uint8Array): Uint8Array[] {
+  const view = new DataView(file.buffer, file.byteOffset, file.byteLength);
+  const frames: Uint8Array[] = [];
+  for (let at = 24; at + 16 <= file.length;) {
+    const captured = view.getUint32(at + 8, true);
+    frames.push(file.subarray(at + 16, at + 16 + captured));
+    at += 16 + captured;
+  }
+  return frames;
+}
+
+/**
+ * Sends a run of `count` TCP segments (segment `corrupt` with a bad checksum)
+ * to a plug, and returns the frames its TAP handed the kernel, the plugs'
+ * counters and how many TCP checksum errors the kernel counted.
+ */
+async function tcpRunToTheTap(count: number, corrupt: number) {
+  await using lan = await Lan.create(2);
+  const [a, b] = lan.hosts;
+  const name = `tcpruns-${Deno.pid}-${corrupt}`;
+  const plug = a.vdeno(["plug", "--name", name, "tap://tap0", "vxvde://239.4.0.12"]);
+  await a.waitForLink("tap0", 30_000, plug);
+  await a.configure("tap0", "10.99.0.1/24", "02:00:00:00:00:a1");
+  const status = async () => JSON.parse(await a.sh([...VDENO, "status", "--json", name]));
+  const counters = (report: { plugs: { vnl: string; counters: Record<string, number> }[] }) =>
+    Object.fromEntries(report.plugs.map((entry) => [entry.vnl.slice(0, 3), entry.counters]));
+  const port =
+    (await status()).plugs.find((entry: { vnl: string }) => entry.vnl.startsWith("vxvde"))
+      .unicastPort;
+  const directory = await Deno.makeTempDir({ prefix: "vdeno-tcpruns-" });
+  try {
+    const file = `${directory}/tap0.pcap`;
+    const onTap = a.spawn([
+      "tcpdump",
+      "-i",
+      "tap0",
+      "-Z",
+      "root",
+      "-U",
+      "--immediate-mode",
+      "-s",
+      "0",
+      "-w",
+      file,
+      "-Q",
+      "in",
+      "tcp and src host 10.99.0.2",
+    ]);
+    await onTap.waitForOutput((text) => text.includes("listening on"));
+    const errorsBefore = await checksumErrors(a);
+    const sent = JSON.parse(
+      await b.sh([
+        Deno.execPath(),
+        "run",
+        "-A",
+        TCP_RUN_SENDER,
+        a.address,
+        String(port),
+        "1",
+        `${count}`,
+        `${corrupt}`,
+      ]),
+    );
+    assert.equal(sent.failed, 0, "the kernel took the GSO message");
+    const deadline = Date.now() + 10_000;
+    while (counters(await status()).tap.framesOut < count && Date.now() < deadline) {
+      await sleep(100);
+    }
+    await sleep(300);
+    await onTap.stop("SIGINT");
+    const after = counters(await status());
+    const errors = (await checksumErrors(a)) - errorsBefore;
+    await plug.stop();
+    return { frames: pcapFrames(await Deno.readFile(file)), counters: after, errors };
+  } finally {
+    await Deno.remove(directory, { recursive: true });
+  }
+}
+
+/** The TCP checksum errors a host's kernel counted so far. */
+async function checksumErrors(host: { sh(argv: string[]): Promise<string> }): Promise<number> {
+  const line = (await host.sh(["nstat", "-az", "TcpInCsumErrors"])).split("\n")
+    .find((text) => text.startsWith("TcpInCsumErrors")) ?? "";
+  return Number(line.split(/\s+/)[1] ?? "NaN");
+}
+
+/** Checks that `frame` is segments [from, to) of the sender's stream merged into one frame. */
+function assertMerged(frame: Uint8Array, from: number, to: number): void {
+  const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+  const payload = (to - from) * 1000;
+  assert.equal(frame.length, 54 + payload, `segments ${from} to ${to - 1} in one frame`);
+  assert.equal(view.getUint16(16), 40 + payload, "the IPv4 total length of the merged frame");
+  assert.equal(view.getUint32(38), 1000 + from * 1000, "the first segment's sequence number");
+  assert.equal(frame[47], 0x10, "ACK");
+  for (let i = 0; i < payload; i++) {
+    if (frame[54 + i] !== (((from * 1000 + i) * 7) & 0xff)) {
+      assert.fail(`payload byte ${i} of segments ${from} to ${to - 1} differs`);
+    }
+  }
+}
+
+hostTest(
+  "a run of TCP segments reaches the TAP as one super-frame of exactly their bytes",
+  ["tcpdump", "nstat"],
+  async () => {
+    const { frames, counters, errors } = await tcpRunToTheTap(20, -1);
+    assert.equal(frames.length, 1, "one frame on the TAP");
+    assertMerged(frames[0], 0, 20);
+    assert.equal(counters.vxv.framesIn, 20);
+    assert.equal(counters.vxv.bytesIn, 20 * 1054);
+    assert.equal(counters.tap.framesOut, 20);
+    assert.equal(counters.tap.superFramesOut, 1);
+    assert.equal(errors, 0);
+  },
+);
+
+hostTest(
+  "a corrupt segment in a run is not merged: it reaches the TAP alone and the kernel drops and counts it",
+  ["tcpdump", "nstat"],
+  async () => {
+    const { frames, counters, errors } = await tcpRunToTheTap(20, 7);
+    assert.equal(frames.length, 3, "the segments before it, it, and those after it");
+    assertMerged(frames[0], 0, 7);
+    assert.equal(frames[1].length, 54 + 1000, "the corrupt segment as it came");
+    assertMerged(frames[2], 8, 20);
+    assert.equal(counters.vxv.framesIn, 20);
+    assert.equal(counters.tap.framesOut, 20);
+    assert.equal(counters.tap.superFramesOut, 2);
+    assert.equal(errors, 1, "the receiving kernel's TcpInCsumErrors");
+  },
+);
