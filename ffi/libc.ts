@@ -248,8 +248,10 @@ export function addressOf(buffer: Uint8Array<ArrayBuffer>, offset = 0): bigint {
 
 /** Writes a 64-bit address into a structure held as 32-bit words, at word `word`. */
 export function setAddress(words: Uint32Array, word: number, address: number): void {
-  words[word] = address % 0x100000000;
-  words[word + 1] = Math.floor(address / 0x100000000);
+  // Not `address % 2 ** 32`: on a number above 2 ** 31, V8's optimized code calls fmod for it.
+  const high = Math.floor(address / 0x100000000);
+  words[word] = address - high * 0x100000000;
+  words[word + 1] = high;
 }
 
 /**

@@ -113,8 +113,17 @@ function networkOffset(view: DataView, start: number): number {
 
 /** Folds an unfolded sum to 16 bits and complements it: the value of a checksum field. */
 export function finishChecksum(sum: number): number {
-  while (sum > 0xffff) sum = (sum % 0x10000) + Math.floor(sum / 0x10000);
-  return ~sum & 0xffff;
+  return ~foldSum(sum) & 0xffff;
+}
+
+/**
+ * Folds an unfolded sum (a non-negative integer below 2 ** 53) to 16 bits,
+ * not complemented; with `&`, not `%`, which V8 compiles to a call to fmod
+ * on numbers beyond 32 bits.
+ */
+function foldSum(sum: number): number {
+  while (sum > 0xffff) sum = (sum & 0xffff) + Math.floor(sum / 0x10000);
+  return sum;
 }
 
 /**
@@ -162,6 +171,11 @@ export class TcpSegmenter {
   #identification = 0;
   #lastSegmentCount = 0;
   #restAt = 0;
+  /** The super-frame's TCP flags, the byte before them, its headers' sums less what segments set. */
+  #flags = 0;
+  #dataOffset = 0;
+  #headerSum = 0;
+  #ipSum = 0;
 
   constructor(maxFrame: number) {
     this.#maxFrame = maxFrame;
@@ -262,6 +276,20 @@ export class TcpSegmenter {
     this.#index = 0;
     this.#sequence = view.getUint32(start + l4 + 4);
     this.#identification = ipv4 ? view.getUint16(start + l3 + 4) : 0;
+    this.#flags = view.getUint8(start + l4 + 13);
+    this.#dataOffset = view.getUint8(start + l4 + 12);
+    // What every segment's checksums add up from: the headers' sums less the fields each segment
+    // sets (lengths, identification, sequence number, flags, checksums), once per super-frame.
+    const tcpPart = addWords(view, start + l4, start + headerLength, 0) -
+      view.getUint16(start + l4 + 4) - view.getUint16(start + l4 + 6) -
+      view.getUint16(start + l4 + 12) - view.getUint16(start + l4 + TCP_CHECKSUM_AT);
+    this.#headerSum = foldSum(addressSum(view, start + l3, ipv4) + PROTOCOL_TCP + tcpPart);
+    this.#ipSum = ipv4
+      ? foldSum(
+        addWords(view, start + l3, start + l4, 0) - view.getUint16(start + l3 + 2) -
+          view.getUint16(start + l3 + 4) - view.getUint16(start + l3 + 10),
+      )
+      : 0;
     this.#length = length;
     this.#lastSegmentCount = Math.ceil((length - headerLength) / this.#mss);
     return true;
@@ -285,7 +313,7 @@ export class TcpSegmenter {
       out.bytes.set(this.#source.subarray(from, from + payload), payloadStart);
     }
     const sum = this.#writeHeaders(view, offset, payload) +
-      out.sum(offset + this.#l4, payloadStart + payload);
+      out.sum(payloadStart, payloadStart + payload);
     view.setUint16(offset + this.#l4 + TCP_CHECKSUM_AT, finishChecksum(sum));
     return headerLength + payload;
   }
@@ -304,9 +332,7 @@ export class TcpSegmenter {
     const rest = base + this.#next;
     out.bytes.copyWithin(offset, base, base + headerLength);
     this.#restAt = rest;
-    // The TCP header is whole 32-bit words long: its sum and the payload's add up.
-    const sum = this.#writeHeaders(view, offset, payload) +
-      out.sum(offset + this.#l4, offset + headerLength) + out.sum(rest, rest + payload);
+    const sum = this.#writeHeaders(view, offset, payload) + out.sum(rest, rest + payload);
     view.setUint16(offset + this.#l4 + TCP_CHECKSUM_AT, finishChecksum(sum));
     return headerLength + payload;
   }
@@ -325,8 +351,8 @@ export class TcpSegmenter {
    * Sets the headers of the next segment, `payload` bytes, written at
    * `offset` of the super-frame's (ordinary headers: lengths, identification,
    * IPv4 checksum, sequence number, flags) and moves on to the one after it.
-   * Returns the sum of the TCP pseudo-header, with the checksum field zeroed:
-   * the caller adds the TCP header's and payload's sums and writes the field.
+   * Returns the sum of its TCP checksum but the payload's, which the caller
+   * adds before it writes the field.
    */
   #writeHeaders(view: DataView, offset: number, payload: number): number {
     const headerLength = this.#headerLength;
@@ -335,23 +361,25 @@ export class TcpSegmenter {
     const end = this.#next + payload;
     const index = this.#index;
     if (this.#ipv4) {
-      view.setUint16(l3 + 2, headerLength - this.#l3 + payload);
-      view.setUint16(l3 + 4, (this.#identification + index) & 0xffff);
-      view.setUint16(l3 + 10, 0);
-      view.setUint16(l3 + 10, finishChecksum(addWords(view, l3, l4, 0)));
+      const ipLength = headerLength - this.#l3 + payload;
+      const identification = (this.#identification + index) & 0xffff;
+      view.setUint16(l3 + 2, ipLength);
+      view.setUint16(l3 + 4, identification);
+      view.setUint16(l3 + 10, finishChecksum(this.#ipSum + ipLength + identification));
     } else {
       view.setUint16(l3 + 4, headerLength - this.#l3 - 40 + payload);
     }
-    const pseudo = addressSum(view, l3, this.#ipv4);
-    view.setUint32(l4 + 4, (this.#sequence + index * this.#mss) % 0x100000000);
-    let flags = this.#view.getUint8(this.#base + this.#l4 + 13);
+    const sequence = (this.#sequence + index * this.#mss) >>> 0; // modulo 2 ** 32
+    view.setUint32(l4 + 4, sequence);
+    let flags = this.#flags;
     if (end < this.#length) flags &= ~(TCP_FIN | TCP_PSH);
     if (index > 0) flags &= ~TCP_CWR;
     view.setUint8(l4 + 13, flags);
-    view.setUint16(l4 + TCP_CHECKSUM_AT, 0);
     this.#next = end;
     this.#index = index + 1;
-    return pseudo + PROTOCOL_TCP + headerLength - this.#l4 + payload;
+    const tcpLength = headerLength - this.#l4 + payload;
+    return this.#headerSum + tcpLength + (sequence >>> 16) + (sequence & 0xffff) +
+      (this.#dataOffset << 8 | flags);
   }
 }
 
