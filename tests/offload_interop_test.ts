@@ -11,6 +11,7 @@
 
 import assert from "node:assert/strict";
 import { type Host, hostTest, Lan, type Process, VDENO } from "./_harness.ts";
+import { newKeyText } from "../plugs/seal.ts";
 
 const PORT = 5001;
 const STREAM_BYTES = 4 * 1024 * 1024;
@@ -157,10 +158,15 @@ async function echoExactly(
   }
 }
 
-async function echoThroughTso(peer: Peer, group: string, overlay6: boolean): Promise<void> {
+async function echoThroughTso(
+  peer: Peer,
+  group: string,
+  overlay6: boolean,
+  keyFile?: string,
+): Promise<void> {
   await using lan = await Lan.create(2);
   const [a, b] = lan.hosts;
-  const vnl = `vxvde://${group}`;
+  const vnl = `vxvde://${group}${keyFile ? `/key='${keyFile}'` : ""}`;
   const plugs = [startPlug(a, "vdeno", "tso-sender", vnl), startPlug(b, peer, "tso-peer", vnl)];
   const [addressA, addressB] = overlay6 ? ["fd77::1", "fd77::2"] : ["10.0.0.1", "10.0.0.2"];
   for (const [i, host] of [a, b].entries()) {
@@ -222,6 +228,21 @@ hostTest(
   ["ping"],
   async () => {
     await echoThroughTso("vdeno", "239.7.0.2", true);
+  },
+);
+
+hostTest(
+  "on a keyed network, a TCP stream cut by vdeno's TSO reaches another vdeno and back byte-exact",
+  ["ping"],
+  async () => {
+    // Sealing takes each frame whole in its slot: segments are not left in their super-frame.
+    const keyFile = await Deno.makeTempFile({ prefix: "vdeno-offload-key-" });
+    try {
+      await Deno.writeTextFile(keyFile, newKeyText(), { mode: 0o600 });
+      await echoThroughTso("vdeno", "239.7.0.5", false, keyFile);
+    } finally {
+      await Deno.remove(keyFile);
+    }
   },
 );
 
