@@ -151,11 +151,12 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
       serve,
       backlogMasks,
       setWarming: (fds) => {
-        // Meanwhile the watched descriptors wait: what they say must reach the loop that serves traffic.
+        // Meanwhile the plugs' own descriptors and the watched ones wait: what they say is for the
+        // loop that serves traffic.
         for (let p = 0; p < 2; p++) {
-          const plugFds = fds?.[p] ?? plugs[p].fds;
+          const plugFds = plugs[p].fds;
           for (let f = 0; f < plugFds.length; f++) {
-            poller.setEntry(firstFd[p] + f, plugFds[f], POLLIN);
+            poller.setEntry(firstFd[p] + f, fds ? fds[p][f] ?? -1 : plugFds[f], POLLIN);
           }
         }
         for (let w = 0; w < watched.length; w++) {

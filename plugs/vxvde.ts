@@ -45,6 +45,7 @@ import {
   udpSocket,
 } from "../ffi/net.ts";
 import { closeQuietly } from "../ffi/libc.ts";
+import { randomBytes } from "../ffi/crypto.ts";
 import { Counter, newCounters } from "../core/counters.ts";
 import {
   CLOCK_LAG_MS,
@@ -75,6 +76,7 @@ import { bindMember, helloHeader, PeerMesh } from "./_peers.ts";
 import {
   type DatagramSource,
   destinationTag,
+  KEY_SIZE,
   loadKey,
   SEALED_PREFIX,
   sealedHeader,
@@ -213,7 +215,9 @@ export class VxvdePlug implements Plug {
   #tableAddress: number;
   readonly #nameLength: number;
   /** Seals and opens datagrams on a keyed network; undefined on an open one. */
-  readonly #sealer?: Sealer;
+  #sealer?: Sealer;
+  /** Where control datagrams for the group go: the group; a warm-up's peer while it runs. */
+  #groupTarget: SocketAddress;
   /** Bytes before the frame in a datagram: the header, and on a keyed network the seal. */
   readonly #prefix: number;
   /** First header word of an open network on our VNI (the second is the same as ours). */
@@ -315,6 +319,7 @@ export class VxvdePlug implements Plug {
     }
     this.#multicastFd = multicastFd;
     this.#unicastFd = unicastFd;
+    this.#groupTarget = config.group;
     this.#unicastPort = localAddress(unicastFd).port;
     if (this.#sealer) {
       this.#sealer.setLocalPort(this.#unicastPort);
@@ -569,7 +574,7 @@ export class VxvdePlug implements Plug {
         this.#unicastFd,
         datagram,
         datagram.length,
-        to ? new SocketAddress(to) : this.config.group,
+        to ? new SocketAddress(to) : this.#groupTarget,
       );
     }
   }
@@ -661,8 +666,7 @@ export class VxvdePlug implements Plug {
    * its own in place of the plug's (see {@linkcode startWarmUp}): a peer
    * sends it datagrams (a broadcast, a ping) and receives what the plug
    * sends back, to the MAC it learned and to the "group" (the peer's
-   * address). Not on a keyed network or with `peers=`, and not where the
-   * loopback is down.
+   * address). Not with `peers=`, and not where the loopback is down.
    */
   warmUp(batch: FrameBatch): WarmUpResult {
     const state = this.startWarmUp(batch);
@@ -705,11 +709,15 @@ export class VxvdePlug implements Plug {
    * broadcast to the group's stand-in and a ping to the unicast one, now and
    * then says goodbye or passes for this plug's own echo; and the unicast
    * socket sends itself a frame from {@linkcode WARM_LOOP_MAC}, so that what
-   * goes to that MAC comes back as runs of datagrams. Undefined on a keyed
-   * network, with `peers=`, or where the loopback is down.
+   * goes to that MAC comes back as runs of datagrams. On a keyed network
+   * the plug and the peer seal with a key made up for the warm-up and prove
+   * each other first (hellos and proofs), as members do; the plug's own
+   * sealer, its keys and proven members, is set aside meanwhile. Undefined
+   * with `peers=` (its hellos and floods go to members by address), or where
+   * the loopback is down.
    */
   startWarmUp(batch: FrameBatch): WarmUpState | undefined {
-    if (this.#sealer || this.#mesh) return undefined;
+    if (this.#mesh) return undefined;
     const saved = {
       counters: this.counters,
       table: this.table,
@@ -718,11 +726,15 @@ export class VxvdePlug implements Plug {
       groupAddress: this.#groupAddress,
       tableAddress: this.#tableAddress,
       unicastPort: this.#unicastPort,
+      sealer: this.#sealer,
     };
     const timeMs = batch.timeMs;
     const fds: number[] = [];
     let groupFd = -1, own = -1, peerFd = -1;
     let ownAddress: SocketAddress, peerAddress: SocketAddress, groupStandIn: SocketAddress;
+    // On a keyed network, the plug and its peer seal with a key of their own, made up for the
+    // warm-up, and prove each other as members do.
+    let sealer: Sealer | undefined, peerSealer: Sealer | undefined;
     try {
       for (let i = 0; i < 3; i++) fds.push(udpSocket(AF_INET));
       [groupFd, own, peerFd] = fds;
@@ -732,8 +744,24 @@ export class VxvdePlug implements Plug {
       groupStandIn = localAddress(groupFd);
       ownAddress = localAddress(own);
       peerAddress = localAddress(peerFd);
+      if (saved.sealer) {
+        const secret = randomBytes(new Uint8Array(KEY_SIZE));
+        const place = { vni: this.config.vni, group: this.config.group.bytes };
+        try {
+          sealer = new Sealer(secret, place);
+          peerSealer = new Sealer(secret, place);
+        } finally {
+          secret.fill(0);
+        }
+        sealer.setLocalPort(ownAddress.port);
+        peerSealer.setLocalPort(peerAddress.port);
+        // Shaped as the plug's own sealer, which has one (V8 compiles for the shape it saw).
+        sealer.onEvent = peerSealer.onEvent = () => {};
+      }
     } catch {
       for (const fd of fds) closeQuietly(fd);
+      sealer?.close();
+      peerSealer?.close();
       return undefined;
     }
     const scratch = newCounters();
@@ -745,22 +773,47 @@ export class VxvdePlug implements Plug {
     this.#unicastFd = own;
     this.#groupAddress = numericAddress(peerAddress.bytes);
     this.#tableAddress = numericAddress(table.addresses);
-    const datagram = new Uint8Array(HEADER_SIZE + MAX_FRAME);
-    datagram.set(this.#header);
-    const view = new DataView(datagram.buffer, HEADER_SIZE);
-    const drainBatch = new FrameBatch(8);
-    const drain = new DatagramVector(drainBatch.bytes, SLOT_SIZE, 0, drainBatch.capacity);
+    this.#sealer = sealer;
+    this.#groupTarget = peerAddress;
+    // The peer's datagrams are made, and what it receives is opened, in slots of its own batch.
+    const prefix = this.#prefix;
+    const peerBatch = new FrameBatch(8);
+    const peerView = new DataView(peerBatch.bytes.buffer);
+    const at = peerBatch.offset(0);
+    const peerVector = new DatagramVector(
+      peerBatch.bytes,
+      SLOT_SIZE,
+      HEADROOM - prefix,
+      peerBatch.capacity,
+    );
+    const source: DatagramSource = { names: peerVector.names, offset: 0, fromGroup: false };
+    const ownTag = destinationTag(ownAddress.bytes, 0);
+    const fromPeer = (length: number, to: SocketAddress, tag: number) => {
+      peerBatch.bytes.set(this.#header, at - prefix);
+      if (peerSealer && !peerSealer.seal(peerBatch, 0, length, batch.timeMs / 1000, tag)) return;
+      sendTo(peerFd, peerBatch.bytes.subarray(at - prefix), prefix + length, to);
+    };
+    if (sealer) {
+      sealer.greet(batch.timeMs / 1000);
+      this.#sendOutgoing();
+    }
     return {
       fds: [groupFd, own],
       feed: (round) => {
         const peer = WARM_PEER_MACS[round % 2];
-        let length = round % 2 === 0 ? arpFrame(view, 0, peer) : routerSolicitation(view, 0, peer);
-        sendTo(peerFd, datagram, HEADER_SIZE + length, groupStandIn);
-        length = pingFrame(view, 0, WARM_LOCAL_MAC, peer);
-        sendTo(peerFd, datagram, HEADER_SIZE + length, ownAddress);
+        let length = round % 2 === 0
+          ? arpFrame(peerView, at, peer)
+          : routerSolicitation(peerView, at, peer);
+        fromPeer(length, groupStandIn, peerSealer?.groupTag ?? 0);
+        length = pingFrame(peerView, at, WARM_LOCAL_MAC, peer);
+        fromPeer(length, ownAddress, ownTag);
         if (round % 8 === 2) {
-          length = arpFrame(view, 0, WARM_LOOP_MAC);
-          sendTo(own, datagram, HEADER_SIZE + length, ownAddress);
+          // From the plug's own socket to itself: its table learns WARM_LOOP_MAC there.
+          length = arpFrame(peerView, at, WARM_LOOP_MAC);
+          peerBatch.bytes.set(this.#header, at - prefix);
+          if (!sealer || sealer.seal(peerBatch, 0, length, batch.timeMs / 1000, ownTag)) {
+            sendTo(own, peerBatch.bytes.subarray(at - prefix), prefix + length, ownAddress);
+          }
         }
         if (round % 8 === 0) batch.timeMs += 1000;
         // Now and then the peer says goodbye, so that its MACs are learned anew, or its datagrams
@@ -770,7 +823,25 @@ export class VxvdePlug implements Plug {
       },
       drain: () => {
         this.#unicastPort = saved.unicastPort;
-        while (drain.receiveInto(peerFd, 0, drainBatch.capacity, SLOT_SIZE) > 0);
+        const now = batch.timeMs / 1000;
+        for (;;) {
+          const received = peerVector.receiveInto(
+            peerFd,
+            0,
+            peerBatch.capacity,
+            prefix + MAX_FRAME,
+          );
+          if (received <= 0 || !peerSealer) break;
+          for (let i = 0; i < received; i++) {
+            const length = peerVector.length(i) - prefix;
+            if (length < 0 || length > MAX_FRAME || peerVector.truncated(i)) continue;
+            source.offset = i * SOCKADDR_SIZE;
+            peerSealer.open(peerBatch, i, length, now, source);
+          }
+          for (const { datagram, to } of peerSealer.takeOutgoing()) {
+            sendTo(peerFd, datagram, datagram.length, to ? new SocketAddress(to) : groupStandIn);
+          }
+        }
       },
       end: () => {
         this.counters = saved.counters;
@@ -780,11 +851,15 @@ export class VxvdePlug implements Plug {
         this.#groupAddress = saved.groupAddress;
         this.#tableAddress = saved.tableAddress;
         this.#unicastPort = saved.unicastPort;
+        this.#sealer = saved.sealer;
+        this.#groupTarget = this.config.group;
         batch.timeMs = timeMs;
         batch.count = 0;
         // Datagrams of a synthetic run must never follow the network's own.
         this.#lastVector?.discardRuns();
         for (const fd of fds) closeQuietly(fd);
+        sealer?.close();
+        peerSealer?.close();
         return { framesIn: scratch[Counter.framesIn], framesOut: scratch[Counter.framesOut] };
       },
     };

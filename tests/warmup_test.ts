@@ -1,16 +1,25 @@
 /**
  * The warm-up at open: a plug runs its data path on synthetic frames before
  * the first real one, and none of them reaches the TAP or the network, nor
- * shows in the counters or the MAC table.
+ * shows in the counters or the MAC table; on a keyed network with a key of
+ * its own, which proves nobody to the real one.
  */
 
 import assert from "node:assert/strict";
 import { hostTest, Lan, VDENO } from "./_harness.ts";
 
-hostTest(
-  "warm-up moves synthetic frames through both plugs and the cable, none on the TAP or the wire, counters and MAC table untouched",
-  ["tcpdump"],
-  async () => {
+for (const keyed of [false, true]) {
+  hostTest(
+    `warm-up moves synthetic frames through both plugs and the cable, none on the TAP or the wire, counters and MAC table untouched${
+      keyed ? ": a keyed network seals and opens them with a key of the warm-up's own" : ""
+    }`,
+    ["tcpdump"],
+    () => warmUpTouchesNothing(keyed),
+  );
+}
+
+async function warmUpTouchesNothing(keyed: boolean): Promise<void> {
+  {
     await using lan = await Lan.create(2);
     const [a] = lan.hosts;
     // A TAP that exists before the plug, up, with nothing of the kernel's own to send on it.
@@ -25,6 +34,12 @@ hostTest(
     await onWire.waitForOutput((text) => text.includes("listening on"));
 
     const name = `warm-${Deno.pid}`;
+    let network = "vxvde://239.4.0.9";
+    if (keyed) {
+      const key = `${await a.sh(["mktemp", "-d"])}`.trim() + "/warm.key";
+      await a.sh([...VDENO, "keygen", key]);
+      network += `/key='${key}'`;
+    }
     const plug = a.vdeno([
       "plug",
       "--name",
@@ -32,7 +47,7 @@ hostTest(
       "--log-level",
       "debug",
       "tap://tap0",
-      "vxvde://239.4.0.9",
+      network,
     ]);
     const moved = /(\S+): warm-up moved (\d+) frames in and (\d+) out/g;
     const cable =
@@ -46,25 +61,37 @@ hostTest(
       [...plug.stderr.matchAll(moved)].map((m) => [m[1], [Number(m[2]), Number(m[3])]]),
     );
     assert.match(onTap.stderr, /\b0 packets captured/, `on tap0: ${onTap.stdout}`);
-    assert.match(onWire.stderr, /\b0 packets captured/, `on eth0: ${onWire.stdout}`);
+    if (keyed) {
+      // A keyed plug greets the group once when it opens, before its warm-up: nothing else.
+      const datagrams = onWire.stdout.split("\n").filter((line) => line.trim() !== "");
+      assert.ok(datagrams.length <= 1, `on eth0: ${onWire.stdout}`);
+      for (const line of datagrams) assert.match(line, /> 239\.4\.0\.9\.\d+: UDP/);
+    } else assert.match(onWire.stderr, /\b0 packets captured/, `on eth0: ${onWire.stdout}`);
     for (const entry of status.plugs) {
-      const moving = Object.entries(entry.counters).filter(([, value]) => value !== 0);
+      // ... whose echo from the group the plug drops as its own, once.
+      const moving = Object.entries(entry.counters).filter(([name, value]) =>
+        value !== 0 && !(keyed && name === "dropOwnEcho" && value === 1)
+      );
       assert.deepEqual(moving, [], `${entry.vnl} counters after the warm-up`);
     }
     const vxvde = status.plugs.find((entry: { vnl: string }) => entry.vnl.startsWith("vxvde"));
     assert.deepEqual(vxvde.learned, []);
+    // The warm-up's peer was proven to a sealer of the warm-up's own, not to the plug's.
+    if (keyed) assert.equal(vxvde.provenSenders, 0);
     // The TAP warms with an ARP, a router solicitation, pings and TCP super-frames cut into
     // segments, the vxvde plug with datagrams from a loopback peer: a hundred or more each way.
-    for (const vnl of ["tap://tap0", "vxvde://239.4.0.9"]) {
+    // On a keyed network the frames in were opened, and those out sealed, with the warm-up's key.
+    for (const vnl of ["tap://tap0", network]) {
       const [framesIn, framesOut] = warmed.get(vnl) ?? [0, 0];
       assert.ok(framesIn >= 100 && framesOut >= 100, `${vnl} warmed: ${plug.stderr}`);
     }
     // Then the cable itself ran on both plugs' warm-up descriptors: frames crossed it both ways,
-    // and the TAP's bursts, looped back by the vxvde plug, left backlogs that took turns.
+    // and, on an open network, the TAP's bursts came back as runs and left backlogs that took turns
+    // (a keyed plug drops what it sealed itself as its own echo).
     const [, wakeUps, backlogTurns, fromTap, fromVxvde] = cable.exec(plug.stderr)!.map(Number);
     assert.ok(wakeUps >= 200, `cable warm-up wake-ups: ${plug.stderr}`);
-    assert.ok(backlogTurns > 0, `cable warm-up backlog turns: ${plug.stderr}`);
+    if (!keyed) assert.ok(backlogTurns > 0, `cable warm-up backlog turns: ${plug.stderr}`);
     assert.ok(fromTap >= 200 && fromVxvde >= 200, `cable warm-up frames: ${plug.stderr}`);
     await plug.stop();
-  },
-);
+  }
+}
