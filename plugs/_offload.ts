@@ -449,7 +449,7 @@ function scanTcp(
 
   const ipMax = 65535 - (headerLength - 14);
   let payload = segment;
-  let expected = (view.getUint32(l4 + 4) + segment) % 0x100000000;
+  let expected = (view.getUint32(l4 + 4) + segment) >>> 0;
   let identification = ipv4 ? view.getUint16(l3 + 4) : 0;
   let push = 0;
   let merged = 1;
@@ -489,7 +489,7 @@ function scanTcp(
       finishChecksum(tcpSum(batch, view, nl3, nl4, next + nextLength)) !== 0
     ) break;
     payload += nextSegment;
-    expected = (expected + nextSegment) % 0x100000000;
+    expected = (expected + nextSegment) >>> 0;
     merged++;
     if (flags & TCP_PSH || nextSegment < segment) {
       push = flags & TCP_PSH;
