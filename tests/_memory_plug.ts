@@ -24,15 +24,23 @@ export class MemoryPlug implements Plug {
   /** What {@linkcode fitSegmentsTo} was last asked. */
   segmentSize?: number;
   largestWholeFrame?: number;
+  /** Whether the plug says it takes held frames (`Plug.takesHeldFrames`). */
+  readonly takesHeldFrames: boolean;
+  /** Whether the cable asked the plug to hold frames (`Plug.holdFrames`). */
+  holding = false;
   readonly #inbox: Uint8Array[] = [];
   readonly #wakeup = new Wakeup();
   #ended = false;
   #closed = false;
 
-  constructor(vnl = "memory://", options: { largestWholeFrame?: number } = {}) {
+  constructor(
+    vnl = "memory://",
+    options: { largestWholeFrame?: number; takesHeldFrames?: boolean } = {},
+  ) {
     this.vnl = vnl;
     this.fds = [this.#wakeup.fd];
     this.largestWholeFrame = options.largestWholeFrame;
+    this.takesHeldFrames = options.takesHeldFrames ?? false;
   }
 
   /** Queues frames for the plug to receive. */
@@ -88,6 +96,10 @@ export class MemoryPlug implements Plug {
 
   fitSegmentsTo(size: number): void {
     this.segmentSize = size;
+  }
+
+  holdFrames(): void {
+    this.holding = true;
   }
 
   describe(): Record<string, unknown> {

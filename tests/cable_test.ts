@@ -145,6 +145,23 @@ Deno.test("each plug is asked to cut segments to the size the other sends whole"
   assert.equal(a.segmentSize, undefined);
 });
 
+Deno.test("a plug is asked to hold frames only when the other takes them, and never with a capture", () => {
+  for (const capturing of [false, true]) {
+    using a = new MemoryPlug("memory://a");
+    using b = new MemoryPlug("memory://b", { takesHeldFrames: true });
+    const file = Deno.makeTempFileSync({ suffix: ".pcap" });
+    try {
+      const capture = capturing ? new PcapWriter(file) : undefined;
+      runOnce(a, b, capture);
+      capture?.close();
+      assert.equal(a.holding, !capturing, capturing ? "with a capture" : "without one");
+      assert.equal(b.holding, false, "a does not take held frames");
+    } finally {
+      Deno.removeSync(file);
+    }
+  }
+});
+
 Deno.test("a capture records every frame that crosses the cable, both ways", () => {
   using a = new MemoryPlug();
   using b = new MemoryPlug();
