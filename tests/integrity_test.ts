@@ -60,11 +60,17 @@ function noWrongReplies(ping: Process, what: string): void {
 
 /**
  * Runs the streams, pings and UDP between plugs opened with `vnl` in two hosts, and asserts that
- * every byte arrived as sent and that the zero-copy paths were taken.
+ * every byte arrived as sent and that the zero-copy paths were taken. With `underlayMtu`, the
+ * hosts' underlay has that MTU: segments are cut smaller, more of them than a batch holds.
  */
-async function everyByteArrives(vnl: string): Promise<void> {
+async function everyByteArrives(vnl: string, underlayMtu?: number): Promise<void> {
   await using lan = await Lan.create(2);
   const [a, b] = lan.hosts;
+  if (underlayMtu) {
+    for (const host of [a, b]) {
+      await host.sh(["ip", "link", "set", "eth0", "mtu", `${underlayMtu}`]);
+    }
+  }
   const names = [`integrity-a-${Deno.pid}`, `integrity-b-${Deno.pid}`];
   const plugs = [a, b].map((host, i) =>
     host.vdeno(["plug", "--name", names[i], "tap://tap0", vnl])
@@ -177,6 +183,12 @@ hostTest(
   "the same streams cross two vdeno plugs on vxvde:// over an IPv6 underlay with every byte right",
   ["ping"],
   () => everyByteArrives("vxvde://ff05::7:31"),
+);
+
+hostTest(
+  "the same streams cross vxvde:// on a 1000-byte underlay, a super-frame cut across batches",
+  ["ping"],
+  () => everyByteArrives("vxvde://239.7.3.3", 1000),
 );
 
 hostTest(
