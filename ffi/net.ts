@@ -672,6 +672,11 @@ export class DatagramVector {
     return (this.#headerWords[(i * MMSGHDR_SIZE) / 4 + 12] & TAKEN_WHOLE) !== 0;
   }
 
+  /** Whether datagram i was opened where it arrived by a {@linkcode RunTaker} that did not take it. */
+  opened(i: number): boolean {
+    return (this.#headerWords[(i * MMSGHDR_SIZE) / 4 + 12] & OPENED) !== 0;
+  }
+
   /** Whether datagram i was cut short because it did not fit (MSG_TRUNC). */
   truncated(i: number): boolean {
     return (this.#headerWords[(i * MMSGHDR_SIZE) / 4 + 12] & 0x20) !== 0;
@@ -776,6 +781,8 @@ export function numericAddress(bytes: Uint8Array<ArrayBuffer>): number {
 const MSG_TRUNC = 0x20;
 /** A msg_flags bit the kernel never reports: set on a slot a RunTaker filled. */
 const TAKEN_WHOLE = 0x40000000;
+/** A msg_flags bit the kernel never reports on a receive (MSG_FASTOPEN): set on a datagram a RunTaker opened. */
+const OPENED = 0x20000000;
 
 /** What takes the head of a received UDP_GRO run whole, where it arrived, instead of its datagrams one by one. */
 export interface RunTaker {
@@ -784,7 +791,8 @@ export interface RunTaker {
    * each `segment` bytes from the start of the one before and `segment` long
    * but the last (`last`), from the sender at `nameWords[nameWord]` on, for
    * slot `slot`: returns how many from the first it took (0 or 1: none). The
-   * bytes stay where they are until the next receive.
+   * bytes stay where they are until the next receive. It sets
+   * {@linkcode opened} first.
    */
   takeRun(
     at: number,
@@ -795,6 +803,12 @@ export interface RunTaker {
     nameWord: number,
     slot: number,
   ): number;
+  /**
+   * How many datagrams from the first the last {@linkcode takeRun} changed
+   * in place (opened, on a keyed network), taken or not: those it did not
+   * take are handed out marked {@linkcode DatagramVector.opened}.
+   */
+  opened: number;
 }
 /** Bytes of a control message carrying one int: CMSG_SPACE(sizeof(int)). */
 const INT_CONTROL_SPACE = 24;
@@ -825,6 +839,8 @@ class ReceivedRuns {
   readonly #next = new Int32Array(RUNS_PER_RECEIVE);
   readonly #end = new Int32Array(RUNS_PER_RECEIVE);
   readonly #cut = new Uint8Array(RUNS_PER_RECEIVE);
+  /** Per received entry: where the datagrams a taker opened end (0: none). */
+  readonly #openedEnd = new Int32Array(RUNS_PER_RECEIVE);
   #entry = 0;
   #entries = 0;
   /** Runs of more than one datagram in the last receive. */
@@ -884,6 +900,7 @@ class ReceivedRuns {
       const segment = isRun ? control[c + 4] : length;
       this.#segment[e] = segment > 0 ? segment : length;
       this.#next[e] = 0;
+      this.#openedEnd[e] = 0;
       this.#end[e] = length;
       this.#cut[e] = words[word + 12] & MSG_TRUNC ? 1 : 0;
       if (length > this.#segment[e]) this.runsOfMany++;
@@ -918,15 +935,22 @@ class ReceivedRuns {
       const segment = this.#segment[e];
       // An empty datagram is handed out as one, to be dropped and counted like any malformed one.
       const empty = runEnd === 0;
-      if (taker !== undefined && next === 0 && runEnd > segment && bytes === slots) {
+      // A run offered once and put off to the next batch is not offered again: what the taker
+      // opened then is handed out as opened.
+      if (
+        taker !== undefined && next === 0 && runEnd > segment && bytes === slots &&
+        this.#openedEnd[e] === 0
+      ) {
         // A run cut short by the buffer loses its last datagram: that one is not offered.
         const whole = this.#cut[e] === 1
           ? Math.floor(runEnd / segment)
           : Math.ceil(runEnd / segment);
         const last = this.#cut[e] === 1 ? segment : runEnd - (whole - 1) * segment;
+        taker.opened = 0;
         const taken = whole > 1
           ? taker.takeRun(base, segment, whole, last, this.#nameWords, (e * SOCKADDR_SIZE) / 4, i)
           : 0;
+        this.#openedEnd[e] = taker.opened * segment;
         if (taken > 1) {
           this.tookWhole = true;
           const word = (i * MMSGHDR_SIZE) / 4;
@@ -950,7 +974,7 @@ class ReceivedRuns {
         const word = (i * MMSGHDR_SIZE) / 4;
         // A run cut short by the buffer loses its last datagram: say so, as for one datagram.
         const cut = kept < length || (this.#cut[e] === 1 && next + length >= runEnd);
-        words[word + 12] = cut ? MSG_TRUNC : 0; // msg_flags
+        words[word + 12] = (cut ? MSG_TRUNC : 0) | (next < this.#openedEnd[e] ? OPENED : 0); // msg_flags
         words[word + 14] = kept; // msg_len
         const slot = payloadOffset + i * slotSize;
         if (bytes === slots) slots.copyWithin(slot, base + next, base + next + kept);

@@ -316,6 +316,23 @@ interface SlotParts {
   opening: GcmSlots;
 }
 
+/**
+ * Pointers to the parts of the datagrams of a received run, `stride` bytes
+ * apart from `at` of `bytes`, and OpenSSL's view of them: made once per run
+ * buffer and datagram size.
+ */
+interface RunParts {
+  bytes: Uint8Array;
+  stride: number;
+  count: number;
+  aad: Deno.PointerObject[];
+  frame: Deno.PointerObject[];
+  opening: GcmSlots;
+}
+
+/** Datagrams a run's parts are made for at least: as many as a UDP_GRO run holds. */
+const RUN_DATAGRAMS = 64;
+
 /** Where a received datagram came from and on which socket: for {@linkcode Sealer.open}. */
 export interface DatagramSource {
   /** Sockaddr bytes holding the sender's address at `offset`. */
@@ -369,6 +386,8 @@ export class Sealer {
       gcmSlots(batch.bytes, SLOT_SIZE, batch.capacity, start + SENDER_AT, start + TAG_AT, encrypt);
     return { aad, frame, sealing: slots(true), opening: slots(false) };
   });
+  /** Per run buffer (its offset in the batch bytes): the parts of its datagrams. */
+  readonly #runParts = new Map<number, RunParts>();
   #sequenceHigh: number;
   #sequenceLow = 0;
   /** Tags of our unicast address on each local IP, refreshed when a tag is not found. */
@@ -603,6 +622,79 @@ export class Sealer {
     // A goodbye: the sender must prove itself again, after all it sent so far.
     if (length === 0) peer.proven = false;
     return Verdict.ok;
+  }
+
+  /**
+   * Opens datagram k of a received run in place, where it arrived: the
+   * datagrams are `stride` bytes apart from `at` of `bytes`, this one's
+   * payload `length` bytes, all from `source`. Only a frame (not a goodbye)
+   * from a proven sender at its address, fresh, for us, is opened here:
+   * returns {@linkcode Verdict.ok} when it was authentic (its sequence number
+   * is then seen), {@linkcode Verdict.forged} when it was not (its payload is
+   * garbage then, and opening it again fails), and -1, with nothing done,
+   * for anything else, which {@linkcode open} is to take on its own.
+   */
+  openInRun(
+    bytes: Uint8Array<ArrayBuffer>,
+    at: number,
+    stride: number,
+    k: number,
+    length: number,
+    now: number,
+    source: DatagramSource,
+  ): number {
+    if (now >= this.#announceAt) this.#tick(now);
+    const start = at + k * stride;
+    const word = readUint32(bytes, start + KIND_AT);
+    if (word >>> 24 !== Kind.frame || length === 0) return -1;
+    const id = word & 0xffffff;
+    const key = id === this.#current.id
+      ? this.#current
+      : id === this.#next?.id
+      ? this.#next
+      : id === this.#previous?.id
+      ? this.#previous
+      : undefined;
+    if (key === undefined) return -1;
+    const sender = readUint32(bytes, start + SENDER_AT);
+    if (sender === this.senderId) return -1;
+    const peer = sender === this.#lastSenderId ? this.#lastSender : this.#senders.get(sender);
+    if (peer !== undefined) {
+      this.#lastSender = peer;
+      this.#lastSenderId = sender;
+    }
+    const to = readUint32(bytes, start + TO_AT);
+    if (to !== this.groupTag && (source.fromGroup || !this.#isLocal(to, now))) return -1;
+    if (
+      peer === undefined || !peer.proven || !sameAddress(peer.address, source.names, source.offset)
+    ) return -1;
+    const high = readUint32(bytes, start + SEQUENCE_AT);
+    const low = readUint32(bytes, start + SEQUENCE_AT + 4);
+    if (!peer.window.fresh(high, low)) return -1;
+    const parts = this.#runPartsOf(bytes, at, stride, k + 1);
+    if (!key.opening.open(parts.opening.arm[k], parts.aad[k], AAD_SIZE, parts.frame[k], length)) {
+      return Verdict.forged;
+    }
+    key.lastOpened = now;
+    peer.window.accept(high, low, now);
+    if (key === this.#next) this.#sawNext(peer, now);
+    return Verdict.ok;
+  }
+
+  #runPartsOf(bytes: Uint8Array<ArrayBuffer>, at: number, stride: number, count: number): RunParts {
+    const made = this.#runParts.get(at);
+    if (
+      made !== undefined && made.bytes === bytes && made.stride === stride && made.count >= count
+    ) {
+      return made;
+    }
+    const fits = Math.floor((bytes.length - at - SEALED_PREFIX) / stride) + 1;
+    const wanted = Math.min(Math.max(count, RUN_DATAGRAMS), fits);
+    const [aad, frame] = slotPointers(bytes, stride, wanted, [at, at + SEALED_PREFIX]);
+    const opening = gcmSlots(bytes, stride, wanted, at + SENDER_AT, at + TAG_AT, false);
+    const parts = { bytes, stride, count: wanted, aad, frame, opening };
+    this.#runParts.set(at, parts);
+    return parts;
   }
 
   #isLocal(tag: number, now: number): boolean {

@@ -241,6 +241,8 @@ export class VxvdePlug implements Plug {
   #runTaker?: RunTaker;
   #takingFor?: FrameBatch;
   #takingView = new DataView(new ArrayBuffer(0));
+  /** The names of the runs offered to {@linkcode #takeRun}, as bytes. */
+  #runNames: Uint8Array = new Uint8Array(0);
   /** With `peers=`: the members reached by unicast, and their hellos. */
   readonly #mesh?: PeerMesh;
   readonly #helloHigh: number;
@@ -349,13 +351,14 @@ export class VxvdePlug implements Plug {
   /**
    * Hands runs of one TCP stream's segments received with UDP_GRO to the other plug as held
    * frames: one slot each, the merged headers in it and the payloads where they arrived, with no
-   * copy (core/frames.ts). Not on a keyed network, whose datagrams are opened one by one.
+   * copy (core/frames.ts). On a keyed network the datagrams are opened where they arrived first.
    */
   holdFrames(): void {
-    if (this.#sealer || !this.#receiveRuns) return;
+    if (!this.#receiveRuns) return;
     this.#runTaker = {
       takeRun: (at, segment, count, last, nameWords, nameWord, slot) =>
         this.#takeRun(at, segment, count, last, nameWords, nameWord, slot),
+      opened: 0,
     };
   }
 
@@ -386,6 +389,7 @@ export class VxvdePlug implements Plug {
         view.getUint32(header + 4, true) !== this.#headerLow
       ) whole = k;
     }
+    if (this.#sealer) whole = this.#openRun(at, segment, whole, count, last, nameWords, nameWord);
     if (whole < 2) return 0;
     const lastLength = whole === count ? last - prefix : length;
     const taken = coalesceRun(batch, view, at + prefix, segment, whole, length, lastLength, slot);
@@ -401,6 +405,44 @@ export class VxvdePlug implements Plug {
     counters[Counter.framesIn] += taken;
     counters[Counter.bytesIn] += (taken - 1) * length + (taken === whole ? lastLength : length);
     return taken;
+  }
+
+  /**
+   * Opens the first `whole` of a run's `count` datagrams where they arrived, as long as they are
+   * frames of proven senders, authentic and fresh (see {@linkcode Sealer.openInRun}); returns how
+   * many from the first were opened, and tells the run taker, so that those not merged into a
+   * held frame are handed out as opened. The first that is not is opened, or not, with the
+   * others, datagram by datagram.
+   */
+  #openRun(
+    at: number,
+    segment: number,
+    whole: number,
+    count: number,
+    last: number,
+    nameWords: Uint32Array,
+    nameWord: number,
+  ): number {
+    const sealer = this.#sealer!;
+    const batch = this.#takingFor!;
+    const source = this.#source;
+    if (this.#runNames.buffer !== nameWords.buffer) {
+      this.#runNames = new Uint8Array(nameWords.buffer);
+    }
+    source.names = this.#runNames;
+    source.offset = nameWord * 4;
+    source.fromGroup = false;
+    const now = this.#seconds(batch, false);
+    const prefix = this.#prefix;
+    let opened = 0;
+    for (; opened < whole; opened++) {
+      const length = (opened === count - 1 ? last : segment) - prefix;
+      if (sealer.openInRun(batch.bytes, at, segment, opened, length, now, source) !== Verdict.ok) {
+        break;
+      }
+    }
+    this.#runTaker!.opened = opened;
+    return opened;
   }
 
   /** True while datagrams of a run received on the unicast socket wait for the next batch. */
@@ -488,7 +530,7 @@ export class VxvdePlug implements Plug {
         continue;
       }
       // Too long to open: left to the dropTooLong check below.
-      if (sealer && frameLength <= MAX_FRAME && !vector.truncated(i)) {
+      if (sealer && frameLength <= MAX_FRAME && !vector.truncated(i) && !vector.opened(i)) {
         if (frameLength < 0) {
           counters[Counter.dropMalformed]++;
           continue;

@@ -1038,3 +1038,89 @@ hostTest(
     }
   },
 );
+
+Deno.test("sealer: datagrams of a received run open where they arrived, frames of proven members only", () => {
+  const alice = new Member(41010), bob = new Member(41011);
+  for (const member of [alice, bob]) member.sealer.greet(Date.now() / 1000);
+  exchange([alice, bob]);
+  const frame = new Uint8Array(200).map((_, i) => (i * 7) & 0xff);
+  const seen = sealFrame(alice.sealer, frame, bob.address);
+  assert.equal(openDatagram(bob, seen, alice.address, false).verdict, Verdict.ok);
+  const tampered = sealFrame(alice.sealer, frame, bob.address);
+  tampered[SEALED_PREFIX + 50] ^= 0x10;
+  const toCarol = sealFrame(alice.sealer, frame, SocketAddress.parse("127.0.0.1", 41012)!);
+  const datagrams = [
+    sealFrame(alice.sealer, frame, bob.address),
+    seen, // a replay
+    sealFrame(alice.sealer, frame, bob.address),
+    tampered,
+    toCarol, // misdirected
+    sealFrame(alice.sealer, new Uint8Array(0), bob.address), // a goodbye: left to open()
+    sealFrame(alice.sealer, frame.subarray(0, 60), bob.address), // a shorter last one
+  ];
+  // The run where it arrived: one batch's bytes, from an odd offset, 300 bytes apart.
+  const batch = new FrameBatch(4);
+  const at = 1001, stride = 300;
+  datagrams.forEach((datagram, k) => batch.bytes.set(datagram, at + k * stride));
+  const before = batch.bytes.slice();
+  const names = new Uint8Array(SOCKADDR_SIZE);
+  names.set(alice.address.bytes.subarray(0, SOCKADDR_SIZE));
+  const source = { names, offset: 0, fromGroup: false };
+  const now = Date.now() / 1000;
+  const openAt = (k: number, sealer = bob.sealer, from = source) =>
+    sealer.openInRun(batch.bytes, at, stride, k, datagrams[k].length - SEALED_PREFIX, now, from);
+  const frameAt = (k: number) =>
+    batch.bytes.slice(at + k * stride + SEALED_PREFIX, at + k * stride + datagrams[k].length);
+  const untouched = (k: number) =>
+    assert.deepEqual(
+      batch.bytes.subarray(at + k * stride, at + (k + 1) * stride),
+      before.subarray(at + k * stride, at + (k + 1) * stride),
+      `datagram ${k} is left as it arrived`,
+    );
+
+  // From an address alice is not proven at, or by a sealer that never heard of her: nothing done.
+  const elsewhere = new Uint8Array(SOCKADDR_SIZE);
+  elsewhere.set(SocketAddress.parse("127.0.0.9", 41010)!.bytes.subarray(0, SOCKADDR_SIZE));
+  assert.equal(openAt(0, bob.sealer, { names: elsewhere, offset: 0, fromGroup: false }), -1);
+  const stranger = new Member(41013);
+  assert.equal(openAt(0, stranger.sealer), -1);
+  assert.equal(stranger.sealer.hasOutgoing, false, "no hello for a run left to open()");
+  assert.equal(
+    openAt(0, bob.sealer, { names, offset: 0, fromGroup: true }),
+    -1,
+    "not for the group",
+  );
+  untouched(0);
+
+  assert.equal(openAt(0), Verdict.ok);
+  assert.deepEqual(frameAt(0), frame);
+  assert.equal(openAt(0), -1, "opened once only");
+  assert.equal(openAt(1), -1, "a replay");
+  untouched(1);
+  assert.equal(openAt(2), Verdict.ok);
+  assert.deepEqual(frameAt(2), frame);
+  assert.equal(openAt(3), Verdict.forged);
+  assert.equal(openAt(4), -1, "misdirected");
+  untouched(4);
+  assert.equal(openAt(5), -1, "a goodbye");
+  untouched(5);
+  assert.equal(openAt(6), Verdict.ok);
+  assert.deepEqual(frameAt(6), frame.subarray(0, 60));
+
+  // What was left goes to open() as before; what was opened in the run is seen there too.
+  const opened = (k: number) =>
+    openDatagram(
+      bob,
+      batch.bytes.slice(at + k * stride, at + k * stride + datagrams[k].length),
+      alice.address,
+      false,
+    )
+      .verdict;
+  assert.equal(opened(0), Verdict.replayed);
+  assert.equal(opened(1), Verdict.replayed);
+  assert.equal(opened(3), Verdict.forged, "a forged datagram opened in the run stays forged");
+  assert.equal(opened(4), Verdict.misdirected);
+  assert.equal(opened(5), Verdict.ok, "the goodbye");
+  assert.equal(bob.sealer.hasOutgoing, false);
+  for (const member of [alice, bob, stranger]) member.sealer.close();
+});
