@@ -73,9 +73,24 @@ export function pingFrame(view: DataView, at: number, to: number[], from: number
 }
 
 /**
+ * TCP sequence numbers for the warm-up's segments, taken in turn: a real
+ * connection starts at a random one, so V8 must have seen numbers above 2^31
+ * and a sequence that wraps past 2^32 within a super-frame before traffic.
+ * Code compiled on small ones only is deoptimized by the first large one
+ * ("overflow", "lost precision") and allocates until compiled again.
+ */
+const WARM_SEQUENCES = [1000, 0x7fffe000, 0xffffc000, 0xc0000000];
+
+/** The `n`th of the warm-up's TCP sequence numbers (they repeat). */
+export function warmSequence(n: number): number {
+  return WARM_SEQUENCES[n % WARM_SEQUENCES.length];
+}
+
+/**
  * Writes a TCP segment of `payload` bytes from 192.0.2.1 to 192.0.2.2 with
  * ACK set and its checksum left to whoever completes it (as the kernel hands
- * a TAP a super-frame); returns its length.
+ * a TAP a super-frame); returns its length. Its acknowledgment number is its
+ * sequence number's other half of the space.
  */
 export function tcpFrame(
   view: DataView,
@@ -83,13 +98,14 @@ export function tcpFrame(
   to: number[],
   from: number[],
   payload: number,
+  sequence = 1000,
 ): number {
   ethernet(view, at, to, from, 0x0800);
   ipv4(view, at + 14, 40 + payload, 6, 1);
   const l4 = at + 34;
   view.setUint32(l4, (40000 << 16) | 5201);
-  view.setUint32(l4 + 4, 1000);
-  view.setUint32(l4 + 8, 1);
+  view.setUint32(l4 + 4, sequence);
+  view.setUint32(l4 + 8, (sequence + 0x80000000) >>> 0);
   view.setUint16(l4 + 12, 0x5010); // header length 20, ACK
   view.setUint16(l4 + 14, 502);
   view.setUint32(l4 + 16, 0);
@@ -130,6 +146,9 @@ export function routerSolicitation(view: DataView, at: number, from: number[]): 
  * comes back in: the cable's warm-up gets a backlog both ways.
  */
 export const WARM_LOOP_MAC = [0x02, 0x00, 0x5e, 0x77, 0x61, 0x04];
+
+/** Pure ACKs a TAP's cable warm-up sends to {@linkcode WARM_LOOP_MAC} in a row, to come back as a run. */
+export const WARM_ACK_RUN = 12;
 
 /** Segments of each of the two super-frames a TAP's warm-up sends to {@linkcode WARM_LOOP_MAC}. */
 export const WARM_BURST_SEGMENTS = 40;

@@ -27,12 +27,14 @@ import {
   pingFrame,
   routerSolicitation,
   tcpFrame,
+  WARM_ACK_RUN,
   WARM_BURST_SEGMENTS,
   WARM_LOCAL_MAC,
   WARM_LOOP_MAC,
   WARM_PEER_MACS,
   WARM_SEGMENT,
   WARM_UP_ROUNDS,
+  warmSequence,
 } from "./_warmup.ts";
 import {
   coalesceTcp,
@@ -428,8 +430,11 @@ export class TapPlug implements Plug {
     const drain = new Uint8Array(SUPER_FRAME_SIZE + 1024);
     const drainPointer = Deno.UnsafePointer.of(drain);
     const header = new VnetHeader();
+    let superFrames = 0;
     const superFrame = (to: number[], segments: number) => {
-      const length = tcpFrame(inputView, headerBytes, to, WARM_LOCAL_MAC, segments * WARM_SEGMENT);
+      const payload = segments * WARM_SEGMENT;
+      const sequence = warmSequence(superFrames++);
+      const length = tcpFrame(inputView, headerBytes, to, WARM_LOCAL_MAC, payload, sequence);
       header.flags = NEEDS_CSUM;
       header.gsoType = GSO_TCPV4;
       header.headerLength = 54;
@@ -438,6 +443,21 @@ export class TapPlug implements Plug {
       header.csumOffset = 16;
       header.encode(inputView, 0);
       writeFrom(pair[1], inputPointer, BigInt(headerBytes + length));
+    };
+    /** `count` TCP segments with their checksum left to the TAP's plug, as the kernel hands them. */
+    const plainTcp = (to: number[], payload: number, count: number, round: number) => {
+      header.flags = NEEDS_CSUM;
+      header.gsoType = GSO_NONE;
+      header.gsoSize = 0;
+      header.headerLength = 0;
+      header.csumStart = 34;
+      header.csumOffset = 16;
+      header.encode(inputView, 0);
+      const sequence = warmSequence(round >> 3);
+      const length = tcpFrame(inputView, headerBytes, to, WARM_LOCAL_MAC, payload, sequence);
+      for (let k = 0; k < count; k++) {
+        writeFrom(pair[1], inputPointer, BigInt(headerBytes + length));
+      }
     };
     return {
       fds: [pair[0]],
@@ -455,6 +475,12 @@ export class TapPlug implements Plug {
         if (this.#segmenter && bursts && round % 8 === 3) {
           superFrame(WARM_LOOP_MAC, WARM_BURST_SEGMENTS);
           superFrame(WARM_LOOP_MAC, WARM_BURST_SEGMENTS);
+        }
+        // A full-size segment the kernel did not offload, which the TAP's plug completes and cuts.
+        if (this.#segmenter && round % 8 === 5) plainTcp(peer, WARM_SEGMENT, 1, round);
+        // A sender's plug gets its receiver's pure ACKs back as runs: those take other branches.
+        if (this.#segmenter && bursts && round % 8 === 7) {
+          plainTcp(WARM_LOOP_MAC, 0, WARM_ACK_RUN, round);
         }
         // The batch's clock moves on a tick, which the TAP's traffic judgement follows.
         if (round % 8 === 0) batch.timeMs += 1000;

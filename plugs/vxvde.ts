@@ -94,6 +94,7 @@ import {
   WARM_LOOP_MAC,
   WARM_PEER_MACS,
   WARM_UP_ROUNDS,
+  warmSequence,
 } from "./_warmup.ts";
 
 export { HEADER_SIZE, vxvdeHeader };
@@ -728,8 +729,8 @@ export class VxvdePlug implements Plug {
           round % 2 === 0
             ? arpFrame(framesView, batch.offset(1), WARM_LOCAL_MAC)
             : routerSolicitation(framesView, batch.offset(1), WARM_LOCAL_MAC),
-          tcpFrame(framesView, batch.offset(2), peer, WARM_LOCAL_MAC, full),
-          tcpFrame(framesView, batch.offset(3), peer, WARM_LOCAL_MAC, full),
+          tcpFrame(framesView, batch.offset(2), peer, WARM_LOCAL_MAC, full, warmSequence(round)),
+          tcpFrame(framesView, batch.offset(3), peer, WARM_LOCAL_MAC, full, warmSequence(round)),
           tcpFrame(framesView, batch.offset(4), peer, WARM_LOCAL_MAC, full - 100),
           0, // a slot the other plug dropped
         ];

@@ -37,7 +37,7 @@ hostTest(
     const stream = (bytes: string) =>
       a.run(["iperf3", "-c", "10.0.0.2", "-n", bytes, "-J"], { timeoutMs: 120_000 });
     // A first stream has V8 compile what the warm-up did not reach; that allocates.
-    await stream("100M");
+    await stream("300M");
     const before = plugs.map((plug) => scavenges(plug.stdout));
     const client = await stream("1000M");
     const after = plugs.map((plug) => scavenges(plug.stdout));
