@@ -14,6 +14,7 @@
 
 import assert from "node:assert/strict";
 import { type Host, hostTest, Lan, type Process, VDENO } from "./_harness.ts";
+import { newKeyText } from "../plugs/seal.ts";
 
 const PEER = new URL("./fixtures/integrity_peer.ts", import.meta.url).pathname;
 const PORT = 5301;
@@ -169,6 +170,11 @@ async function everyByteArrives(vnl: string, underlayMtu?: number): Promise<void
     );
     const runs = overlayNow.superFramesIn - overlayWas.superFramesIn;
     if (vnl.startsWith("vxvde")) assert.ok(runs > 0, `${side}'s plug received no run`);
+    // A keyed plug opens runs where they arrived: a datagram opened twice would count here.
+    for (const name of ["dropAuthFailed", "dropReplay"]) {
+      const more = overlayNow[name] - overlayWas[name];
+      assert.equal(more, 0, `${side}'s plug counted ${more} ${name}`);
+    }
   }
   for (const plug of plugs) await plug.stop();
   console.log(
@@ -197,6 +203,20 @@ hostTest(
   "the same streams cross vxvde:// on a 1000-byte underlay, a super-frame cut across batches",
   ["ping"],
   () => everyByteArrives("vxvde://239.7.3.3", 1000),
+);
+
+hostTest(
+  "the same streams cross a keyed vxvde:// network, its runs opened where they arrived, every byte right",
+  ["ping"],
+  async () => {
+    const keyFile = await Deno.makeTempFile({ prefix: "vdeno-integrity-key-" });
+    try {
+      await Deno.writeTextFile(keyFile, newKeyText(), { mode: 0o600 });
+      await everyByteArrives(`vxvde://239.7.3.4/key='${keyFile}'`);
+    } finally {
+      await Deno.remove(keyFile);
+    }
+  },
 );
 
 hostTest(
