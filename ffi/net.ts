@@ -697,14 +697,27 @@ export class DatagramVector {
   aimDatagram(j: number, slot: number, length: number, head = 0, restAt = 0): void {
     const at = j === 0 ? this.capacity : this.#iovecEnd[j - 1];
     const words = this.#iovecWords;
-    const start = this.#payloadAddress + slot * this.#slotSize;
     this.#iovecStart[j] = at;
+    // The iovecs are written here, not by setIovec: an address is a number beyond a small
+    // integer, which V8 boxes, an allocation per datagram, when it passes one to a call it did
+    // not inline (it may not, deep in a plug's send).
+    const start = this.#payloadAddress + slot * this.#slotSize;
+    const startHigh = Math.floor(start / 0x100000000);
+    const word = at * 4;
+    words[word] = start - startHigh * 0x100000000;
+    words[word + 1] = startHigh;
+    words[word + 3] = 0;
     if (head === 0) {
-      setIovec(words, at, start, length);
+      words[word + 2] = length;
       this.#iovecEnd[j] = at + 1;
     } else {
-      setIovec(words, at, start, head);
-      setIovec(words, at + 1, this.#slotsAddress + restAt, length - head);
+      words[word + 2] = head;
+      const rest = this.#slotsAddress + restAt;
+      const restHigh = Math.floor(rest / 0x100000000);
+      words[word + 4] = rest - restHigh * 0x100000000;
+      words[word + 5] = restHigh;
+      words[word + 6] = length - head;
+      words[word + 7] = 0;
       this.#iovecEnd[j] = at + 2;
     }
   }

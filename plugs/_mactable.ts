@@ -159,7 +159,14 @@ export class MacTable {
     else this.#debugSuppressed++;
   }
 
-  #slot(high: number, low: number): number {
+  /**
+   * The slot of the MAC at `offset` of `bytes`. It reads the MAC itself: its
+   * last four bytes, passed as a number, could be boxed (see setClock).
+   */
+  #slot(bytes: Uint8Array, offset: number): number {
+    const high = (bytes[offset] << 8) | bytes[offset + 1];
+    const low = (bytes[offset + 2] << 24) | (bytes[offset + 3] << 16) |
+      (bytes[offset + 4] << 8) | bytes[offset + 5];
     let h = Math.imul(low ^ this.#seed, 0x85ebca6b) ^ Math.imul(high, 0xc2b2ae35);
     h ^= h >>> 15;
     h = Math.imul(h, 0x27d4eb2f);
@@ -167,16 +174,31 @@ export class MacTable {
     return h & this.#mask;
   }
 
+  /** The time {@linkcode lookup} and {@linkcode learn} use: see {@linkcode setClock}. */
+  #now = Date.now() / 1000;
+
+  /**
+   * Sets the time, in seconds, that {@linkcode lookup} and {@linkcode learn}
+   * use until the next call, once per batch; returns the table. A time passed
+   * to them per frame would be a number V8 boxes, an allocation per frame,
+   * whenever it does not inline them.
+   */
+  setClock(now: number): this {
+    this.#now = now;
+    return this;
+  }
+
   /**
    * The slot of the live entry for the MAC at `offset` of `bytes`, or -1 when
    * it is a group address, unknown or expired.
    */
-  lookup(bytes: Uint8Array, offset: number, now: number): number {
+  lookup(bytes: Uint8Array, offset: number): number {
+    const now = this.#now;
     if (isGroupAddress(bytes, offset)) return -1;
     const high = (bytes[offset] << 8) | bytes[offset + 1];
     const low = ((bytes[offset + 2] << 24) | (bytes[offset + 3] << 16) |
       (bytes[offset + 4] << 8) | bytes[offset + 5]) >>> 0;
-    const slot = this.#slot(high, low);
+    const slot = this.#slot(bytes, offset);
     const seen = this.#lastSeen[slot];
     if (seen === 0 || this.#macs[slot] !== high * 4294967296 + low) return -1;
     if (seen < now - this.expireSeconds) {
@@ -198,13 +220,14 @@ export class MacTable {
    * Records that the MAC at `offset` of `bytes` was seen from the sender
    * address at `nameOffset` of `names` (a SOCKADDR_SIZE-aligned buffer).
    */
-  learn(bytes: Uint8Array, offset: number, names: Uint32Array, nameWord: number, now: number) {
+  learn(bytes: Uint8Array, offset: number, names: Uint32Array, nameWord: number): void {
+    const now = this.#now;
     if (isGroupAddress(bytes, offset)) return;
     const high = (bytes[offset] << 8) | bytes[offset + 1];
     const low = ((bytes[offset + 2] << 24) | (bytes[offset + 3] << 16) |
       (bytes[offset + 4] << 8) | bytes[offset + 5]) >>> 0;
     const mac = high * 4294967296 + low;
-    const slot = this.#slot(high, low);
+    const slot = this.#slot(bytes, offset);
     const seen = this.#lastSeen[slot];
     const words = this.#addressWords;
     const base = slot * WORDS_PER_ADDRESS;

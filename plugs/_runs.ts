@@ -26,13 +26,28 @@ export class MessagePlanner {
   /** The run of datagrams to one address that is being gathered into one message. */
   #runFirst = 0;
   #runCount = 0;
-  #runName = 0;
+  /** Where the run's destination is in the peers' table (a byte offset, so a small integer). */
+  #runPeer = 0;
   #runSegment = 0;
   #runBytes = 0;
+
+  /** The address of the group's socket address, and of the table of the peers' ones. */
+  #group = 0;
+  #peers = 0;
 
   /** `nameLength`: the length of every destination address (16 for IPv4, 28 for IPv6). */
   constructor(nameLength: number) {
     this.#nameLength = nameLength;
+  }
+
+  /**
+   * Where the socket addresses are: the group's, and the table of the peers' (numeric addresses,
+   * as from `numericAddress`). They are kept here, not passed per datagram: a number beyond a
+   * small integer passed to a call V8 did not inline is boxed, an allocation per frame.
+   */
+  setAddresses(group: number, peers: number): void {
+    this.#group = group;
+    this.#peers = peers;
   }
 
   /** Starts a plan in `vector`; frames up to `segmentable` bytes may share a message (0: none). */
@@ -46,40 +61,47 @@ export class MessagePlanner {
   }
 
   /**
-   * Sends `datagram` bytes of slot `slot` to the address at `name` as a message of its own;
+   * Sends `datagram` bytes of slot `slot` to the group as a message of its own;
    * returns the index of its datagram in the vector (copies to other addresses may reuse it).
    * A split frame's datagram has `head` bytes in the slot and the rest at `restAt` (see
    * {@linkcode DatagramVector.aimDatagram}); `head` is 0 for a whole one.
    */
-  single(slot: number, datagram: number, name: number, head: number, restAt: number): number {
+  single(slot: number, datagram: number, head: number, restAt: number): number {
     this.#endRun();
     const vector = this.#vector!;
     vector.aimDatagram(this.#datagrams, slot, datagram, head, restAt);
-    vector.prepareMessage(this.#prepared, this.#datagrams, 1, datagram, name, this.#nameLength);
+    vector.prepareMessage(
+      this.#prepared,
+      this.#datagrams,
+      1,
+      datagram,
+      this.#group,
+      this.#nameLength,
+    );
     this.#prepared++;
     return this.#datagrams++;
   }
 
   /**
    * Sends `datagram` bytes of slot `slot`, which carry a frame of `frameLength`
-   * bytes, to the peer whose address is at `name`, in the run of datagrams to
+   * bytes, to the peer whose address is `peer` bytes into the peers' table, in the run of datagrams to
    * that peer when it can join it; `head` and `restAt` as for {@linkcode single}.
    */
   toPeer(
     slot: number,
     datagram: number,
-    name: number,
+    peer: number,
     frameLength: number,
     head: number,
     restAt: number,
   ): void {
-    const joins = this.#runCount > 0 && name === this.#runName &&
+    const joins = this.#runCount > 0 && peer === this.#runPeer &&
       datagram <= this.#runSegment && this.#runCount < MAX_SEGMENTS &&
       this.#runBytes + datagram <= MAX_SEGMENTED_BYTES && frameLength <= this.#segmentable;
     if (!joins) {
       this.#endRun();
       this.#runFirst = this.#datagrams;
-      this.#runName = name;
+      this.#runPeer = peer;
       this.#runSegment = datagram;
     }
     this.#vector!.aimDatagram(this.#datagrams++, slot, datagram, head, restAt);
@@ -102,7 +124,7 @@ export class MessagePlanner {
       this.#runFirst,
       count,
       this.#runSegment,
-      this.#runName,
+      this.#peers + this.#runPeer,
       this.#nameLength,
     );
     this.#runCount = 0;

@@ -199,6 +199,7 @@ export class VxlanPlug implements Plug {
     this.#planner = new MessagePlanner(config.group.length);
     this.table = new MacTable(config.hashSize, config.expireSeconds, this.counters, vnl);
     this.#tableAddress = numericAddress(this.table.addresses);
+    this.#planner.setAddresses(this.#groupAddress, this.#tableAddress);
   }
 
   receive(batch: FrameBatch, readyMask: number): boolean {
@@ -221,6 +222,7 @@ export class VxlanPlug implements Plug {
     const names = vector.names;
     const counters = this.counters;
     const now = batch.timeMs / 1000;
+    this.table.setClock(now);
     for (let i = first; i < first + received; i++) {
       const datagramLength = vector.length(i);
       const headerWord = (i * SLOT_SIZE + HEADROOM - HEADER_SIZE) >>> 2;
@@ -263,7 +265,6 @@ export class VxlanPlug implements Plug {
         i * SLOT_SIZE + HEADROOM + 6,
         vector.nameWords,
         nameOffset >>> 2,
-        now,
       );
       batch.lengths[i] = frameLength;
       counters[Counter.framesIn]++;
@@ -279,6 +280,7 @@ export class VxlanPlug implements Plug {
     const words = batch.words;
     const counters = this.counters;
     const now = (batch.timeMs + CLOCK_LAG_MS) / 1000;
+    this.table.setClock(now);
     const planner = this.#planner;
     const split = batch.splitFrames;
     planner.start(vector, vector.segmentationRefused ? 0 : this.largestWholeFrame ?? 0);
@@ -293,20 +295,20 @@ export class VxlanPlug implements Plug {
       const headerWord = (frameOffset - HEADER_SIZE) >>> 2;
       words[headerWord] = this.#headerHigh;
       words[headerWord + 1] = this.#headerLow;
-      const slot = this.table.lookup(bytes, frameOffset, now);
+      const slot = this.table.lookup(bytes, frameOffset);
       // A split frame's datagram: the encapsulation and the frame's head, then its rest.
       const head = split === 0 || batch.heads[i] === 0 ? 0 : batch.heads[i] + HEADER_SIZE;
       const restAt = head === 0 ? 0 : batch.rests[i];
       const datagram = length + HEADER_SIZE;
       if (slot < 0) {
-        const flood = planner.single(i, datagram, this.#groupAddress, head, restAt);
+        const flood = planner.single(i, datagram, head, restAt);
         this.#mesh?.noteFlood(flood, datagram);
         counters[Counter.sentMulticast]++;
       } else {
         planner.toPeer(
           i,
           datagram,
-          this.#tableAddress + slot * SOCKADDR_SIZE,
+          slot * SOCKADDR_SIZE,
           length,
           head,
           restAt,

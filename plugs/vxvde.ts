@@ -347,6 +347,7 @@ export class VxvdePlug implements Plug {
     this.#groupAddress = numericAddress(config.group.bytes);
     this.table = new MacTable(config.hashSize, config.expireSeconds, this.counters, vnl);
     this.#tableAddress = numericAddress(this.table.addresses);
+    this.#planner.setAddresses(this.#groupAddress, this.#tableAddress);
   }
 
   /**
@@ -395,13 +396,7 @@ export class VxvdePlug implements Plug {
     const lastLength = whole === count ? last - prefix : length;
     const taken = coalesceRun(batch, view, at + prefix, segment, whole, length, lastLength, slot);
     if (taken < 2) return 0;
-    this.table.learn(
-      batch.bytes,
-      at + prefix + 6,
-      nameWords,
-      nameWord,
-      this.#seconds(batch, false),
-    );
+    this.table.learn(batch.bytes, at + prefix + 6, nameWords, nameWord);
     const counters = this.counters;
     counters[Counter.framesIn] += taken;
     counters[Counter.bytesIn] += (taken - 1) * length + (taken === whole ? lastLength : length);
@@ -478,6 +473,8 @@ export class VxvdePlug implements Plug {
     if (first >= batch.capacity) return;
     const vector = this.#lastVector = this.#vectors.of(batch);
     const runsBefore = vector.runsReceived;
+    const now = this.#seconds(batch, false);
+    this.table.setClock(now); // runs taken whole learn within the receive
     const maxLength = this.#prefix + MAX_FRAME + 64;
     let received: number;
     if (this.#receiveRuns && !fromGroup) {
@@ -500,7 +497,6 @@ export class VxvdePlug implements Plug {
     const counters = this.counters;
     const prefix = this.#prefix;
     const sealer = this.#sealer;
-    const now = this.#seconds(batch, false);
     for (let i = first; i < first + received; i++) {
       if (vector.takenWhole(i)) continue; // a held frame, checked and counted by #takeRun
       const datagramLength = vector.length(i);
@@ -575,7 +571,7 @@ export class VxvdePlug implements Plug {
         }
       }
       const frameOffset = i * SLOT_SIZE + HEADROOM;
-      this.table.learn(bytes, frameOffset + 6, nameWords, nameWord, now);
+      this.table.learn(bytes, frameOffset + 6, nameWords, nameWord);
       batch.lengths[i] = frameLength;
       counters[Counter.framesIn]++;
       counters[Counter.bytesIn] += frameLength;
@@ -646,6 +642,7 @@ export class VxvdePlug implements Plug {
     const bytes = batch.bytes;
     const counters = this.counters;
     const now = this.#seconds(batch, true);
+    this.table.setClock(now);
     const words = batch.words;
     const prefix = this.#prefix;
     const sealer = this.#sealer;
@@ -667,7 +664,7 @@ export class VxvdePlug implements Plug {
       const headerWord = (frameOffset - prefix) >>> 2;
       words[headerWord] = this.#headerHigh;
       words[headerWord + 1] = this.#headerLow;
-      const slot = this.table.lookup(bytes, frameOffset, now);
+      const slot = this.table.lookup(bytes, frameOffset);
       // A split frame's datagram: the encapsulation and the frame's head, then its rest.
       const head = split === 0 || batch.heads[i] === 0 ? 0 : batch.heads[i] + prefix;
       const restAt = head === 0 ? 0 : batch.rests[i];
@@ -682,14 +679,14 @@ export class VxvdePlug implements Plug {
       }
       const datagram = length + prefix;
       if (slot < 0) {
-        const flood = planner.single(i, datagram, this.#groupAddress, head, restAt);
+        const flood = planner.single(i, datagram, head, restAt);
         this.#mesh?.noteFlood(flood, datagram);
         counters[Counter.sentMulticast]++;
       } else {
         planner.toPeer(
           i,
           datagram,
-          this.#tableAddress + slot * SOCKADDR_SIZE,
+          slot * SOCKADDR_SIZE,
           length,
           head,
           restAt,
@@ -816,6 +813,7 @@ export class VxvdePlug implements Plug {
     this.#unicastFd = own;
     this.#groupAddress = numericAddress(peerAddress.bytes);
     this.#tableAddress = numericAddress(table.addresses);
+    this.#planner.setAddresses(this.#groupAddress, this.#tableAddress);
     this.#sealer = sealer;
     this.#groupTarget = peerAddress;
     // The peer's datagrams are made, and what it receives is opened, in slots of its own batch.
@@ -893,6 +891,7 @@ export class VxvdePlug implements Plug {
         this.#unicastFd = saved.unicastFd;
         this.#groupAddress = saved.groupAddress;
         this.#tableAddress = saved.tableAddress;
+        this.#planner.setAddresses(this.#groupAddress, this.#tableAddress);
         this.#unicastPort = saved.unicastPort;
         this.#sealer = saved.sealer;
         this.#groupTarget = this.config.group;

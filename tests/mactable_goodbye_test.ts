@@ -26,8 +26,8 @@ Deno.test("at hashsize=1048576 a goodbye visits only the slots of the peer that 
   const table = new MacTable(1 << 20, 100, newCounters());
   const a = sender("10.0.0.1", 4000), b = sender("10.0.0.2", 4000);
   for (let i = 0; i < 100; i++) {
-    table.learn(mac(1, i), 0, a, 0, NOW);
-    table.learn(mac(2, i), 0, b, 0, NOW);
+    table.setClock(NOW).learn(mac(1, i), 0, a, 0);
+    table.setClock(NOW).learn(mac(2, i), 0, b, 0);
   }
   assert.equal(table.peerCount, 2);
   // Goodbyes from addresses that own nothing: no slot is looked at.
@@ -39,8 +39,8 @@ Deno.test("at hashsize=1048576 a goodbye visits only the slots of the peer that 
   assert.equal(table.forget(a, 0, NOW), 100);
   assert.equal(table.forgetVisits, 100, "a goodbye visits the slots it forgets");
   for (let i = 0; i < 100; i++) {
-    assert.equal(table.lookup(mac(1, i), 0, NOW), -1);
-    assert.ok(table.lookup(mac(2, i), 0, NOW) >= 0, "b's MACs are still forwarded to b");
+    assert.equal(table.setClock(NOW).lookup(mac(1, i), 0), -1);
+    assert.ok(table.setClock(NOW).lookup(mac(2, i), 0) >= 0, "b's MACs are still forwarded to b");
   }
   assert.equal(table.peerCount, 1);
   // The same goodbye again finds nothing.
@@ -51,23 +51,23 @@ Deno.test("at hashsize=1048576 a goodbye visits only the slots of the peer that 
 Deno.test("a MAC that moves to another peer is forgotten with its new peer, not its old one", () => {
   const table = new MacTable(1 << 20, 100, newCounters());
   const a = sender("10.0.0.1", 4000), b = sender("10.0.0.2", 4000);
-  table.learn(mac(1, 1), 0, a, 0, NOW);
-  table.learn(mac(1, 2), 0, a, 0, NOW);
-  table.learn(mac(1, 1), 0, b, 0, NOW + 1);
+  table.setClock(NOW).learn(mac(1, 1), 0, a, 0);
+  table.setClock(NOW).learn(mac(1, 2), 0, a, 0);
+  table.setClock(NOW + 1).learn(mac(1, 1), 0, b, 0);
   assert.equal(table.forget(a, 0, NOW + 1), 1);
-  assert.ok(table.lookup(mac(1, 1), 0, NOW + 1) >= 0, "the moved MAC stays, at b");
+  assert.ok(table.setClock(NOW + 1).lookup(mac(1, 1), 0) >= 0, "the moved MAC stays, at b");
   assert.equal(table.forget(b, 0, NOW + 1), 1);
-  assert.equal(table.lookup(mac(1, 1), 0, NOW + 1), -1);
+  assert.equal(table.setClock(NOW + 1).lookup(mac(1, 1), 0), -1);
   assert.equal(table.peerCount, 0);
   // Learned again after the goodbye: the peer's list starts afresh.
-  table.learn(mac(1, 1), 0, a, 0, NOW + 2);
+  table.setClock(NOW + 2).learn(mac(1, 1), 0, a, 0);
   assert.equal(table.forget(a, 0, NOW + 2), 1);
 });
 
 Deno.test("the peers a table tracks are bounded by its slots, whatever senders claim", () => {
   const table = new MacTable(16, 100, newCounters());
   for (let port = 1; port <= 5000; port++) {
-    table.learn(mac(port >> 8, port & 0xff), 0, sender("10.0.0.9", port), 0, NOW);
+    table.setClock(NOW).learn(mac(port >> 8, port & 0xff), 0, sender("10.0.0.9", port), 0);
     assert.ok(table.peerCount <= 16, `${table.peerCount} peers for 16 slots`);
   }
   const live = table.entries(NOW).length;

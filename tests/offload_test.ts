@@ -592,13 +592,14 @@ Deno.test("split segments sent as UDP GSO messages arrive as the datagrams plain
       const { plain, batch } = cutBothWays({ ipv4: true }, 20_001, 1464);
       const vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - PREFIX, batch.capacity);
       const planner = new MessagePlanner(16);
+      planner.setAddresses(0, numericAddress(name));
       planner.start(vector, segmentable);
       for (let i = 0; i < batch.count; i++) {
         batch.bytes.fill(0xa0 + i, batch.offset(i) - PREFIX, batch.offset(i));
         planner.toPeer(
           i,
           PREFIX + batch.lengths[i],
-          numericAddress(name),
+          0,
           batch.lengths[i],
           PREFIX + batch.heads[i],
           batch.rests[i],

@@ -38,10 +38,11 @@ function plan(datagrams: Datagram[], segmentable: number): Message[] {
     },
   };
   const planner = new MessagePlanner(16);
+  planner.setAddresses(GROUP, 0);
   planner.start(sink, segmentable);
   datagrams.forEach((datagram, slot) => {
     const head = datagram.head ?? 0, restAt = datagram.restAt ?? 0;
-    if ("group" in datagram) planner.single(slot, datagram.bytes, GROUP, head, restAt);
+    if ("group" in datagram) planner.single(slot, datagram.bytes, head, restAt);
     else {
       const frame = datagram.frame ?? datagram.bytes - HEADER;
       planner.toPeer(slot, datagram.bytes, datagram.peer, frame, head, restAt);
