@@ -38,18 +38,28 @@ hostTest(
       a.run(["iperf3", "-c", "10.0.0.2", "-n", bytes, "-J"], { timeoutMs: 120_000 });
     // A first stream has V8 compile what the warm-up did not reach; that allocates.
     await stream("300M");
-    const before = plugs.map((plug) => scavenges(plug.stdout));
-    const client = await stream("1000M");
-    const after = plugs.map((plug) => scavenges(plug.stdout));
-    assert.equal(client.code, 0, `iperf3: ${client.stdout.slice(-500)}`);
-    assert.ok(JSON.parse(client.stdout).end.sum_received.bytes >= 900 * 1024 * 1024);
-    assert.ok(before[0] > 0 && before[1] > 0, "each plug's --trace-gc output is seen (start-up)");
-    // One view made per datagram (commit 20a61fc) made 38 collections over 1000 MB. Some come
-    // and stop with V8 itself: a function deoptimized by a branch it had not met runs unoptimized
-    // until it is compiled again, boxing numbers beyond small integers meanwhile (0 to 6 seen).
+    const started = plugs.map((plug) => scavenges(plug.stdout));
+    assert.ok(started[0] > 0 && started[1] > 0, "each plug's --trace-gc output is seen (start-up)");
+    // Allocating per frame collects in every stream alike: a number boxed per frame for a call V8
+    // did not inline made 3 to 9 collections per 500 MB, one view made per datagram (commit
+    // 20a61fc) 19. V8 itself may collect in one stream now and then: a function deoptimized by a
+    // branch it had not met runs unoptimized until compiled again, boxing numbers meanwhile. So
+    // the quietest of three streams is judged.
+    const collections: number[][] = [[], []];
+    for (let round = 0; round < 3; round++) {
+      const before = plugs.map((plug) => scavenges(plug.stdout));
+      const client = await stream("500M");
+      const after = plugs.map((plug) => scavenges(plug.stdout));
+      assert.equal(client.code, 0, `iperf3: ${client.stdout.slice(-500)}`);
+      assert.ok(JSON.parse(client.stdout).end.sum_received.bytes >= 450 * 1024 * 1024);
+      for (let i = 0; i < 2; i++) collections[i].push(after[i] - before[i]);
+    }
     for (const [i, side] of ["sending", "receiving"].entries()) {
-      const collections = after[i] - before[i];
-      assert.ok(collections <= 16, `the ${side} plug's heap was collected ${collections} times`);
+      assert.ok(
+        Math.min(...collections[i]) <= 1,
+        `the ${side} plug's heap was collected ${collections[i].join(", ")} times ` +
+          "in three 500 MB streams",
+      );
     }
   },
 );
