@@ -547,13 +547,7 @@ export class Sealer {
     const at = i * SLOT_SIZE + HEADROOM - SEALED_PREFIX;
     const word = readUint32(bytes, at + KIND_AT);
     const kind = word >>> 24, id = word & 0xffffff;
-    const key = id === this.#current.id
-      ? this.#current
-      : id === this.#next?.id
-      ? this.#next
-      : id === this.#previous?.id
-      ? this.#previous
-      : undefined;
+    const key = this.#keyWithId(id);
     if (key === undefined) return Verdict.unknownKey;
     const sender = readUint32(bytes, at + SENDER_AT);
     if (sender === this.senderId) return Verdict.own;
@@ -648,13 +642,7 @@ export class Sealer {
     const word = readUint32(bytes, start + KIND_AT);
     if (word >>> 24 !== Kind.frame || length === 0) return -1;
     const id = word & 0xffffff;
-    const key = id === this.#current.id
-      ? this.#current
-      : id === this.#next?.id
-      ? this.#next
-      : id === this.#previous?.id
-      ? this.#previous
-      : undefined;
+    const key = this.#keyWithId(id);
     if (key === undefined) return -1;
     const sender = readUint32(bytes, start + SENDER_AT);
     if (sender === this.senderId) return -1;
@@ -848,6 +836,14 @@ export class Sealer {
   }
 
   /** Once a second while a key change is under way: announce the next key, switch, retire. */
+  /** The key, current, next or previous, whose id a datagram names; undefined when none. */
+  #keyWithId(id: number): TrafficKey | undefined {
+    if (id === this.#current.id) return this.#current;
+    if (id === this.#next?.id) return this.#next;
+    if (id === this.#previous?.id) return this.#previous;
+    return undefined;
+  }
+
   #tick(now: number): void {
     this.#announceAt = now + 1;
     if (this.#next) {
