@@ -128,8 +128,6 @@ export class VxlanPlug implements Plug {
   /** The network's port in network byte order, as it stands in a sockaddr. */
   readonly #portHigh: number;
   readonly #portLow: number;
-  readonly #groupAddress: number;
-  readonly #tableAddress: number;
   readonly #planner: MessagePlanner;
   /** One vector per batch serves both ways: every receive re-aims its entries at their slots. */
   readonly #vectors = datagramVectors(HEADER_SIZE);
@@ -195,11 +193,12 @@ export class VxlanPlug implements Plug {
     this.#headerLow = headerView.getUint32(4, true);
     this.#portHigh = config.group.bytes[2];
     this.#portLow = config.group.bytes[3];
-    this.#groupAddress = numericAddress(config.group.bytes);
     this.#planner = new MessagePlanner(config.group.length);
     this.table = new MacTable(config.hashSize, config.expireSeconds, this.counters, vnl);
-    this.#tableAddress = numericAddress(this.table.addresses);
-    this.#planner.setAddresses(this.#groupAddress, this.#tableAddress);
+    this.#planner.setAddresses(
+      numericAddress(config.group.bytes),
+      numericAddress(this.table.addresses),
+    );
   }
 
   receive(batch: FrameBatch, readyMask: number): boolean {

@@ -212,12 +212,13 @@ export class VxvdePlug implements Plug {
   readonly #headerHigh: number;
   readonly #headerLow: number;
   readonly #localAddresses = new LocalAddresses();
-  #groupAddress: number;
-  #tableAddress: number;
   readonly #nameLength: number;
   /** Seals and opens datagrams on a keyed network; undefined on an open one. */
   #sealer?: Sealer;
-  /** Where control datagrams for the group go: the group; a warm-up's peer while it runs. */
+  /**
+   * Where frames and control datagrams for the group go: the group; a warm-up's peer while it
+   * runs (see {@linkcode #aimPlanner}).
+   */
   #groupTarget: SocketAddress;
   /** Bytes before the frame in a datagram: the header, and on a keyed network the seal. */
   readonly #prefix: number;
@@ -344,10 +345,16 @@ export class VxvdePlug implements Plug {
     this.#mismatch = new MismatchWarnings(vnl);
     this.#nameLength = config.group.length;
     this.#planner = new MessagePlanner(this.#nameLength);
-    this.#groupAddress = numericAddress(config.group.bytes);
     this.table = new MacTable(config.hashSize, config.expireSeconds, this.counters, vnl);
-    this.#tableAddress = numericAddress(this.table.addresses);
-    this.#planner.setAddresses(this.#groupAddress, this.#tableAddress);
+    this.#aimPlanner();
+  }
+
+  /** Tells the send planner where {@linkcode #groupTarget} and the table's peer addresses are. */
+  #aimPlanner(): void {
+    this.#planner.setAddresses(
+      numericAddress(this.#groupTarget.bytes),
+      numericAddress(this.table.addresses),
+    );
   }
 
   /**
@@ -763,8 +770,6 @@ export class VxvdePlug implements Plug {
       table: this.table,
       multicastFd: this.#multicastFd,
       unicastFd: this.#unicastFd,
-      groupAddress: this.#groupAddress,
-      tableAddress: this.#tableAddress,
       unicastPort: this.#unicastPort,
       sealer: this.#sealer,
     };
@@ -811,11 +816,9 @@ export class VxvdePlug implements Plug {
     this.table = table;
     this.#multicastFd = groupFd;
     this.#unicastFd = own;
-    this.#groupAddress = numericAddress(peerAddress.bytes);
-    this.#tableAddress = numericAddress(table.addresses);
-    this.#planner.setAddresses(this.#groupAddress, this.#tableAddress);
     this.#sealer = sealer;
     this.#groupTarget = peerAddress;
+    this.#aimPlanner();
     // The peer's datagrams are made, and what it receives is opened, in slots of its own batch.
     const prefix = this.#prefix;
     const peerBatch = new FrameBatch(8);
@@ -889,12 +892,10 @@ export class VxvdePlug implements Plug {
         this.table = saved.table;
         this.#multicastFd = saved.multicastFd;
         this.#unicastFd = saved.unicastFd;
-        this.#groupAddress = saved.groupAddress;
-        this.#tableAddress = saved.tableAddress;
-        this.#planner.setAddresses(this.#groupAddress, this.#tableAddress);
         this.#unicastPort = saved.unicastPort;
         this.#sealer = saved.sealer;
         this.#groupTarget = this.config.group;
+        this.#aimPlanner();
         batch.timeMs = timeMs;
         batch.count = 0;
         // Datagrams of a synthetic run must never follow the network's own.
