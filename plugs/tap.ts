@@ -430,35 +430,32 @@ export class TapPlug implements Plug {
     const drain = new Uint8Array(SUPER_FRAME_SIZE + 1024);
     const drainPointer = Deno.UnsafePointer.of(drain);
     const header = new VnetHeader();
-    let superFrames = 0;
-    const superFrame = (to: number[], segments: number) => {
-      const payload = segments * WARM_SEGMENT;
-      const sequence = warmSequence(superFrames++);
-      const length = tcpFrame(inputView, headerBytes, to, WARM_LOCAL_MAC, payload, sequence);
+    /**
+     * Writes `count` TCP frames of `payload` bytes to `to`, their checksum left to the TAP's plug
+     * as the kernel hands them; with `offloaded`, as a super-frame of `WARM_SEGMENT` segments.
+     */
+    const tcp = (
+      to: number[],
+      payload: number,
+      sequence: number,
+      count: number,
+      offloaded: boolean,
+    ) => {
       header.flags = NEEDS_CSUM;
-      header.gsoType = GSO_TCPV4;
-      header.headerLength = 54;
-      header.gsoSize = WARM_SEGMENT;
+      header.gsoType = offloaded ? GSO_TCPV4 : GSO_NONE;
+      header.headerLength = offloaded ? 54 : 0;
+      header.gsoSize = offloaded ? WARM_SEGMENT : 0;
       header.csumStart = 34;
       header.csumOffset = 16;
       header.encode(inputView, 0);
-      writeFrom(pair[1], inputPointer, BigInt(headerBytes + length));
-    };
-    /** `count` TCP segments with their checksum left to the TAP's plug, as the kernel hands them. */
-    const plainTcp = (to: number[], payload: number, count: number, round: number) => {
-      header.flags = NEEDS_CSUM;
-      header.gsoType = GSO_NONE;
-      header.gsoSize = 0;
-      header.headerLength = 0;
-      header.csumStart = 34;
-      header.csumOffset = 16;
-      header.encode(inputView, 0);
-      const sequence = warmSequence(round >> 3);
       const length = tcpFrame(inputView, headerBytes, to, WARM_LOCAL_MAC, payload, sequence);
       for (let k = 0; k < count; k++) {
         writeFrom(pair[1], inputPointer, BigInt(headerBytes + length));
       }
     };
+    let superFrames = 0;
+    const superFrame = (to: number[], segments: number) =>
+      tcp(to, segments * WARM_SEGMENT, warmSequence(superFrames++), 1, true);
     return {
       fds: [pair[0]],
       feed: (round) => {
@@ -477,10 +474,12 @@ export class TapPlug implements Plug {
           superFrame(WARM_LOOP_MAC, WARM_BURST_SEGMENTS);
         }
         // A full-size segment the kernel did not offload, which the TAP's plug completes and cuts.
-        if (this.#segmenter && round % 8 === 5) plainTcp(peer, WARM_SEGMENT, 1, round);
+        if (this.#segmenter && round % 8 === 5) {
+          tcp(peer, WARM_SEGMENT, warmSequence(round >> 3), 1, false);
+        }
         // A sender's plug gets its receiver's pure ACKs back as runs: those take other branches.
         if (this.#segmenter && bursts && round % 8 === 7) {
-          plainTcp(WARM_LOOP_MAC, 0, WARM_ACK_RUN, round);
+          tcp(WARM_LOOP_MAC, 0, warmSequence(round >> 3), WARM_ACK_RUN, false);
         }
         // The batch's clock moves on a tick, which the TAP's traffic judgement follows.
         if (round % 8 === 0) batch.timeMs += 1000;
