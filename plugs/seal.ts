@@ -835,7 +835,6 @@ export class Sealer {
     this.onEvent?.(`sealing with the new key ${hexId(next.id)} now`);
   }
 
-  /** Once a second while a key change is under way: announce the next key, switch, retire. */
   /** The key, current, next or previous, whose id a datagram names; undefined when none. */
   #keyWithId(id: number): TrafficKey | undefined {
     if (id === this.#current.id) return this.#current;
@@ -844,6 +843,7 @@ export class Sealer {
     return undefined;
   }
 
+  /** Once a second while a key change is under way: announce the next key, switch, retire. */
   #tick(now: number): void {
     this.#announceAt = now + 1;
     if (this.#next) {
