@@ -613,15 +613,18 @@ export class DatagramVector {
     const end = first + count;
     let i = first;
     runs.tookWhole = false;
+    /** Set when a receive found the socket's queue emptied: another would find nothing. */
+    let drained = false;
     while (i < end) {
       if (!runs.pending) {
         // What the taker took stays where it arrived until the batch is sent: no receive over it.
-        if (runs.tookWhole) break;
+        if (runs.tookWhole || drained) break;
         const received = runs.receive(fd);
         if (received <= 0) {
           if (received === 0 || i > first) break;
           return received;
         }
+        drained = received < RUNS_PER_RECEIVE;
         this.runsReceived += runs.runsOfMany;
       }
       const handedOut = runs.handOut(
