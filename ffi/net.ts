@@ -953,9 +953,11 @@ class ReceivedRuns {
       const empty = runEnd === 0;
       // A run offered once and put off to the next batch is not offered again: what the taker
       // opened then is handed out as opened.
+      // The taker is asked last: the warm-up, which has none, tests the rest, so that a lone
+      // datagram passes here without a test V8 has not seen (a deoptimization on live traffic).
       if (
-        taker !== undefined && next === 0 && runEnd > segment && bytes === slots &&
-        this.#openedEnd[e] === 0
+        next === 0 && runEnd > segment && this.#openedEnd[e] === 0 && bytes === slots &&
+        taker !== undefined
       ) {
         // A run cut short by the buffer loses its last datagram: that one is not offered.
         const whole = this.#cut[e] === 1
