@@ -84,7 +84,10 @@ export class MacTable {
     this.#addressWords = new Uint32Array(this.addresses.buffer);
     this.#macs = new Float64Array(size);
     this.#lastSeen = new Float64Array(size);
-    this.#seed = crypto.getRandomValues(new Uint32Array(1))[0];
+    // 30 bits: always a small integer. A seed beyond one in some tables and not in others (the
+    // warm-up's) changes the field's representation, which deoptimizes every function that
+    // hashes a MAC, on live traffic.
+    this.#seed = crypto.getRandomValues(new Uint32Array(1))[0] & 0x3fffffff;
     this.expireSeconds = expireSeconds;
     this.#counters = counters;
     this.#name = name;
