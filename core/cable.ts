@@ -253,5 +253,12 @@ function warmUpCable(plugs: readonly Plug[], batch: FrameBatch, cable: CablePart
         `${moved[0]?.framesIn ?? 0} frames in from ${plugs[0].vnl} and ` +
         `${moved[1]?.framesIn ?? 0} from ${plugs[1].vnl} in ${ms} ms`,
     );
+    // V8 compiles what the warm-up made hot on threads of its own, and finishes after it: the
+    // cable stands still meanwhile, so that the compiler does not take the CPU from the first
+    // frames (bench/README.md). Frames that come meanwhile wait in the queues.
+    if (wakeUps > 0) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, SETTLE_MS);
   }
 }
+
+/** How long the cable waits after its warm-up for V8's compiler threads to finish. */
+const SETTLE_MS = 100;
