@@ -107,11 +107,12 @@ export function gitCommit(directory: string): string | undefined {
  * functions of the data path after a hundred calls instead of thousands,
  * straight to TurboFan, and the cable's loop, which runs for hundreds of
  * wake-ups per call, after fifty passes' worth of its code instead of five
- * hundred, so a fresh plug forwards at full speed within its first frames
- * (bench/README.md).
+ * hundred, so a fresh plug forwards at full speed within its first frames;
+ * and `gc()`, with which the cable collects its warm-up's garbage before the
+ * first frame rather than in a pause among the first frames (bench/README.md).
  */
 export const V8_TUNING = "--no-maglev,--invocation-count-for-turbofan=100," +
-  "--minimum-invocations-after-ic-update=2,--invocation-count-for-osr=50";
+  "--minimum-invocations-after-ic-update=2,--invocation-count-for-osr=50,--expose-gc";
 /**
  * Restarts vdeno once, unless this is already the restarted copy, so that
  * every thread blocks `signals` (a signalfd in the data path's poll reads
