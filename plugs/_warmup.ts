@@ -8,6 +8,9 @@
  * @module
  */
 
+import type { FrameBatch } from "../core/frames.ts";
+import type { WarmUpResult, WarmUpState } from "../core/plug.ts";
+
 /** How many rounds a plug runs its data path on synthetic frames at open. */
 export const WARM_UP_ROUNDS = 100;
 
@@ -152,3 +155,51 @@ export const WARM_ACK_RUN = 12;
 
 /** Segments of each of the two super-frames a TAP's warm-up sends to {@linkcode WARM_LOOP_MAC}. */
 export const WARM_BURST_SEGMENTS = 40;
+
+/** What {@linkcode warmNetworkPlug} needs of a network plug (vxvde, vxlan). */
+interface NetworkPlug {
+  readonly largestWholeFrame?: number;
+  receive(batch: FrameBatch, readyMask: number): boolean;
+  send(batch: FrameBatch): void;
+}
+
+/**
+ * A network plug's own warm-up (`Plug.warmUp`) on its warm-up state: each
+ * round the state's input in (with `readyMask(round)`), then out a ping
+ * reply to a peer it learned, a broadcast, and TCP frames, full and shorter,
+ * with a slot the other plug dropped; what it sent is drained. Ends the state.
+ */
+export function warmNetworkPlug(
+  plug: NetworkPlug,
+  state: WarmUpState,
+  batch: FrameBatch,
+  readyMask: (round: number) => number,
+): WarmUpResult {
+  try {
+    const framesView = new DataView(batch.bytes.buffer);
+    const full = (plug.largestWholeFrame ?? 1464) - 54;
+    for (let round = 0; round < WARM_UP_ROUNDS; round++) {
+      state.feed(round);
+      batch.count = 0;
+      plug.receive(batch, readyMask(round));
+      const peer = WARM_PEER_MACS[round % 2];
+      batch.count = 0;
+      const slots = [
+        pingFrame(framesView, batch.offset(0), peer, WARM_LOCAL_MAC),
+        round % 2 === 0
+          ? arpFrame(framesView, batch.offset(1), WARM_LOCAL_MAC)
+          : routerSolicitation(framesView, batch.offset(1), WARM_LOCAL_MAC),
+        tcpFrame(framesView, batch.offset(2), peer, WARM_LOCAL_MAC, full, warmSequence(round)),
+        tcpFrame(framesView, batch.offset(3), peer, WARM_LOCAL_MAC, full, warmSequence(round)),
+        tcpFrame(framesView, batch.offset(4), peer, WARM_LOCAL_MAC, full - 100),
+        0, // a slot the other plug dropped
+      ];
+      for (const slotLength of slots) batch.lengths[batch.count++] = slotLength;
+      plug.send(batch);
+      state.drain();
+    }
+  } catch {
+    // A plug that cannot warm up only starts slower.
+  }
+  return state.end();
+}

@@ -23,10 +23,13 @@
  */
 
 import {
+  AF_INET,
   AF_INET6,
   bindSocket,
+  DatagramVector,
   interfaceIndex,
   joinGroup,
+  localAddress,
   numericAddress,
   routeSource,
   sendTo,
@@ -44,12 +47,12 @@ import { Counter, newCounters } from "../core/counters.ts";
 import {
   CLOCK_LAG_MS,
   ETH_HEADER,
-  type FrameBatch,
+  FrameBatch,
   HEADROOM,
   MAX_FRAME,
   SLOT_SIZE,
 } from "../core/frames.ts";
-import type { Plug } from "../core/plug.ts";
+import type { Plug, WarmUpResult, WarmUpState } from "../core/plug.ts";
 import { parseInteger, parseOptions } from "../core/vnl.ts";
 import { MacTable } from "./_mactable.ts";
 import { MessagePlanner } from "./_runs.ts";
@@ -66,6 +69,14 @@ import {
 } from "./_overlay.ts";
 import { helloHeader, MAX_HELLO, PeerMesh } from "./_peers.ts";
 import { DEFAULT_GROUP_V4, DEFAULT_GROUP_V6, HEADER_SIZE, vxvdeHeader } from "./vxvde.ts";
+import {
+  arpFrame,
+  pingFrame,
+  routerSolicitation,
+  WARM_LOCAL_MAC,
+  WARM_PEER_MACS,
+  warmNetworkPlug,
+} from "./_warmup.ts";
 
 /** The IANA port of VXLAN, the kernel's default too (`dstport 4789`). */
 export const VXLAN_PORT = 4789;
@@ -116,18 +127,21 @@ export function parseVxlan(rest: string): VxlanConfig {
 export class VxlanPlug implements Plug {
   readonly vnl: string;
   readonly fds: readonly number[];
-  readonly counters: Float64Array = newCounters();
+  /** The plug's counters; a scratch set while it warms up. */
+  counters: Float64Array = newCounters();
   readonly config: VxlanConfig;
-  readonly table: MacTable;
+  /** The plug's MAC table; a scratch one while it warms up. */
+  table: MacTable;
   readonly largestWholeFrame?: number;
   /** Split frames are sent as they are. */
   readonly sendsSplitFrames = true;
-  readonly #fd: number;
+  /** The plug's socket; a loopback one of its own while it warms up. */
+  #fd: number;
   readonly #headerHigh: number;
   readonly #headerLow: number;
-  /** The network's port in network byte order, as it stands in a sockaddr. */
-  readonly #portHigh: number;
-  readonly #portLow: number;
+  /** The network's port in network byte order, as it stands in a sockaddr (the warm-up's peer's meanwhile). */
+  #portHigh: number;
+  #portLow: number;
   readonly #planner: MessagePlanner;
   /** One vector per batch serves both ways: every receive re-aims its entries at their slots. */
   readonly #vectors = datagramVectors(HEADER_SIZE);
@@ -195,10 +209,104 @@ export class VxlanPlug implements Plug {
     this.#portLow = config.group.bytes[3];
     this.#planner = new MessagePlanner(config.group.length);
     this.table = new MacTable(config.hashSize, config.expireSeconds, this.counters, vnl);
-    this.#planner.setAddresses(
-      numericAddress(config.group.bytes),
-      numericAddress(this.table.addresses),
+    this.#aimPlanner(config.group);
+  }
+
+  /** Tells the send planner where the group (or its stand-in) and the table's peer addresses are. */
+  #aimPlanner(group: SocketAddress): void {
+    this.#planner.setAddresses(numericAddress(group.bytes), numericAddress(this.table.addresses));
+  }
+
+  /**
+   * Runs receive and send on synthetic frames through loopback sockets of its own (see
+   * {@linkcode startWarmUp}). Not with `peers=`, and not where the loopback is down.
+   */
+  warmUp(batch: FrameBatch): WarmUpResult {
+    const state = this.startWarmUp(batch);
+    if (!state) return { framesIn: 0, framesOut: 0 };
+    return warmNetworkPlug(this, state, batch, () => 1);
+  }
+
+  /**
+   * Puts a loopback socket of its own in place of the plug's, and a scratch MAC table and
+   * counters in place of its own; a second loopback socket stands for the group and for every
+   * member, at its port (which replies go to, as to a member at the network's port). Each round
+   * it sends the plug a broadcast and a ping; what the plug sends comes back to it and is
+   * drained. Undefined with `peers=` (its hellos and floods go to members by address), or where
+   * the loopback is down.
+   */
+  startWarmUp(batch: FrameBatch): WarmUpState | undefined {
+    if (this.#mesh) return undefined;
+    const saved = {
+      counters: this.counters,
+      table: this.table,
+      fd: this.#fd,
+      portHigh: this.#portHigh,
+      portLow: this.#portLow,
+    };
+    const timeMs = batch.timeMs;
+    const fds: number[] = [];
+    let ownAddress: SocketAddress, peerAddress: SocketAddress;
+    try {
+      for (let i = 0; i < 2; i++) fds.push(udpSocket(AF_INET));
+      const loopback = SocketAddress.parse("127.0.0.1", 0, AF_INET)!;
+      for (const fd of fds) bindSocket(fd, loopback);
+      ownAddress = localAddress(fds[0]);
+      peerAddress = localAddress(fds[1]);
+    } catch {
+      for (const fd of fds) closeQuietly(fd);
+      return undefined;
+    }
+    const [own, peerFd] = fds;
+    const scratch = newCounters();
+    const table = new MacTable(1024, this.config.expireSeconds, scratch, `${this.vnl} warm-up`);
+    this.counters = scratch;
+    this.table = table;
+    this.#fd = own;
+    this.#portHigh = peerAddress.bytes[2];
+    this.#portLow = peerAddress.bytes[3];
+    this.#aimPlanner(peerAddress);
+    // The peer's datagrams are made in a batch of its own, and what it receives read into it.
+    const peerBatch = new FrameBatch(8);
+    const peerView = new DataView(peerBatch.bytes.buffer);
+    const at = peerBatch.offset(0);
+    const header = vxvdeHeader(this.config.vni);
+    const fromPeer = (length: number) => {
+      peerBatch.bytes.set(header, at - HEADER_SIZE);
+      sendTo(peerFd, peerBatch.bytes.subarray(at - HEADER_SIZE), HEADER_SIZE + length, ownAddress);
+    };
+    const peerVector = new DatagramVector(
+      peerBatch.bytes,
+      SLOT_SIZE,
+      HEADROOM - HEADER_SIZE,
+      peerBatch.capacity,
     );
+    return {
+      fds: [own],
+      feed: (round) => {
+        const peer = WARM_PEER_MACS[round % 2];
+        fromPeer(
+          round % 2 === 0 ? arpFrame(peerView, at, peer) : routerSolicitation(peerView, at, peer),
+        );
+        fromPeer(pingFrame(peerView, at, WARM_LOCAL_MAC, peer));
+        if (round % 8 === 0) batch.timeMs += 1000;
+      },
+      drain: () => {
+        while (peerVector.receiveInto(peerFd, 0, peerBatch.capacity, HEADER_SIZE + MAX_FRAME) > 0);
+      },
+      end: () => {
+        this.counters = saved.counters;
+        this.table = saved.table;
+        this.#fd = saved.fd;
+        this.#portHigh = saved.portHigh;
+        this.#portLow = saved.portLow;
+        this.#aimPlanner(this.config.group);
+        batch.timeMs = timeMs;
+        batch.count = 0;
+        for (const fd of fds) closeQuietly(fd);
+        return { framesIn: scratch[Counter.framesIn], framesOut: scratch[Counter.framesOut] };
+      },
+    };
   }
 
   receive(batch: FrameBatch, readyMask: number): boolean {

@@ -89,12 +89,10 @@ import {
   arpFrame,
   pingFrame,
   routerSolicitation,
-  tcpFrame,
   WARM_LOCAL_MAC,
   WARM_LOOP_MAC,
   WARM_PEER_MACS,
-  WARM_UP_ROUNDS,
-  warmSequence,
+  warmNetworkPlug,
 } from "./_warmup.ts";
 
 export { HEADER_SIZE, vxvdeHeader };
@@ -725,34 +723,8 @@ export class VxvdePlug implements Plug {
   warmUp(batch: FrameBatch): WarmUpResult {
     const state = this.startWarmUp(batch);
     if (!state) return { framesIn: 0, framesOut: 0 };
-    try {
-      const framesView = new DataView(batch.bytes.buffer);
-      const full = (this.largestWholeFrame ?? 1464) - 54;
-      for (let round = 0; round < WARM_UP_ROUNDS; round++) {
-        state.feed(round);
-        batch.count = 0;
-        this.receive(batch, (round % 3) + 1);
-        // Back: a ping reply and a run of full frames to the learned peer, a broadcast to the group.
-        const peer = WARM_PEER_MACS[round % 2];
-        batch.count = 0;
-        const slots = [
-          pingFrame(framesView, batch.offset(0), peer, WARM_LOCAL_MAC),
-          round % 2 === 0
-            ? arpFrame(framesView, batch.offset(1), WARM_LOCAL_MAC)
-            : routerSolicitation(framesView, batch.offset(1), WARM_LOCAL_MAC),
-          tcpFrame(framesView, batch.offset(2), peer, WARM_LOCAL_MAC, full, warmSequence(round)),
-          tcpFrame(framesView, batch.offset(3), peer, WARM_LOCAL_MAC, full, warmSequence(round)),
-          tcpFrame(framesView, batch.offset(4), peer, WARM_LOCAL_MAC, full - 100),
-          0, // a slot the other plug dropped
-        ];
-        for (const slotLength of slots) batch.lengths[batch.count++] = slotLength;
-        this.send(batch);
-        state.drain();
-      }
-    } catch {
-      // A plug that cannot warm up only starts slower.
-    }
-    return state.end();
+    // Both sockets in turn, and now and then both at once.
+    return warmNetworkPlug(this, state, batch, (round) => (round % 3) + 1);
   }
 
   /**
