@@ -8,7 +8,16 @@
  * @module
  */
 
-import type { FrameBatch } from "../core/frames.ts";
+import {
+  AF_INET,
+  bindSocket,
+  DatagramVector,
+  localAddress,
+  SocketAddress,
+  udpSocket,
+} from "../ffi/net.ts";
+import { closeQuietly } from "../ffi/libc.ts";
+import { FrameBatch, HEADROOM, SLOT_SIZE } from "../core/frames.ts";
 import type { WarmUpResult, WarmUpState } from "../core/plug.ts";
 
 /** How many rounds a plug runs its data path on synthetic frames at open. */
@@ -202,4 +211,42 @@ export function warmNetworkPlug(
     // A plug that cannot warm up only starts slower.
   }
   return state.end();
+}
+
+/**
+ * `count` UDP sockets, each bound to a port of its own on 127.0.0.1, and
+ * their addresses: what a network plug's warm-up uses in place of its own
+ * sockets. Undefined, with none left open, where the loopback is down.
+ */
+export function loopbackSockets(
+  count: number,
+): { fds: number[]; addresses: SocketAddress[] } | undefined {
+  const fds: number[] = [];
+  try {
+    for (let i = 0; i < count; i++) fds.push(udpSocket(AF_INET));
+    const loopback = SocketAddress.parse("127.0.0.1", 0, AF_INET)!;
+    for (const fd of fds) bindSocket(fd, loopback);
+    return { fds, addresses: fds.map(localAddress) };
+  } catch {
+    for (const fd of fds) closeQuietly(fd);
+    return undefined;
+  }
+}
+
+/**
+ * The other end of a network plug's warm-up: a batch of its own, in whose
+ * first slot it makes the frames it sends (after `prefix` bytes of
+ * encapsulation), and a datagram vector over it to read what the plug sends.
+ */
+export class WarmUpPeer {
+  readonly batch = new FrameBatch(8);
+  readonly view = new DataView(this.batch.bytes.buffer);
+  /** Where, in the batch's bytes, the frame of the next datagram it sends is made. */
+  readonly at = this.batch.offset(0);
+  readonly vector: DatagramVector;
+
+  constructor(prefix: number) {
+    const batch = this.batch;
+    this.vector = new DatagramVector(batch.bytes, SLOT_SIZE, HEADROOM - prefix, batch.capacity);
+  }
 }

@@ -23,13 +23,10 @@
  */
 
 import {
-  AF_INET,
   AF_INET6,
   bindSocket,
-  DatagramVector,
   interfaceIndex,
   joinGroup,
-  localAddress,
   numericAddress,
   routeSource,
   sendTo,
@@ -47,7 +44,7 @@ import { Counter, newCounters } from "../core/counters.ts";
 import {
   CLOCK_LAG_MS,
   ETH_HEADER,
-  FrameBatch,
+  type FrameBatch,
   HEADROOM,
   MAX_FRAME,
   SLOT_SIZE,
@@ -71,11 +68,13 @@ import { helloHeader, MAX_HELLO, PeerMesh } from "./_peers.ts";
 import { DEFAULT_GROUP_V4, DEFAULT_GROUP_V6, HEADER_SIZE, vxvdeHeader } from "./vxvde.ts";
 import {
   arpFrame,
+  loopbackSockets,
   pingFrame,
   routerSolicitation,
   WARM_LOCAL_MAC,
   WARM_PEER_MACS,
   warmNetworkPlug,
+  WarmUpPeer,
 } from "./_warmup.ts";
 
 /** The IANA port of VXLAN, the kernel's default too (`dstport 4789`). */
@@ -245,19 +244,11 @@ export class VxlanPlug implements Plug {
       portLow: this.#portLow,
     };
     const timeMs = batch.timeMs;
-    const fds: number[] = [];
-    let ownAddress: SocketAddress, peerAddress: SocketAddress;
-    try {
-      for (let i = 0; i < 2; i++) fds.push(udpSocket(AF_INET));
-      const loopback = SocketAddress.parse("127.0.0.1", 0, AF_INET)!;
-      for (const fd of fds) bindSocket(fd, loopback);
-      ownAddress = localAddress(fds[0]);
-      peerAddress = localAddress(fds[1]);
-    } catch {
-      for (const fd of fds) closeQuietly(fd);
-      return undefined;
-    }
+    const sockets = loopbackSockets(2);
+    if (!sockets) return undefined;
+    const { fds } = sockets;
     const [own, peerFd] = fds;
+    const [ownAddress, peerAddress] = sockets.addresses;
     const scratch = newCounters();
     const table = new MacTable(1024, this.config.expireSeconds, scratch, `${this.vnl} warm-up`);
     this.counters = scratch;
@@ -267,20 +258,14 @@ export class VxlanPlug implements Plug {
     this.#portLow = peerAddress.bytes[3];
     this.#aimPlanner(peerAddress);
     // The peer's datagrams are made in a batch of its own, and what it receives read into it.
-    const peerBatch = new FrameBatch(8);
-    const peerView = new DataView(peerBatch.bytes.buffer);
-    const at = peerBatch.offset(0);
+    const { batch: peerBatch, view: peerView, at, vector: peerVector } = new WarmUpPeer(
+      HEADER_SIZE,
+    );
     const header = vxvdeHeader(this.config.vni);
     const fromPeer = (length: number) => {
       peerBatch.bytes.set(header, at - HEADER_SIZE);
       sendTo(peerFd, peerBatch.bytes.subarray(at - HEADER_SIZE), HEADER_SIZE + length, ownAddress);
     };
-    const peerVector = new DatagramVector(
-      peerBatch.bytes,
-      SLOT_SIZE,
-      HEADROOM - HEADER_SIZE,
-      peerBatch.capacity,
-    );
     return {
       fds: [own],
       feed: (round) => {

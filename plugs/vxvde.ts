@@ -25,7 +25,7 @@ import {
   AF_INET,
   AF_INET6,
   bindSocket,
-  DatagramVector,
+  type DatagramVector,
   enableReceiveRuns,
   formatSocketAddress,
   interfaceIndex,
@@ -87,12 +87,14 @@ import { groupId, parseInteger, parseOptions, VnlError } from "../core/vnl.ts";
 import { HEADER_SIZE, vxvdeHeader } from "./_vxheader.ts";
 import {
   arpFrame,
+  loopbackSockets,
   pingFrame,
   routerSolicitation,
   WARM_LOCAL_MAC,
   WARM_LOOP_MAC,
   WARM_PEER_MACS,
   warmNetworkPlug,
+  WarmUpPeer,
 } from "./_warmup.ts";
 
 export { HEADER_SIZE, vxvdeHeader };
@@ -753,21 +755,16 @@ export class VxvdePlug implements Plug {
       sealer: this.#sealer,
     };
     const timeMs = batch.timeMs;
-    const fds: number[] = [];
-    let groupFd = -1, own = -1, peerFd = -1;
-    let ownAddress: SocketAddress, peerAddress: SocketAddress, groupStandIn: SocketAddress;
+    const sockets = loopbackSockets(3);
+    if (!sockets) return undefined;
+    const { fds } = sockets;
+    const [groupFd, own, peerFd] = fds;
+    const [groupStandIn, ownAddress, peerAddress] = sockets.addresses;
     // On a keyed network, the plug and its peer seal with a key of their own, made up for the
     // warm-up, and prove each other as members do.
     let sealer: Sealer | undefined, peerSealer: Sealer | undefined;
     try {
-      for (let i = 0; i < 3; i++) fds.push(udpSocket(AF_INET));
-      [groupFd, own, peerFd] = fds;
       enableReceiveRuns(own);
-      const loopback = SocketAddress.parse("127.0.0.1", 0, AF_INET)!;
-      for (const fd of fds) bindSocket(fd, loopback);
-      groupStandIn = localAddress(groupFd);
-      ownAddress = localAddress(own);
-      peerAddress = localAddress(peerFd);
       if (saved.sealer) {
         const secret = randomBytes(new Uint8Array(KEY_SIZE));
         const place = { vni: this.config.vni, group: this.config.group.bytes };
@@ -800,15 +797,7 @@ export class VxvdePlug implements Plug {
     this.#aimPlanner();
     // The peer's datagrams are made, and what it receives is opened, in slots of its own batch.
     const prefix = this.#prefix;
-    const peerBatch = new FrameBatch(8);
-    const peerView = new DataView(peerBatch.bytes.buffer);
-    const at = peerBatch.offset(0);
-    const peerVector = new DatagramVector(
-      peerBatch.bytes,
-      SLOT_SIZE,
-      HEADROOM - prefix,
-      peerBatch.capacity,
-    );
+    const { batch: peerBatch, view: peerView, at, vector: peerVector } = new WarmUpPeer(prefix);
     const source: DatagramSource = { names: peerVector.names, offset: 0, fromGroup: false };
     const ownTag = destinationTag(ownAddress.bytes, 0);
     const fromPeer = (length: number, to: SocketAddress, tag: number) => {
