@@ -221,13 +221,22 @@ export const Verdict = {
 } as const;
 
 /**
+ * No sender id or tag: beyond every 32-bit one. A double, not a small integer, so that a field that
+ * holds one keeps the representation the ids need: a field V8 first saw holding -1 changes it at
+ * the first id beyond 2^30, and every sealer made before (the plug's own, before its warm-up's)
+ * then meets its code with a stale shape, a deoptimization on its first live frames.
+ */
+const NO_ID = 2 ** 32;
+
+/**
  * The replay window of one sender: the highest sequence number seen (split in
  * 32-bit halves) and a ring bitmap of the ones just below it.
  */
 export class ReplayWindow {
   high = 0;
   top = 0;
-  lastSeen = 0;
+  /** When the sender was last heard from; never at first (a double from the start, see NO_ID). */
+  lastSeen = -Infinity;
   readonly #bits = new Uint32Array(WINDOW_WORDS);
 
   /** Whether sequence (high, low) is new: above the top, or inside the window and unseen. */
@@ -378,7 +387,7 @@ export class Sealer {
    * and a 32-bit id, beyond V8's small integers, is boxed (allocated) to look it up in the map.
    */
   #lastSender?: Sender;
-  #lastSenderId = -1;
+  #lastSenderId = NO_ID;
   readonly #parts = new PerBatch((batch): SlotParts => {
     const start = HEADROOM - SEALED_PREFIX;
     const [aad, frame] = slotPointers(batch.bytes, SLOT_SIZE, batch.capacity, [start, HEADROOM]);
@@ -393,13 +402,19 @@ export class Sealer {
   /** Tags of our unicast address on each local IP, refreshed when a tag is not found. */
   #localTags = new Set<number>();
   /** The last tag found in {@linkcode #localTags}, compared before the set for the same reason. */
-  #lastLocalTag = -1;
+  #lastLocalTag = NO_ID;
   #localPort = -1;
   #localRefreshedAt = -Infinity;
   /** The nonce of the hello sent to the group when the plug opened. */
   readonly #groupNonce = randomBytes(new Uint8Array(NONCE_SIZE));
   #greetedAt = -Infinity;
   #outgoing: Outgoing[] = [];
+  /**
+   * How many wait in {@linkcode #outgoing}, counted apart: the array's shape changes as it fills
+   * and is replaced, and the data path, which asks after every batch, would meet a shape the
+   * warm-up's sealer never showed it (a deoptimization on the first live frames).
+   */
+  #outgoingCount = 0;
   #control?: FrameBatch;
   #announceAt = Infinity;
   /** Called with a line worth logging (a key switch or retirement). */
@@ -411,8 +426,11 @@ export class Sealer {
     this.#header = sealedHeader(this.#place.vni);
     const now = Date.now() / 1000;
     this.#current = new TrafficKey(secret, this.#place, now);
+    // Each is a double first (see NO_ID): one sealer's may be a small integer and another's not.
+    this.senderId = NO_ID;
     this.senderId = new DataView(randomBytes(new Uint8Array(4)).buffer).getUint32(0);
     this.#sequenceHigh = Math.floor(now) >>> 0;
+    this.groupTag = NO_ID;
     this.groupTag = this.#place.group ? destinationTag(this.#place.group, 0) : 0;
   }
 
@@ -454,7 +472,7 @@ export class Sealer {
       // No address list: the ones above and the last known must do.
     }
     this.#localTags = tags;
-    this.#lastLocalTag = -1;
+    this.#lastLocalTag = NO_ID;
     return true;
   }
 
@@ -766,19 +784,21 @@ export class Sealer {
       datagram: batch.bytes.slice(start, HEADROOM + payload.length),
       to,
     });
+    this.#outgoingCount++;
   }
 
   /** Control datagrams to send, oldest first; the list is emptied. */
   takeOutgoing(): Outgoing[] {
-    if (this.#outgoing.length === 0) return NO_OUTGOING;
+    if (this.#outgoingCount === 0) return NO_OUTGOING;
     const taken = this.#outgoing;
     this.#outgoing = [];
+    this.#outgoingCount = 0;
     return taken;
   }
 
   /** Whether control datagrams wait in {@linkcode takeOutgoing}. */
   get hasOutgoing(): boolean {
-    return this.#outgoing.length > 0;
+    return this.#outgoingCount > 0;
   }
 
   /**
@@ -875,7 +895,7 @@ export class Sealer {
     peer.window.lastSeen = now;
     this.#senders.set(sender, peer);
     this.#lastSender = undefined;
-    this.#lastSenderId = -1;
+    this.#lastSenderId = NO_ID;
     return peer;
   }
 
