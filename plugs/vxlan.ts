@@ -313,8 +313,7 @@ export class VxlanPlug implements Plug {
     const words = batch.words;
     const names = vector.names;
     const counters = this.counters;
-    const now = batch.timeMs / 1000;
-    this.table.setClock(now);
+    this.table.setClock(batch.timeMs / 1000);
     for (let i = first; i < first + received; i++) {
       const datagramLength = vector.length(i);
       const headerWord = (i * SLOT_SIZE + HEADROOM - HEADER_SIZE) >>> 2;
@@ -371,8 +370,7 @@ export class VxlanPlug implements Plug {
     const bytes = batch.bytes;
     const words = batch.words;
     const counters = this.counters;
-    const now = (batch.timeMs + CLOCK_LAG_MS) / 1000;
-    this.table.setClock(now);
+    this.table.setClock((batch.timeMs + CLOCK_LAG_MS) / 1000);
     const planner = this.#planner;
     const split = batch.splitFrames;
     planner.start(vector, vector.segmentationRefused ? 0 : this.largestWholeFrame ?? 0);
