@@ -695,16 +695,17 @@ export class DatagramVector {
    * Aims datagram j of an outgoing vector (its iovecs) at `length` bytes of
    * slot `slot`; or, when `head` is not 0, at `head` bytes of the slot and
    * the rest at `restAt` of the slots' bytes: a split frame, sent without
-   * joining it. Datagrams of one send are aimed in order, from 0.
+   * joining it; a whole datagram may start `skip` bytes past the slot's
+   * first. Datagrams of one send are aimed in order, from 0.
    */
-  aimDatagram(j: number, slot: number, length: number, head = 0, restAt = 0): void {
+  aimDatagram(j: number, slot: number, length: number, head = 0, restAt = 0, skip = 0): void {
     const at = j === 0 ? this.capacity : this.#iovecEnd[j - 1];
     const words = this.#iovecWords;
     this.#iovecStart[j] = at;
     // The iovecs are written here, not by setIovec: an address is a number beyond a small
     // integer, which V8 boxes, an allocation per datagram, when it passes one to a call it did
     // not inline (it may not, deep in a plug's send).
-    const start = this.#payloadAddress + slot * this.#slotSize;
+    const start = this.#payloadAddress + slot * this.#slotSize + skip;
     const startHigh = Math.floor(start / 0x100000000);
     const word = at * 4;
     words[word] = start - startHigh * 0x100000000;

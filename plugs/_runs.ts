@@ -64,12 +64,14 @@ export class MessagePlanner {
    * Sends `datagram` bytes of slot `slot` to the group as a message of its own;
    * returns the index of its datagram in the vector (copies to other addresses may reuse it).
    * A split frame's datagram has `head` bytes in the slot and the rest at `restAt` (see
-   * {@linkcode DatagramVector.aimDatagram}); `head` is 0 for a whole one.
+   * {@linkcode DatagramVector.aimDatagram}); `head` is 0 for a whole one. A
+   * datagram `skip` bytes past the slot's first (a piece of a cut frame) is
+   * whole there.
    */
-  single(slot: number, datagram: number, head: number, restAt: number): number {
+  single(slot: number, datagram: number, head: number, restAt: number, skip = 0): number {
     this.#endRun();
     const vector = this.#vector!;
-    vector.aimDatagram(this.#datagrams, slot, datagram, head, restAt);
+    vector.aimDatagram(this.#datagrams, slot, datagram, head, restAt, skip);
     vector.prepareMessage(
       this.#prepared,
       this.#datagrams,
@@ -85,7 +87,7 @@ export class MessagePlanner {
   /**
    * Sends `datagram` bytes of slot `slot`, which carry a frame of `frameLength`
    * bytes, to the peer whose address is `peer` bytes into the peers' table, in the run of datagrams to
-   * that peer when it can join it; `head` and `restAt` as for {@linkcode single}.
+   * that peer when it can join it; `head`, `restAt` and `skip` as for {@linkcode single}.
    */
   toPeer(
     slot: number,
@@ -94,6 +96,7 @@ export class MessagePlanner {
     frameLength: number,
     head: number,
     restAt: number,
+    skip = 0,
   ): void {
     const joins = this.#runCount > 0 && peer === this.#runPeer &&
       datagram <= this.#runSegment && this.#runCount < MAX_SEGMENTS &&
@@ -104,10 +107,15 @@ export class MessagePlanner {
       this.#runPeer = peer;
       this.#runSegment = datagram;
     }
-    this.#vector!.aimDatagram(this.#datagrams++, slot, datagram, head, restAt);
+    this.#vector!.aimDatagram(this.#datagrams++, slot, datagram, head, restAt, skip);
     this.#runCount++;
     this.#runBytes += datagram;
     if (datagram < this.#runSegment || frameLength > this.#segmentable) this.#endRun();
+  }
+
+  /** How many datagrams the plan holds: at most the vector's capacity. */
+  get datagrams(): number {
+    return this.#datagrams;
   }
 
   /** Ends the plan: returns how many entries of the vector are prepared. */
