@@ -105,6 +105,11 @@ const FAMILIES: { metric: string; help: string; match: (name: string) => boolean
     help: "Super-frames (offloaded TCP/UDP runs) sent.",
     match: (name) => name === "superFramesOut",
   },
+  {
+    metric: "vdeno_sent_cut_frames_total",
+    help: "Frames sent in pieces: on a keyed network, longer than one datagram carries.",
+    match: (name) => name === "framesCut",
+  },
 ];
 
 /** `dropWrongHeader` -> `wrong_header`. */

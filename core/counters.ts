@@ -33,6 +33,8 @@ export const COUNTER_NAMES = [
   "superFramesOut",
   "dropUnknownSender",
   "dropUnproven",
+  "framesCut",
+  "dropIncomplete",
 ] as const;
 
 export type CounterName = typeof COUNTER_NAMES[number];

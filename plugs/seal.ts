@@ -49,6 +49,19 @@
  * Goodbyes are sealed datagrams with an empty frame, so nobody without the
  * key can make a plug forget its peers.
  *
+ * Pieces. A frame too long for one datagram on the route (a 1514-byte frame
+ * behind the 44-byte prefix is 1586 bytes of IPv4 datagram) is not left to IP
+ * fragmentation, which takes no UDP GSO or GRO and loses the whole frame with
+ * either fragment: it is cut into pieces of equal length (the last may be
+ * shorter), each sealed as a datagram of its own with the next sequence
+ * numbers, of kind `first piece`, `piece` (between) and `last piece`. A
+ * receiver opens each as any datagram (so each is authentic, fresh and for it)
+ * and keeps a sender's pieces from a first piece on, each following the one
+ * before by sequence number, until the last: a frame of which a piece was
+ * lost, reordered or replayed is dropped whole and counted. A plug that does
+ * not know pieces drops all three kinds as control messages it does not know,
+ * never delivering a part of a frame.
+ *
  * @module
  */
 
@@ -62,7 +75,7 @@ import {
   slotPointers,
 } from "../ffi/crypto.ts";
 import { type FileInfo, getEnv, interfaceAddresses, readFileWithInfo, userId } from "../ffi/os.ts";
-import { FrameBatch, HEADROOM, PerBatch, SLOT_SIZE } from "../core/frames.ts";
+import { FrameBatch, HEADROOM, MAX_FRAME, PerBatch, SLOT_SIZE } from "../core/frames.ts";
 import { HEADER_SIZE, SEALED_MARK, vxvdeHeader } from "./_vxheader.ts";
 
 export { SEALED_MARK };
@@ -109,7 +122,15 @@ const TWO_32 = 2 ** 32;
 const AF_INET = 2;
 
 /** What a sealed datagram carries. */
-export const Kind = { frame: 0, hello: 1, proof: 2, have: 3 } as const;
+export const Kind = {
+  frame: 0,
+  hello: 1,
+  proof: 2,
+  have: 3,
+  firstPiece: 4,
+  piece: 5,
+  lastPiece: 6,
+} as const;
 
 /** The 8 header bytes of a sealed network on `vni`. */
 export function sealedHeader(vni: number): Uint8Array<ArrayBuffer> {
@@ -218,6 +239,15 @@ export const Verdict = {
   control: 6,
   /** Sealed with a key id this plug does not hold (another key, or a rotation under way). */
   unknownKey: 7,
+  /** A piece of a frame, kept until the frame's last piece: nothing to deliver yet. */
+  piece: 8,
+  /**
+   * A frame of which a piece is missing was dropped: the pieces kept when a piece of another
+   * frame came, or a last piece that follows none kept.
+   */
+  incomplete: 9,
+  /** A frame's last piece, which made it whole in its slot: deliver {@linkcode Sealer.joinedLength} bytes. */
+  joined: 10,
 } as const;
 
 /**
@@ -290,6 +320,13 @@ class Sender {
   answered?: Uint8Array;
   /** Whether it showed our next key since that key was loaded. */
   hasNext = false;
+  /** The pieces of a frame kept until its last piece, made on its first piece. */
+  pieces?: Uint8Array<ArrayBuffer>;
+  /** Bytes kept in {@linkcode pieces}; 0 when no frame waits. */
+  piecesLength = 0;
+  /** The sequence number the next piece of the waiting frame must carry. */
+  nextPieceHigh = 0;
+  nextPieceLow = 0;
 }
 
 /** One traffic key, both ways. */
@@ -317,11 +354,15 @@ class TrafficKey {
   }
 }
 
-/** Per-batch pointers to the parts of each slot's sealed datagram, and OpenSSL's view of them. */
-interface SlotParts {
+/** Per-batch pointers to the parts of one sealed datagram in each slot, and OpenSSL's view of them. */
+interface PieceParts {
   aad: Deno.PointerObject[];
   frame: Deno.PointerObject[];
   sealing: GcmSlots;
+}
+
+/** {@linkcode PieceParts} of the datagram at each slot's start, which is also opened there. */
+interface SlotParts extends PieceParts {
   opening: GcmSlots;
 }
 
@@ -417,6 +458,18 @@ export class Sealer {
   #outgoingCount = 0;
   #control?: FrameBatch;
   #announceAt = Infinity;
+  /** The length of the frame a last piece made whole (see {@linkcode Verdict.joined}). */
+  joinedLength = 0;
+  /** The longest frame one datagram carries on the route; longer ones go in pieces. 0: unknown. */
+  #pieceLimit = 0;
+  /** How far apart a cut frame's datagrams lie in its slot: a prefix and the longest piece. */
+  #pieceStride = 0;
+  /** The pieces {@linkcode sealPieces} cut its frame into, how long each, and the last. */
+  pieces = 0;
+  pieceLength = 0;
+  lastPieceLength = 0;
+  /** Per batch, per piece after the first: pointers to its parts in every slot, made when needed. */
+  readonly #pieceParts = new PerBatch((): PieceParts[] => []);
   /** Called with a line worth logging (a key switch or retirement). */
   onEvent?: (message: string) => void;
 
@@ -532,9 +585,20 @@ export class Sealer {
 
   /** {@linkcode #sealWith} once the destination tag is in place. */
   #sealTo(key: TrafficKey, batch: FrameBatch, i: number, length: number, kind: number): boolean {
-    const parts = this.#parts.of(batch);
-    const bytes = batch.bytes;
     const at = i * SLOT_SIZE + HEADROOM - SEALED_PREFIX;
+    return this.#sealAt(key, batch.bytes, this.#parts.of(batch), i, at, length, kind);
+  }
+
+  /** Seals the datagram at `at` of `bytes`, in slot i, whose parts `parts` points at. */
+  #sealAt(
+    key: TrafficKey,
+    bytes: Uint8Array,
+    parts: PieceParts,
+    i: number,
+    at: number,
+    length: number,
+    kind: number,
+  ): boolean {
     writeUint32(bytes, at + KIND_AT, ((kind << 24) | key.id) >>> 0);
     writeUint32(bytes, at + SENDER_AT, this.senderId);
     writeUint32(bytes, at + SEQUENCE_AT, this.#sequenceHigh);
@@ -551,6 +615,88 @@ export class Sealer {
       length,
       parts.sealing.tag[i],
     );
+  }
+
+  /**
+   * Frames longer than `largest` bytes are to be cut into pieces (see the
+   * module's text): the longest frame a datagram carries on the route.
+   */
+  setPieceLimit(largest: number): void {
+    this.#pieceLimit = largest;
+    this.#pieceStride = SEALED_PREFIX + largest;
+  }
+
+  /**
+   * Cuts frame i of `batch` (`length` bytes, whole in its slot, longer than
+   * the piece limit) into {@linkcode pieces} of {@linkcode pieceLength} bytes,
+   * the last {@linkcode lastPieceLength}, and seals each in place as a
+   * datagram of its own, for the group or, with `addresses`, for the socket
+   * address at `offset` of it: piece k's datagram starts `k * stride` bytes
+   * after the frame's (see {@linkcode pieceStride}), where the frame's bytes
+   * are moved to. False, with nothing sealed, when the pieces do not fit the
+   * slot (a jumbo frame on a narrow route) or a seal failed.
+   */
+  sealPieces(
+    batch: FrameBatch,
+    i: number,
+    length: number,
+    addresses?: Uint8Array,
+    offset = 0,
+  ): boolean {
+    const limit = this.#pieceLimit, stride = this.#pieceStride;
+    if (limit <= 0) return false;
+    const count = Math.ceil(length / limit);
+    const size = Math.ceil(length / count);
+    const last = length - (count - 1) * size;
+    if (HEADROOM + (count - 1) * stride + last > SLOT_SIZE) return false;
+    this.pieces = count;
+    this.pieceLength = size;
+    this.lastPieceLength = last;
+    const bytes = batch.bytes;
+    const frame = i * SLOT_SIZE + HEADROOM;
+    for (let k = count - 1; k > 0; k--) {
+      const from = frame + k * size;
+      bytes.copyWithin(frame + k * stride, from, from + (k === count - 1 ? last : size));
+    }
+    const pieceParts = this.#pieceParts.of(batch);
+    const key = this.#current;
+    for (let k = 0; k < count; k++) {
+      const at = frame - SEALED_PREFIX + k * stride;
+      if (k > 0) bytes.set(this.#header, at);
+      if (addresses === undefined) writeUint32(bytes, at + TO_AT, this.groupTag);
+      else writeDestinationTag(bytes, at + TO_AT, addresses, offset);
+      const parts = k === 0 ? this.#parts.of(batch) : this.#piecePartsOf(batch, pieceParts, k);
+      const kind = k === 0 ? Kind.firstPiece : k === count - 1 ? Kind.lastPiece : Kind.piece;
+      if (!this.#sealAt(key, bytes, parts, i, at, k === count - 1 ? last : size, kind)) {
+        return false;
+      }
+    }
+    return true;
+  }
+
+  /** How far apart the datagrams of a cut frame lie (see {@linkcode sealPieces}). */
+  get pieceStride(): number {
+    return this.#pieceStride;
+  }
+
+  #piecePartsOf(batch: FrameBatch, made: PieceParts[], k: number): PieceParts {
+    while (made.length < k) {
+      const start = HEADROOM - SEALED_PREFIX + (made.length + 1) * this.#pieceStride;
+      const [aad, frame] = slotPointers(batch.bytes, SLOT_SIZE, batch.capacity, [
+        start,
+        start + SEALED_PREFIX,
+      ]);
+      const sealing = gcmSlots(
+        batch.bytes,
+        SLOT_SIZE,
+        batch.capacity,
+        start + SENDER_AT,
+        start + TAG_AT,
+        true,
+      );
+      made.push({ aad, frame, sealing });
+    }
+    return made[k - 1];
   }
 
   /**
@@ -630,6 +776,9 @@ export class Sealer {
     }
     peer.window.accept(high, low, now);
     if (key === this.#next) this.#sawNext(peer, now);
+    if (kind >= Kind.firstPiece && kind <= Kind.lastPiece) {
+      return this.#takePiece(peer, kind, bytes, at + SEALED_PREFIX, length, high, low);
+    }
     if (kind !== Kind.frame) return Verdict.control;
     // A goodbye: the sender must prove itself again, after all it sent so far.
     if (length === 0) peer.proven = false;
@@ -685,6 +834,48 @@ export class Sealer {
     peer.window.accept(high, low, now);
     if (key === this.#next) this.#sawNext(peer, now);
     return Verdict.ok;
+  }
+
+  /**
+   * Keeps a piece of `length` bytes at `payload` of `bytes`, authentic and
+   * fresh, from `peer`, or with the pieces kept before it makes its frame
+   * whole where it is: the frame is then moved to start at `payload`.
+   */
+  #takePiece(
+    peer: Sender,
+    kind: number,
+    bytes: Uint8Array,
+    payload: number,
+    length: number,
+    high: number,
+    low: number,
+  ): number {
+    const kept = peer.piecesLength;
+    const follows = kept > 0 && high === peer.nextPieceHigh && low === peer.nextPieceLow;
+    if (kind === Kind.lastPiece) {
+      // Pieces kept that this one does not follow may still be followed by their own.
+      if (!follows || length === 0 || kept + length > MAX_FRAME) return Verdict.incomplete;
+      bytes.copyWithin(payload + kept, payload, payload + length);
+      bytes.set(peer.pieces!.subarray(0, kept), payload);
+      peer.piecesLength = 0;
+      this.joinedLength = kept + length;
+      return Verdict.joined;
+    }
+    // A first piece starts a frame, dropping one that never got its last piece; a piece between
+    // must follow the kept ones, or the frame they start is dropped.
+    const first = kind === Kind.firstPiece;
+    const dropped = kept > 0 && (first || !follows);
+    const start = first ? 0 : kept;
+    if ((!first && !follows) || length === 0 || start + length > MAX_FRAME) {
+      peer.piecesLength = 0;
+      return Verdict.incomplete;
+    }
+    const pieces = peer.pieces ??= new Uint8Array(MAX_FRAME);
+    pieces.set(bytes.subarray(payload, payload + length), start);
+    peer.piecesLength = start + length;
+    peer.nextPieceLow = low === TWO_32 - 1 ? 0 : low + 1;
+    peer.nextPieceHigh = low === TWO_32 - 1 ? (high + 1) >>> 0 : high;
+    return dropped ? Verdict.incomplete : Verdict.piece;
   }
 
   #runPartsOf(bytes: Uint8Array<ArrayBuffer>, at: number, stride: number, count: number): RunParts {

@@ -222,6 +222,8 @@ export class VxvdePlug implements Plug {
   #groupTarget: SocketAddress;
   /** Bytes before the frame in a datagram: the header, and on a keyed network the seal. */
   readonly #prefix: number;
+  /** Longer frames are sent in pieces: a keyed network on a route whose MTU is known. */
+  #pieceLimit = MAX_FRAME;
   /** First header word of an open network on our VNI (the second is the same as ours). */
   readonly #plainHigh: number;
   /** First header word of a keyed network on our VNI (the second is the same as ours). */
@@ -333,6 +335,11 @@ export class VxvdePlug implements Plug {
     }
     const largest = largestWholeFrame(config.group, ifindex, this.#prefix);
     if (largest !== undefined) this.largestWholeFrame = largest;
+    // Sealed, a longer frame goes in pieces (see plugs/seal.ts) rather than as IP fragments.
+    if (this.#sealer && largest !== undefined && largest > ETH_HEADER) {
+      this.#sealer.setPieceLimit(largest);
+      this.#pieceLimit = largest;
+    }
     this.fds = this.#mesh ? [multicastFd, unicastFd, this.#mesh.timerFd] : [multicastFd, unicastFd];
     this.#header = this.#sealer ? sealedHeader(config.vni) : vxvdeHeader(config.vni);
     const headerView = new DataView(this.#header.buffer);
@@ -515,7 +522,7 @@ export class VxvdePlug implements Plug {
       if (vector.takenWhole(i)) continue; // a held frame, checked and counted by #takeRun
       const datagramLength = vector.length(i);
       const headerWord = (i * SLOT_SIZE + HEADROOM - prefix) >>> 2;
-      const frameLength = datagramLength - prefix;
+      let frameLength = datagramLength - prefix;
       batch.lengths[i] = 0;
       if (datagramLength < HEADER_SIZE) {
         counters[Counter.dropMalformed]++;
@@ -551,7 +558,8 @@ export class VxvdePlug implements Plug {
         source.offset = i * SOCKADDR_SIZE;
         source.fromGroup = fromGroup;
         const verdict = sealer.open(batch, i, frameLength, now, source);
-        if (verdict !== Verdict.ok) {
+        if (verdict === Verdict.joined) frameLength = sealer.joinedLength;
+        else if (verdict !== Verdict.ok) {
           this.#countVerdict(verdict, names, i * SOCKADDR_SIZE, now);
           continue;
         }
@@ -609,6 +617,10 @@ export class VxvdePlug implements Plug {
         counters[Counter.dropUnproven]++;
         break;
       case Verdict.control:
+      case Verdict.piece:
+        break;
+      case Verdict.incomplete:
+        counters[Counter.dropIncomplete]++;
         break;
       case Verdict.unknownKey:
         counters[Counter.dropAuthFailed]++;
@@ -679,6 +691,10 @@ export class VxvdePlug implements Plug {
       words[headerWord] = this.#headerHigh;
       words[headerWord + 1] = this.#headerLow;
       const slot = this.table.lookup(bytes, frameOffset);
+      if (length > this.#pieceLimit) {
+        this.#sendPieces(batch, vector, i, length, slot);
+        continue;
+      }
       // A split frame's datagram: the encapsulation and the frame's head, then its rest.
       const head = split === 0 || batch.heads[i] === 0 ? 0 : batch.heads[i] + prefix;
       const restAt = head === 0 ? 0 : batch.rests[i];
@@ -691,6 +707,7 @@ export class VxvdePlug implements Plug {
         counters[Counter.dropSendError]++;
         continue;
       }
+      if (planner.datagrams === vector.capacity) this.#sendPlanned(vector); // after pieces
       const datagram = length + prefix;
       if (slot < 0) {
         const flood = planner.single(i, datagram, head, restAt);
@@ -713,6 +730,48 @@ export class VxvdePlug implements Plug {
     sendPlanned(this.vnl, this.#unicastFd, vector, planner, counters, this.#mesh);
     // A key change announces itself while frames are sealed.
     if (sealer?.hasOutgoing) this.#sendOutgoing();
+  }
+
+  /** Sends what the planner holds, which a send's datagrams outgrew, and starts it again. */
+  #sendPlanned(vector: DatagramVector): void {
+    const planner = this.#planner;
+    sendPlanned(this.vnl, this.#unicastFd, vector, planner, this.counters, this.#mesh);
+    planner.start(vector, vector.segmentationRefused ? 0 : this.largestWholeFrame ?? 0);
+  }
+
+  /**
+   * Sends frame i of `batch`, too long for one sealed datagram, as the
+   * datagrams of its pieces (see {@linkcode Sealer.sealPieces}), to the peer
+   * of `slot` in the table or, when it is -1, to the group.
+   */
+  #sendPieces(batch: FrameBatch, vector: DatagramVector, i: number, length: number, slot: number) {
+    const sealer = this.#sealer!, planner = this.#planner, counters = this.counters;
+    const sealed = slot < 0
+      ? sealer.sealPieces(batch, i, length)
+      : sealer.sealPieces(batch, i, length, this.table.addresses, slot * SOCKADDR_SIZE);
+    if (!sealed) {
+      counters[Counter.dropSendError]++;
+      return;
+    }
+    const pieces = sealer.pieces, stride = sealer.pieceStride;
+    if (planner.datagrams + pieces > vector.capacity) this.#sendPlanned(vector);
+    if (pieces > vector.capacity) {
+      counters[Counter.dropSendError]++; // a jumbo frame's pieces outnumber a small batch
+      return;
+    }
+    for (let k = 0; k < pieces; k++) {
+      const piece = k === pieces - 1 ? sealer.lastPieceLength : sealer.pieceLength;
+      const datagram = piece + SEALED_PREFIX;
+      if (slot < 0) {
+        this.#mesh?.noteFlood(planner.single(i, datagram, 0, 0, k * stride), datagram);
+      } else {
+        planner.toPeer(i, datagram, slot * SOCKADDR_SIZE, piece, 0, 0, k * stride);
+      }
+    }
+    counters[slot < 0 ? Counter.sentMulticast : Counter.sentUnicast]++;
+    counters[Counter.framesCut]++;
+    counters[Counter.framesOut]++;
+    counters[Counter.bytesOut] += length;
   }
 
   /**

@@ -170,6 +170,11 @@ async function everyByteArrives(vnl: string, underlayMtu?: number): Promise<void
     );
     const runs = overlayNow.superFramesIn - overlayWas.superFramesIn;
     if (vnl.startsWith("vxvde")) assert.ok(runs > 0, `${side}'s plug received no run`);
+    // Frames longer than a sealed datagram carries (the 1400-byte ping flood's) go in pieces.
+    if (vnl.includes("key=")) {
+      const cut = overlayNow.framesCut - overlayWas.framesCut;
+      assert.ok(cut > 0, `${side}'s plug sent no frame in pieces`);
+    }
     // A keyed plug opens runs where they arrived: a datagram opened twice would count here.
     for (const name of ["dropAuthFailed", "dropReplay"]) {
       const more = overlayNow[name] - overlayWas[name];
@@ -213,6 +218,20 @@ hostTest(
     try {
       await Deno.writeTextFile(keyFile, newKeyText(), { mode: 0o600 });
       await everyByteArrives(`vxvde://239.7.3.4/key='${keyFile}'`);
+    } finally {
+      await Deno.remove(keyFile);
+    }
+  },
+);
+
+hostTest(
+  "the same streams cross a keyed vxvde:// network on a 1000-byte underlay, long frames in pieces",
+  ["ping"],
+  async () => {
+    const keyFile = await Deno.makeTempFile({ prefix: "vdeno-integrity-key-" });
+    try {
+      await Deno.writeTextFile(keyFile, newKeyText(), { mode: 0o600 });
+      await everyByteArrives(`vxvde://239.7.3.5/key='${keyFile}'`, 1000);
     } finally {
       await Deno.remove(keyFile);
     }

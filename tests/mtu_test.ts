@@ -2,11 +2,13 @@
  * The README's MTU table (Troubleshooting), read from README.md: on a
  * 1500-byte underlay, each TAP MTU it gives (IPv4 and IPv6, open and keyed)
  * is the largest whose full-size frames cross in one datagram; one byte more
- * and they cross as IP fragments, and still arrive.
+ * and they still arrive, as IP fragments on an open network (as vde_plug
+ * sends them), in pieces of their own (plugs/seal.ts) and never as IP
+ * fragments on a keyed one.
  */
 
 import assert from "node:assert/strict";
-import { type Host, hostTest, Lan, sleep } from "./_harness.ts";
+import { type Host, hostTest, Lan, sleep, VDENO } from "./_harness.ts";
 import { newKeyText } from "../plugs/seal.ts";
 
 /** The MTU table of the README's Troubleshooting section: underlay, open and keyed. */
@@ -32,8 +34,14 @@ async function countFragments(host: Host, v6: boolean, action: () => Promise<voi
   return tcpdump.stdout.split("\n").filter((line) => /\bIP6? /.test(line)).length;
 }
 
+/** How many frames the network plug of `name` on `host` sent in pieces. */
+async function framesCut(host: Host, name: string): Promise<number> {
+  const status = JSON.parse(await host.sh([...VDENO, "status", "--json", name]));
+  return status.plugs[1].counters.framesCut;
+}
+
 hostTest(
-  "a TAP MTU from the README's table crosses in one datagram; one byte more fragments",
+  "a TAP MTU from the README's table crosses in one datagram; one byte more fragments, or goes in pieces keyed",
   ["ping", "tcpdump"],
   async () => {
     const keyFile = await Deno.makeTempFile({ prefix: "vdeno-mtu-key-" });
@@ -47,7 +55,11 @@ hostTest(
         const vnl = `vxvde://${group}${keyed ? `/key='${keyFile}'` : ""}`;
         const tap = `tap${index}`;
         const what = `${underlay}${keyed ? ", keyed" : ""}`;
-        const plugs = [a, b].map((host) => host.vdeno(["plug", `tap://${tap}`, vnl]));
+        // Plug names are the machine's, not a namespace's: one of its own for each.
+        const name = `mtu${index}-${Deno.pid}-`;
+        const plugs = [a, b].map((host, i) =>
+          host.vdeno(["plug", "--name", `${name}${i}`, `tap://${tap}`, vnl])
+        );
         for (const [i, host] of [a, b].entries()) {
           await host.waitForLink(tap, 30_000, plugs[i]);
           await host.sh(["ip", "link", "set", tap, "mtu", String(mtu)]);
@@ -65,8 +77,15 @@ hostTest(
         for (const host of [a, b]) {
           await host.sh(["ip", "link", "set", tap, "mtu", String(mtu + 1)]);
         }
+        const cutBefore = await framesCut(a, `${name}0`);
         const over = await countFragments(b, v6, ping(mtu + 1 - 28));
-        assert.ok(over >= 3, `${what}: TAP MTU ${mtu + 1}: ${over} fragments, expected some`);
+        if (keyed) {
+          assert.equal(over, 0, `${what}: TAP MTU ${mtu + 1}: IP fragments on a keyed network`);
+          const cut = await framesCut(a, `${name}0`) - cutBefore;
+          assert.ok(cut >= 3, `${what}: TAP MTU ${mtu + 1}: ${cut} frames sent in pieces`);
+        } else {
+          assert.ok(over >= 3, `${what}: TAP MTU ${mtu + 1}: ${over} fragments, expected some`);
+        }
         for (const plug of plugs) await plug.stop();
       }
     } finally {

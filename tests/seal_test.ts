@@ -237,6 +237,100 @@ Deno.test("sealer: sealFrame seals as seal does, for the group or a member's add
   assert.deepEqual(datagram(1).subarray(0, tagAt), sealed.subarray(0, tagAt));
 });
 
+/** Cuts `frame` into pieces of at most `limit` bytes with `sealer`, for `to`; returns the datagrams. */
+function sealPieces(sealer: Sealer, frame: Uint8Array, limit: number, to?: SocketAddress) {
+  const batch = new FrameBatch(2);
+  batch.push(new Uint8Array(60)); // a frame before, so that slot 1 is not the first
+  batch.push(frame);
+  batch.bytes.set(sealedHeader(42), batch.offset(1) - SEALED_PREFIX);
+  sealer.setPieceLimit(limit);
+  sealer.startBatch(Date.now() / 1000);
+  const addresses = to?.bytes.slice(0, SOCKADDR_SIZE);
+  assert.ok(sealer.sealPieces(batch, 1, frame.length, addresses, 0));
+  assert.equal(sealer.pieces, Math.ceil(frame.length / limit));
+  return Array.from({ length: sealer.pieces }, (_, k) => {
+    const at = batch.offset(1) - SEALED_PREFIX + k * sealer.pieceStride;
+    const piece = k === sealer.pieces - 1 ? sealer.lastPieceLength : sealer.pieceLength;
+    assert.ok(piece <= limit, `piece ${k}: ${piece} bytes, more than ${limit}`);
+    return batch.bytes.slice(at, at + SEALED_PREFIX + piece);
+  });
+}
+
+Deno.test("sealer: a frame too long for a datagram goes in pieces that open whole; one with a piece missing is dropped", () => {
+  const alice = new Member(41020), bob = new Member(41021), carol = new Member(41022);
+  for (const member of [alice, bob, carol]) member.sealer.greet(Date.now() / 1000);
+  exchange([alice, bob, carol]);
+  const frame = new Uint8Array(1514).map((_, i) => (i * 7) & 0xff);
+  const open = (datagram: Uint8Array, from = alice) =>
+    openDatagram(bob, datagram, from.address, true);
+  // Whole: every piece is kept but the last, which gives the frame back, in 2 and in 4 pieces.
+  for (const limit of [1000, 500]) {
+    const pieces = sealPieces(alice.sealer, frame, limit);
+    assert.equal(pieces.length, limit === 1000 ? 2 : 4);
+    const sizes = pieces.map((piece) => piece.length - SEALED_PREFIX);
+    assert.equal(sizes.reduce((a, b) => a + b), frame.length);
+    assert.ok(sizes.slice(0, -1).every((size) => size === sizes[0]), "equal pieces, GSO-able");
+    for (const piece of pieces.slice(0, -1)) assert.equal(open(piece).verdict, Verdict.piece);
+    assert.deepEqual(joinLast(bob, pieces.at(-1)!, alice), frame, `${limit}: the frame, whole`);
+  }
+  // A piece lost: the frame is dropped (once), and the next frame still arrives.
+  const lost = sealPieces(alice.sealer, frame, 500);
+  assert.equal(open(lost[0]).verdict, Verdict.piece);
+  assert.equal(open(lost[2]).verdict, Verdict.incomplete, "a piece that does not follow");
+  assert.equal(open(lost[3]).verdict, Verdict.incomplete, "nothing kept for it to follow");
+  const next = sealPieces(alice.sealer, frame, 1000);
+  assert.equal(open(next[0]).verdict, Verdict.piece);
+  assert.deepEqual(joinLast(bob, next[1], alice), frame);
+  // A first piece whose last never came: dropped when the next frame's first piece comes.
+  const cut = sealPieces(alice.sealer, frame, 1000);
+  assert.equal(open(cut[0]).verdict, Verdict.piece);
+  const after = sealPieces(alice.sealer, frame, 1000);
+  assert.equal(open(after[0]).verdict, Verdict.incomplete, "cut[0] never got its last");
+  assert.deepEqual(joinLast(bob, after[1], alice), frame);
+  // A last piece alone, a piece again, a last piece twice: nothing delivered.
+  const again = sealPieces(alice.sealer, frame, 1000);
+  assert.equal(open(again[1]).verdict, Verdict.incomplete, "a last piece with no piece before");
+  assert.equal(open(again[0]).verdict, Verdict.piece, "late, but fresh");
+  assert.equal(open(again[0]).verdict, Verdict.replayed);
+  assert.equal(open(again[1]).verdict, Verdict.replayed, "the last piece was seen already");
+  // Pieces of two senders between each other each make their own frame; a tampered piece is
+  // forged, and its frame never completes.
+  const fromAlice = sealPieces(alice.sealer, frame, 1000);
+  const other = frame.map((byte) => byte ^ 0xff);
+  const fromCarol = sealPieces(carol.sealer, other, 1000);
+  assert.equal(open(fromAlice[0]).verdict, Verdict.incomplete, "again[0] kept, never completed");
+  assert.equal(open(fromCarol[0], carol).verdict, Verdict.piece);
+  assert.deepEqual(joinLast(bob, fromAlice[1], alice), frame);
+  assert.deepEqual(joinLast(bob, fromCarol[1], carol), other);
+  const tampered = sealPieces(alice.sealer, frame, 1000);
+  tampered[0][SEALED_PREFIX + 3] ^= 1;
+  assert.equal(open(tampered[0]).verdict, Verdict.forged);
+  assert.equal(open(tampered[1]).verdict, Verdict.incomplete);
+  // For one member: its tag is in every piece; another member refuses them.
+  const toBob = sealPieces(alice.sealer, frame, 1000, bob.address);
+  assert.equal(openDatagram(carol, toBob[0], alice.address, false).verdict, Verdict.misdirected);
+  assert.equal(openDatagram(bob, toBob[0], alice.address, false).verdict, Verdict.piece);
+  for (const member of [alice, bob, carol]) member.sealer.close();
+});
+
+/** Opens `datagram`, a last piece from `from`, at `member`: returns the frame it made whole. */
+function joinLast(member: Member, datagram: Uint8Array, from: Member): Uint8Array {
+  const batch = new FrameBatch(1);
+  batch.bytes.set(datagram, HEADROOM - SEALED_PREFIX);
+  const names = new Uint8Array(SOCKADDR_SIZE);
+  names.set(from.address.bytes.subarray(0, SOCKADDR_SIZE));
+  const source = { names, offset: 0, fromGroup: true };
+  const verdict = member.sealer.open(
+    batch,
+    0,
+    datagram.length - SEALED_PREFIX,
+    Date.now() / 1000,
+    source,
+  );
+  assert.equal(verdict, Verdict.joined);
+  return batch.bytes.slice(HEADROOM, HEADROOM + member.sealer.joinedLength);
+}
+
 Deno.test("sealer: other keys, VNIs, groups and ports give other keys; a fresh member refuses recordings", () => {
   const alice = new Member(41010), bob = new Member(41011);
   for (const member of [alice, bob]) member.sealer.greet(Date.now() / 1000);
