@@ -71,11 +71,12 @@ export function runCable(a: Plug, b: Plug, options: CableOptions): CableEnd {
   for (const plug of plugs) {
     if (!plug.warmUp) continue;
     const started = performance.now();
-    const { framesIn, framesOut } = plug.warmUp(batch);
+    const { framesIn, framesOut, framesCut } = plug.warmUp(batch);
     const ms = (performance.now() - started).toFixed(1);
+    const cut = framesCut ? ` (${framesCut} in pieces)` : "";
     log(
       "debug",
-      `${plug.vnl}: warm-up moved ${framesIn} frames in and ${framesOut} out in ${ms} ms`,
+      `${plug.vnl}: warm-up moved ${framesIn} frames in and ${framesOut} out${cut} in ${ms} ms`,
     );
   }
   /** The poll's timeout while no backlog waits: none, but 0 while the cable warms up. */

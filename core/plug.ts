@@ -103,6 +103,8 @@ export interface Plug {
 export interface WarmUpResult {
   framesIn: number;
   framesOut: number;
+  /** Of those out, how many went in pieces (a keyed network's longest frames). */
+  framesCut?: number;
 }
 
 /** A plug in its warm-up state (`Plug.startWarmUp`). */

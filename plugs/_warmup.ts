@@ -176,7 +176,9 @@ interface NetworkPlug {
  * A network plug's own warm-up (`Plug.warmUp`) on its warm-up state: each
  * round the state's input in (with `readyMask(round)`), then out a ping
  * reply to a peer it learned, a broadcast, and TCP frames, full and shorter,
- * with a slot the other plug dropped; what it sent is drained. Ends the state.
+ * every other round one longer than the route carries whole (in pieces on a
+ * keyed network), with a slot the other plug dropped; what it sent is
+ * drained. Ends the state.
  */
 export function warmNetworkPlug(
   plug: NetworkPlug,
@@ -201,6 +203,9 @@ export function warmNetworkPlug(
         tcpFrame(framesView, batch.offset(2), peer, WARM_LOCAL_MAC, full, warmSequence(round)),
         tcpFrame(framesView, batch.offset(3), peer, WARM_LOCAL_MAC, full, warmSequence(round)),
         tcpFrame(framesView, batch.offset(4), peer, WARM_LOCAL_MAC, full - 100),
+        round % 2 === 0
+          ? 0
+          : tcpFrame(framesView, batch.offset(5), peer, WARM_LOCAL_MAC, full + 100),
         0, // a slot the other plug dropped
       ];
       for (const slotLength of slots) batch.lengths[batch.count++] = slotLength;

@@ -90,6 +90,7 @@ import {
   loopbackSockets,
   pingFrame,
   routerSolicitation,
+  tcpFrame,
   WARM_LOCAL_MAC,
   WARM_LOOP_MAC,
   WARM_PEER_MACS,
@@ -835,6 +836,10 @@ export class VxvdePlug implements Plug {
         }
         sealer.setLocalPort(ownAddress.port);
         peerSealer.setLocalPort(peerAddress.port);
+        if (this.#pieceLimit < MAX_FRAME) {
+          sealer.setPieceLimit(this.#pieceLimit);
+          peerSealer.setPieceLimit(this.#pieceLimit);
+        }
         // Shaped as the plug's own sealer, which has one (V8 compiles for the shape it saw).
         sealer.onEvent = peerSealer.onEvent = () => {};
       }
@@ -878,6 +883,20 @@ export class VxvdePlug implements Plug {
         fromPeer(length, groupStandIn, peerSealer?.groupTag ?? 0);
         length = pingFrame(peerView, at, WARM_LOCAL_MAC, peer);
         fromPeer(length, ownAddress, ownTag);
+        if (peerSealer && this.#pieceLimit < MAX_FRAME && round % 2 === 1) {
+          // A frame longer than the route carries, in pieces, for the plug to join.
+          length = tcpFrame(peerView, at, WARM_LOCAL_MAC, peer, this.#pieceLimit + 100 - 54);
+          peerBatch.bytes.set(this.#header, at - prefix);
+          if (peerSealer.sealPieces(peerBatch, 0, length, ownAddress.bytes, 0)) {
+            for (let k = 0; k < peerSealer.pieces; k++) {
+              const piece = k === peerSealer.pieces - 1
+                ? peerSealer.lastPieceLength
+                : peerSealer.pieceLength;
+              const from = at - prefix + k * peerSealer.pieceStride;
+              sendTo(peerFd, peerBatch.bytes.subarray(from), prefix + piece, ownAddress);
+            }
+          }
+        }
         if (round % 8 === 2) {
           // From the plug's own socket to itself: its table learns WARM_LOOP_MAC there.
           length = arpFrame(peerView, at, WARM_LOOP_MAC);
@@ -930,7 +949,11 @@ export class VxvdePlug implements Plug {
         for (const fd of fds) closeQuietly(fd);
         sealer?.close();
         peerSealer?.close();
-        return { framesIn: scratch[Counter.framesIn], framesOut: scratch[Counter.framesOut] };
+        return {
+          framesIn: scratch[Counter.framesIn],
+          framesOut: scratch[Counter.framesOut],
+          framesCut: scratch[Counter.framesCut],
+        };
       },
     };
   }

@@ -2,7 +2,7 @@
  * The warm-up at open: a plug runs its data path on synthetic frames before
  * the first real one, and none of them reaches the TAP or the network, nor
  * shows in the counters or the MAC table; on a keyed network with a key of
- * its own, which proves nobody to the real one.
+ * its own, which proves nobody to the real one, and frames in pieces.
  */
 
 import assert from "node:assert/strict";
@@ -94,6 +94,10 @@ async function warmUpTouchesNothing(kind: Network): Promise<void> {
       const [framesIn, framesOut] = warmed.get(vnl) ?? [0, 0];
       assert.ok(framesIn >= 100 && framesOut >= 100, `${vnl} warmed: ${plug.stderr}`);
     }
+    // A keyed plug cut its longest frames into pieces, as it will the network's.
+    const cut = / warm-up moved \d+ frames in and \d+ out \((\d+) in pieces\)/.exec(plug.stderr);
+    if (keyed) assert.ok(Number(cut?.[1]) >= 25, `frames cut in the warm-up: ${plug.stderr}`);
+    else assert.equal(cut, null, `frames cut on an open network: ${plug.stderr}`);
     // Then the cable itself ran on both plugs' warm-up descriptors: frames crossed it both ways,
     // and, on an open vxvde network, the TAP's bursts came back as runs and left backlogs that
     // took turns (a keyed plug drops what it sealed itself as its own echo; a vxlan plug sends
