@@ -7,7 +7,8 @@ import { MAX_SEGMENTED_BYTES, MessagePlanner, type MessageSink } from "../plugs/
 /** One datagram of a send: to the group (a message of its own), or to a peer. */
 type Datagram =
   & ({ group: true; bytes: number } | { peer: number; bytes: number; frame?: number })
-  & { head?: number; restAt?: number }; // a split frame's datagram: its head in the slot
+  & { head?: number; restAt?: number } // a split frame's datagram: its head in the slot
+  & { slot?: number; skip?: number }; // a piece of a cut frame: in that slot, skip bytes in
 
 /** A message as the plan prepared it: its datagrams (by index), their segment size, the address. */
 interface Message {
@@ -21,11 +22,11 @@ const HEADER = 8;
 
 /** Plans `datagrams` and returns the messages, checking each datagram is aimed at its own slot. */
 function plan(datagrams: Datagram[], segmentable: number): Message[] {
-  const aimed: [number, number, number, number][] = [];
+  const aimed: [number, number, number, number, number][] = [];
   const messages: Message[] = [];
   const sink: MessageSink = {
-    aimDatagram(j, slot, length, head = 0, restAt = 0) {
-      aimed[j] = [slot, length, head, restAt];
+    aimDatagram(j, slot, length, head = 0, restAt = 0, skip = 0) {
+      aimed[j] = [slot, length, head, restAt, skip];
     },
     prepareMessage(i, first, count, segment, name, nameLength) {
       assert.equal(i, messages.length, "messages are prepared in order");
@@ -40,23 +41,26 @@ function plan(datagrams: Datagram[], segmentable: number): Message[] {
   const planner = new MessagePlanner(16);
   planner.setAddresses(GROUP, 0);
   planner.start(sink, segmentable);
-  datagrams.forEach((datagram, slot) => {
-    const head = datagram.head ?? 0, restAt = datagram.restAt ?? 0;
-    if ("group" in datagram) planner.single(slot, datagram.bytes, head, restAt);
+  datagrams.forEach((datagram, index) => {
+    const head = datagram.head ?? 0, restAt = datagram.restAt ?? 0, skip = datagram.skip ?? 0;
+    const slot = datagram.slot ?? index;
+    if ("group" in datagram) planner.single(slot, datagram.bytes, head, restAt, skip);
     else {
       const frame = datagram.frame ?? datagram.bytes - HEADER;
-      planner.toPeer(slot, datagram.bytes, datagram.peer, frame, head, restAt);
+      planner.toPeer(slot, datagram.bytes, datagram.peer, frame, head, restAt, skip);
     }
+    assert.equal(planner.datagrams, index + 1, "the plan counts its datagrams");
   });
   assert.equal(planner.finish(), messages.length);
   // Every datagram is aimed once, at its own slot with its own length and split, in order.
   assert.deepEqual(
     aimed,
-    datagrams.map((datagram, slot) => [
-      slot,
+    datagrams.map((datagram, index) => [
+      datagram.slot ?? index,
       datagram.bytes,
       datagram.head ?? 0,
       datagram.restAt ?? 0,
+      datagram.skip ?? 0,
     ]),
   );
   return messages;
@@ -65,8 +69,31 @@ function plan(datagrams: Datagram[], segmentable: number): Message[] {
 const toPeer = (peer: number, bytes: number, count = 1): Datagram[] =>
   Array.from({ length: count }, () => ({ peer, bytes }));
 
+/** The two equal pieces of a frame cut in slot `slot` (keyed: 44 bytes before each of 721). */
+const pieces = (slot: number, to?: number): Datagram[] =>
+  [0, 1472].map((skip) =>
+    to === undefined
+      ? { group: true, bytes: 765, slot, skip }
+      : { peer: to, bytes: 765, frame: 721, slot, skip }
+  );
+
 const cases: { name: string; datagrams: Datagram[]; segmentable?: number; messages: Message[] }[] =
   [
+    {
+      name: "the pieces of frames cut in their slots share one message with whole datagrams",
+      datagrams: [...pieces(0, 1), ...pieces(1, 1), ...toPeer(1, 765)],
+      segmentable: 1428,
+      messages: [{ datagrams: [0, 1, 2, 3, 4], segment: 765, name: 1 }],
+    },
+    {
+      name: "the pieces of a frame for the group are a message each",
+      datagrams: pieces(0),
+      segmentable: 1428,
+      messages: [
+        { datagrams: [0], segment: 765, name: GROUP },
+        { datagrams: [1], segment: 765, name: GROUP },
+      ],
+    },
     {
       name: "equal datagrams to one peer share one message",
       datagrams: toPeer(1, 1408, 3),
