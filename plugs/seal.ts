@@ -682,6 +682,11 @@ export class Sealer {
     return this.#pieceStride;
   }
 
+  /** The length of the datagram of piece k of the frame {@linkcode sealPieces} cut last. */
+  pieceDatagram(k: number): number {
+    return SEALED_PREFIX + (k === this.pieces - 1 ? this.lastPieceLength : this.pieceLength);
+  }
+
   #piecePartsOf(batch: FrameBatch, made: PieceParts[], k: number): PieceParts {
     while (made.length < k) {
       const start = HEADROOM - SEALED_PREFIX + (made.length + 1) * this.#pieceStride;

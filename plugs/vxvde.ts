@@ -755,17 +755,17 @@ export class VxvdePlug implements Plug {
       return;
     }
     const pieces = sealer.pieces, stride = sealer.pieceStride;
-    if (planner.datagrams + pieces > vector.capacity) this.#sendPlanned(vector);
     if (pieces > vector.capacity) {
       counters[Counter.dropSendError]++; // a jumbo frame's pieces outnumber a small batch
       return;
     }
+    if (planner.datagrams + pieces > vector.capacity) this.#sendPlanned(vector);
     for (let k = 0; k < pieces; k++) {
-      const piece = k === pieces - 1 ? sealer.lastPieceLength : sealer.pieceLength;
-      const datagram = piece + SEALED_PREFIX;
+      const datagram = sealer.pieceDatagram(k);
       if (slot < 0) {
         this.#mesh?.noteFlood(planner.single(i, datagram, 0, 0, k * stride), datagram);
       } else {
+        const piece = datagram - SEALED_PREFIX;
         planner.toPeer(i, datagram, slot * SOCKADDR_SIZE, piece, 0, 0, k * stride);
       }
     }
@@ -889,11 +889,9 @@ export class VxvdePlug implements Plug {
           peerBatch.bytes.set(this.#header, at - prefix);
           if (peerSealer.sealPieces(peerBatch, 0, length, ownAddress.bytes, 0)) {
             for (let k = 0; k < peerSealer.pieces; k++) {
-              const piece = k === peerSealer.pieces - 1
-                ? peerSealer.lastPieceLength
-                : peerSealer.pieceLength;
               const from = at - prefix + k * peerSealer.pieceStride;
-              sendTo(peerFd, peerBatch.bytes.subarray(from), prefix + piece, ownAddress);
+              const datagram = peerSealer.pieceDatagram(k);
+              sendTo(peerFd, peerBatch.bytes.subarray(from), datagram, ownAddress);
             }
           }
         }

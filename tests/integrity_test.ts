@@ -210,32 +210,27 @@ hostTest(
   () => everyByteArrives("vxvde://239.7.3.3", 1000),
 );
 
+/** {@linkcode everyByteArrives} on a keyed vxvde network at `group`, with a key file of its own. */
+async function everyByteArrivesKeyed(group: string, underlayMtu?: number): Promise<void> {
+  const keyFile = await Deno.makeTempFile({ prefix: "vdeno-integrity-key-" });
+  try {
+    await Deno.writeTextFile(keyFile, newKeyText(), { mode: 0o600 });
+    await everyByteArrives(`vxvde://${group}/key='${keyFile}'`, underlayMtu);
+  } finally {
+    await Deno.remove(keyFile);
+  }
+}
+
 hostTest(
   "the same streams cross a keyed vxvde:// network, its runs opened where they arrived, every byte right",
   ["ping"],
-  async () => {
-    const keyFile = await Deno.makeTempFile({ prefix: "vdeno-integrity-key-" });
-    try {
-      await Deno.writeTextFile(keyFile, newKeyText(), { mode: 0o600 });
-      await everyByteArrives(`vxvde://239.7.3.4/key='${keyFile}'`);
-    } finally {
-      await Deno.remove(keyFile);
-    }
-  },
+  () => everyByteArrivesKeyed("239.7.3.4"),
 );
 
 hostTest(
   "the same streams cross a keyed vxvde:// network on a 1000-byte underlay, long frames in pieces",
   ["ping"],
-  async () => {
-    const keyFile = await Deno.makeTempFile({ prefix: "vdeno-integrity-key-" });
-    try {
-      await Deno.writeTextFile(keyFile, newKeyText(), { mode: 0o600 });
-      await everyByteArrives(`vxvde://239.7.3.5/key='${keyFile}'`, 1000);
-    } finally {
-      await Deno.remove(keyFile);
-    }
-  },
+  () => everyByteArrivesKeyed("239.7.3.5", 1000),
 );
 
 hostTest(

@@ -254,9 +254,9 @@ function sealPieces(sealer: Sealer, frame: Uint8Array, limit: number, to?: Socke
   assert.equal(sealer.pieces, Math.ceil(frame.length / limit));
   return Array.from({ length: sealer.pieces }, (_, k) => {
     const at = batch.offset(1) - SEALED_PREFIX + k * sealer.pieceStride;
-    const piece = k === sealer.pieces - 1 ? sealer.lastPieceLength : sealer.pieceLength;
-    assert.ok(piece <= limit, `piece ${k}: ${piece} bytes, more than ${limit}`);
-    return batch.bytes.slice(at, at + SEALED_PREFIX + piece);
+    const datagram = sealer.pieceDatagram(k);
+    assert.ok(datagram - SEALED_PREFIX <= limit, `piece ${k}: longer than ${limit} bytes`);
+    return batch.bytes.slice(at, at + datagram);
   });
 }
 
