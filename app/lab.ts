@@ -411,8 +411,21 @@ export class Lan {
   }
 }
 
+/** How long the processes of a namespace have to end on SIGTERM before they are killed. */
+const TERM_GRACE_MS = 2000;
+
 async function killNamespaceProcesses(netns: string): Promise<void> {
-  const pids = (await run(["ip", "netns", "pids", netns])).stdout.split(/\s+/).filter(Boolean);
+  const pidsOf = async () =>
+    (await run(["ip", "netns", "pids", netns])).stdout.split(/\s+/).filter(Boolean);
+  let pids = await pidsOf();
+  if (pids.length === 0) return;
+  // SIGTERM first: a plug removes its control socket in /run/vdeno as it ends, which SIGKILL
+  // would leave behind on the machine.
+  await run(["kill", "-TERM", ...pids]);
+  for (const until = Date.now() + TERM_GRACE_MS; pids.length > 0 && Date.now() < until;) {
+    await sleep(50);
+    pids = await pidsOf();
+  }
   if (pids.length > 0) await run(["kill", "-9", ...pids]);
 }
 
