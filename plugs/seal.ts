@@ -463,14 +463,13 @@ export class Sealer {
   #announceAt = Infinity;
   /** The length of the frame a last piece made whole (see {@linkcode Verdict.joined}). */
   joinedLength = 0;
-  /** The longest frame one datagram carries on the route; longer ones go in pieces. 0: unknown. */
-  #pieceLimit = 0;
-  /** How far apart a cut frame's datagrams lie in its slot: a prefix and the longest piece. */
-  #pieceStride = 0;
-  /** The pieces {@linkcode sealPieces} cut its frame into, how long each, and the last. */
+  /** The longest frame one datagram carries on the route; longer ones go in pieces. */
+  #pieceLimit = MAX_FRAME;
+  /** How many pieces {@linkcode sealPieces} cut its frame into. */
   pieces = 0;
-  pieceLength = 0;
-  lastPieceLength = 0;
+  /** How long each of those pieces is, and the last. */
+  #pieceLength = 0;
+  #lastPieceLength = 0;
   /** Per batch, per piece after the first: pointers to its parts in every slot, made when needed. */
   readonly #pieceParts = new PerBatch((): PieceParts[] => []);
   /** Called with a line worth logging (a key switch or retirement). */
@@ -626,7 +625,11 @@ export class Sealer {
    */
   setPieceLimit(largest: number): void {
     this.#pieceLimit = largest;
-    this.#pieceStride = SEALED_PREFIX + largest;
+  }
+
+  /** Frames longer than this go in pieces: {@linkcode MAX_FRAME} (none) until the route is known. */
+  get pieceLimit(): number {
+    return this.#pieceLimit;
   }
 
   /**
@@ -636,8 +639,9 @@ export class Sealer {
    * datagram of its own, for the group or, with `addresses`, for the socket
    * address at `offset` of it: piece k's datagram starts `k * stride` bytes
    * after the frame's (see {@linkcode pieceStride}), where the frame's bytes
-   * are moved to. False, with nothing sealed, when the pieces do not fit the
-   * slot (a jumbo frame on a narrow route) or a seal failed.
+   * are moved to. False, with nothing sealed, when the frame is not longer
+   * than the limit, when the pieces do not fit the slot (a jumbo frame on a
+   * narrow route), or when a seal failed.
    */
   sealPieces(
     batch: FrameBatch,
@@ -646,15 +650,15 @@ export class Sealer {
     addresses?: Uint8Array,
     offset = 0,
   ): boolean {
-    const limit = this.#pieceLimit, stride = this.#pieceStride;
-    if (limit <= 0) return false;
+    const limit = this.#pieceLimit, stride = this.pieceStride;
+    if (length <= limit) return false;
     const count = Math.ceil(length / limit);
     const size = Math.ceil(length / count);
     const last = length - (count - 1) * size;
     if (HEADROOM + (count - 1) * stride + last > SLOT_SIZE) return false;
     this.pieces = count;
-    this.pieceLength = size;
-    this.lastPieceLength = last;
+    this.#pieceLength = size;
+    this.#lastPieceLength = last;
     const bytes = batch.bytes;
     const frame = i * SLOT_SIZE + HEADROOM;
     for (let k = count - 1; k > 0; k--) {
@@ -677,19 +681,22 @@ export class Sealer {
     return true;
   }
 
-  /** How far apart the datagrams of a cut frame lie (see {@linkcode sealPieces}). */
+  /**
+   * How far apart the datagrams of a cut frame lie in its slot (see
+   * {@linkcode sealPieces}): a prefix and the longest piece.
+   */
   get pieceStride(): number {
-    return this.#pieceStride;
+    return SEALED_PREFIX + this.#pieceLimit;
   }
 
   /** The length of the datagram of piece k of the frame {@linkcode sealPieces} cut last. */
   pieceDatagram(k: number): number {
-    return SEALED_PREFIX + (k === this.pieces - 1 ? this.lastPieceLength : this.pieceLength);
+    return SEALED_PREFIX + (k === this.pieces - 1 ? this.#lastPieceLength : this.#pieceLength);
   }
 
   #piecePartsOf(batch: FrameBatch, made: PieceParts[], k: number): PieceParts {
     while (made.length < k) {
-      const start = HEADROOM - SEALED_PREFIX + (made.length + 1) * this.#pieceStride;
+      const start = HEADROOM - SEALED_PREFIX + (made.length + 1) * this.pieceStride;
       const [aad, frame] = slotPointers(batch.bytes, SLOT_SIZE, batch.capacity, [
         start,
         start + SEALED_PREFIX,

@@ -223,8 +223,6 @@ export class VxvdePlug implements Plug {
   #groupTarget: SocketAddress;
   /** Bytes before the frame in a datagram: the header, and on a keyed network the seal. */
   readonly #prefix: number;
-  /** Longer frames are sent in pieces: a keyed network on a route whose MTU is known. */
-  #pieceLimit = MAX_FRAME;
   /** First header word of an open network on our VNI (the second is the same as ours). */
   readonly #plainHigh: number;
   /** First header word of a keyed network on our VNI (the second is the same as ours). */
@@ -339,7 +337,6 @@ export class VxvdePlug implements Plug {
     // Sealed, a longer frame goes in pieces (see plugs/seal.ts) rather than as IP fragments.
     if (this.#sealer && largest !== undefined && largest > ETH_HEADER) {
       this.#sealer.setPieceLimit(largest);
-      this.#pieceLimit = largest;
     }
     this.fds = this.#mesh ? [multicastFd, unicastFd, this.#mesh.timerFd] : [multicastFd, unicastFd];
     this.#header = this.#sealer ? sealedHeader(config.vni) : vxvdeHeader(config.vni);
@@ -692,7 +689,7 @@ export class VxvdePlug implements Plug {
       words[headerWord] = this.#headerHigh;
       words[headerWord + 1] = this.#headerLow;
       const slot = this.table.lookup(bytes, frameOffset);
-      if (length > this.#pieceLimit) {
+      if (sealer !== undefined && length > sealer.pieceLimit) {
         this.#sendPieces(batch, vector, i, length, slot);
         continue;
       }
@@ -836,9 +833,10 @@ export class VxvdePlug implements Plug {
         }
         sealer.setLocalPort(ownAddress.port);
         peerSealer.setLocalPort(peerAddress.port);
-        if (this.#pieceLimit < MAX_FRAME) {
-          sealer.setPieceLimit(this.#pieceLimit);
-          peerSealer.setPieceLimit(this.#pieceLimit);
+        const limit = saved.sealer.pieceLimit;
+        if (limit < MAX_FRAME) {
+          sealer.setPieceLimit(limit);
+          peerSealer.setPieceLimit(limit);
         }
         // Shaped as the plug's own sealer, which has one (V8 compiles for the shape it saw).
         sealer.onEvent = peerSealer.onEvent = () => {};
@@ -883,9 +881,9 @@ export class VxvdePlug implements Plug {
         fromPeer(length, groupStandIn, peerSealer?.groupTag ?? 0);
         length = pingFrame(peerView, at, WARM_LOCAL_MAC, peer);
         fromPeer(length, ownAddress, ownTag);
-        if (peerSealer && this.#pieceLimit < MAX_FRAME && round % 2 === 1) {
+        if (peerSealer && peerSealer.pieceLimit < MAX_FRAME && round % 2 === 1) {
           // A frame longer than the route carries, in pieces, for the plug to join.
-          length = tcpFrame(peerView, at, WARM_LOCAL_MAC, peer, this.#pieceLimit + 100 - 54);
+          length = tcpFrame(peerView, at, WARM_LOCAL_MAC, peer, peerSealer.pieceLimit + 100 - 54);
           peerBatch.bytes.set(this.#header, at - prefix);
           if (peerSealer.sealPieces(peerBatch, 0, length, ownAddress.bytes, 0)) {
             for (let k = 0; k < peerSealer.pieces; k++) {
