@@ -18,8 +18,14 @@ export const ETH_HEADER = 14;
 export const MAX_FRAME = 9216 + 14 + 4;
 /** Bytes reserved before each frame for encapsulation. */
 export const HEADROOM = 64;
-/** Bytes reserved after each frame, for padding and oversized input detection. */
-export const TAILROOM = 128;
+/**
+ * Bytes reserved after each frame: for padding and oversized input
+ * detection, and for a frame sent in pieces (a keyed vxvde network), whose
+ * datagrams, each behind a 44-byte prefix, lie in its slot: room for the
+ * 13 pieces of the longest frame on a route of 783 bytes (IPv4; well below
+ * IPv6's least MTU of 1280).
+ */
+export const TAILROOM = 512;
 /** Size of one slot. */
 export const SLOT_SIZE = Math.ceil((HEADROOM + MAX_FRAME + TAILROOM) / 64) * 64;
 /**

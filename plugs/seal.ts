@@ -54,7 +54,9 @@
  * fragmentation, which takes no UDP GSO or GRO and loses the whole frame with
  * either fragment: it is cut into pieces of equal length (the last may be
  * shorter), each sealed as a datagram of its own with the next sequence
- * numbers, of kind `first piece`, `piece` (between) and `last piece`. A
+ * numbers, of kind `first piece`, `piece` (between) and `last piece` (a
+ * jumbo frame whose equal pieces would not fit its slot goes in pieces as
+ * long as a datagram carries, the last shorter). A
  * receiver opens each as any datagram (so each is authentic, fresh and for it)
  * and keeps a sender's pieces from a first piece on, each following the one
  * before by sequence number, until the last: a frame of which a piece was
@@ -653,7 +655,10 @@ export class Sealer {
     const limit = this.#pieceLimit, stride = this.pieceStride;
     if (length <= limit) return false;
     const count = Math.ceil(length / limit);
-    const size = Math.ceil(length / count);
+    let size = Math.ceil(length / count);
+    // Pieces of equal length lie `limit - size` bytes apart, as each piece's place is fixed by the
+    // limit; a jumbo frame's may not fit the slot so: full pieces then, the last shorter.
+    if (HEADROOM + (count - 1) * stride + length - (count - 1) * size > SLOT_SIZE) size = limit;
     const last = length - (count - 1) * size;
     if (HEADROOM + (count - 1) * stride + last > SLOT_SIZE) return false;
     this.pieces = count;

@@ -4,12 +4,15 @@
  * is the largest whose full-size frames cross in one datagram; one byte more
  * and they still arrive, as IP fragments on an open network (as vde_plug
  * sends them), in pieces of their own (plugs/seal.ts) and never as IP
- * fragments on a keyed one.
+ * fragments on a keyed one, up to the longest frame vdeno takes.
  */
 
 import assert from "node:assert/strict";
 import { type Host, hostTest, Lan, sleep, VDENO } from "./_harness.ts";
 import { newKeyText } from "../plugs/seal.ts";
+
+/** The largest TAP MTU vdeno carries (core/frames.ts MAX_FRAME, less the Ethernet and VLAN headers). */
+const JUMBO_MTU = 9216;
 
 /** The MTU table of the README's Troubleshooting section: underlay, open and keyed. */
 function readmeTable(): { underlay: string; keyed: boolean; mtu: number }[] {
@@ -41,7 +44,7 @@ async function framesCut(host: Host, name: string): Promise<number> {
 }
 
 hostTest(
-  "a TAP MTU from the README's table crosses in one datagram; one byte more fragments, or goes in pieces keyed",
+  "a TAP MTU from the README's table crosses in one datagram; one byte more fragments, or goes in pieces keyed, up to the longest frame",
   ["ping", "tcpdump"],
   async () => {
     const keyFile = await Deno.makeTempFile({ prefix: "vdeno-mtu-key-" });
@@ -83,6 +86,12 @@ hostTest(
           assert.equal(over, 0, `${what}: TAP MTU ${mtu + 1}: IP fragments on a keyed network`);
           const cut = await framesCut(a, `${name}0`) - cutBefore;
           assert.ok(cut >= 3, `${what}: TAP MTU ${mtu + 1}: ${cut} frames sent in pieces`);
+          // The longest frame vdeno takes, in seven pieces on this underlay, all in its slot.
+          for (const host of [a, b]) {
+            await host.sh(["ip", "link", "set", tap, "mtu", String(JUMBO_MTU)]);
+          }
+          const jumbo = await countFragments(b, v6, ping(JUMBO_MTU - 28));
+          assert.equal(jumbo, 0, `${what}: TAP MTU ${JUMBO_MTU}: IP fragments on a keyed network`);
         } else {
           assert.ok(over >= 3, `${what}: TAP MTU ${mtu + 1}: ${over} fragments, expected some`);
         }

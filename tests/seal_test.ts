@@ -7,7 +7,7 @@
  */
 
 import assert from "node:assert/strict";
-import { FrameBatch, HEADROOM } from "../core/frames.ts";
+import { FrameBatch, HEADROOM, MAX_FRAME } from "../core/frames.ts";
 import { SOCKADDR_SIZE, SocketAddress } from "../ffi/net.ts";
 import {
   destinationTag,
@@ -285,6 +285,14 @@ Deno.test("sealer: a frame too long for a datagram goes in pieces that open whol
   const next = sealPieces(alice.sealer, frame, 1000);
   assert.equal(open(next[0]).verdict, Verdict.piece);
   assert.deepEqual(joinLast(bob, next[1], alice), frame);
+  // The longest frame, on a 1500-byte underlay (7 pieces) and on a 9000-byte one (2): its pieces
+  // fit its slot, and it opens whole.
+  const longest = new Uint8Array(MAX_FRAME).map((_, i) => (i * 5) & 0xff);
+  for (const limit of [1500 - 28 - SEALED_PREFIX, 9000 - 28 - SEALED_PREFIX]) {
+    const pieces = sealPieces(alice.sealer, longest, limit);
+    for (const piece of pieces.slice(0, -1)) assert.equal(open(piece).verdict, Verdict.piece);
+    assert.deepEqual(joinLast(bob, pieces.at(-1)!, alice), longest, `limit ${limit}`);
+  }
   // A first piece whose last never came: dropped when the next frame's first piece comes.
   const cut = sealPieces(alice.sealer, frame, 1000);
   assert.equal(open(cut[0]).verdict, Verdict.piece);
