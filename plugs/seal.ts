@@ -329,6 +329,8 @@ class Sender {
   pieces?: Uint8Array<ArrayBuffer>;
   /** Bytes kept in {@linkcode pieces}; 0 when no frame waits. */
   piecesLength = 0;
+  /** Whether its frame in pieces lost one and was counted: its later pieces are dropped uncounted. */
+  broken = false;
   /** The sequence number the next piece of the waiting frame must carry. */
   nextPieceHigh = 0;
   nextPieceLow = 0;
@@ -860,6 +862,12 @@ export class Sealer {
    * Keeps a piece of `length` bytes at `payload` of `bytes`, authentic and
    * fresh, from `peer`, or with the pieces kept before it makes its frame
    * whole where it is: the frame is then moved to start at `payload`.
+   *
+   * A frame that lost a piece is {@linkcode Verdict.incomplete} once, where
+   * the sender's run of pieces breaks: its later pieces, up to its last, are
+   * dropped without counting it again. (Two frames that lost pieces back to
+   * back may count once, and a frame whose last piece came before its first
+   * twice.)
    */
   #takePiece(
     peer: Sender,
@@ -870,32 +878,42 @@ export class Sealer {
     high: number,
     low: number,
   ): number {
+    if (peer.broken && kind !== Kind.firstPiece) {
+      if (kind === Kind.lastPiece) peer.broken = false;
+      return Verdict.piece; // a piece of a frame counted when it broke
+    }
     const kept = peer.piecesLength;
     const follows = kept > 0 && high === peer.nextPieceHigh && low === peer.nextPieceLow;
     if (kind === Kind.lastPiece) {
       // Pieces kept that this one does not follow may still be followed by their own.
-      if (!follows || length === 0 || kept + length > MAX_FRAME) return Verdict.incomplete;
+      if (!follows) return Verdict.incomplete;
+      peer.piecesLength = 0;
+      if (length === 0 || kept + length > MAX_FRAME) return Verdict.incomplete;
       bytes.copyWithin(payload + kept, payload, payload + length);
       bytes.set(peer.pieces!.subarray(0, kept), payload);
-      peer.piecesLength = 0;
       this.joinedLength = kept + length;
       return Verdict.joined;
     }
-    // A first piece starts a frame, dropping one that never got its last piece; a piece between
-    // must follow the kept ones, or the frame they start is dropped.
-    const first = kind === Kind.firstPiece;
-    const dropped = kept > 0 && (first || !follows);
-    const start = first ? 0 : kept;
-    if ((!first && !follows) || length === 0 || start + length > MAX_FRAME) {
-      peer.piecesLength = 0;
-      return Verdict.incomplete;
-    }
-    const pieces = peer.pieces ??= new Uint8Array(MAX_FRAME);
-    pieces.set(bytes.subarray(payload, payload + length), start);
-    peer.piecesLength = start + length;
     peer.nextPieceLow = low === TWO_32 - 1 ? 0 : low + 1;
     peer.nextPieceHigh = low === TWO_32 - 1 ? (high + 1) >>> 0 : high;
-    return dropped ? Verdict.incomplete : Verdict.piece;
+    if (kind === Kind.firstPiece) {
+      // A first piece starts a frame, dropping one that never got its last piece.
+      peer.broken = false;
+      peer.piecesLength = 0;
+      if (length === 0 || length > MAX_FRAME) return Verdict.incomplete;
+      (peer.pieces ??= new Uint8Array(MAX_FRAME)).set(bytes.subarray(payload, payload + length));
+      peer.piecesLength = length;
+      return kept > 0 ? Verdict.incomplete : Verdict.piece;
+    }
+    // A piece between must follow the kept ones: else the frame they or it belong to lost one.
+    if (!follows || length === 0 || kept + length > MAX_FRAME) {
+      peer.piecesLength = 0;
+      peer.broken = true;
+      return Verdict.incomplete;
+    }
+    peer.pieces!.set(bytes.subarray(payload, payload + length), kept);
+    peer.piecesLength = kept + length;
+    return Verdict.piece;
   }
 
   #runPartsOf(bytes: Uint8Array<ArrayBuffer>, at: number, stride: number, count: number): RunParts {

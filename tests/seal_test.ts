@@ -277,14 +277,28 @@ Deno.test("sealer: a frame too long for a datagram goes in pieces that open whol
     for (const piece of pieces.slice(0, -1)) assert.equal(open(piece).verdict, Verdict.piece);
     assert.deepEqual(joinLast(bob, pieces.at(-1)!, alice), frame, `${limit}: the frame, whole`);
   }
-  // A piece lost: the frame is dropped (once), and the next frame still arrives.
+  // A piece lost: the frame is dropped, counted once, and the next frame still arrives.
   const lost = sealPieces(alice.sealer, frame, 500);
   assert.equal(open(lost[0]).verdict, Verdict.piece);
   assert.equal(open(lost[2]).verdict, Verdict.incomplete, "a piece that does not follow");
-  assert.equal(open(lost[3]).verdict, Verdict.incomplete, "nothing kept for it to follow");
-  const next = sealPieces(alice.sealer, frame, 1000);
-  assert.equal(open(next[0]).verdict, Verdict.piece);
-  assert.deepEqual(joinLast(bob, next[1], alice), frame);
+  assert.equal(open(lost[3]).verdict, Verdict.piece, "the rest of a frame counted already");
+  // A jumbo frame's first piece lost: its six other pieces count it once.
+  const jumbo = new Uint8Array(9014).map((_, i) => (i * 13) & 0xff);
+  const headless = sealPieces(alice.sealer, jumbo, 1400).slice(1);
+  assert.equal(headless.length, 6);
+  assert.deepEqual(headless.map((piece) => open(piece).verdict), [
+    Verdict.incomplete,
+    ...Array(5).fill(Verdict.piece),
+  ]);
+  // Two pieces lost from the middle: once too.
+  const holes = sealPieces(alice.sealer, jumbo, 1400).filter((_, k) => k !== 2 && k !== 4);
+  assert.deepEqual(holes.map((piece) => open(piece).verdict), [
+    Verdict.piece,
+    Verdict.piece,
+    Verdict.incomplete,
+    Verdict.piece,
+    Verdict.piece,
+  ]);
   // The longest frame, on a 1500-byte underlay (7 pieces) and on a 9000-byte one (2): its pieces
   // fit its slot, and it opens whole.
   const longest = new Uint8Array(MAX_FRAME).map((_, i) => (i * 5) & 0xff);
@@ -293,6 +307,12 @@ Deno.test("sealer: a frame too long for a datagram goes in pieces that open whol
     for (const piece of pieces.slice(0, -1)) assert.equal(open(piece).verdict, Verdict.piece);
     assert.deepEqual(joinLast(bob, pieces.at(-1)!, alice), longest, `limit ${limit}`);
   }
+  const whole = sealPieces(alice.sealer, jumbo, 1400);
+  for (const piece of whole.slice(0, -1)) assert.equal(open(piece).verdict, Verdict.piece);
+  assert.deepEqual(joinLast(bob, whole.at(-1)!, alice), jumbo, "a jumbo frame after them, whole");
+  const next = sealPieces(alice.sealer, frame, 1000);
+  assert.equal(open(next[0]).verdict, Verdict.piece);
+  assert.deepEqual(joinLast(bob, next[1], alice), frame);
   // A first piece whose last never came: dropped when the next frame's first piece comes.
   const cut = sealPieces(alice.sealer, frame, 1000);
   assert.equal(open(cut[0]).verdict, Verdict.piece);
