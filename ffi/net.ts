@@ -483,8 +483,11 @@ export class DatagramVector {
   /** Per entry, a UDP_SEGMENT control message, as 32-bit words. */
   readonly #controlWords: Uint32Array;
   readonly #controlsAddress: number;
-  /** Per prepared entry, how many datagrams it carries. */
+  /** Per prepared entry, how many datagrams it carries, and the first of them. */
   readonly #datagrams: Int32Array;
+  readonly #firstDatagram: Int32Array;
+  /** Per aimed datagram, its slot: the datagrams of one slot carry one frame. */
+  readonly #slotOf: Int32Array;
   /** Set when the kernel refused a UDP GSO message (EIO, EINVAL): send datagrams one by one. */
   segmentationRefused = false;
   /**
@@ -535,6 +538,8 @@ export class DatagramVector {
     this.#controlWords = new Uint32Array(controls.buffer);
     this.#controlsAddress = Number(addressOf(controls));
     this.#datagrams = new Int32Array(capacity);
+    this.#firstDatagram = new Int32Array(capacity);
+    this.#slotOf = new Int32Array(capacity);
     for (let i = 0; i < capacity; i++) {
       setIovec(this.#iovecWords, i, this.#payloadAddress + i * slotSize, 0);
       this.#aimIovec(this.#headerWords, i, i, 1);
@@ -702,6 +707,7 @@ export class DatagramVector {
     const at = j === 0 ? this.capacity : this.#iovecEnd[j - 1];
     const words = this.#iovecWords;
     this.#iovecStart[j] = at;
+    this.#slotOf[j] = slot;
     // The iovecs are written here, not by setIovec: an address is a number beyond a small
     // integer, which V8 boxes, an allocation per datagram, when it passes one to a call it did
     // not inline (it may not, deep in a plug's send).
@@ -748,6 +754,7 @@ export class DatagramVector {
     const iovec = this.#iovecStart[first];
     this.#aimIovec(words, i, iovec, this.#iovecEnd[first + count - 1] - iovec);
     this.#datagrams[i] = count;
+    this.#firstDatagram[i] = first;
     if (count > 1) {
       const control = i * (SEGMENT_CONTROL_SIZE / 4);
       this.#controlWords[control + 4] = segment;
@@ -758,10 +765,12 @@ export class DatagramVector {
 
   /**
    * Sends prepared entries [0, count), going on past any that fail (a peer's
-   * ICMP error, a full buffer): returns how many datagrams failed.
+   * ICMP error, a full buffer): returns how many frames failed, each the
+   * datagrams of one slot to one destination, which count once when more
+   * than one failed (the pieces of a cut frame, one after another).
    */
   sendAll(fd: number, count: number): number {
-    let failed = 0;
+    let failed = 0, failedSlot = -1, failedName = -1;
     for (let from = 0; from < count;) {
       const sent = this.send(fd, from, count);
       if (sent > 0) from += sent;
@@ -770,7 +779,15 @@ export class DatagramVector {
         if (datagrams > 1 && (sent === -Errno.EIO || sent === -Errno.EINVAL)) {
           this.segmentationRefused = true;
         }
-        failed += datagrams;
+        const word = (from * MMSGHDR_SIZE) / 4;
+        const name = this.#headerWords[word] + this.#headerWords[word + 1] * 0x100000000;
+        const first = this.#firstDatagram[from];
+        for (let j = first; j < first + datagrams; j++) {
+          if (this.#slotOf[j] === failedSlot && name === failedName) continue;
+          failedSlot = this.#slotOf[j];
+          failedName = name;
+          failed++;
+        }
         from++;
       }
     }

@@ -564,6 +564,8 @@ export class PeerMesh {
   #floodDatagrams = new Int32Array(64);
   #floodLengths = new Int32Array(64);
   #floods = 0;
+  /** Of those floods, how many start a frame (the others are later pieces of one). */
+  #floodFrames = 0;
   #promptSecond = 0;
   /** Seconds between rounds of hellos to every member, and when the next one is due. */
   readonly #interval: number;
@@ -667,8 +669,12 @@ export class PeerMesh {
     this.members.goodbye(new SocketAddress(name.slice(0, SOCKADDR_SIZE)), Date.now() / 1000);
   }
 
-  /** Notes that datagram `datagram` of the vector being sent, `length` bytes, is a flood. */
-  noteFlood(datagram: number, length: number): void {
+  /**
+   * Notes that datagram `datagram` of the vector being sent, `length` bytes,
+   * is a flood: a frame, or with `later` a later piece of the one before.
+   */
+  noteFlood(datagram: number, length: number, later = false): void {
+    if (!later) this.#floodFrames++;
     if (this.#floods === this.#floodDatagrams.length) {
       const datagrams = new Int32Array(this.#floods * 2),
         lengths = new Int32Array(this.#floods * 2);
@@ -687,12 +693,15 @@ export class PeerMesh {
    * aimed in `vector` after its own send; counts them in `counters`.
    */
   replicate(vector: DatagramVector, fd: number, counters: Float64Array): void {
-    const floods = this.#floods, targets = this.members.targetCount;
+    const floods = this.#floods, frames = this.#floodFrames, targets = this.members.targetCount;
     this.#floods = 0;
+    this.#floodFrames = 0;
     if (floods === 0 || targets === 0) return;
     let prepared = 0, failed = 0;
-    for (let f = 0; f < floods; f++) {
-      for (let m = 0; m < targets; m++) {
+    // Member by member, so that a frame's pieces to one member follow each other: sendAll
+    // counts them as one frame.
+    for (let m = 0; m < targets; m++) {
+      for (let f = 0; f < floods; f++) {
         vector.prepareMessage(
           prepared++,
           this.#floodDatagrams[f],
@@ -708,7 +717,7 @@ export class PeerMesh {
       }
     }
     failed += vector.sendAll(fd, prepared);
-    counters[Counter.sentUnicast] += floods * targets - failed;
+    counters[Counter.sentUnicast] += frames * targets - failed;
     counters[Counter.dropSendError] += failed;
   }
 

@@ -760,7 +760,7 @@ export class VxvdePlug implements Plug {
     for (let k = 0; k < pieces; k++) {
       const datagram = sealer.pieceDatagram(k);
       if (slot < 0) {
-        this.#mesh?.noteFlood(planner.single(i, datagram, 0, 0, k * stride), datagram);
+        this.#mesh?.noteFlood(planner.single(i, datagram, 0, 0, k * stride), datagram, k > 0);
       } else {
         const piece = datagram - SEALED_PREFIX;
         planner.toPeer(i, datagram, slot * SOCKADDR_SIZE, piece, 0, 0, k * stride);

@@ -122,3 +122,36 @@ Deno.test("a kernel refusing GSO is noticed; every datagram of the message count
     pair.close();
   }
 });
+
+Deno.test("a frame's datagrams that fail count once, per destination", () => {
+  const pair = loopbackPair();
+  try {
+    // Port 0: the kernel refuses every datagram with EINVAL. Two such destinations.
+    const nowhere = new Uint8Array(2 * SOCKADDR_SIZE);
+    nowhere.set(SocketAddress.parse("127.0.0.1", 0)!.bytes.subarray(0, SOCKADDR_SIZE));
+    nowhere.set(SocketAddress.parse("127.0.0.2", 0)!.bytes.subarray(0, SOCKADDR_SIZE), 16);
+    const first = numericAddress(nowhere), second = first + SOCKADDR_SIZE;
+    const receiver = numericAddress(pair.name);
+    const vector = pair.vector;
+    // Slot 0 whole to the receiver; slot 1 in three pieces and slot 2 in two, a message each.
+    vector.aimDatagram(0, 0, 100);
+    for (let k = 0; k < 3; k++) vector.aimDatagram(1 + k, 1, 100, 0, 0, k * 200);
+    for (let k = 0; k < 2; k++) vector.aimDatagram(4 + k, 2, 100, 0, 0, k * 200);
+    vector.prepareMessage(0, 0, 1, 100, receiver, 16);
+    for (let j = 1; j < 6; j++) vector.prepareMessage(j, j, 1, 100, first, 16);
+    assert.equal(vector.sendAll(pair.sender, 6), 2, "two frames failed");
+    assert.equal(drain(pair.receiver).length, 1);
+    // Slot 2's pieces to both destinations (a flood's copies): a frame lost to each.
+    vector.prepareMessage(0, 4, 1, 100, first, 16);
+    vector.prepareMessage(1, 5, 1, 100, first, 16);
+    vector.prepareMessage(2, 4, 1, 100, second, 16);
+    vector.prepareMessage(3, 5, 1, 100, second, 16);
+    assert.equal(vector.sendAll(pair.sender, 4), 2, "one frame to each of two destinations");
+    // Two frames' pieces in one GSO message: two frames.
+    for (let k = 0; k < 4; k++) vector.aimDatagram(k, 3 + (k >> 1), 100, 0, 0, (k & 1) * 200);
+    vector.prepareMessage(0, 0, 4, 100, first, 16);
+    assert.equal(vector.sendAll(pair.sender, 1), 2, "two frames in one message");
+  } finally {
+    pair.close();
+  }
+});
