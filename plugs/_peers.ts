@@ -566,10 +566,15 @@ export class PeerMesh {
   #floods = 0;
   /** Of those floods, how many start a frame (the others are later pieces of one). */
   #floodFrames = 0;
-  #promptSecond = 0;
+  /**
+   * Seconds hold doubles from the start (-Infinity, not 0): a field that goes from a small
+   * integer to a double changes the mesh's shape, and the data path's code, compiled for the
+   * old one in the warm-up, is thrown away on the first live frames.
+   */
+  #promptSecond = -Infinity;
   /** Seconds between rounds of hellos to every member, and when the next one is due. */
   readonly #interval: number;
-  #nextRound = 0;
+  #nextRound = -Infinity;
   #promptCount = 0;
 
   constructor(
@@ -719,6 +724,24 @@ export class PeerMesh {
     failed += vector.sendAll(fd, prepared);
     counters[Counter.sentUnicast] += frames * targets - failed;
     counters[Counter.dropSendError] += failed;
+  }
+
+  /**
+   * For a plug's warm-up (plugs/_warmup.ts): copies of floods go to
+   * `address` alone, a loopback peer of the warm-up's, until the function
+   * returned is called, which gives the members back. Nothing else of the
+   * mesh changes, and nothing of it runs in between (its hellos and timer
+   * wait for the plug's serve loop): the warm-up runs the mesh's own code.
+   */
+  copyFloodsOnlyTo(address: SocketAddress): () => void {
+    const members = this.members, count = members.targetCount;
+    const saved = members.targets.slice(0, count * SOCKADDR_SIZE);
+    members.targets.set(address.bytes.subarray(0, SOCKADDR_SIZE));
+    members.targetCount = 1;
+    return () => {
+      members.targets.set(saved);
+      members.targetCount = count;
+    };
   }
 
   /** What `vdeno status` shows. */

@@ -218,7 +218,7 @@ export class VxlanPlug implements Plug {
 
   /**
    * Runs receive and send on synthetic frames through loopback sockets of its own (see
-   * {@linkcode startWarmUp}). Not with `peers=`, and not where the loopback is down.
+   * {@linkcode startWarmUp}). Not where the loopback is down.
    */
   warmUp(batch: FrameBatch): WarmUpResult {
     const state = this.startWarmUp(batch);
@@ -231,11 +231,10 @@ export class VxlanPlug implements Plug {
    * counters in place of its own; a second loopback socket stands for the group and for every
    * member, at its port (which replies go to, as to a member at the network's port). Each round
    * it sends the plug a broadcast and a ping; what the plug sends comes back to it and is
-   * drained. Undefined with `peers=` (its hellos and floods go to members by address), or where
+   * drained; with `peers=`, the copies of floods for the members go to it too. Undefined where
    * the loopback is down.
    */
   startWarmUp(batch: FrameBatch): WarmUpState | undefined {
-    if (this.#mesh) return undefined;
     const saved = {
       counters: this.counters,
       table: this.table,
@@ -257,6 +256,7 @@ export class VxlanPlug implements Plug {
     this.#portHigh = peerAddress.bytes[2];
     this.#portLow = peerAddress.bytes[3];
     this.#aimPlanner(peerAddress);
+    const giveMembersBack = this.#mesh?.copyFloodsOnlyTo(peerAddress);
     // The peer's datagrams are made in a batch of its own, and what it receives read into it.
     const { batch: peerBatch, view: peerView, at, vector: peerVector } = new WarmUpPeer(
       HEADER_SIZE,
@@ -286,6 +286,7 @@ export class VxlanPlug implements Plug {
         this.#portHigh = saved.portHigh;
         this.#portLow = saved.portLow;
         this.#aimPlanner(this.config.group);
+        giveMembersBack?.();
         batch.timeMs = timeMs;
         batch.count = 0;
         for (const fd of fds) closeQuietly(fd);

@@ -777,7 +777,8 @@ export class VxvdePlug implements Plug {
    * its own in place of the plug's (see {@linkcode startWarmUp}): a peer
    * sends it datagrams (a broadcast, a ping) and receives what the plug
    * sends back, to the MAC it learned and to the "group" (the peer's
-   * address). Not with `peers=`, and not where the loopback is down.
+   * address), and with `peers=` its copies of floods. Not where the
+   * loopback is down.
    */
   warmUp(batch: FrameBatch): WarmUpResult {
     const state = this.startWarmUp(batch);
@@ -797,12 +798,11 @@ export class VxvdePlug implements Plug {
    * goes to that MAC comes back as runs of datagrams. On a keyed network
    * the plug and the peer seal with a key made up for the warm-up and prove
    * each other first (hellos and proofs), as members do; the plug's own
-   * sealer, its keys and proven members, is set aside meanwhile. Undefined
-   * with `peers=` (its hellos and floods go to members by address), or where
-   * the loopback is down.
+   * sealer, its keys and proven members, is set aside meanwhile. With
+   * `peers=`, the copies of floods for the members go to the peer too. Undefined
+   * where the loopback is down.
    */
   startWarmUp(batch: FrameBatch): WarmUpState | undefined {
-    if (this.#mesh) return undefined;
     const saved = {
       counters: this.counters,
       table: this.table,
@@ -857,6 +857,7 @@ export class VxvdePlug implements Plug {
     this.#sealer = sealer;
     this.#groupTarget = peerAddress;
     this.#aimPlanner();
+    const giveMembersBack = this.#mesh?.copyFloodsOnlyTo(peerAddress);
     // The peer's datagrams are made, and what it receives is opened, in slots of its own batch.
     const prefix = this.#prefix;
     const { batch: peerBatch, view: peerView, at, vector: peerVector } = new WarmUpPeer(prefix);
@@ -938,6 +939,7 @@ export class VxvdePlug implements Plug {
         this.#sealer = saved.sealer;
         this.#groupTarget = this.config.group;
         this.#aimPlanner();
+        giveMembersBack?.();
         batch.timeMs = timeMs;
         batch.count = 0;
         // Datagrams of a synthetic run must never follow the network's own.

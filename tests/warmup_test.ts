@@ -7,16 +7,21 @@
 
 import assert from "node:assert/strict";
 import { hostTest, Lan, VDENO } from "./_harness.ts";
+import { HELLO_MARK } from "../plugs/_peers.ts";
 
-/** The network the TAP is plugged into: vxvde, open or keyed, or vxlan. */
-type Network = "open" | "keyed" | "vxlan";
+/** The network the TAP is plugged into: vxvde, open, keyed or with peers=, or vxlan. */
+type Network = "open" | "keyed" | "peers" | "vxlan";
 const TITLES: Record<Network, string> = {
   open: "",
   keyed: ": a keyed network seals and opens them with a key of the warm-up's own",
+  peers: ": with peers=, its copies of floods too, none to a member",
   vxlan: ": a vxlan network too",
 };
 
-for (const network of ["open", "keyed", "vxlan"] as const) {
+/** UDP on the wire but a peers= hello (HELLO_MARK in byte 2 of the vxvde header). */
+const NOT_A_HELLO = `udp and udp[10] != ${HELLO_MARK}`;
+
+for (const network of ["open", "keyed", "peers", "vxlan"] as const) {
   hostTest(
     `warm-up moves synthetic frames through both plugs and the cable, none on the TAP or the wire, counters and MAC table untouched${
       TITLES[network]
@@ -30,7 +35,7 @@ async function warmUpTouchesNothing(kind: Network): Promise<void> {
   const keyed = kind === "keyed";
   {
     await using lan = await Lan.create(2);
-    const [a] = lan.hosts;
+    const [a, b] = lan.hosts;
     // A TAP that exists before the plug, up, with nothing of the kernel's own to send on it.
     for (const setting of ["all", "default"]) {
       await a.sh(["sysctl", "-q", "-w", `net.ipv6.conf.${setting}.disable_ipv6=1`]);
@@ -38,12 +43,14 @@ async function warmUpTouchesNothing(kind: Network): Promise<void> {
     await a.sh(["ip", "tuntap", "add", "mode", "tap", "name", "tap0"]);
     await a.sh(["ip", "link", "set", "tap0", "up"]);
     const onTap = a.spawn(["tcpdump", "-i", "tap0", "-nn", "-l", "-e"]);
-    const onWire = a.spawn(["tcpdump", "-i", "eth0", "-nn", "-l", "udp"]);
+    // A member of a peers= mesh says hello to the others: what else is on the wire counts.
+    const onWire = a.spawn(["tcpdump", "-i", "eth0", "-nn", "-l", NOT_A_HELLO]);
     await onTap.waitForOutput((text) => text.includes("listening on"));
     await onWire.waitForOutput((text) => text.includes("listening on"));
 
     const name = `warm-${Deno.pid}`;
     let network = kind === "vxlan" ? "vxlan://239.4.0.9" : "vxvde://239.4.0.9";
+    if (kind === "peers") network += `/peers=${b.address}`;
     if (keyed) {
       const key = `${await a.sh(["mktemp", "-d"])}`.trim() + "/warm.key";
       await a.sh([...VDENO, "keygen", key]);
