@@ -523,6 +523,51 @@ hostTest(
   },
 );
 
+hostTest(
+  "a keyed cloud over peers=: a broadcast too long for one datagram reaches every member whole, each copy counted once",
+  ["bridge", "ping"],
+  async () => {
+    const { dir, paths: [key] } = makeKeys(1);
+    try {
+      await using lan = await Lan.create(3);
+      await dropMulticast(lan);
+      // Nothing of the kernel's own on the overlay while the counters are read (no IPv6), and no
+      // echo replies to a broadcast ping (the kernel's default): the broadcasts alone move them.
+      for (const host of lan.hosts) {
+        for (const setting of ["all", "default"]) {
+          await host.sh(["sysctl", "-q", "-w", `net.ipv6.conf.${setting}.disable_ipv6=1`]);
+        }
+      }
+      const [h1] = lan.hosts;
+      const vnl = `vxvde://239.7.0.5/peers=${h1.address}/key='${key}'`;
+      const names = lan.hosts.map((_, i) => `${lan.id}-b${i + 1}`);
+      const plugs = lan.hosts.map((host, i) =>
+        host.vdeno(["plug", "-n", names[i], "tap://tap0", vnl])
+      );
+      const addresses = await overlay(lan.hosts, plugs);
+      await pingAll(lan.hosts, addresses);
+      await sleep(500);
+      const before = await Promise.all(lan.hosts.map((host, i) => vxStatus(host, names[i])));
+      // 1514-byte frames: two pieces each behind the 44-byte sealed prefix on this underlay.
+      await h1.run(["ping", "-b", "-c", "3", "-i", "0.2", "-W", "1", "-s", "1472", "10.0.0.255"]);
+      await sleep(500);
+      const after = await Promise.all(lan.hosts.map((host, i) => vxStatus(host, names[i])));
+      const moved = (i: number, counter: string) =>
+        after[i].counters[counter] - before[i].counters[counter];
+      assert.equal(moved(0, "framesCut"), 3, "h1 cut each broadcast in pieces");
+      assert.equal(moved(0, "sentMulticast"), 3, "each broadcast to the group, once");
+      assert.equal(moved(0, "sentUnicast"), 6, "and a copy to each of the two members, once");
+      assert.equal(moved(0, "dropSendError"), 0);
+      for (const i of [1, 2]) {
+        assert.equal(moved(i, "framesIn"), 3, `h${i + 1} received the broadcasts whole`);
+        assert.equal(moved(i, "dropIncomplete"), 0);
+      }
+    } finally {
+      Deno.removeSync(dir, { recursive: true });
+    }
+  },
+);
+
 /**
  * Two LANs joined by a router namespace that forwards unicast and routes no
  * multicast. Returns the router's namespace (deleted by `dispose`).
