@@ -571,10 +571,17 @@ export class Sealer {
     addresses?: Uint8Array,
     offset = 0,
   ): boolean {
-    const at = i * SLOT_SIZE + HEADROOM - SEALED_PREFIX;
-    if (addresses === undefined) writeUint32(batch.bytes, at + TO_AT, this.groupTag);
-    else writeDestinationTag(batch.bytes, at + TO_AT, addresses, offset);
+    this.#addressAt(batch.bytes, i * SLOT_SIZE + HEADROOM - SEALED_PREFIX, addresses, offset);
     return this.#sealTo(this.#current, batch, i, length, Kind.frame);
+  }
+
+  /**
+   * Writes where the datagram at `at` of `bytes` goes: the group's tag, or
+   * that of the socket address at `offset` of `addresses`.
+   */
+  #addressAt(bytes: Uint8Array, at: number, addresses: Uint8Array | undefined, offset: number) {
+    if (addresses === undefined) writeUint32(bytes, at + TO_AT, this.groupTag);
+    else writeDestinationTag(bytes, at + TO_AT, addresses, offset);
   }
 
   #sealWith(
@@ -638,8 +645,8 @@ export class Sealer {
 
   /**
    * Cuts frame i of `batch` (`length` bytes, whole in its slot, longer than
-   * the piece limit) into {@linkcode pieces} of {@linkcode pieceLength} bytes,
-   * the last {@linkcode lastPieceLength}, and seals each in place as a
+   * the piece limit) into {@linkcode pieces} (each datagram's length is
+   * {@linkcode pieceDatagram}), and seals each in place as a
    * datagram of its own, for the group or, with `addresses`, for the socket
    * address at `offset` of it: piece k's datagram starts `k * stride` bytes
    * after the frame's (see {@linkcode pieceStride}), where the frame's bytes
@@ -657,12 +664,14 @@ export class Sealer {
     const limit = this.#pieceLimit, stride = this.pieceStride;
     if (length <= limit) return false;
     const count = Math.ceil(length / limit);
+    // The last piece lies `count - 1` strides into the slot, as the limit fixes each piece's
+    // place: pieces of equal length leave `limit - size` bytes free after each, which a jumbo
+    // frame's slot may not afford; full pieces then, the last shorter.
+    const room = SLOT_SIZE - HEADROOM - (count - 1) * stride;
     let size = Math.ceil(length / count);
-    // Pieces of equal length lie `limit - size` bytes apart, as each piece's place is fixed by the
-    // limit; a jumbo frame's may not fit the slot so: full pieces then, the last shorter.
-    if (HEADROOM + (count - 1) * stride + length - (count - 1) * size > SLOT_SIZE) size = limit;
+    if (length - (count - 1) * size > room) size = limit;
     const last = length - (count - 1) * size;
-    if (HEADROOM + (count - 1) * stride + last > SLOT_SIZE) return false;
+    if (last > room) return false;
     this.pieces = count;
     this.#pieceLength = size;
     this.#lastPieceLength = last;
@@ -677,8 +686,7 @@ export class Sealer {
     for (let k = 0; k < count; k++) {
       const at = frame - SEALED_PREFIX + k * stride;
       if (k > 0) bytes.set(this.#header, at);
-      if (addresses === undefined) writeUint32(bytes, at + TO_AT, this.groupTag);
-      else writeDestinationTag(bytes, at + TO_AT, addresses, offset);
+      this.#addressAt(bytes, at, addresses, offset);
       const parts = k === 0 ? this.#parts.of(batch) : this.#piecePartsOf(batch, pieceParts, k);
       const kind = k === 0 ? Kind.firstPiece : k === count - 1 ? Kind.lastPiece : Kind.piece;
       if (!this.#sealAt(key, bytes, parts, i, at, k === count - 1 ? last : size, kind)) {
