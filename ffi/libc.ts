@@ -149,6 +149,8 @@ const symbols = {
   environ: { type: "pointer" },
   // uid_t getuid(void)
   getuid: { parameters: [], result: "u32" },
+  // int uname(struct utsname *buf)
+  uname: { parameters: ["buffer"], result: "i32" },
   // gid_t getgid(void)
   getgid: { parameters: [], result: "u32" },
   // int stat(const char *path, struct stat *buf)

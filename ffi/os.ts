@@ -59,6 +59,15 @@ export function userId(): number {
   return libc.getuid();
 }
 
+/** The running kernel's version, major and minor: [6, 18] for a release "6.18.44-...". */
+export function kernelVersion(): [number, number] {
+  const names = new Uint8Array(6 * 65); // struct utsname: six fields of 65 bytes
+  if (libc.uname(names) < 0) return [0, 0];
+  const release = new TextDecoder().decode(names.subarray(130, names.indexOf(0, 130)));
+  const [major, minor] = release.split(".").map((part) => parseInt(part, 10));
+  return [major || 0, minor || 0];
+}
+
 /** The real group id of the process. */
 export function groupId(): number {
   return libc.getgid();

@@ -6,7 +6,7 @@
 
 import { O_CLOEXEC, O_NONBLOCK } from "./abi.ts";
 import { closeQuietly, cString, Errno, errno, libc, strerror } from "./libc.ts";
-import { fileInfo, getEnv } from "./os.ts";
+import { fileInfo, getEnv, kernelVersion } from "./os.ts";
 
 const O_RDWR = 0o2;
 const TUNSETIFF = 0x400454can;
@@ -100,6 +100,16 @@ export function setTapOffloads(fd: number, on: boolean): void {
     // Not fatal: without offloads the TAP simply hands over ordinary frames.
     libc.ioctl_value(fd, TUNSETOFFLOAD, 0n);
   }
+}
+
+/**
+ * Whether a TAP takes UDP super-datagrams on write (a virtio-net header of
+ * gso_type GSO_UDP_L4, which the kernel cuts apart): Linux 6.2 and later. An
+ * older kernel refuses the write, and every datagram in it would be lost.
+ */
+export function tapTakesUdpSegments(): boolean {
+  const [major, minor] = kernelVersion();
+  return major > 6 || (major === 6 && minor >= 2);
 }
 
 function modeOf(path: string): string {

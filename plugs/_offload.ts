@@ -13,6 +13,7 @@
 
 import type { ChecksumArea } from "../core/checksum.ts";
 import { type FrameBatch, HELD_WORDS, SLOT_SIZE } from "../core/frames.ts";
+import { tapTakesUdpSegments } from "../ffi/tap.ts";
 
 /** Bytes of the virtio-net header before each frame (struct virtio_net_hdr). */
 export const VNET_HEADER = 10;
@@ -73,7 +74,7 @@ export class VnetHeader {
   }
 }
 
-/** The header coalesceTcp writes, reused. */
+/** The header writeMerged writes, reused. */
 const merged = new VnetHeader();
 
 const ETHERTYPE_IPV4 = 0x0800;
@@ -384,13 +385,25 @@ export class TcpSegmenter {
 }
 
 const TCP_ACK = 0x10;
+const PROTOCOL_UDP = 17;
+/** Header gso_type of a UDP super-datagram, cut by the kernel (Linux 6.2 and later). */
+const GSO_UDP_L4 = 5;
+/** Whether runs of UDP datagrams are merged: only where the TAP takes them. */
+export const MERGES_UDP = tapTakesUdpSegments();
 /** The IPv4 fragment fields less DF: set on a fragment, which is never merged. */
 const IPV4_FRAGMENT_BITS = 0x3fff;
 
-/** Sum of a TCP segment in a batch and its pseudo-header; a valid one folds to 0xffff. */
-function tcpSum(batch: FrameBatch, view: DataView, l3: number, l4: number, end: number): number {
+/** Whether the TCP or UDP checksum of [l4, end) in a batch, with its pseudo-header, is valid. */
+function validChecksum(
+  batch: FrameBatch,
+  view: DataView,
+  l3: number,
+  l4: number,
+  end: number,
+  protocol: number,
+): boolean {
   const pseudo = addressSum(view, l3, view.getUint8(l3) >> 4 === 4);
-  return pseudo + PROTOCOL_TCP + (end - l4) + batch.sum(l4, end);
+  return finishChecksum(pseudo + protocol + (end - l4) + batch.sum(l4, end)) === 0;
 }
 
 /** Whether bytes [a, a + length) and [b, b + length) of `view` are equal, four at a time. */
@@ -401,17 +414,108 @@ function sameBytes(view: DataView, a: number, b: number, length: number): boolea
   return true;
 }
 
-/** What {@linkcode scanTcp} found of the run it accepted, for {@linkcode writeMerged}. */
-const found = { headerLength: 0, l4: 0, payload: 0, segment: 0, push: 0, ipv4: false };
+/**
+ * Where the `protocol` header of the untagged IP frame at `start`, `length`
+ * bytes long, begins; -1 when it is not one that could start a run: an IPv4
+ * header with options, a fragment, an IP length that disagrees with the
+ * frame's, or a bad IPv4 header checksum.
+ */
+function transportOf(view: DataView, start: number, length: number, protocol: number): number {
+  const ethertype = view.getUint16(start + 12);
+  const l3 = start + 14;
+  if (ethertype === ETHERTYPE_IPV4) {
+    if (view.getUint8(l3) !== 0x45 || view.getUint8(l3 + 9) !== protocol) return -1;
+    if ((view.getUint16(l3 + 6) & IPV4_FRAGMENT_BITS) !== 0) return -1;
+    if (view.getUint16(l3 + 2) !== length - 14) return -1;
+    if (finishChecksum(addWords(view, l3, l3 + 20, 0)) !== 0) return -1;
+    return l3 + 20;
+  }
+  if (ethertype === ETHERTYPE_IPV6) {
+    if (view.getUint8(l3) >> 4 !== 6 || view.getUint8(l3 + 6) !== protocol) return -1;
+    if (view.getUint16(l3 + 4) !== length - 14 - 40) return -1;
+    return l3 + 40;
+  }
+  return -1;
+}
+
+/**
+ * Whether the Ethernet and IP headers of the frame at `next`, `length` bytes
+ * long, follow those of the run's first frame at `start` as a kernel's
+ * segmentation makes them: the same but for the length, and on IPv4 the
+ * identification (`identification`) and the header checksum, which is valid.
+ */
+function followsHeaders(
+  view: DataView,
+  start: number,
+  next: number,
+  length: number,
+  ipv4: boolean,
+  identification: number,
+): boolean {
+  if (!sameBytes(view, start, next, 14)) return false;
+  const l3 = start + 14, nl3 = next + 14;
+  if (ipv4) {
+    return view.getUint16(nl3) === view.getUint16(l3) && // version, header length, TOS
+      view.getUint16(nl3 + 2) === length - 14 &&
+      view.getUint16(nl3 + 4) === identification &&
+      view.getUint16(nl3 + 6) === view.getUint16(l3 + 6) && // DF, no fragment
+      view.getUint16(nl3 + 8) === view.getUint16(l3 + 8) && // TTL, protocol
+      sameBytes(view, l3 + 12, nl3 + 12, 8) &&
+      finishChecksum(addWords(view, nl3, nl3 + 20, 0)) === 0;
+  }
+  return view.getUint32(nl3) === view.getUint32(l3) && // version, class, flow label
+    view.getUint16(nl3 + 4) === length - 14 - 40 &&
+    view.getUint16(nl3 + 6) === view.getUint16(l3 + 6) && // next header, hop limit
+    sameBytes(view, l3 + 8, nl3 + 8, 32);
+}
+
+/** What a scan found of the run it accepted, for {@linkcode writeMerged}. */
+const found = {
+  headerLength: 0,
+  l4: 0,
+  payload: 0,
+  segment: 0,
+  push: 0,
+  ipv4: false,
+  udp: false,
+};
 
 /**
  * Finds how many of `count` frames, the first at `start` of `batch`'s bytes
- * and each next one `stride` bytes further, are consecutive segments of one
- * TCP stream that Linux's own GRO would merge: same addresses, ports, ACK,
- * window and options, sequence numbers in order, equal-sized segments but the
- * last, ACK or PSH only, each with a valid checksum. Frame k is `lengths[from
- * + k]` bytes long, or without `lengths` `length` bytes (the last one
- * `lastLength`). Reads only; when more than one merge, `found` says how.
+ * and each next one `stride` bytes further, make one run that Linux's own GRO
+ * would merge: consecutive segments of one TCP stream (see `scanTcp`) or
+ * datagrams of one UDP flow (see `scanUdp`; where {@linkcode MERGES_UDP}). Frame k is `lengths[from + k]`
+ * bytes long, or without `lengths` `length` bytes (the last one
+ * `lastLength`); a frame of length 0 is an empty slot, passed over. Returns
+ * how many slots the run spans. Reads only; when more than one frame merge,
+ * `found` says how.
+ */
+function scanRun(
+  batch: FrameBatch,
+  view: DataView,
+  start: number,
+  stride: number,
+  count: number,
+  lengths: Int32Array | null,
+  from: number,
+  length: number,
+  lastLength: number,
+): number {
+  if (count < 2) return 1;
+  const protocol = view.getUint8(start + (view.getUint16(start + 12) === ETHERTYPE_IPV4 ? 23 : 20));
+  if (protocol === PROTOCOL_TCP) {
+    return scanTcp(batch, view, start, stride, count, lengths, from, length, lastLength);
+  }
+  if (protocol === PROTOCOL_UDP && MERGES_UDP) {
+    return scanUdp(batch, view, start, stride, count, lengths, from, length, lastLength);
+  }
+  return 1;
+}
+
+/**
+ * {@linkcode scanRun} for TCP: the same addresses, ports, ACK, window and
+ * options, sequence numbers in order, equal-sized segments but the last, ACK
+ * or PSH only, each with a valid checksum.
  */
 function scanTcp(
   batch: FrameBatch,
@@ -425,27 +529,16 @@ function scanTcp(
   lastLength: number,
 ): number {
   const firstLength = lengths !== null ? lengths[from] : count === 1 ? lastLength : length;
-  if (count < 2 || firstLength < 14 + 20 + 20) return 1;
-  const ethertype = view.getUint16(start + 12);
-  const ipv4 = ethertype === ETHERTYPE_IPV4;
+  if (firstLength < 14 + 20 + 20) return 1;
+  const l4 = transportOf(view, start, firstLength, PROTOCOL_TCP);
+  if (l4 < 0) return 1;
+  const ipv4 = view.getUint16(start + 12) === ETHERTYPE_IPV4;
   const l3 = start + 14;
-  let l4: number;
-  if (ipv4) {
-    if (view.getUint8(l3) !== 0x45 || view.getUint8(l3 + 9) !== PROTOCOL_TCP) return 1;
-    if ((view.getUint16(l3 + 6) & IPV4_FRAGMENT_BITS) !== 0) return 1;
-    if (view.getUint16(l3 + 2) !== firstLength - 14) return 1;
-    l4 = l3 + 20;
-  } else if (ethertype === ETHERTYPE_IPV6) {
-    if (view.getUint8(l3) >> 4 !== 6 || view.getUint8(l3 + 6) !== PROTOCOL_TCP) return 1;
-    if (view.getUint16(l3 + 4) !== firstLength - 14 - 40) return 1;
-    l4 = l3 + 40;
-  } else return 1;
   const headerLength = l4 - start + (view.getUint8(l4 + 12) >> 4) * 4;
   const segment = firstLength - headerLength;
   if (headerLength < l4 - start + 20 || segment <= 0) return 1;
   if (view.getUint8(l4 + 13) !== TCP_ACK) return 1; // PSH, and anything but ACK, ends a stream
-  if (finishChecksum(tcpSum(batch, view, l3, l4, start + firstLength)) !== 0) return 1;
-  if (ipv4 && finishChecksum(addWords(view, l3, l4, 0)) !== 0) return 1;
+  if (!validChecksum(batch, view, l3, l4, start + firstLength, PROTOCOL_TCP)) return 1;
 
   const ipMax = 65535 - (headerLength - 14);
   let payload = segment;
@@ -458,25 +551,9 @@ function scanTcp(
     const nextLength = lengths !== null ? lengths[from + k] : k === count - 1 ? lastLength : length;
     const nextSegment = nextLength - headerLength;
     if (nextSegment <= 0 || nextSegment > segment || payload + nextSegment > ipMax) break;
-    const nl3 = next + 14, nl4 = next + (l4 - start);
-    if (!sameBytes(view, start, next, 14)) break;
-    if (ipv4) {
-      identification = (identification + 1) & 0xffff;
-      if (
-        view.getUint16(nl3) !== view.getUint16(l3) || // version, header length, TOS
-        view.getUint16(nl3 + 2) !== nextLength - 14 ||
-        view.getUint16(nl3 + 4) !== identification ||
-        view.getUint16(nl3 + 6) !== view.getUint16(l3 + 6) || // DF, no fragment
-        view.getUint16(nl3 + 8) !== view.getUint16(l3 + 8) || // TTL, protocol
-        !sameBytes(view, l3 + 12, nl3 + 12, 8) ||
-        finishChecksum(addWords(view, nl3, nl4, 0)) !== 0
-      ) break;
-    } else if (
-      view.getUint32(nl3) !== view.getUint32(l3) || // version, class, flow label
-      view.getUint16(nl3 + 4) !== nextLength - 14 - 40 ||
-      view.getUint16(nl3 + 6) !== view.getUint16(l3 + 6) || // next header, hop limit
-      !sameBytes(view, l3 + 8, nl3 + 8, 32)
-    ) break;
+    identification = (identification + 1) & 0xffff;
+    if (!followsHeaders(view, start, next, nextLength, ipv4, identification)) break;
+    const nl4 = next + (l4 - start);
     const flags = view.getUint8(nl4 + 13);
     if (
       view.getUint32(nl4) !== view.getUint32(l4) || // ports
@@ -486,7 +563,7 @@ function scanTcp(
       (flags & ~TCP_PSH) !== TCP_ACK ||
       view.getUint16(nl4 + 14) !== view.getUint16(l4 + 14) || // window
       !sameBytes(view, l4 + 20, nl4 + 20, headerLength - (l4 - start) - 20) ||
-      finishChecksum(tcpSum(batch, view, nl3, nl4, next + nextLength)) !== 0
+      !validChecksum(batch, view, next + 14, nl4, next + nextLength, PROTOCOL_TCP)
     ) break;
     payload += nextSegment;
     expected = (expected + nextSegment) >>> 0;
@@ -502,46 +579,119 @@ function scanTcp(
   found.segment = segment;
   found.push = push;
   found.ipv4 = ipv4;
+  found.udp = false;
   return merged;
 }
 
 /**
- * Rewrites the headers of the frame at `start` (those of the first segment
- * {@linkcode scanTcp} accepted) to stand for the whole run, and writes the
- * virtio-net header before them.
+ * {@linkcode scanRun} for UDP: the same addresses and ports, IPv4
+ * identifications in order, equal-sized datagrams but the last, none shorter
+ * than the first but the last, each with a valid checksum. A datagram sent
+ * without a checksum (IPv4's 0) is not merged: the kernel would give each its
+ * own when it cuts them apart again.
+ */
+function scanUdp(
+  batch: FrameBatch,
+  view: DataView,
+  start: number,
+  stride: number,
+  count: number,
+  lengths: Int32Array | null,
+  from: number,
+  length: number,
+  lastLength: number,
+): number {
+  const firstLength = lengths !== null ? lengths[from] : count === 1 ? lastLength : length;
+  if (firstLength < 14 + 20 + 8) return 1;
+  const l4 = transportOf(view, start, firstLength, PROTOCOL_UDP);
+  if (l4 < 0) return 1;
+  const ipv4 = view.getUint16(start + 12) === ETHERTYPE_IPV4;
+  const headerLength = l4 - start + 8;
+  const segment = firstLength - headerLength;
+  if (segment <= 0 || view.getUint16(l4 + 4) !== firstLength - (l4 - start)) return 1;
+  if (view.getUint16(l4 + UDP_CHECKSUM_AT) === 0) return 1;
+
+  const ipMax = 65535 - (headerLength - 14);
+  let payload = segment;
+  let identification = ipv4 ? view.getUint16(start + 14 + 4) : 0;
+  let frames = 1, slots = 1;
+  for (let k = 1; k < count; k++) {
+    const next = start + k * stride;
+    const nextLength = lengths !== null ? lengths[from + k] : k === count - 1 ? lastLength : length;
+    if (nextLength === 0) continue; // a slot whose frame was joined in a later one (pieces)
+    const nextSegment = nextLength - headerLength;
+    if (nextSegment <= 0 || nextSegment > segment || payload + nextSegment > ipMax) break;
+    identification = (identification + 1) & 0xffff;
+    if (!followsHeaders(view, start, next, nextLength, ipv4, identification)) break;
+    const nl4 = next + (l4 - start);
+    if (
+      view.getUint32(nl4) !== view.getUint32(l4) || // ports
+      view.getUint16(nl4 + 4) !== nextLength - (l4 - start) ||
+      view.getUint16(nl4 + UDP_CHECKSUM_AT) === 0 ||
+      !validChecksum(batch, view, next + 14, nl4, next + nextLength, PROTOCOL_UDP)
+    ) break;
+    // Summed only now: most datagrams that merge with none are not worth summing for nothing.
+    if (
+      frames === 1 && !validChecksum(batch, view, start + 14, l4, start + firstLength, PROTOCOL_UDP)
+    ) {
+      return 1;
+    }
+    payload += nextSegment;
+    frames++;
+    slots = k + 1;
+    if (nextSegment < segment) break;
+  }
+  found.headerLength = headerLength;
+  found.l4 = l4 - start;
+  found.payload = payload;
+  found.segment = segment;
+  found.push = 0;
+  found.ipv4 = ipv4;
+  found.udp = true;
+  return slots;
+}
+
+/**
+ * Rewrites the headers of the frame at `start` (those of the first frame a
+ * scan accepted) to stand for the whole run, and writes the virtio-net header
+ * before them.
  */
 function writeMerged(view: DataView, start: number): void {
-  const { headerLength, payload, ipv4 } = found;
+  const { headerLength, payload, ipv4, udp } = found;
   const l3 = start + 14, l4 = start + found.l4;
   if (ipv4) {
     view.setUint16(l3 + 2, headerLength - 14 + payload);
     view.setUint16(l3 + 10, 0);
     view.setUint16(l3 + 10, finishChecksum(addWords(view, l3, l4, 0)));
   } else view.setUint16(l3 + 4, headerLength - 14 - 40 + payload);
-  view.setUint8(l4 + 13, TCP_ACK | found.push);
+  const transportLength = headerLength - found.l4 + payload;
+  if (udp) view.setUint16(l4 + 4, transportLength);
+  else view.setUint8(l4 + 13, TCP_ACK | found.push);
   // The kernel completes a NEEDS_CSUM checksum from the pseudo-header's sum in the field.
-  const tcpLength = headerLength - found.l4 + payload;
+  const protocol = udp ? PROTOCOL_UDP : PROTOCOL_TCP;
+  const checksumAt = udp ? UDP_CHECKSUM_AT : TCP_CHECKSUM_AT;
   const pseudo = addressSum(view, l3, ipv4);
-  view.setUint16(l4 + 16, ~finishChecksum(pseudo + PROTOCOL_TCP + tcpLength) & 0xffff);
+  view.setUint16(l4 + checksumAt, ~finishChecksum(pseudo + protocol + transportLength) & 0xffff);
   merged.flags = NEEDS_CSUM;
-  merged.gsoType = ipv4 ? GSO_TCPV4 : GSO_TCPV6;
+  merged.gsoType = udp ? GSO_UDP_L4 : ipv4 ? GSO_TCPV4 : GSO_TCPV6;
   merged.headerLength = headerLength;
   merged.gsoSize = found.segment;
   merged.csumStart = found.l4;
-  merged.csumOffset = TCP_CHECKSUM_AT;
+  merged.csumOffset = checksumAt;
   merged.encode(view, start - VNET_HEADER);
 }
 
 /**
  * Receive offload (GRO) for a TAP: finds how many frames of `batch`, from
- * `first` on, are consecutive segments of one TCP stream that Linux's own GRO
- * would merge (see `scanTcp`; a held frame ends them). When more than one, it
- * rewrites the first frame's headers to stand for all of them and writes the
- * virtio-net header before it, so that one write hands the kernel's TCP stack
- * one super-frame. Returns how many frames the first now stands for (1: send
- * it as it is).
+ * `first` on, make one run that Linux's own GRO would merge, segments of one
+ * TCP stream or datagrams of one UDP flow (see `scanRun`; a held frame ends
+ * them). When more than one, it rewrites the first frame's headers to stand
+ * for all of them and writes the virtio-net header before it, so that one
+ * write hands the kernel one super-frame, which its TCP stack takes whole and
+ * its UDP cuts apart again at the socket. Returns how many slots the first
+ * now stands for, empty ones among them (1: send it as it is).
  */
-export function coalesceTcp(batch: FrameBatch, view: DataView, first: number): number {
+export function coalesceFrames(batch: FrameBatch, view: DataView, first: number): number {
   let end = batch.count;
   if (batch.heldFrames > 0) {
     for (let j = first + 1; j < end; j++) {
@@ -549,7 +699,7 @@ export function coalesceTcp(batch: FrameBatch, view: DataView, first: number): n
     }
   }
   const start = batch.offset(first);
-  const count = scanTcp(batch, view, start, SLOT_SIZE, end - first, batch.lengths, first, 0, 0);
+  const count = scanRun(batch, view, start, SLOT_SIZE, end - first, batch.lengths, first, 0, 0);
   if (count > 1) writeMerged(view, start);
   return count;
 }
@@ -558,7 +708,7 @@ export function coalesceTcp(batch: FrameBatch, view: DataView, first: number): n
  * Receive offload for the frames of a UDP_GRO run where they arrived: `count`
  * frames in `batch`'s bytes, the first at `start`, each next one `stride`
  * bytes further, each `length` bytes but the last (`lastLength`). When more
- * than one from the first merge (the rules of {@linkcode coalesceTcp}), it
+ * than one from the first merge (the rules of {@linkcode coalesceFrames}), it
  * copies the first one's headers to `to`, rewrites them to stand for the
  * merged ones, with the virtio-net header before them, and describes the
  * payloads in slot `slot`'s {@linkcode FrameBatch.held} entry and its
@@ -574,7 +724,7 @@ export function coalesceRun(
   lastLength: number,
   slot: number,
 ): number {
-  const merged = scanTcp(batch, view, start, stride, count, null, 0, length, lastLength);
+  const merged = scanRun(batch, view, start, stride, count, null, 0, length, lastLength);
   if (merged < 2) return merged;
   const to = batch.offset(slot);
   const headerLength = found.headerLength;

@@ -1,7 +1,7 @@
 /**
  * Synthetic frames for warming a plug's data path before its first real
  * frame (see `Plug.warmUp`): the kinds of frame traffic starts with (an ARP
- * broadcast, pings) and a TCP super-frame, between two made-up MACs and
+ * broadcast, pings), a TCP super-frame and a run of UDP datagrams, between two made-up MACs and
  * documentation addresses (192.0.2.0/24). They only ever cross descriptors
  * the warming plug opened for the purpose and drains itself.
  *
@@ -124,6 +124,38 @@ export function tcpFrame(
   new Uint8Array(view.buffer, view.byteOffset + l4 + 20, payload).fill(0x5a);
   return 54 + payload;
 }
+
+/**
+ * Writes a UDP datagram of `payload` bytes from 192.0.2.1 to 192.0.2.2 with
+ * IPv4 identification `id` and a valid checksum, as a connected socket sends
+ * them (the next one has the next identification); returns its length.
+ */
+export function udpFrame(
+  view: DataView,
+  at: number,
+  to: number[],
+  from: number[],
+  payload: number,
+  id: number,
+): number {
+  ethernet(view, at, to, from, 0x0800);
+  ipv4(view, at + 14, 28 + payload, 17, id);
+  const l4 = at + 34;
+  view.setUint32(l4, (40001 << 16) | 5201);
+  view.setUint16(l4 + 4, 8 + payload);
+  view.setUint16(l4 + 6, 0);
+  new Uint8Array(view.buffer, view.byteOffset + l4 + 8, payload).fill(0x5a);
+  let sum = 0xc000 + 0x0201 + 0xc000 + 0x0202 + 17 + 8 + payload; // the pseudo-header
+  for (let i = 0; i < 8 + payload; i += 2) {
+    sum += i + 1 < 8 + payload ? view.getUint16(l4 + i) : view.getUint8(l4 + i) << 8;
+  }
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  view.setUint16(l4 + 6, ~sum & 0xffff || 0xffff);
+  return 42 + payload;
+}
+
+/** Datagrams of one UDP flow a TAP's warm-up sends in a row, to be merged as a run. */
+export const WARM_UDP_RUN = 3;
 
 /**
  * Writes an IPv6 router solicitation to all routers (ff02::2, MAC

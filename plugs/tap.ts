@@ -27,17 +27,19 @@ import {
   pingFrame,
   routerSolicitation,
   tcpFrame,
+  udpFrame,
   WARM_ACK_RUN,
   WARM_BURST_SEGMENTS,
   WARM_LOCAL_MAC,
   WARM_LOOP_MAC,
   WARM_PEER_MACS,
   WARM_SEGMENT,
+  WARM_UDP_RUN,
   WARM_UP_ROUNDS,
   warmSequence,
 } from "./_warmup.ts";
 import {
-  coalesceTcp,
+  coalesceFrames,
   completeChecksum,
   GSO_NONE,
   GSO_TCPV4,
@@ -298,8 +300,9 @@ export class TapPlug implements Plug {
 
   /**
    * Sends each frame behind a virtio-net header: all zero for a frame as it
-   * is; runs of segments of one TCP stream go as one super-frame (see
-   * `coalesceTcp`), the first frame and the others' payloads in one writev.
+   * is; runs of segments of one TCP stream, or datagrams of one UDP flow, go
+   * as one super-frame (see `coalesceFrames`), the first frame and the
+   * others' payloads in one writev.
    */
   #sendWithHeaders(batch: FrameBatch, view: DataView): void {
     const vector = this.#writeVector;
@@ -316,20 +319,22 @@ export class TapPlug implements Plug {
         continue;
       }
       // A frame with none after it has nothing to merge with: at light traffic, entering
-      // coalesceTcp's cold code would cost more than the frame (bench/README.md).
-      const merged = i + 1 < batch.count ? coalesceTcp(batch, view, i) : 1;
+      // coalesceFrames's cold code would cost more than the frame (bench/README.md).
+      const merged = i + 1 < batch.count ? coalesceFrames(batch, view, i) : 1;
       if (merged === 1) VnetHeader.clear(view, header);
       setIovec(vector, 0, this.#batchAddress + header, VNET_HEADER + length);
       const headerLength = merged === 1 ? 0 : this.#vnet.decode(view, header).headerLength;
-      let total = length;
+      let total = length, frames = 1;
       for (let k = 1; k < merged; k++) {
+        const next = batch.lengths[i + k];
+        if (next === 0) continue;
         const start = this.#batchAddress + batch.offset(i + k) + headerLength;
-        setIovec(vector, k, start, batch.lengths[i + k] - headerLength);
-        total += batch.lengths[i + k];
+        setIovec(vector, frames++, start, next - headerLength);
+        total += next;
       }
-      const written = writeVector(this.#fd, this.#writeVectorPointer, merged);
+      const written = writeVector(this.#fd, this.#writeVectorPointer, frames);
       if (written >= 0 && merged > 1) this.counters[Counter.superFramesOut]++;
-      this.#count(written < 0, merged, total);
+      this.#count(written < 0, frames, total);
       i += merged;
     }
   }
@@ -453,7 +458,7 @@ export class TapPlug implements Plug {
         writeFrom(pair[1], inputPointer, BigInt(headerBytes + length));
       }
     };
-    let superFrames = 0;
+    let superFrames = 0, udpIds = 0xfffe;
     const superFrame = (to: number[], segments: number) =>
       tcp(to, segments * WARM_SEGMENT, warmSequence(superFrames++), 1, true);
     return {
@@ -480,6 +485,15 @@ export class TapPlug implements Plug {
         // A sender's plug gets its receiver's pure ACKs back as runs: those take other branches.
         if (this.#segmenter && bursts && round % 8 === 7) {
           tcp(WARM_LOOP_MAC, 0, warmSequence(round >> 3), WARM_ACK_RUN, false);
+        }
+        // A run of one UDP flow, merged as one super-frame on the way back (the cable's loops).
+        if (this.#segmenter && round % 4 === 2) {
+          input.fill(0, 0, headerBytes);
+          const to = bursts ? WARM_LOOP_MAC : peer;
+          for (let k = 0; k < WARM_UDP_RUN; k++) {
+            length = udpFrame(inputView, headerBytes, to, WARM_LOCAL_MAC, 64, udpIds++ & 0xffff);
+            writeFrom(pair[1], inputPointer, BigInt(headerBytes + length));
+          }
         }
         // The batch's clock moves on a tick, which the TAP's traffic judgement follows.
         if (round % 8 === 0) batch.timeMs += 1000;

@@ -1,11 +1,14 @@
 /**
- * Receive offload: coalesceTcp merges the segments of one TCP stream in a
+ * Receive offload: coalesceFrames merges the segments of one TCP stream (or the
+ * datagrams of one UDP flow) in a
  * batch back into one super-frame, and only those Linux's GRO would merge.
  */
 
 import assert from "node:assert/strict";
 import { FrameBatch } from "../core/frames.ts";
-import { coalesceTcp, TcpSegmenter, VNET_HEADER } from "../plugs/_offload.ts";
+import { coalesceFrames, MERGES_UDP, TcpSegmenter, VNET_HEADER } from "../plugs/_offload.ts";
+import { hostTest, requirements } from "./_harness.ts";
+import { writeFlowFrame } from "./fixtures/udp_flow.ts";
 
 const PAYLOAD = 10_000;
 const MSS = 1448;
@@ -86,7 +89,7 @@ for (const ipv6 of [false, true]) {
     assert.equal(batch.count, Math.ceil(PAYLOAD / MSS));
     const l4 = ipv6 ? 54 : 34, headerLength = l4 + 32;
 
-    assert.equal(coalesceTcp(batch, view, 0), batch.count);
+    assert.equal(coalesceFrames(batch, view, 0), batch.count);
     const header = batch.offset(0) - VNET_HEADER;
     assert.deepEqual(
       [view.getUint8(header), view.getUint8(header + 1)],
@@ -138,15 +141,140 @@ Deno.test("a run ends at a bad checksum, a gap, another stream, or a frame that 
   for (const [what, change, expected] of cases) {
     const { batch, view } = segmentsOf(superFrame(false), false);
     change(batch, view);
-    assert.equal(coalesceTcp(batch, view, 0), expected, what);
+    assert.equal(coalesceFrames(batch, view, 0), expected, what);
   }
 });
 
 Deno.test("a segment with PSH, or a frame that is not TCP, is sent as it is", () => {
   const { batch, view } = segmentsOf(superFrame(false), false);
-  assert.equal(coalesceTcp(batch, view, batch.count - 1), 1, "the last segment, with PSH");
+  assert.equal(coalesceFrames(batch, view, batch.count - 1), 1, "the last segment, with PSH");
   view.setUint8(batch.offset(0) + 23, 17); // UDP
-  assert.equal(coalesceTcp(batch, view, 0), 1);
+  assert.equal(coalesceFrames(batch, view, 0), 1);
   batch.lengths[1] = 60;
-  assert.equal(coalesceTcp(batch, view, 1), 1, "too short to be a TCP segment with data");
+  assert.equal(coalesceFrames(batch, view, 1), 1, "too short to be a TCP segment with data");
 });
+
+/** What merging UDP needs of the kernel. */
+const udpMerges = requirements([], [{
+  ok: MERGES_UDP,
+  why: "Linux 6.2 or later (GSO_UDP_L4 on a TAP)",
+}], {
+  root: false,
+});
+
+/** `count` datagrams of one UDP flow in a batch, 1000 bytes each but the last (500). */
+function datagramsOf(count: number, ipv6: boolean): { batch: FrameBatch; view: DataView } {
+  const batch = new FrameBatch(16);
+  for (let j = 0; j < count; j++) {
+    batch.lengths[j] = writeFlowFrame(
+      batch.bytes,
+      batch.offset(j),
+      j,
+      ipv6,
+      j < count - 1 ? 1000 : 500,
+    );
+  }
+  batch.count = count;
+  return { batch, view: new DataView(batch.bytes.buffer) };
+}
+
+for (const ipv6 of [false, true]) {
+  const family = ipv6 ? "IPv6" : "IPv4";
+  hostTest(
+    `${family}: the datagrams of one UDP flow merge into one super-datagram for the kernel to cut`,
+    udpMerges,
+    () => {
+      const { batch, view } = datagramsOf(6, ipv6);
+      const l4 = ipv6 ? 54 : 34, headerLength = l4 + 8, payload = 5 * 1000 + 500;
+      const originals = [0, 1, 2, 3, 4, 5].map((k) => batch.frame(k).slice());
+
+      assert.equal(coalesceFrames(batch, view, 0), 6);
+      const header = batch.offset(0) - VNET_HEADER;
+      assert.deepEqual(
+        [view.getUint8(header), view.getUint8(header + 1)],
+        [1, 5],
+        "NEEDS_CSUM, GSO_UDP_L4",
+      );
+      assert.deepEqual(
+        [2, 4, 6, 8].map((at) => view.getUint16(header + at, true)),
+        [headerLength, 1000, l4, 6],
+        "hdr_len, gso_size, csum_start, csum_offset",
+      );
+      const whole = merged(batch, 6, headerLength);
+      const wholeView = new DataView(whole.buffer);
+      assert.equal(whole.length, headerLength + payload);
+      for (let k = 0; k < 6; k++) {
+        const at = headerLength + k * 1000;
+        assert.deepEqual(
+          whole.subarray(at, at + originals[k].length - headerLength),
+          originals[k].subarray(headerLength),
+        );
+      }
+      assert.equal(wholeView.getUint16(l4 + 4), 8 + payload, "the UDP length of the whole");
+      if (!ipv6) {
+        assert.equal(wholeView.getUint16(16), 20 + 8 + payload);
+        assert.equal(onesSum(whole.subarray(14, 34)), 0xffff, "IPv4 header checksum");
+        assert.equal(wholeView.getUint16(18), 0xfffa, "the first datagram's identification");
+      } else assert.equal(wholeView.getUint16(18), 8 + payload);
+      const addresses = ipv6 ? whole.subarray(22, 54) : whole.subarray(26, 34);
+      const pseudo = onesSum(addresses) + 17 + 8 + payload;
+      assert.equal(
+        wholeView.getUint16(l4 + 6),
+        onesSum(new Uint8Array(0), pseudo),
+        "pseudo-header sum",
+      );
+    },
+  );
+}
+
+hostTest(
+  "a UDP run ends at a bad checksum, none, another port, a gap in identifications or a longer datagram",
+  udpMerges,
+  () => {
+    const l4 = 34;
+    const cases: [string, (batch: FrameBatch, view: DataView) => void, number][] = [
+      ["payload byte flipped in datagram 3", (b) => b.bytes[b.offset(3) + 100] ^= 1, 3],
+      ["datagram 0 without a checksum", (b, v) => v.setUint16(b.offset(0) + l4 + 6, 0), 1],
+      ["datagram 2 to another port", (b, v) => {
+        v.setUint16(b.offset(2) + l4 + 2, 5401);
+        v.setUint16(b.offset(2) + l4 + 6, v.getUint16(b.offset(2) + l4 + 6) - 1);
+      }, 2],
+      ["datagram 2 missing", (b) => {
+        b.bytes.copyWithin(b.offset(2), b.offset(3), b.offset(3) + b.lengths[3]);
+        b.lengths[2] = b.lengths[3];
+      }, 2],
+      ["datagram 1 shorter: the run ends with it", (b) => {
+        b.lengths[1] = writeFlowFrame(b.bytes, b.offset(1), 1, false, 600);
+      }, 2],
+      ["datagram 0 shorter than its IP header says", (b) => b.lengths[0] -= 2, 1],
+    ];
+    for (const [what, change, expected] of cases) {
+      const { batch, view } = datagramsOf(6, false);
+      change(batch, view);
+      assert.equal(coalesceFrames(batch, view, 0), expected, what);
+    }
+  },
+);
+
+hostTest(
+  "empty slots between a UDP flow's datagrams (frames joined from pieces) are passed over",
+  udpMerges,
+  () => {
+    const batch = new FrameBatch(16);
+    const lengths = [1000, 0, 1000, 0, 0, 1000, 500];
+    let j = 0;
+    lengths.forEach((payload, slot) => {
+      batch.lengths[slot] = payload === 0
+        ? 0
+        : writeFlowFrame(batch.bytes, batch.offset(slot), j++, false, payload);
+    });
+    batch.count = lengths.length;
+    const view = new DataView(batch.bytes.buffer);
+    assert.equal(coalesceFrames(batch, view, 0), 7, "the run spans every slot");
+    assert.equal(
+      view.getUint16(batch.offset(0) + 14 + 2),
+      20 + 8 + 3500,
+      "four datagrams' payloads",
+    );
+  },
+);

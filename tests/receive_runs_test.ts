@@ -5,7 +5,8 @@
  */
 
 import assert from "node:assert/strict";
-import { hostTest, Lan, sleep, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, requirements, sleep, VDENO } from "./_harness.ts";
+import { MERGES_UDP } from "../plugs/_offload.ts";
 
 const RUN_SENDER = new URL("./fixtures/run_sender.ts", import.meta.url).pathname;
 
@@ -214,5 +215,135 @@ hostTest(
     assert.equal(counters.tap.framesOut, 20);
     assert.equal(counters.tap.superFramesOut, 2);
     assert.equal(errors, 1, "the receiving kernel's TcpInCsumErrors");
+  },
+);
+
+const UDP_FLOW = new URL("./fixtures/udp_flow.ts", import.meta.url).pathname;
+const UDP_MERGES = requirements(["nstat"], [
+  { ok: MERGES_UDP, why: "Linux 6.2 or later (GSO_UDP_L4 on a TAP)" },
+]);
+
+/** The UDP checksum errors a host's kernel counted so far, IPv4's and IPv6's. */
+async function udpCounters(host: Host): Promise<Record<string, number>> {
+  const counts: Record<string, number> = {};
+  for (const line of (await host.sh(["nstat", "-az"])).split("\n")) {
+    const [name, value] = line.split(/\s+/);
+    if (name === "UdpInCsumErrors" || name === "Udp6InCsumErrors") counts[name] = Number(value);
+  }
+  return counts;
+}
+
+/**
+ * Sends `runs` runs of `count` datagrams of one UDP flow (IPv4 or IPv6) to a plug, each run
+ * as one UDP GSO message (`run`) or each datagram apart, datagram `corrupt` with a bad UDP
+ * checksum; returns what a socket behind the TAP received, the plugs' counters and the kernel's
+ * UDP counters' change.
+ */
+async function udpFlowToTheTap(
+  family: 4 | 6,
+  count: number,
+  runs: number,
+  mode: "run" | "apart",
+  corrupt = -1,
+) {
+  await using lan = await Lan.create(2);
+  const [a, b] = lan.hosts;
+  const name = `udpruns-${Deno.pid}-${family}-${mode}`;
+  const plug = a.vdeno(["plug", "--name", name, "tap://tap0", "vxvde://239.4.0.13"]);
+  await a.waitForLink("tap0", 30_000, plug);
+  await a.configure("tap0", "10.99.0.1/24", "02:00:00:00:00:a1");
+  await a.sh(["ip", "addr", "add", "fd99::1/64", "dev", "tap0", "nodad"]);
+  await a.sh(["ip", "neigh", "replace", "10.99.0.2", "lladdr", "02:00:00:00:00:b1", "dev", "tap0"]);
+  await a.sh(["ip", "neigh", "replace", "fd99::2", "lladdr", "02:00:00:00:00:b1", "dev", "tap0"]);
+  const status = async () => JSON.parse(await a.sh([...VDENO, "status", "--json", name]));
+  const counters = (report: { plugs: { vnl: string; counters: Record<string, number> }[] }) =>
+    Object.fromEntries(report.plugs.map((entry) => [entry.vnl.slice(0, 3), entry.counters]));
+  const port =
+    (await status()).plugs.find((entry: { vnl: string }) => entry.vnl.startsWith("vxvde"))
+      .unicastPort;
+  const total = count * runs;
+  const receiver = a.spawn([
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--unstable-net",
+    UDP_FLOW,
+    "receive",
+    family === 4 ? "10.99.0.1" : "fd99::1",
+    `${corrupt < 0 ? total : total - 1}`,
+  ]);
+  await receiver.waitForOutput((text) => text.includes("listening"), 30_000);
+  const kernelBefore = await udpCounters(a);
+  const sent = JSON.parse(
+    await b.sh([
+      Deno.execPath(),
+      "run",
+      "-A",
+      UDP_FLOW,
+      "send",
+      a.address,
+      String(port),
+      "1",
+      `${family}`,
+      `${count}`,
+      `${runs}`,
+      mode,
+      `${corrupt}`,
+    ]),
+  );
+  assert.equal(sent.failed, 0, "the kernel took the datagrams");
+  const { code } = await receiver.exited();
+  assert.equal(code, 0, receiver.stderr);
+  const received = JSON.parse(receiver.stdout.trim().split("\n").at(-1)!);
+  const after = counters(await status());
+  const kernelAfter = await udpCounters(a);
+  await plug.stop();
+  const kernel = Object.fromEntries(
+    Object.entries(kernelAfter).map(([key, value]) => [key, value - (kernelBefore[key] ?? 0)]),
+  );
+  return { received: received as { right: [number, number][]; wrong: number }, after, kernel };
+}
+
+/** Asserts that datagrams 0 to total - 1 but `missing` arrived right, in order, at their lengths. */
+function assertFlow(
+  right: [number, number][],
+  count: number,
+  total: number,
+  missing = -1,
+): void {
+  const expected: [number, number][] = [];
+  for (let j = 0; j < total; j++) {
+    if (j !== missing) expected.push([j, j % count === count - 1 ? 500 : 1000]);
+  }
+  assert.deepEqual(right, expected);
+}
+
+for (const family of [4, 6] as const) {
+  hostTest(
+    `IPv${family}: a run of one UDP flow's datagrams is written to the TAP as one super-datagram, and every one arrives`,
+    UDP_MERGES,
+    async () => {
+      const { received, after, kernel } = await udpFlowToTheTap(family, 20, 3, "run");
+      assertFlow(received.right, 20, 60);
+      assert.equal(received.wrong, 0);
+      assert.equal(after.vxv.framesIn, 60);
+      assert.equal(after.tap.framesOut, 60);
+      assert.equal(after.tap.superFramesOut, 3, "each run in one TAP write (GSO_UDP_L4)");
+      // (UdpInDatagrams counts the plug's own vxvde datagrams too: the receiver counted above.)
+      assert.equal(kernel[family === 4 ? "UdpInCsumErrors" : "Udp6InCsumErrors"], 0);
+    },
+  );
+}
+
+hostTest(
+  "datagrams of one UDP flow received apart are merged in the batch, and a corrupt one is not",
+  UDP_MERGES,
+  async () => {
+    const { received, after, kernel } = await udpFlowToTheTap(4, 40, 1, "apart", 25);
+    assertFlow(received.right, 40, 40, 25);
+    assert.equal(received.wrong, 0);
+    assert.equal(after.tap.framesOut, 40);
+    assert.ok(after.tap.superFramesOut >= 1, "datagrams read in one batch were merged");
+    assert.equal(kernel.UdpInCsumErrors, 1, "the corrupt datagram reached the kernel as it came");
   },
 );
