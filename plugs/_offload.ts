@@ -502,14 +502,38 @@ function scanRun(
   lastLength: number,
 ): number {
   if (count < 2) return 1;
+  run.start = start;
+  run.stride = stride;
+  run.count = count;
+  run.lengths = lengths;
+  run.from = from;
+  run.length = length;
+  run.lastLength = lastLength;
   const protocol = view.getUint8(start + (view.getUint16(start + 12) === ETHERTYPE_IPV4 ? 23 : 20));
-  if (protocol === PROTOCOL_TCP) {
-    return scanTcp(batch, view, start, stride, count, lengths, from, length, lastLength);
-  }
-  if (protocol === PROTOCOL_UDP && MERGES_UDP) {
-    return scanUdp(batch, view, start, stride, count, lengths, from, length, lastLength);
-  }
+  if (protocol === PROTOCOL_TCP) return scanTcp(batch, view);
+  if (protocol === PROTOCOL_UDP && MERGES_UDP) return scanUdp(batch, view);
   return 1;
+}
+
+/** Where the frames {@linkcode scanRun} was given are: its arguments, for the scans. */
+const run = {
+  start: 0,
+  stride: 0,
+  count: 0,
+  lengths: null as Int32Array | null,
+  from: 0,
+  length: 0,
+  lastLength: 0,
+};
+
+/** The length of frame k of {@linkcode run}. */
+function frameLength(k: number): number {
+  const lengths = run.lengths;
+  return lengths !== null
+    ? lengths[run.from + k]
+    : k === run.count - 1
+    ? run.lastLength
+    : run.length;
 }
 
 /**
@@ -517,18 +541,9 @@ function scanRun(
  * options, sequence numbers in order, equal-sized segments but the last, ACK
  * or PSH only, each with a valid checksum.
  */
-function scanTcp(
-  batch: FrameBatch,
-  view: DataView,
-  start: number,
-  stride: number,
-  count: number,
-  lengths: Int32Array | null,
-  from: number,
-  length: number,
-  lastLength: number,
-): number {
-  const firstLength = lengths !== null ? lengths[from] : count === 1 ? lastLength : length;
+function scanTcp(batch: FrameBatch, view: DataView): number {
+  const start = run.start, stride = run.stride, count = run.count;
+  const firstLength = frameLength(0);
   if (firstLength < 14 + 20 + 20) return 1;
   const l4 = transportOf(view, start, firstLength, PROTOCOL_TCP);
   if (l4 < 0) return 1;
@@ -548,7 +563,7 @@ function scanTcp(
   let merged = 1;
   for (let k = 1; k < count; k++) {
     const next = start + k * stride;
-    const nextLength = lengths !== null ? lengths[from + k] : k === count - 1 ? lastLength : length;
+    const nextLength = frameLength(k);
     const nextSegment = nextLength - headerLength;
     if (nextSegment <= 0 || nextSegment > segment || payload + nextSegment > ipMax) break;
     identification = (identification + 1) & 0xffff;
@@ -590,18 +605,9 @@ function scanTcp(
  * without a checksum (IPv4's 0) is not merged: the kernel would give each its
  * own when it cuts them apart again.
  */
-function scanUdp(
-  batch: FrameBatch,
-  view: DataView,
-  start: number,
-  stride: number,
-  count: number,
-  lengths: Int32Array | null,
-  from: number,
-  length: number,
-  lastLength: number,
-): number {
-  const firstLength = lengths !== null ? lengths[from] : count === 1 ? lastLength : length;
+function scanUdp(batch: FrameBatch, view: DataView): number {
+  const start = run.start, stride = run.stride, count = run.count;
+  const firstLength = frameLength(0);
   if (firstLength < 14 + 20 + 8) return 1;
   const l4 = transportOf(view, start, firstLength, PROTOCOL_UDP);
   if (l4 < 0) return 1;
@@ -617,7 +623,7 @@ function scanUdp(
   let frames = 1, slots = 1;
   for (let k = 1; k < count; k++) {
     const next = start + k * stride;
-    const nextLength = lengths !== null ? lengths[from + k] : k === count - 1 ? lastLength : length;
+    const nextLength = frameLength(k);
     if (nextLength === 0) continue; // a slot whose frame was joined in a later one (pieces)
     const nextSegment = nextLength - headerLength;
     if (nextSegment <= 0 || nextSegment > segment || payload + nextSegment > ipMax) break;
