@@ -19,6 +19,8 @@ const TUN_F_CSUM = 0x01n;
 const TUN_F_TSO4 = 0x02n;
 const TUN_F_TSO6 = 0x04n;
 const TUN_F_TSO_ECN = 0x08n;
+const TUN_F_USO4 = 0x20n;
+const TUN_F_USO6 = 0x40n;
 const IFNAMSIZ = 16;
 
 /** What {@linkcode openTap} returns: the descriptor and the name the kernel gave. */
@@ -32,11 +34,12 @@ export interface OpenedTap {
  * caller may (CAP_NET_ADMIN). The descriptor is non-blocking.
  *
  * Each frame read or written carries a virtio-net header first, and the
- * interface offers checksum and TCP segmentation offload: the kernel then
- * hands over up to 64 KB of one TCP stream in a single read instead of ~45
- * frames, each with a pass through its TCP stack. `TapPlug` cuts such
- * super-frames into ordinary frames, so peers see nothing of it.
- * `ethtool -K NAME tso off tx off` turns the offloads off from outside.
+ * interface offers checksum, TCP and (Linux 6.2 and later) UDP segmentation
+ * offload: the kernel then hands over up to 64 KB of one TCP stream, or of a
+ * UDP GSO message, in a single read instead of ~45 frames, each with a pass
+ * through its stack. `TapPlug` cuts such super-frames into ordinary frames,
+ * so peers see nothing of it. `ethtool -K NAME tso off tx off` turns the
+ * offloads off from outside.
  */
 export function openTap(name: string, tunDevice = "/dev/net/tun"): OpenedTap {
   if (new TextEncoder().encode(name).length >= IFNAMSIZ) {
@@ -90,13 +93,23 @@ export function tapHasVnetHeader(fd: number): boolean {
 }
 
 /**
- * Offers checksum and TCP segmentation offload on the TAP (on), or withdraws
- * them (off: a persistent TAP keeps its features after we close it, and the
- * next program to open it may not expect super-frames).
+ * Offers checksum, TCP segmentation and (Linux 6.2 and later) UDP
+ * segmentation offload on the TAP (on), or withdraws them (off: a persistent
+ * TAP keeps its features after we close it, and the next program to open it
+ * may not expect super-frames).
  */
 export function setTapOffloads(fd: number, on: boolean): void {
-  const flags = on ? TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN : 0n;
-  if (libc.ioctl_value(fd, TUNSETOFFLOAD, flags) < 0 && on) {
+  if (!on) {
+    libc.ioctl_value(fd, TUNSETOFFLOAD, 0n);
+    return;
+  }
+  const tcp = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+  if (
+    tapTakesUdpSegments() && libc.ioctl_value(fd, TUNSETOFFLOAD, tcp | TUN_F_USO4 | TUN_F_USO6) >= 0
+  ) {
+    return;
+  }
+  if (libc.ioctl_value(fd, TUNSETOFFLOAD, tcp) < 0) {
     // Not fatal: without offloads the TAP simply hands over ordinary frames.
     libc.ioctl_value(fd, TUNSETOFFLOAD, 0n);
   }
@@ -104,8 +117,9 @@ export function setTapOffloads(fd: number, on: boolean): void {
 
 /**
  * Whether a TAP takes UDP super-datagrams on write (a virtio-net header of
- * gso_type GSO_UDP_L4, which the kernel cuts apart): Linux 6.2 and later. An
- * older kernel refuses the write, and every datagram in it would be lost.
+ * gso_type GSO_UDP_L4, which the kernel cuts apart) and may hand them over on
+ * read (USO): Linux 6.2 and later. An older kernel refuses the write, and
+ * every datagram in it would be lost.
  */
 export function tapTakesUdpSegments(): boolean {
   const [major, minor] = kernelVersion();

@@ -24,6 +24,8 @@ export const GSO_NONE = 0;
 /** Header gso_type of a TCP over IPv4 super-frame. */
 export const GSO_TCPV4 = 1;
 const GSO_TCPV6 = 4;
+/** Header gso_type of a UDP super-datagram (Linux 6.2 and later). */
+export const GSO_UDP_L4 = 5;
 const GSO_ECN = 0x80;
 
 /**
@@ -82,6 +84,7 @@ const ETHERTYPE_IPV6 = 0x86dd;
 const ETHERTYPE_VLAN = 0x8100;
 const ETHERTYPE_QINQ = 0x88a8;
 const PROTOCOL_TCP = 6;
+const PROTOCOL_UDP = 17;
 const UDP_CHECKSUM_AT = 6;
 const TCP_CHECKSUM_AT = 16;
 const TCP_FIN = 0x01;
@@ -151,9 +154,11 @@ export function completeChecksum(
  * Cuts one TCP super-frame into segments, as TSO hardware does: the same
  * headers on each, the IPv4 length, identification and header checksum, the
  * IPv6 payload length, the sequence number, FIN and PSH on the last segment
- * only, CWR on the first only, and each segment's TCP checksum.
+ * only, CWR on the first only, and each segment's TCP checksum. A UDP
+ * super-datagram (USO) is cut the same way into the datagrams it stands for,
+ * each with its UDP length and checksum.
  */
-export class TcpSegmenter {
+export class Segmenter {
   readonly #maxFrame: number;
   /** The area the loaded super-frame is in, a view of it, and where in it the super-frame starts. */
   #source: Uint8Array = new Uint8Array(0);
@@ -165,6 +170,7 @@ export class TcpSegmenter {
   #l3 = 0;
   #l4 = 0;
   #ipv4 = false;
+  #udp = false;
   #mss = 0;
   #next = 0;
   #index = 0;
@@ -231,7 +237,8 @@ export class TcpSegmenter {
    * Takes the super-frame at `start` of `from` (`length` bytes), with its
    * header's gso_type, gso_size and csum_start; it must stay there until its
    * last segment is cut. Returns false, and takes nothing, when it is not a
-   * TCP super-frame that can be cut into frames of at most `maxFrame` bytes.
+   * TCP or UDP super-frame that can be cut into frames of at most `maxFrame`
+   * bytes.
    */
   load(
     from: ChecksumArea,
@@ -244,32 +251,38 @@ export class TcpSegmenter {
     this.#length = 0;
     const view = this.#viewOf(from);
     const type = gsoType & ~GSO_ECN;
+    const udp = type === GSO_UDP_L4;
+    const protocol = udp ? PROTOCOL_UDP : PROTOCOL_TCP;
     if (start + length > from.bytes.length || length < 14 + 40) return false;
     const l3 = networkOffset(view, start);
     const ethertype = view.getUint16(start + l3 - 2);
-    const ipv4 = ethertype === ETHERTYPE_IPV4 && type === GSO_TCPV4;
+    const ipv4 = ethertype === ETHERTYPE_IPV4 && (type === GSO_TCPV4 || udp);
     if (ipv4) {
       const version = view.getUint8(start + l3) >> 4;
       const headerLength = (view.getUint8(start + l3) & 15) * 4;
       if (version !== 4 || headerLength < 20 || l3 + headerLength !== csumStart) return false;
-      if (view.getUint8(start + l3 + 9) !== PROTOCOL_TCP) return false;
-    } else if (ethertype !== ETHERTYPE_IPV6 || type !== GSO_TCPV6 || csumStart < l3 + 40) {
+      if (view.getUint8(start + l3 + 9) !== protocol) return false;
+    } else if (
+      ethertype !== ETHERTYPE_IPV6 || (type !== GSO_TCPV6 && !udp) || csumStart < l3 + 40
+    ) {
       return false;
-    } else if (csumStart === l3 + 40 && view.getUint8(start + l3 + 6) !== PROTOCOL_TCP) {
-      return false; // with extension headers between, csum_start alone says where TCP is
+    } else if (csumStart === l3 + 40 && view.getUint8(start + l3 + 6) !== protocol) {
+      return false; // with extension headers between, csum_start alone says where TCP or UDP is
     }
     const l4 = csumStart;
-    if (l4 + 20 > length) return false;
-    const headerLength = l4 + (view.getUint8(start + l4 + 12) >> 4) * 4;
-    if (headerLength < l4 + 20 || headerLength >= length) return false;
+    if (l4 + (udp ? 8 : 20) > length) return false;
+    const headerLength = udp ? l4 + 8 : l4 + (view.getUint8(start + l4 + 12) >> 4) * 4;
+    if ((!udp && headerLength < l4 + 20) || headerLength >= length) return false;
     if (gsoSize === 0 || headerLength + gsoSize > this.#maxFrame) return false;
     this.#l3 = l3;
     this.#l4 = l4;
     this.#ipv4 = ipv4;
+    this.#udp = udp;
     this.#headerLength = headerLength;
     this.#base = start;
-    // Never below 512 bytes of payload: on a path that narrow, fragments are cheaper.
-    this.#mss = Math.max(
+    // Never below 512 bytes of payload: on a path that narrow, fragments are cheaper. A UDP
+    // datagram keeps its size whatever the path: its bounds are the application's.
+    this.#mss = udp ? gsoSize : Math.max(
       Math.min(gsoSize, this.#segmentLimit - headerLength),
       Math.min(gsoSize, 512),
     );
@@ -281,10 +294,12 @@ export class TcpSegmenter {
     this.#dataOffset = view.getUint8(start + l4 + 12);
     // What every segment's checksums add up from: the headers' sums less the fields each segment
     // sets (lengths, identification, sequence number, flags, checksums), once per super-frame.
-    const tcpPart = addWords(view, start + l4, start + headerLength, 0) -
-      view.getUint16(start + l4 + 4) - view.getUint16(start + l4 + 6) -
-      view.getUint16(start + l4 + 12) - view.getUint16(start + l4 + TCP_CHECKSUM_AT);
-    this.#headerSum = foldSum(addressSum(view, start + l3, ipv4) + PROTOCOL_TCP + tcpPart);
+    const transportPart = udp
+      ? view.getUint16(start + l4) + view.getUint16(start + l4 + 2) // the ports
+      : addWords(view, start + l4, start + headerLength, 0) -
+        view.getUint16(start + l4 + 4) - view.getUint16(start + l4 + 6) -
+        view.getUint16(start + l4 + 12) - view.getUint16(start + l4 + TCP_CHECKSUM_AT);
+    this.#headerSum = foldSum(addressSum(view, start + l3, ipv4) + protocol + transportPart);
     this.#ipSum = ipv4
       ? foldSum(
         addWords(view, start + l3, start + l4, 0) - view.getUint16(start + l3 + 2) -
@@ -315,7 +330,7 @@ export class TcpSegmenter {
     }
     const sum = this.#writeHeaders(view, offset, payload) +
       out.sum(payloadStart, payloadStart + payload);
-    view.setUint16(offset + this.#l4 + TCP_CHECKSUM_AT, finishChecksum(sum));
+    this.#writeChecksum(view, offset, sum);
     return headerLength + payload;
   }
 
@@ -334,7 +349,7 @@ export class TcpSegmenter {
     out.bytes.copyWithin(offset, base, base + headerLength);
     this.#restAt = rest;
     const sum = this.#writeHeaders(view, offset, payload) + out.sum(rest, rest + payload);
-    view.setUint16(offset + this.#l4 + TCP_CHECKSUM_AT, finishChecksum(sum));
+    this.#writeChecksum(view, offset, sum);
     return headerLength + payload;
   }
 
@@ -348,12 +363,20 @@ export class TcpSegmenter {
     return this.#restAt;
   }
 
+  /** Writes the TCP or UDP checksum of the segment at `offset` from its whole sum. */
+  #writeChecksum(view: DataView, offset: number, sum: number): void {
+    const udp = this.#udp;
+    let value = finishChecksum(sum);
+    if (value === 0 && udp) value = 0xffff; // 0 means "none" in UDP
+    view.setUint16(offset + this.#l4 + (udp ? UDP_CHECKSUM_AT : TCP_CHECKSUM_AT), value);
+  }
+
   /**
    * Sets the headers of the next segment, `payload` bytes, written at
    * `offset` of the super-frame's (ordinary headers: lengths, identification,
-   * IPv4 checksum, sequence number, flags) and moves on to the one after it.
-   * Returns the sum of its TCP checksum but the payload's, which the caller
-   * adds before it writes the field.
+   * IPv4 checksum, sequence number, flags; a UDP length) and moves on to the
+   * one after it. Returns the sum of its TCP or UDP checksum but the
+   * payload's, which the caller adds before it writes the field.
    */
   #writeHeaders(view: DataView, offset: number, payload: number): number {
     const headerLength = this.#headerLength;
@@ -370,6 +393,13 @@ export class TcpSegmenter {
     } else {
       view.setUint16(l3 + 4, headerLength - this.#l3 - 40 + payload);
     }
+    if (this.#udp) {
+      const udpLength = headerLength - this.#l4 + payload;
+      view.setUint16(l4 + 4, udpLength);
+      this.#next = end;
+      this.#index = index + 1;
+      return this.#headerSum + udpLength + udpLength; // the pseudo-header's and the header's
+    }
     const sequence = (this.#sequence + index * this.#mss) >>> 0; // modulo 2 ** 32
     view.setUint32(l4 + 4, sequence);
     let flags = this.#flags;
@@ -385,9 +415,6 @@ export class TcpSegmenter {
 }
 
 const TCP_ACK = 0x10;
-const PROTOCOL_UDP = 17;
-/** Header gso_type of a UDP super-datagram, cut by the kernel (Linux 6.2 and later). */
-const GSO_UDP_L4 = 5;
 /** Whether runs of UDP datagrams are merged: only where the TAP takes them. */
 export const MERGES_UDP = tapTakesUdpSegments();
 /** The IPv4 fragment fields less DF: set on a fragment, which is never merged. */

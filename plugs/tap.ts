@@ -43,8 +43,10 @@ import {
   completeChecksum,
   GSO_NONE,
   GSO_TCPV4,
+  GSO_UDP_L4,
+  MERGES_UDP,
   NEEDS_CSUM,
-  TcpSegmenter,
+  Segmenter,
   VNET_HEADER,
   VnetHeader,
 } from "./_offload.ts";
@@ -72,7 +74,7 @@ export class TapPlug implements Plug {
   #judgedAt = 0;
   #framesWhenJudged = 0;
   /** Set when frames carry a virtio-net header: the TAP offers offloads. */
-  readonly #segmenter?: TcpSegmenter;
+  readonly #segmenter?: Segmenter;
   /** The batch the vectors and pointers below were made for. */
   #preparedFor?: FrameBatch;
   /** The virtio-net header of the frame at hand, decoded. */
@@ -107,7 +109,7 @@ export class TapPlug implements Plug {
     this.#fd = fd;
     this.fds = [fd];
     if (tapHasVnetHeader(fd)) {
-      this.#segmenter = new TcpSegmenter(MAX_FRAME);
+      this.#segmenter = new Segmenter(MAX_FRAME);
     }
   }
 
@@ -155,7 +157,7 @@ export class TapPlug implements Plug {
     return true;
   }
 
-  #receiveWithHeaders(batch: FrameBatch, segmenter: TcpSegmenter): boolean {
+  #receiveWithHeaders(batch: FrameBatch, segmenter: Segmenter): boolean {
     const counters = this.counters;
     const view = this.#viewOf(batch);
     const bytes = batch.bytes;
@@ -494,6 +496,18 @@ export class TapPlug implements Plug {
             length = udpFrame(inputView, headerBytes, to, WARM_LOCAL_MAC, 64, udpIds++ & 0xffff);
             writeFrom(pair[1], inputPointer, BigInt(headerBytes + length));
           }
+        }
+        // An application's UDP GSO message, where the TAP offers USO: cut into its datagrams.
+        if (this.#segmenter && MERGES_UDP && round % 4 === 0) {
+          length = udpFrame(inputView, headerBytes, peer, WARM_LOCAL_MAC, WARM_UDP_RUN * 64, 0);
+          header.flags = NEEDS_CSUM;
+          header.gsoType = GSO_UDP_L4;
+          header.headerLength = 42;
+          header.gsoSize = 64;
+          header.csumStart = 34;
+          header.csumOffset = 6;
+          header.encode(inputView, 0);
+          writeFrom(pair[1], inputPointer, BigInt(headerBytes + length));
         }
         // The batch's clock moves on a tick, which the TAP's traffic judgement follows.
         if (round % 8 === 0) batch.timeMs += 1000;

@@ -6,7 +6,7 @@
 
 import assert from "node:assert/strict";
 import { FrameBatch } from "../core/frames.ts";
-import { coalesceFrames, MERGES_UDP, TcpSegmenter, VNET_HEADER } from "../plugs/_offload.ts";
+import { coalesceFrames, MERGES_UDP, Segmenter, VNET_HEADER } from "../plugs/_offload.ts";
 import { hostTest, requirements } from "./_harness.ts";
 import { writeFlowFrame } from "./fixtures/udp_flow.ts";
 
@@ -55,7 +55,7 @@ function superFrame(ipv6: boolean): Uint8Array {
 /** The super-frame cut into frames in a batch, as they arrive from the network. */
 function segmentsOf(frame: Uint8Array, ipv6: boolean): { batch: FrameBatch; view: DataView } {
   // As a TAP does: the super-frame after the batch's slots, cut into them.
-  const segmenter = new TcpSegmenter(9234);
+  const segmenter = new Segmenter(9234);
   const batch = new FrameBatch(16);
   const view = new DataView(batch.bytes.buffer);
   batch.bytes.set(frame, batch.superFrameAt);

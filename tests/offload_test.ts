@@ -6,7 +6,7 @@
  */
 
 import assert from "node:assert/strict";
-import { completeChecksum, TcpSegmenter, VNET_HEADER, VnetHeader } from "../plugs/_offload.ts";
+import { completeChecksum, Segmenter, VNET_HEADER, VnetHeader } from "../plugs/_offload.ts";
 import { FrameBatch, HEADROOM, MAX_FRAME, SLOT_SIZE, SUPER_FRAME_SIZE } from "../core/frames.ts";
 import { type ChecksumArea, checksumArea } from "../core/checksum.ts";
 import { libc } from "../ffi/libc.ts";
@@ -150,7 +150,7 @@ function buildTcpFrame(into: Uint8Array, shape: FrameShape, payload: Uint8Array)
 }
 
 /** Cuts the loaded super-frame into `out`, one after the other; returns where each frame is. */
-function cutAll(segmenter: TcpSegmenter, out: ChecksumArea): { start: number; length: number }[] {
+function cutAll(segmenter: Segmenter, out: ChecksumArea): { start: number; length: number }[] {
   const view = new DataView(out.bytes.buffer);
   const frames: { start: number; length: number }[] = [];
   let start = 0;
@@ -245,8 +245,8 @@ function assertSegments(
 }
 
 /** A segmenter as TapPlug makes one: segments no larger than MAX_FRAME. */
-function newSegmenter(): TcpSegmenter {
-  return new TcpSegmenter(MAX_FRAME);
+function newSegmenter(): Segmenter {
+  return new Segmenter(MAX_FRAME);
 }
 
 /** Room for a super-frame, as a FrameBatch keeps after its slots. */
@@ -625,4 +625,73 @@ Deno.test("split segments sent as UDP GSO messages arrive as the datagrams plain
     libc.close(receiver);
     libc.close(sender);
   }
+});
+
+const GSO_UDP_L4 = 5;
+
+/**
+ * Writes a UDP super-datagram as a TAP with USO hands one over: Ethernet, IPv4
+ * or IPv6 and a UDP header whose lengths are the whole's, the checksum field
+ * holding the pseudo-header's sum (NEEDS_CSUM), then `payload`.
+ */
+function buildUdpFrame(into: Uint8Array, ipv4: boolean, payload: Uint8Array): BuiltFrame {
+  const built = buildTcpFrame(into, { ipv4, protocol: 17 }, new Uint8Array(0));
+  const { l3, l4 } = built;
+  const view = new DataView(into.buffer, into.byteOffset);
+  const udpLength = 8 + payload.length;
+  if (ipv4) view.setUint16(l3 + 2, 20 + udpLength);
+  else view.setUint16(l3 + 4, udpLength);
+  view.setUint16(l4 + 4, udpLength);
+  into.set(payload, l4 + 8);
+  view.setUint16(l4 + 6, onesComplementSum(pseudoHeader(into.subarray(l3, l4), 17, udpLength)));
+  return { length: l4 + udpLength, l3, l4 };
+}
+
+for (const ipv4 of [true, false]) {
+  Deno.test(`an ${ipv4 ? "IPv4" : "IPv6"} UDP super-datagram (USO) is cut into its datagrams, each whole`, () => {
+    const source = superFrameArea();
+    const payload = randomBytes(10_500, 0x0d0);
+    const built = buildUdpFrame(source.bytes, ipv4, payload);
+    const original = source.bytes.slice(0, built.length);
+    const segmenter = newSegmenter();
+    segmenter.fitTo(600); // a UDP datagram keeps the size its application gave it
+    assert.ok(segmenter.load(source, 0, built.length, GSO_UDP_L4, 1000, built.l4));
+    const out = checksumArea(100_000);
+    const frames = cutAll(segmenter, out);
+    const { l3, l4 } = built;
+    assert.deepEqual(frames.map((frame) => frame.length - l4 - 8), [
+      ...new Array(10).fill(1000),
+      500,
+    ]);
+    frames.forEach(({ start, length }, k) => {
+      const frame = out.bytes.subarray(start, start + length);
+      const view = new DataView(frame.buffer, frame.byteOffset, frame.byteLength);
+      const what = `datagram ${k + 1}`;
+      assert.deepEqual(frame.subarray(0, l3), original.subarray(0, l3), `${what}: Ethernet header`);
+      const ip = frame.subarray(l3, l4);
+      if (ipv4) {
+        assert.equal(view.getUint16(l3 + 2), length - l3, `${what}: IPv4 total length`);
+        assert.equal(view.getUint16(l3 + 4), (FIRST_ID + k) & 0xffff, `${what}: IPv4 id`);
+        assert.equal(onesComplementSum(ip), 0xffff, `${what}: IPv4 header checksum`);
+      } else assert.equal(view.getUint16(l3 + 4), length - l4, `${what}: IPv6 payload length`);
+      assert.deepEqual(frame.subarray(l4, l4 + 4), original.subarray(l4, l4 + 4), `${what}: ports`);
+      assert.equal(view.getUint16(l4 + 4), length - l4, `${what}: UDP length`);
+      const udp = frame.subarray(l4);
+      assert.equal(
+        onesComplementSum(pseudoHeader(ip, 17, udp.length), udp),
+        0xffff,
+        `${what}: checksum`,
+      );
+      assert.deepEqual(
+        frame.subarray(l4 + 8),
+        payload.subarray(k * 1000, k * 1000 + length - l4 - 8),
+      );
+    });
+  });
+}
+
+Deno.test("load refuses a TCP super-frame with the USO gso_type", () => {
+  const source = superFrameArea();
+  const built = buildTcpFrame(source.bytes, { ipv4: true }, randomBytes(3000, 9));
+  assert.equal(newSegmenter().load(source, 0, built.length, GSO_UDP_L4, 1000, built.l4), false);
 });

@@ -347,3 +347,66 @@ hostTest(
     assert.equal(kernel.UdpInCsumErrors, 1, "the corrupt datagram reached the kernel as it came");
   },
 );
+
+for (const family of [4, 6] as const) {
+  hostTest(
+    `IPv${family}: a UDP GSO message crosses two plugs whole, TAP to TAP, and every datagram arrives`,
+    UDP_MERGES,
+    async () => {
+      await using lan = await Lan.create(2);
+      const hosts = lan.hosts;
+      const names = hosts.map((_, i) => `usoread-${Deno.pid}-${family}-${i}`);
+      const plugs = hosts.map((host, i) =>
+        host.vdeno(["plug", "--name", names[i], "tap://tap0", "vxvde://239.4.0.14"])
+      );
+      for (const [i, host] of hosts.entries()) {
+        await host.waitForLink("tap0", 30_000, plugs[i]);
+        await host.configure("tap0", `10.99.0.${i + 1}/24`);
+        await host.sh(["ip", "addr", "add", `fd99::${i + 1}/64`, "dev", "tap0", "nodad"]);
+      }
+      const [a, b] = hosts;
+      const to = family === 4 ? "10.99.0.1" : "fd99::1";
+      assert.ok(await b.pingable(to), "host 2 cannot ping host 1");
+      const counters = async (host: Host, name: string) =>
+        Object.fromEntries(
+          JSON.parse(await host.sh([...VDENO, "status", "--json", name])).plugs.map(
+            (entry: { vnl: string; counters: Record<string, number> }) => [
+              entry.vnl.slice(0, 3),
+              entry.counters,
+            ],
+          ),
+        );
+      const before = await counters(b, names[1]);
+      const errorsBefore = await udpCounters(a);
+      const receiver = a.spawn([
+        Deno.execPath(),
+        "run",
+        "-A",
+        "--unstable-net",
+        UDP_FLOW,
+        "receive",
+        to,
+        "60",
+      ]);
+      await receiver.waitForOutput((text) => text.includes("listening"), 30_000);
+      const sent = JSON.parse(await b.sh([Deno.execPath(), "run", "-A", UDP_FLOW, "gso", to, "3"]));
+      assert.equal(sent.sent, 60);
+      assert.equal((await receiver.exited()).code, 0, receiver.stderr);
+      const received = JSON.parse(receiver.stdout.trim().split("\n").at(-1)!);
+      const after = await counters(b, names[1]);
+      const errors = await udpCounters(a);
+      for (const plug of plugs) await plug.stop();
+      assertFlow(received.right, 20, 60);
+      assert.equal(received.wrong, 0);
+      assert.equal(
+        after.tap.superFramesIn - before.tap.superFramesIn,
+        3,
+        "the sending TAP handed over each message whole (USO)",
+      );
+      // (An IPv6 neighbour or multicast listener message may come too.)
+      assert.ok(after.tap.framesIn - before.tap.framesIn >= 60, "cut into its datagrams");
+      const name = family === 4 ? "UdpInCsumErrors" : "Udp6InCsumErrors";
+      assert.equal(errors[name] - errorsBefore[name], 0);
+    },
+  );
+}
