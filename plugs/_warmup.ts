@@ -1,9 +1,10 @@
 /**
  * Synthetic frames for warming a plug's data path before its first real
  * frame (see `Plug.warmUp`): the kinds of frame traffic starts with (an ARP
- * broadcast, pings), a TCP super-frame and a run of UDP datagrams, between two made-up MACs and
- * documentation addresses (192.0.2.0/24). They only ever cross descriptors
- * the warming plug opened for the purpose and drains itself.
+ * broadcast, pings), a TCP super-frame, a run of UDP datagrams and a UDP GSO
+ * message, between two made-up MACs and documentation addresses
+ * (192.0.2.0/24). They only ever cross descriptors the warming plug opened
+ * for the purpose and drains itself.
  *
  * @module
  */
