@@ -5,7 +5,7 @@
  */
 
 import assert from "node:assert/strict";
-import { type Host, hostTest, Lan, requirements, sleep, VDENO } from "./_harness.ts";
+import { type Host, hostTest, Lan, type Process, requirements, sleep, VDENO } from "./_harness.ts";
 import { MERGES_UDP } from "../plugs/_offload.ts";
 
 const RUN_SENDER = new URL("./fixtures/run_sender.ts", import.meta.url).pathname;
@@ -233,6 +233,44 @@ async function udpCounters(host: Host): Promise<Record<string, number>> {
   return counts;
 }
 
+/** The counters of each plug of `name` in `host`, by their VNL's first three letters (tap, vxv). */
+async function plugCounters(
+  host: Host,
+  name: string,
+): Promise<Record<string, Record<string, number>>> {
+  const report = JSON.parse(await host.sh([...VDENO, "status", "--json", name]));
+  return Object.fromEntries(
+    report.plugs.map((entry: { vnl: string; counters: Record<string, number> }) => [
+      entry.vnl.slice(0, 3),
+      entry.counters,
+    ]),
+  );
+}
+
+/** Starts udp_flow.ts's receiver in `host`, on `address`, for `count` datagrams. */
+async function flowReceiver(host: Host, address: string, count: number): Promise<Process> {
+  const receiver = host.spawn([
+    Deno.execPath(),
+    "run",
+    "-A",
+    "--unstable-net",
+    UDP_FLOW,
+    "receive",
+    address,
+    `${count}`,
+  ]);
+  await receiver.waitForOutput((text) => text.includes("listening"), 30_000);
+  return receiver;
+}
+
+/** What the receiver says it got, once it has ended. */
+async function flowReceived(
+  receiver: Process,
+): Promise<{ right: [number, number][]; wrong: number }> {
+  assert.equal((await receiver.exited()).code, 0, receiver.stderr);
+  return JSON.parse(receiver.stdout.trim().split("\n").at(-1)!);
+}
+
 /**
  * Sends `runs` runs of `count` datagrams of one UDP flow (IPv4 or IPv6) to a plug, each run
  * as one UDP GSO message (`run`) or each datagram apart, datagram `corrupt` with a bad UDP
@@ -255,24 +293,11 @@ async function udpFlowToTheTap(
   await a.sh(["ip", "addr", "add", "fd99::1/64", "dev", "tap0", "nodad"]);
   await a.sh(["ip", "neigh", "replace", "10.99.0.2", "lladdr", "02:00:00:00:00:b1", "dev", "tap0"]);
   await a.sh(["ip", "neigh", "replace", "fd99::2", "lladdr", "02:00:00:00:00:b1", "dev", "tap0"]);
-  const status = async () => JSON.parse(await a.sh([...VDENO, "status", "--json", name]));
-  const counters = (report: { plugs: { vnl: string; counters: Record<string, number> }[] }) =>
-    Object.fromEntries(report.plugs.map((entry) => [entry.vnl.slice(0, 3), entry.counters]));
-  const port =
-    (await status()).plugs.find((entry: { vnl: string }) => entry.vnl.startsWith("vxvde"))
-      .unicastPort;
+  const port = JSON.parse(await a.sh([...VDENO, "status", "--json", name])).plugs
+    .find((entry: { vnl: string }) => entry.vnl.startsWith("vxvde")).unicastPort;
   const total = count * runs;
-  const receiver = a.spawn([
-    Deno.execPath(),
-    "run",
-    "-A",
-    "--unstable-net",
-    UDP_FLOW,
-    "receive",
-    family === 4 ? "10.99.0.1" : "fd99::1",
-    `${corrupt < 0 ? total : total - 1}`,
-  ]);
-  await receiver.waitForOutput((text) => text.includes("listening"), 30_000);
+  const address = family === 4 ? "10.99.0.1" : "fd99::1";
+  const receiver = await flowReceiver(a, address, corrupt < 0 ? total : total - 1);
   const kernelBefore = await udpCounters(a);
   const sent = JSON.parse(
     await b.sh([
@@ -292,16 +317,14 @@ async function udpFlowToTheTap(
     ]),
   );
   assert.equal(sent.failed, 0, "the kernel took the datagrams");
-  const { code } = await receiver.exited();
-  assert.equal(code, 0, receiver.stderr);
-  const received = JSON.parse(receiver.stdout.trim().split("\n").at(-1)!);
-  const after = counters(await status());
+  const received = await flowReceived(receiver);
+  const after = await plugCounters(a, name);
   const kernelAfter = await udpCounters(a);
   await plug.stop();
   const kernel = Object.fromEntries(
     Object.entries(kernelAfter).map(([key, value]) => [key, value - (kernelBefore[key] ?? 0)]),
   );
-  return { received: received as { right: [number, number][]; wrong: number }, after, kernel };
+  return { received, after, kernel };
 }
 
 /** Asserts that datagrams 0 to total - 1 but `missing` arrived right, in order, at their lengths. */
@@ -367,33 +390,13 @@ for (const family of [4, 6] as const) {
       const [a, b] = hosts;
       const to = family === 4 ? "10.99.0.1" : "fd99::1";
       assert.ok(await b.pingable(to), "host 2 cannot ping host 1");
-      const counters = async (host: Host, name: string) =>
-        Object.fromEntries(
-          JSON.parse(await host.sh([...VDENO, "status", "--json", name])).plugs.map(
-            (entry: { vnl: string; counters: Record<string, number> }) => [
-              entry.vnl.slice(0, 3),
-              entry.counters,
-            ],
-          ),
-        );
-      const before = await counters(b, names[1]);
+      const before = await plugCounters(b, names[1]);
       const errorsBefore = await udpCounters(a);
-      const receiver = a.spawn([
-        Deno.execPath(),
-        "run",
-        "-A",
-        "--unstable-net",
-        UDP_FLOW,
-        "receive",
-        to,
-        "60",
-      ]);
-      await receiver.waitForOutput((text) => text.includes("listening"), 30_000);
+      const receiver = await flowReceiver(a, to, 60);
       const sent = JSON.parse(await b.sh([Deno.execPath(), "run", "-A", UDP_FLOW, "gso", to, "3"]));
       assert.equal(sent.sent, 60);
-      assert.equal((await receiver.exited()).code, 0, receiver.stderr);
-      const received = JSON.parse(receiver.stdout.trim().split("\n").at(-1)!);
-      const after = await counters(b, names[1]);
+      const received = await flowReceived(receiver);
+      const after = await plugCounters(b, names[1]);
       const errors = await udpCounters(a);
       for (const plug of plugs) await plug.stop();
       assertFlow(received.right, 20, 60);
