@@ -122,9 +122,15 @@ export function setTapOffloads(fd: number, on: boolean): void {
  * every datagram in it would be lost.
  */
 export function tapTakesUdpSegments(): boolean {
-  const [major, minor] = kernelVersion();
-  return major > 6 || (major === 6 && minor >= 2);
+  if (udpSegments === undefined) {
+    const [major, minor] = kernelVersion();
+    udpSegments = major > 6 || (major === 6 && minor >= 2);
+  }
+  return udpSegments;
 }
+
+/** {@linkcode tapTakesUdpSegments}, once known: the kernel does not change under a process. */
+let udpSegments: boolean | undefined;
 
 function modeOf(path: string): string {
   try {

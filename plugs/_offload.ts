@@ -144,10 +144,15 @@ export function completeChecksum(
 ): boolean {
   const field = csumStart + csumOffset;
   if (field + 2 > frameLength) return false;
-  let value = finishChecksum(addWords(view, frameStart + csumStart, frameStart + frameLength, 0));
-  if (value === 0 && csumOffset === UDP_CHECKSUM_AT) value = 0xffff; // 0 means "none" in UDP
-  view.setUint16(frameStart + field, value);
+  const sum = addWords(view, frameStart + csumStart, frameStart + frameLength, 0);
+  view.setUint16(frameStart + field, checksumField(sum, csumOffset === UDP_CHECKSUM_AT));
   return true;
+}
+
+/** The checksum field for an unfolded sum; a UDP checksum of 0 is sent as 0xffff (0: "none"). */
+function checksumField(sum: number, udp: boolean): number {
+  const value = finishChecksum(sum);
+  return value === 0 && udp ? 0xffff : value;
 }
 
 /**
@@ -366,9 +371,10 @@ export class Segmenter {
   /** Writes the TCP or UDP checksum of the segment at `offset` from its whole sum. */
   #writeChecksum(view: DataView, offset: number, sum: number): void {
     const udp = this.#udp;
-    let value = finishChecksum(sum);
-    if (value === 0 && udp) value = 0xffff; // 0 means "none" in UDP
-    view.setUint16(offset + this.#l4 + (udp ? UDP_CHECKSUM_AT : TCP_CHECKSUM_AT), value);
+    view.setUint16(
+      offset + this.#l4 + (udp ? UDP_CHECKSUM_AT : TCP_CHECKSUM_AT),
+      checksumField(sum, udp),
+    );
   }
 
   /**

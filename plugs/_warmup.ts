@@ -18,6 +18,7 @@ import {
   udpSocket,
 } from "../ffi/net.ts";
 import { closeQuietly } from "../ffi/libc.ts";
+import { completeChecksum, finishChecksum } from "./_offload.ts";
 import { FrameBatch, HEADROOM, SLOT_SIZE } from "../core/frames.ts";
 import type { WarmUpResult, WarmUpState } from "../core/plug.ts";
 
@@ -144,14 +145,11 @@ export function udpFrame(
   const l4 = at + 34;
   view.setUint32(l4, (40001 << 16) | 5201);
   view.setUint16(l4 + 4, 8 + payload);
-  view.setUint16(l4 + 6, 0);
   new Uint8Array(view.buffer, view.byteOffset + l4 + 8, payload).fill(0x5a);
-  let sum = 0xc000 + 0x0201 + 0xc000 + 0x0202 + 17 + 8 + payload; // the pseudo-header
-  for (let i = 0; i < 8 + payload; i += 2) {
-    sum += i + 1 < 8 + payload ? view.getUint16(l4 + i) : view.getUint8(l4 + i) << 8;
-  }
-  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
-  view.setUint16(l4 + 6, ~sum & 0xffff || 0xffff);
+  // The pseudo-header's sum in the field, completed as the kernel leaves it to a NIC.
+  const pseudo = 0xc000 + 0x0201 + 0xc000 + 0x0202 + 17 + 8 + payload;
+  view.setUint16(l4 + 6, ~finishChecksum(pseudo) & 0xffff);
+  completeChecksum(view, at, 42 + payload, 34, 6);
   return 42 + payload;
 }
 
