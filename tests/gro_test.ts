@@ -1,25 +1,17 @@
 /**
  * Receive offload: coalesceFrames merges the segments of one TCP stream (or the
- * datagrams of one UDP flow) in a
- * batch back into one super-frame, and only those Linux's GRO would merge.
+ * datagrams of one UDP flow) in a batch back into one super-frame, and only
+ * those Linux's GRO would merge.
  */
 
 import assert from "node:assert/strict";
 import { FrameBatch } from "../core/frames.ts";
 import { coalesceFrames, MERGES_UDP, Segmenter, VNET_HEADER } from "../plugs/_offload.ts";
 import { hostTest, requirements } from "./_harness.ts";
-import { writeFlowFrame } from "./fixtures/udp_flow.ts";
+import { onesSum, writeFlowFrame } from "./fixtures/udp_flow.ts";
 
 const PAYLOAD = 10_000;
 const MSS = 1448;
-
-/** RFC 1071, byte by byte: the folded one's complement sum of `bytes`. */
-function onesSum(bytes: Uint8Array, initial = 0): number {
-  let sum = initial;
-  for (let i = 0; i < bytes.length; i += 2) sum += (bytes[i] << 8) | (bytes[i + 1] ?? 0);
-  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
-  return sum;
-}
 
 /** A TCP super-frame of PAYLOAD bytes, with timestamps, as the kernel hands one over. */
 function superFrame(ipv6: boolean): Uint8Array {
